@@ -1,0 +1,11 @@
+//! The data path: tokenizers, token shards, the synthesizer's text format, templating of
+//! instruction-augmented documents, synthesizer fine-tuning sequences, `kiln prep`, the mixture
+//! and packing loader, and the embedded synthetic world.
+
+pub mod bpe;
+pub mod finetune;
+pub mod records;
+pub mod rng;
+pub mod shard;
+pub mod synth_format;
+pub mod tokenizer;

@@ -1,0 +1,8 @@
+//! kiln: Rust-native LLM pre-training for instruction pre-training (Cheng et al. 2024).
+//!
+//! The library holds everything; `main.rs` only parses the command line and dispatches.
+
+pub mod cli;
+pub mod config;
+pub mod data;
+pub mod fsutil;
