@@ -4,8 +4,10 @@
 
 pub mod bpe;
 pub mod finetune;
+pub mod loader;
 pub mod records;
 pub mod rng;
 pub mod shard;
 pub mod synth_format;
 pub mod tokenizer;
+pub mod world;
