@@ -1,1 +1,188 @@
-//! cli
+//! The command line: clap definitions of every subcommand. What each one does lives in
+//! `commands.rs`, in terms of library calls.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::data::prep::{InputKind, TextSplit};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kiln",
+    version,
+    about = "Rust-native LLM pre-training for instruction pre-training",
+    long_about = "kiln tokenizes, packs and (soon) trains Llama-family models on raw text mixed with \
+                  instruction-augmented text (Instruction Pre-Training, Cheng et al. 2024).\n\n\
+                  Start with `kiln world`: it generates the embedded synthetic world, trains its \
+                  tokenizer and prepares token shards, with no download."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Generate the embedded synthetic world (people, biographies, question-answer pairs), train
+    /// its tokenizer and prepare its token shards, as the config's [world] section says.
+    World(WorldArgs),
+    /// Train or use tokenizers.
+    #[command(subcommand)]
+    Tokenizer(TokenizerCommand),
+    /// Tokenize text, JSONL, augmented or fine-tuning records into kiln token shards.
+    Prep(PrepArgs),
+    /// Show what the mixture loader serves for a config: tokens per source, epochs, sample batches.
+    Data(DataArgs),
+}
+
+/// A config file and overrides, shared by commands that read a run config.
+#[derive(Args, Debug, Clone)]
+pub struct ConfigArgs {
+    /// Run config (TOML). Default: the embedded configs/tiny.toml.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Override a config value: --set section.key=value (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct WorldArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Regenerate even when the world's files already exist.
+    #[arg(long)]
+    pub force: bool,
+    /// Only write the world's JSONL files; skip the tokenizer and the shards.
+    #[arg(long)]
+    pub no_prep: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenizerCommand {
+    /// Train a byte-level BPE tokenizer (GPT-2 style, `<s>`/`</s>` special tokens).
+    Train {
+        /// Input files: JSONL (`--field`) or plain text (one sequence per line).
+        #[arg(long, short, required = true, num_args = 1..)]
+        input: Vec<PathBuf>,
+        /// Vocabulary size, special tokens included.
+        #[arg(long)]
+        vocab_size: usize,
+        /// Where to write tokenizer.json.
+        #[arg(long, short)]
+        out: PathBuf,
+        /// JSONL field holding the text.
+        #[arg(long, default_value = "text")]
+        field: String,
+    },
+    /// Print the token ids of a text (no special tokens added).
+    Encode {
+        #[arg(long, short)]
+        tokenizer: PathBuf,
+        text: String,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct PrepArgs {
+    /// tokenizer.json to encode with.
+    #[arg(long, short)]
+    pub tokenizer: PathBuf,
+    /// Input files.
+    #[arg(long, short, required = true, num_args = 1..)]
+    pub input: Vec<PathBuf>,
+    /// Output directory for the shards.
+    #[arg(long, short)]
+    pub out: PathBuf,
+    /// Shard name prefix: NAME_00000.kiln, NAME_00001.kiln, ...
+    #[arg(long, default_value = "data")]
+    pub name: String,
+    /// Input kind (default: by extension, .jsonl → jsonl, else text).
+    #[arg(long, value_enum)]
+    pub kind: Option<InputKind>,
+    /// JSONL field holding the text.
+    #[arg(long, default_value = "text")]
+    pub field: String,
+    /// How plain-text files split into documents.
+    #[arg(long, value_enum, default_value = "file")]
+    pub text_split: TextSplit,
+    /// Roll to a new shard at this size (e.g. 256MB, 1GB, 100000).
+    #[arg(long, default_value = "256MB", value_parser = parse_size)]
+    pub shard_size: u64,
+    /// Skip (and count) malformed lines instead of stopping at the first.
+    #[arg(long)]
+    pub skip_bad_lines: bool,
+    /// Seed of the templating choices for augmented records.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Fine-tuning documents hold at most this many tokens.
+    #[arg(long, default_value_t = 4096)]
+    pub max_tokens: usize,
+    /// BOS token string (default: recognised by name).
+    #[arg(long)]
+    pub bos_token: Option<String>,
+    /// EOS token string (default: recognised by name).
+    #[arg(long)]
+    pub eos_token: Option<String>,
+    /// Threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+pub struct DataArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Planned training tokens, for the epochs column (default: one pass over all sources).
+    #[arg(long)]
+    pub tokens: Option<u64>,
+    /// Decode and print this many rows of the first batch.
+    #[arg(long, default_value_t = 1)]
+    pub show: usize,
+    /// Time this many batches and print the loader's tokens/s.
+    #[arg(long, default_value_t = 0)]
+    pub time_batches: usize,
+}
+
+/// Parse sizes like `256MB`, `1GiB`, `64k`, `100000`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a size (e.g. 256MB)"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "kib" => 1024.0,
+        "m" | "mb" => 1e6,
+        "mib" => 1048576.0,
+        "g" | "gb" => 1e9,
+        "gib" => 1073741824.0,
+        other => return Err(format!("{s:?}: unknown size unit {other:?}")),
+    };
+    let v = n * mult;
+    if v < 1.0 {
+        return Err(format!("{s:?}: size must be positive"));
+    }
+    Ok(v as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("256MB"), Ok(256_000_000));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("12 parsecs").is_err());
+    }
+}

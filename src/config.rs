@@ -1,1 +1,223 @@
-//! config
+//! Run configuration: the TOML schema, defaults, validation, and `--set section.key=value`
+//! overrides. Unknown keys and wrong types are errors naming the file, the line and the key.
+//! Relative paths in a config are relative to the current directory (run kiln from the
+//! repository root, as the README does).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::data::loader::{LoaderOptions, SourceSpec};
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub data: DataConfig,
+    /// How `kiln world` builds the embedded default data (used when the data is missing).
+    #[serde(default)]
+    pub world: Option<WorldSection>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// A Hugging Face tokenizer.json.
+    pub tokenizer: PathBuf,
+    /// BOS / EOS token strings (default: recognised by name).
+    #[serde(default)]
+    pub bos_token: Option<String>,
+    #[serde(default)]
+    pub eos_token: Option<String>,
+    /// T: tokens per sequence.
+    pub seq_len: usize,
+    /// B: sequences per micro-batch (per rank).
+    pub batch_size: usize,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default = "yes")]
+    pub shuffle: bool,
+    /// Fraction of documents held out for validation.
+    #[serde(default)]
+    pub val_fraction: f64,
+    pub sources: Vec<SourceSpec>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WorldSection {
+    /// Directory the world files, tokenizer and shards go to.
+    pub dir: PathBuf,
+    #[serde(default = "default_world_seed")]
+    pub seed: u64,
+    #[serde(default = "default_people")]
+    pub people: usize,
+    #[serde(default = "default_bios")]
+    pub bios_per_person: usize,
+    #[serde(default = "default_vocab")]
+    pub vocab_size: usize,
+}
+
+fn default_world_seed() -> u64 {
+    1234
+}
+fn default_people() -> usize {
+    2000
+}
+fn default_bios() -> usize {
+    4
+}
+fn default_vocab() -> usize {
+    2048
+}
+
+/// The embedded default run (configs/tiny.toml, compiled into the binary).
+pub const TINY_TOML: &str = include_str!("../configs/tiny.toml");
+
+/// 1-based line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Parse a TOML value from an override's right-hand side; bare words become strings.
+fn parse_override_value(raw: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+/// Apply `section.key=value` overrides to a parsed TOML table.
+pub fn apply_overrides(table: &mut toml::Table, overrides: &[String]) -> Result<()> {
+    for o in overrides {
+        let Some((key, value)) = o.split_once('=') else {
+            bail!("--set {o:?}: expected section.key=value");
+        };
+        let parts: Vec<&str> = key.trim().split('.').collect();
+        if parts.iter().any(|p| p.is_empty()) {
+            bail!("--set {o:?}: empty key component");
+        }
+        let mut cur = &mut *table;
+        for p in &parts[..parts.len() - 1] {
+            let entry = cur
+                .entry(p.to_string())
+                .or_insert_with(|| toml::Value::Table(Default::default()));
+            cur = match entry {
+                toml::Value::Table(t) => t,
+                _ => bail!("--set {o:?}: {p:?} is not a section"),
+            };
+        }
+        cur.insert(parts[parts.len() - 1].to_string(), parse_override_value(value.trim()));
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Load a config file (or the embedded default when `path` is None) with overrides.
+    pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Config> {
+        let (name, text) = match path {
+            Some(p) => (
+                p.display().to_string(),
+                std::fs::read_to_string(p).with_context(|| format!("{}: cannot read config", p.display()))?,
+            ),
+            None => ("configs/tiny.toml (embedded)".to_string(), TINY_TOML.to_string()),
+        };
+        Self::parse(&name, &text, overrides)
+    }
+
+    pub fn parse(name: &str, text: &str, overrides: &[String]) -> Result<Config> {
+        let cfg: Config = if overrides.is_empty() {
+            toml::from_str(text).map_err(|e| {
+                let line = e.span().map(|s| format!(":{}", line_of(text, s.start))).unwrap_or_default();
+                anyhow::anyhow!("{name}{line}: {}", e.message().trim())
+            })?
+        } else {
+            let mut table: toml::Table = toml::from_str(text).map_err(|e| {
+                let line = e.span().map(|s| format!(":{}", line_of(text, s.start))).unwrap_or_default();
+                anyhow::anyhow!("{name}{line}: {}", e.message().trim())
+            })?;
+            apply_overrides(&mut table, overrides).with_context(|| name.to_string())?;
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| anyhow::anyhow!("{name} (with --set overrides): {}", e.message().trim()))?
+        };
+        cfg.validate().map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let d = &self.data;
+        if d.seq_len == 0 {
+            bail!("data.seq_len must be positive");
+        }
+        if d.batch_size == 0 {
+            bail!("data.batch_size must be positive");
+        }
+        if !(0.0..1.0).contains(&d.val_fraction) {
+            bail!("data.val_fraction = {} must be in [0, 1)", d.val_fraction);
+        }
+        if d.sources.is_empty() {
+            bail!("data.sources is empty: list at least one [[data.sources]]");
+        }
+        for s in &d.sources {
+            if !(s.weight.is_finite() && s.weight >= 0.0) {
+                bail!("data.sources {:?}: weight {} must be a non-negative number", s.name, s.weight);
+            }
+        }
+        if d.sources.iter().all(|s| s.weight == 0.0) {
+            bail!("data.sources: every weight is 0");
+        }
+        Ok(())
+    }
+
+    /// Loader options for this config on one rank.
+    pub fn loader_options(&self, vocab_size: u64, fingerprint: u64, delimiter: Option<u32>, rank: usize, world_size: usize) -> LoaderOptions {
+        LoaderOptions {
+            seq_len: self.data.seq_len,
+            batch_size: self.data.batch_size,
+            seed: self.data.seed,
+            shuffle: self.data.shuffle,
+            val_fraction: self.data.val_fraction,
+            rank,
+            world_size,
+            vocab_size,
+            fingerprint: Some(fingerprint),
+            delimiter,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_parses() {
+        let c = Config::load(None, &[]).unwrap();
+        assert!(!c.data.sources.is_empty());
+    }
+
+    #[test]
+    fn overrides_apply_and_type_errors_are_reported() {
+        let c = Config::load(None, &["data.seq_len=64".into(), "data.seed=9".into()]).unwrap();
+        assert_eq!((c.data.seq_len, c.data.seed), (64, 9));
+        let e = Config::load(None, &["data.seq_len=abc".into()]).unwrap_err().to_string();
+        assert!(e.contains("seq_len") || e.contains("invalid type"), "{e}");
+        let e = Config::load(None, &["data.nonsense=1".into()]).unwrap_err().to_string();
+        assert!(e.contains("unknown field `nonsense`"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_line() {
+        let text = "[data]\ntokenizer = \"t.json\"\nseq_len = 8\nbatch_size = 1\nbogus = 1\nsources = []\n";
+        let e = Config::parse("x.toml", text, &[]).unwrap_err().to_string();
+        assert!(e.starts_with("x.toml:5: unknown field `bogus`"), "{e}");
+        let text = "[data]\ntokenizer = \"t.json\"\nseq_len = \"eight\"\nbatch_size = 1\nsources = []\n";
+        let e = Config::parse("x.toml", text, &[]).unwrap_err().to_string();
+        assert!(e.starts_with("x.toml:3: invalid type"), "{e}");
+    }
+}

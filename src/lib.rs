@@ -3,6 +3,7 @@
 //! The library holds everything; `main.rs` only parses the command line and dispatches.
 
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod data;
 pub mod fsutil;

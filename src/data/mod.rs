@@ -2,12 +2,15 @@
 //! instruction-augmented documents, synthesizer fine-tuning sequences, `kiln prep`, the mixture
 //! and packing loader, and the embedded synthetic world.
 
+pub mod augment;
 pub mod bpe;
 pub mod finetune;
 pub mod loader;
+pub mod prep;
 pub mod records;
 pub mod rng;
 pub mod shard;
 pub mod synth_format;
+pub mod templates;
 pub mod tokenizer;
 pub mod world;

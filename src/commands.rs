@@ -1,0 +1,326 @@
+//! What each subcommand does, as calls into the library. Argument definitions are in `cli.rs`.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+use crate::cli::{Cli, Command, DataArgs, PrepArgs, TokenizerCommand, WorldArgs};
+use crate::config::{Config, WorldSection};
+use crate::data::loader::{Loader, Split};
+use crate::data::prep::{prep, InputKind, PrepOptions, PrepStats, TextSplit};
+use crate::data::records::AugmentedRecord;
+use crate::data::tokenizer::{train_byte_level_bpe, Tokenizer};
+use crate::data::world::{write_world, WorldConfig};
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::World(a) => world(a),
+        Command::Tokenizer(t) => tokenizer(t),
+        Command::Prep(a) => prep_cmd(a),
+        Command::Data(a) => data(a),
+    }
+}
+
+fn world(a: WorldArgs) -> Result<()> {
+    let cfg = Config::load(a.config.config.as_deref(), &a.config.overrides)?;
+    let Some(w) = cfg.world.clone() else {
+        bail!("the config has no [world] section: nothing to generate");
+    };
+    ensure_world(&w, &cfg, a.force, !a.no_prep)
+}
+
+/// Build the synthetic world's files, tokenizer and shards where missing (or all with `force`).
+pub fn ensure_world(w: &WorldSection, cfg: &Config, force: bool, with_prep: bool) -> Result<()> {
+    let dir = &w.dir;
+    let wc = WorldConfig {
+        seed: w.seed,
+        people: w.people,
+        bios_per_person: w.bios_per_person,
+        train_fraction: 0.5,
+    };
+    wc.validate().map_err(|e| anyhow::anyhow!("[world]: {e}"))?;
+    if force || !dir.join("world.json").exists() {
+        let t = Instant::now();
+        let s = write_world(&wc, dir).with_context(|| format!("{}: cannot write the world", dir.display()))?;
+        eprintln!(
+            "world: {} people, {} biographies, {} augmented records, {} held-out questions -> {} ({:.1}s)",
+            s.people,
+            s.biographies,
+            s.augmented_records,
+            s.eval_items,
+            dir.display(),
+            t.elapsed().as_secs_f64()
+        );
+    }
+    if !with_prep {
+        return Ok(());
+    }
+    let tok_path = &cfg.data.tokenizer;
+    if force || !tok_path.exists() {
+        let t = Instant::now();
+        let raw = read_jsonl_texts(&dir.join("raw.jsonl"))?;
+        let aug = read_augmented_texts(&dir.join("augmented.jsonl"))?;
+        if let Some(parent) = tok_path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        train_byte_level_bpe(raw.iter().chain(aug.iter()), w.vocab_size, tok_path)?;
+        eprintln!("tokenizer: byte-level BPE, {} ids -> {} ({:.1}s)", w.vocab_size, tok_path.display(), t.elapsed().as_secs_f64());
+    }
+    let tok = Tokenizer::from_file(tok_path, cfg.data.bos_token.as_deref(), cfg.data.eos_token.as_deref())?;
+    let shards = dir.join("shards");
+    for (name, file, kind) in [("raw", "raw.jsonl", InputKind::Jsonl), ("augmented", "augmented.jsonl", InputKind::Augmented)] {
+        let done = shards.join(format!("{name}_00000.kiln"));
+        if !force && done.exists() {
+            continue;
+        }
+        remove_shards(&shards, name)?;
+        let opts = PrepOptions {
+            inputs: vec![dir.join(file)],
+            kind: Some(kind),
+            out_dir: shards.clone(),
+            name: name.into(),
+            seed: w.seed,
+            ..PrepOptions::default()
+        };
+        let stats = prep(&tok, &opts)?;
+        print_prep_stats(name, &stats);
+    }
+    Ok(())
+}
+
+fn remove_shards(dir: &Path, name: &str) -> Result<()> {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let f = e.file_name().to_string_lossy().into_owned();
+            if f.starts_with(&format!("{name}_")) && f.ends_with(".kiln") {
+                std::fs::remove_file(e.path())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_prep_stats(name: &str, s: &PrepStats) {
+    eprintln!(
+        "prep {name}: {} lines, {} documents, {} tokens, {} shard(s), {:.1} MB in {:.2}s ({:.1} MB/s, {:.2} M tokens/s){}",
+        s.lines,
+        s.documents,
+        s.tokens,
+        s.shards.len(),
+        s.input_bytes as f64 / 1e6,
+        s.seconds,
+        s.mb_per_s(),
+        s.tokens_per_s() / 1e6,
+        if s.skipped_lines > 0 { format!(", skipped {} bad line(s)", s.skipped_lines) } else { String::new() }
+    );
+}
+
+/// Read the `text` field of every line of a JSONL file.
+fn read_jsonl_texts(path: &Path) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for_each_line(path, |line_no, line| {
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| anyhow::anyhow!("{}:{line_no}: invalid JSON: {e}", path.display()))?;
+        match v.get("text").and_then(|t| t.as_str()) {
+            Some(t) => out.push(t.to_string()),
+            None => bail!("{}:{line_no}: no \"text\" field", path.display()),
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// The question and answer strings of augmented records (their texts are in raw.jsonl).
+fn read_augmented_texts(path: &Path) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for_each_line(path, |line_no, line| {
+        let r: AugmentedRecord = serde_json::from_str(line).map_err(|e| anyhow::anyhow!("{}:{line_no}: invalid record: {e}", path.display()))?;
+        out.extend(r.pairs.into_iter().map(|p| format!("{}\n{}", p.q, p.a)));
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+fn for_each_line(path: &Path, mut f: impl FnMut(u64, &str) -> Result<()>) -> Result<()> {
+    let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let mut reader = BufReader::new(file);
+    let mut buf = Vec::new();
+    let mut n = 0u64;
+    loop {
+        buf.clear();
+        if reader.read_until(b'\n', &mut buf).with_context(|| format!("{}: read error", path.display()))? == 0 {
+            return Ok(());
+        }
+        n += 1;
+        let line = std::str::from_utf8(&buf).map_err(|_| anyhow::anyhow!("{}:{n}: not valid UTF-8", path.display()))?;
+        let line = line.trim_end_matches(['\n', '\r']);
+        if !line.trim().is_empty() {
+            f(n, line)?;
+        }
+    }
+}
+
+fn tokenizer(cmd: TokenizerCommand) -> Result<()> {
+    match cmd {
+        TokenizerCommand::Train { input, vocab_size, out, field } => {
+            let t = Instant::now();
+            // Stream the inputs into the trainer; the first bad line stops it and is reported.
+            let error: Arc<Mutex<Option<anyhow::Error>>> = Arc::default();
+            let texts = TextLines::new(input, field, error.clone());
+            train_byte_level_bpe(texts, vocab_size, &out)?;
+            if let Some(e) = error.lock().expect("poisoned").take() {
+                let _ = std::fs::remove_file(&out);
+                return Err(e);
+            }
+            let tok = Tokenizer::from_file(&out, None, None)?;
+            eprintln!(
+                "tokenizer: {} ids, fast encoder: {}, written to {} ({:.1}s)",
+                tok.vocab_size(),
+                if tok.is_fast() { "yes" } else { "no" },
+                out.display(),
+                t.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+        TokenizerCommand::Encode { tokenizer, text } => {
+            let tok = Tokenizer::from_file(&tokenizer, None, None)?;
+            let ids = tok.encode(&text)?;
+            println!("{}", serde_json::to_string(&ids)?);
+            Ok(())
+        }
+    }
+}
+
+/// Lines of text files, or a field of JSONL lines, as an iterator for the tokenizer trainer.
+struct TextLines {
+    files: std::vec::IntoIter<PathBuf>,
+    current: Option<(PathBuf, bool, BufReader<File>, u64)>,
+    field: String,
+    error: Arc<Mutex<Option<anyhow::Error>>>,
+}
+
+impl TextLines {
+    fn new(files: Vec<PathBuf>, field: String, error: Arc<Mutex<Option<anyhow::Error>>>) -> Self {
+        TextLines { files: files.into_iter(), current: None, field, error }
+    }
+
+    fn fail(&mut self, e: anyhow::Error) -> Option<String> {
+        *self.error.lock().expect("poisoned") = Some(e);
+        self.current = None;
+        self.files = Vec::new().into_iter();
+        None
+    }
+}
+
+impl Iterator for TextLines {
+    type Item = String;
+    fn next(&mut self) -> Option<String> {
+        loop {
+            if self.current.is_none() {
+                let p = self.files.next()?;
+                let jsonl = matches!(p.extension().and_then(|e| e.to_str()), Some("jsonl" | "json"));
+                match File::open(&p) {
+                    Ok(f) => self.current = Some((p, jsonl, BufReader::new(f), 0)),
+                    Err(e) => return self.fail(anyhow::anyhow!("{}: cannot open: {e}", p.display())),
+                }
+            }
+            let (path, jsonl, reader, n) = self.current.as_mut().expect("just set");
+            let mut buf = Vec::new();
+            match reader.read_until(b'\n', &mut buf) {
+                Ok(0) => {
+                    self.current = None;
+                    continue;
+                }
+                Ok(_) => *n += 1,
+                Err(e) => {
+                    let msg = anyhow::anyhow!("{}: read error: {e}", path.display());
+                    return self.fail(msg);
+                }
+            }
+            let (path, jsonl, n) = (path.clone(), *jsonl, *n);
+            let Ok(line) = String::from_utf8(buf) else {
+                return self.fail(anyhow::anyhow!("{}:{n}: not valid UTF-8", path.display()));
+            };
+            if !jsonl {
+                return Some(line);
+            }
+            if line.trim().is_empty() {
+                continue;
+            }
+            let v: serde_json::Value = match serde_json::from_str(&line) {
+                Ok(v) => v,
+                Err(e) => return self.fail(anyhow::anyhow!("{}:{n}: invalid JSON: {e}", path.display())),
+            };
+            match v.get(&self.field).and_then(|t| t.as_str()) {
+                Some(t) => return Some(t.to_string()),
+                None => {
+                    let msg = anyhow::anyhow!("{}:{n}: no {:?} field", path.display(), self.field);
+                    return self.fail(msg);
+                }
+            }
+        }
+    }
+}
+
+fn prep_cmd(a: PrepArgs) -> Result<()> {
+    if let Some(n) = a.threads {
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().ok();
+    }
+    let tok = Tokenizer::from_file(&a.tokenizer, a.bos_token.as_deref(), a.eos_token.as_deref())?;
+    let opts = PrepOptions {
+        inputs: a.input,
+        kind: a.kind,
+        field: a.field,
+        text_split: a.text_split,
+        out_dir: a.out,
+        name: a.name.clone(),
+        shard_bytes: a.shard_size,
+        skip_bad_lines: a.skip_bad_lines,
+        seed: a.seed,
+        finetune_max_tokens: a.max_tokens,
+        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        ..PrepOptions::default()
+    };
+    let _ = TextSplit::File;
+    let stats = prep(&tok, &opts)?;
+    print_prep_stats(&a.name, &stats);
+    Ok(())
+}
+
+fn data(a: DataArgs) -> Result<()> {
+    let cfg = Config::load(a.config.config.as_deref(), &a.config.overrides)?;
+    if let Some(w) = &cfg.world {
+        ensure_world(w, &cfg, false, true)?;
+    }
+    let d = &cfg.data;
+    let tok = Tokenizer::from_file(&d.tokenizer, d.bos_token.as_deref(), d.eos_token.as_deref())?;
+    let opts = cfg.loader_options(tok.vocab_size(), tok.fingerprint(), tok.bos().or(tok.eos()), 0, 1);
+    let mut loader = Loader::new(&d.sources, opts, Split::Train, Path::new("."))?;
+    let planned = a.tokens.unwrap_or_else(|| loader.split_tokens());
+    println!("{:<16} {:>7} {:>10} {:>13} {:>8} {:>8}", "source", "shards", "documents", "train tokens", "weight", "epochs");
+    for r in loader.report(planned) {
+        println!("{:<16} {:>7} {:>10} {:>13} {:>8.3} {:>8.2}", r.name, r.shards, r.documents, r.tokens, r.weight, r.epochs);
+    }
+    println!("planned tokens: {planned}");
+    let batch = loader.next_batch();
+    for row in 0..a.show.min(batch.batch_size) {
+        let t = batch.seq_len;
+        let ids = &batch.inputs[row * t..(row + 1) * t];
+        let docs = batch.doc_ids[row * t..(row + 1) * t].iter().max().map_or(0, |m| m + 1);
+        println!("--- row {row}: {docs} document(s), {} of {t} targets in the loss", batch.loss_mask[row * t..(row + 1) * t].iter().filter(|&&m| m == 1).count());
+        println!("{}", tok.decode(ids, false)?);
+    }
+    if a.time_batches > 0 {
+        let t = Instant::now();
+        let mut tokens = 0usize;
+        for _ in 0..a.time_batches {
+            tokens += loader.next_batch().inputs.len();
+        }
+        let s = t.elapsed().as_secs_f64();
+        println!("loader: {} batches, {tokens} tokens in {s:.3}s = {:.1} M tokens/s", a.time_batches, tokens as f64 / s / 1e6);
+    }
+    Ok(())
+}
