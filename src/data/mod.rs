@@ -7,6 +7,7 @@ pub mod bpe;
 pub mod finetune;
 pub mod loader;
 pub mod prep;
+pub mod pretokenize;
 pub mod records;
 pub mod rng;
 pub mod shard;
