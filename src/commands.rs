@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use crate::cli::{Cli, Command, DataArgs, PrepArgs, TokenizerCommand, WorldArgs};
 use crate::config::{Config, WorldSection};
 use crate::data::loader::{Loader, Split};
-use crate::data::prep::{prep, InputKind, PrepOptions, PrepStats, TextSplit};
+use crate::data::prep::{prep, InputKind, PrepOptions, PrepStats};
 use crate::data::records::AugmentedRecord;
 use crate::data::tokenizer::{train_byte_level_bpe, Tokenizer};
 use crate::data::world::{write_world, WorldConfig};
@@ -45,7 +45,8 @@ pub fn ensure_world(w: &WorldSection, cfg: &Config, force: bool, with_prep: bool
     wc.validate().map_err(|e| anyhow::anyhow!("[world]: {e}"))?;
     if force || !dir.join("world.json").exists() {
         let t = Instant::now();
-        let s = write_world(&wc, dir).with_context(|| format!("{}: cannot write the world", dir.display()))?;
+        let s = write_world(&wc, dir)
+            .with_context(|| format!("{}: cannot write the world", dir.display()))?;
         eprintln!(
             "world: {} people, {} biographies, {} augmented records, {} held-out questions -> {} ({:.1}s)",
             s.people,
@@ -68,11 +69,23 @@ pub fn ensure_world(w: &WorldSection, cfg: &Config, force: bool, with_prep: bool
             std::fs::create_dir_all(parent)?;
         }
         train_byte_level_bpe(raw.iter().chain(aug.iter()), w.vocab_size, tok_path)?;
-        eprintln!("tokenizer: byte-level BPE, {} ids -> {} ({:.1}s)", w.vocab_size, tok_path.display(), t.elapsed().as_secs_f64());
+        eprintln!(
+            "tokenizer: byte-level BPE, {} ids -> {} ({:.1}s)",
+            w.vocab_size,
+            tok_path.display(),
+            t.elapsed().as_secs_f64()
+        );
     }
-    let tok = Tokenizer::from_file(tok_path, cfg.data.bos_token.as_deref(), cfg.data.eos_token.as_deref())?;
+    let tok = Tokenizer::from_file(
+        tok_path,
+        cfg.data.bos_token.as_deref(),
+        cfg.data.eos_token.as_deref(),
+    )?;
     let shards = dir.join("shards");
-    for (name, file, kind) in [("raw", "raw.jsonl", InputKind::Jsonl), ("augmented", "augmented.jsonl", InputKind::Augmented)] {
+    for (name, file, kind) in [
+        ("raw", "raw.jsonl", InputKind::Jsonl),
+        ("augmented", "augmented.jsonl", InputKind::Augmented),
+    ] {
         let done = shards.join(format!("{name}_00000.kiln"));
         if !force && done.exists() {
             continue;
@@ -106,7 +119,7 @@ fn remove_shards(dir: &Path, name: &str) -> Result<()> {
 
 fn print_prep_stats(name: &str, s: &PrepStats) {
     eprintln!(
-        "prep {name}: {} lines, {} documents, {} tokens, {} shard(s), {:.1} MB in {:.2}s ({:.1} MB/s, {:.2} M tokens/s){}",
+        "prep {name}: {} lines, {} documents, {} tokens, {} shard(s), {:.1} MB in {:.2}s ({:.1} MB/s, {:.2} M tokens/s, peak RSS {} MB){}",
         s.lines,
         s.documents,
         s.tokens,
@@ -115,6 +128,7 @@ fn print_prep_stats(name: &str, s: &PrepStats) {
         s.seconds,
         s.mb_per_s(),
         s.tokens_per_s() / 1e6,
+        s.peak_rss_bytes.map_or("?".to_string(), |b| format!("{:.0}", b as f64 / 1e6)),
         if s.skipped_lines > 0 { format!(", skipped {} bad line(s)", s.skipped_lines) } else { String::new() }
     );
 }
@@ -123,7 +137,8 @@ fn print_prep_stats(name: &str, s: &PrepStats) {
 fn read_jsonl_texts(path: &Path) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for_each_line(path, |line_no, line| {
-        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| anyhow::anyhow!("{}:{line_no}: invalid JSON: {e}", path.display()))?;
+        let v: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| anyhow::anyhow!("{}:{line_no}: invalid JSON: {e}", path.display()))?;
         match v.get("text").and_then(|t| t.as_str()) {
             Some(t) => out.push(t.to_string()),
             None => bail!("{}:{line_no}: no \"text\" field", path.display()),
@@ -137,7 +152,8 @@ fn read_jsonl_texts(path: &Path) -> Result<Vec<String>> {
 fn read_augmented_texts(path: &Path) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for_each_line(path, |line_no, line| {
-        let r: AugmentedRecord = serde_json::from_str(line).map_err(|e| anyhow::anyhow!("{}:{line_no}: invalid record: {e}", path.display()))?;
+        let r: AugmentedRecord = serde_json::from_str(line)
+            .map_err(|e| anyhow::anyhow!("{}:{line_no}: invalid record: {e}", path.display()))?;
         out.extend(r.pairs.into_iter().map(|p| format!("{}\n{}", p.q, p.a)));
         Ok(())
     })?;
@@ -151,11 +167,16 @@ fn for_each_line(path: &Path, mut f: impl FnMut(u64, &str) -> Result<()>) -> Res
     let mut n = 0u64;
     loop {
         buf.clear();
-        if reader.read_until(b'\n', &mut buf).with_context(|| format!("{}: read error", path.display()))? == 0 {
+        if reader
+            .read_until(b'\n', &mut buf)
+            .with_context(|| format!("{}: read error", path.display()))?
+            == 0
+        {
             return Ok(());
         }
         n += 1;
-        let line = std::str::from_utf8(&buf).map_err(|_| anyhow::anyhow!("{}:{n}: not valid UTF-8", path.display()))?;
+        let line = std::str::from_utf8(&buf)
+            .map_err(|_| anyhow::anyhow!("{}:{n}: not valid UTF-8", path.display()))?;
         let line = line.trim_end_matches(['\n', '\r']);
         if !line.trim().is_empty() {
             f(n, line)?;
@@ -165,7 +186,12 @@ fn for_each_line(path: &Path, mut f: impl FnMut(u64, &str) -> Result<()>) -> Res
 
 fn tokenizer(cmd: TokenizerCommand) -> Result<()> {
     match cmd {
-        TokenizerCommand::Train { input, vocab_size, out, field } => {
+        TokenizerCommand::Train {
+            input,
+            vocab_size,
+            out,
+            field,
+        } => {
             let t = Instant::now();
             // Stream the inputs into the trainer; the first bad line stops it and is reported.
             let error: Arc<Mutex<Option<anyhow::Error>>> = Arc::default();
@@ -204,7 +230,12 @@ struct TextLines {
 
 impl TextLines {
     fn new(files: Vec<PathBuf>, field: String, error: Arc<Mutex<Option<anyhow::Error>>>) -> Self {
-        TextLines { files: files.into_iter(), current: None, field, error }
+        TextLines {
+            files: files.into_iter(),
+            current: None,
+            field,
+            error,
+        }
     }
 
     fn fail(&mut self, e: anyhow::Error) -> Option<String> {
@@ -221,10 +252,15 @@ impl Iterator for TextLines {
         loop {
             if self.current.is_none() {
                 let p = self.files.next()?;
-                let jsonl = matches!(p.extension().and_then(|e| e.to_str()), Some("jsonl" | "json"));
+                let jsonl = matches!(
+                    p.extension().and_then(|e| e.to_str()),
+                    Some("jsonl" | "json")
+                );
                 match File::open(&p) {
                     Ok(f) => self.current = Some((p, jsonl, BufReader::new(f), 0)),
-                    Err(e) => return self.fail(anyhow::anyhow!("{}: cannot open: {e}", p.display())),
+                    Err(e) => {
+                        return self.fail(anyhow::anyhow!("{}: cannot open: {e}", p.display()))
+                    }
                 }
             }
             let (path, jsonl, reader, n) = self.current.as_mut().expect("just set");
@@ -252,7 +288,9 @@ impl Iterator for TextLines {
             }
             let v: serde_json::Value = match serde_json::from_str(&line) {
                 Ok(v) => v,
-                Err(e) => return self.fail(anyhow::anyhow!("{}:{n}: invalid JSON: {e}", path.display())),
+                Err(e) => {
+                    return self.fail(anyhow::anyhow!("{}:{n}: invalid JSON: {e}", path.display()))
+                }
             };
             match v.get(&self.field).and_then(|t| t.as_str()) {
                 Some(t) => return Some(t.to_string()),
@@ -267,7 +305,10 @@ impl Iterator for TextLines {
 
 fn prep_cmd(a: PrepArgs) -> Result<()> {
     if let Some(n) = a.threads {
-        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().ok();
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .ok();
     }
     let tok = Tokenizer::from_file(&a.tokenizer, a.bos_token.as_deref(), a.eos_token.as_deref())?;
     let opts = PrepOptions {
@@ -284,7 +325,6 @@ fn prep_cmd(a: PrepArgs) -> Result<()> {
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
         ..PrepOptions::default()
     };
-    let _ = TextSplit::File;
     let stats = prep(&tok, &opts)?;
     print_prep_stats(&a.name, &stats);
     Ok(())
@@ -297,20 +337,41 @@ fn data(a: DataArgs) -> Result<()> {
     }
     let d = &cfg.data;
     let tok = Tokenizer::from_file(&d.tokenizer, d.bos_token.as_deref(), d.eos_token.as_deref())?;
-    let opts = cfg.loader_options(tok.vocab_size(), tok.fingerprint(), tok.bos().or(tok.eos()), 0, 1);
+    let opts = cfg.loader_options(
+        tok.vocab_size(),
+        tok.fingerprint(),
+        tok.bos().or(tok.eos()),
+        0,
+        1,
+    );
     let mut loader = Loader::new(&d.sources, opts, Split::Train, Path::new("."))?;
     let planned = a.tokens.unwrap_or_else(|| loader.split_tokens());
-    println!("{:<16} {:>7} {:>10} {:>13} {:>8} {:>8}", "source", "shards", "documents", "train tokens", "weight", "epochs");
+    println!(
+        "{:<16} {:>7} {:>10} {:>13} {:>8} {:>8}",
+        "source", "shards", "documents", "train tokens", "weight", "epochs"
+    );
     for r in loader.report(planned) {
-        println!("{:<16} {:>7} {:>10} {:>13} {:>8.3} {:>8.2}", r.name, r.shards, r.documents, r.tokens, r.weight, r.epochs);
+        println!(
+            "{:<16} {:>7} {:>10} {:>13} {:>8.3} {:>8.2}",
+            r.name, r.shards, r.documents, r.tokens, r.weight, r.epochs
+        );
     }
     println!("planned tokens: {planned}");
     let batch = loader.next_batch();
     for row in 0..a.show.min(batch.batch_size) {
         let t = batch.seq_len;
         let ids = &batch.inputs[row * t..(row + 1) * t];
-        let docs = batch.doc_ids[row * t..(row + 1) * t].iter().max().map_or(0, |m| m + 1);
-        println!("--- row {row}: {docs} document(s), {} of {t} targets in the loss", batch.loss_mask[row * t..(row + 1) * t].iter().filter(|&&m| m == 1).count());
+        let docs = batch.doc_ids[row * t..(row + 1) * t]
+            .iter()
+            .max()
+            .map_or(0, |m| m + 1);
+        println!(
+            "--- row {row}: {docs} document(s), {} of {t} targets in the loss",
+            batch.loss_mask[row * t..(row + 1) * t]
+                .iter()
+                .filter(|&&m| m == 1)
+                .count()
+        );
         println!("{}", tok.decode(ids, false)?);
     }
     if a.time_batches > 0 {
@@ -320,7 +381,11 @@ fn data(a: DataArgs) -> Result<()> {
             tokens += loader.next_batch().inputs.len();
         }
         let s = t.elapsed().as_secs_f64();
-        println!("loader: {} batches, {tokens} tokens in {s:.3}s = {:.1} M tokens/s", a.time_batches, tokens as f64 / s / 1e6);
+        println!(
+            "loader: {} batches, {tokens} tokens in {s:.3}s = {:.1} M tokens/s",
+            a.time_batches,
+            tokens as f64 / s / 1e6
+        );
     }
     Ok(())
 }

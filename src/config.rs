@@ -111,7 +111,10 @@ pub fn apply_overrides(table: &mut toml::Table, overrides: &[String]) -> Result<
                 _ => bail!("--set {o:?}: {p:?} is not a section"),
             };
         }
-        cur.insert(parts[parts.len() - 1].to_string(), parse_override_value(value.trim()));
+        cur.insert(
+            parts[parts.len() - 1].to_string(),
+            parse_override_value(value.trim()),
+        );
     }
     Ok(())
 }
@@ -122,9 +125,13 @@ impl Config {
         let (name, text) = match path {
             Some(p) => (
                 p.display().to_string(),
-                std::fs::read_to_string(p).with_context(|| format!("{}: cannot read config", p.display()))?,
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("{}: cannot read config", p.display()))?,
             ),
-            None => ("configs/tiny.toml (embedded)".to_string(), TINY_TOML.to_string()),
+            None => (
+                "configs/tiny.toml (embedded)".to_string(),
+                TINY_TOML.to_string(),
+            ),
         };
         Self::parse(&name, &text, overrides)
     }
@@ -132,18 +139,31 @@ impl Config {
     pub fn parse(name: &str, text: &str, overrides: &[String]) -> Result<Config> {
         let cfg: Config = if overrides.is_empty() {
             toml::from_str(text).map_err(|e| {
-                let line = e.span().map(|s| format!(":{}", line_of(text, s.start))).unwrap_or_default();
+                let line = e
+                    .span()
+                    .map(|s| format!(":{}", line_of(text, s.start)))
+                    .unwrap_or_default();
                 anyhow::anyhow!("{name}{line}: {}", e.message().trim())
             })?
         } else {
             let mut table: toml::Table = toml::from_str(text).map_err(|e| {
-                let line = e.span().map(|s| format!(":{}", line_of(text, s.start))).unwrap_or_default();
+                let line = e
+                    .span()
+                    .map(|s| format!(":{}", line_of(text, s.start)))
+                    .unwrap_or_default();
                 anyhow::anyhow!("{name}{line}: {}", e.message().trim())
             })?;
             apply_overrides(&mut table, overrides).with_context(|| name.to_string())?;
-            toml::Value::Table(table)
-                .try_into()
-                .map_err(|e: toml::de::Error| anyhow::anyhow!("{name} (with --set overrides): {}", e.message().trim()))?
+            // Re-parse the merged config from text so an error can point at the offending line.
+            let merged = toml::to_string(&table)?;
+            toml::from_str(&merged).map_err(|e| {
+                let at = e
+                    .span()
+                    .and_then(|s| merged.lines().nth(line_of(&merged, s.start) - 1))
+                    .map(|l| format!(" at `{}`", l.trim()))
+                    .unwrap_or_default();
+                anyhow::anyhow!("{name} (with --set overrides){at}: {}", e.message().trim())
+            })?
         };
         cfg.validate().map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
         Ok(cfg)
@@ -165,7 +185,11 @@ impl Config {
         }
         for s in &d.sources {
             if !(s.weight.is_finite() && s.weight >= 0.0) {
-                bail!("data.sources {:?}: weight {} must be a non-negative number", s.name, s.weight);
+                bail!(
+                    "data.sources {:?}: weight {} must be a non-negative number",
+                    s.name,
+                    s.weight
+                );
             }
         }
         if d.sources.iter().all(|s| s.weight == 0.0) {
@@ -175,7 +199,14 @@ impl Config {
     }
 
     /// Loader options for this config on one rank.
-    pub fn loader_options(&self, vocab_size: u64, fingerprint: u64, delimiter: Option<u32>, rank: usize, world_size: usize) -> LoaderOptions {
+    pub fn loader_options(
+        &self,
+        vocab_size: u64,
+        fingerprint: u64,
+        delimiter: Option<u32>,
+        rank: usize,
+        world_size: usize,
+    ) -> LoaderOptions {
         LoaderOptions {
             seq_len: self.data.seq_len,
             batch_size: self.data.batch_size,
@@ -205,9 +236,13 @@ mod tests {
     fn overrides_apply_and_type_errors_are_reported() {
         let c = Config::load(None, &["data.seq_len=64".into(), "data.seed=9".into()]).unwrap();
         assert_eq!((c.data.seq_len, c.data.seed), (64, 9));
-        let e = Config::load(None, &["data.seq_len=abc".into()]).unwrap_err().to_string();
+        let e = Config::load(None, &["data.seq_len=abc".into()])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("seq_len") || e.contains("invalid type"), "{e}");
-        let e = Config::load(None, &["data.nonsense=1".into()]).unwrap_err().to_string();
+        let e = Config::load(None, &["data.nonsense=1".into()])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unknown field `nonsense`"), "{e}");
     }
 
@@ -216,7 +251,8 @@ mod tests {
         let text = "[data]\ntokenizer = \"t.json\"\nseq_len = 8\nbatch_size = 1\nbogus = 1\nsources = []\n";
         let e = Config::parse("x.toml", text, &[]).unwrap_err().to_string();
         assert!(e.starts_with("x.toml:5: unknown field `bogus`"), "{e}");
-        let text = "[data]\ntokenizer = \"t.json\"\nseq_len = \"eight\"\nbatch_size = 1\nsources = []\n";
+        let text =
+            "[data]\ntokenizer = \"t.json\"\nseq_len = \"eight\"\nbatch_size = 1\nsources = []\n";
         let e = Config::parse("x.toml", text, &[]).unwrap_err().to_string();
         assert!(e.starts_with("x.toml:3: invalid type"), "{e}");
     }

@@ -10,7 +10,11 @@ use super::synth_format::{context_block, pairs_block};
 use super::tokenizer::Tokenizer;
 
 /// One example as token ids with its loss mask (true = in the loss).
-pub fn encode_example(tok: &Tokenizer, text: &str, pairs: &[Pair]) -> Result<(Vec<u32>, Vec<bool>)> {
+pub fn encode_example(
+    tok: &Tokenizer,
+    text: &str,
+    pairs: &[Pair],
+) -> Result<(Vec<u32>, Vec<bool>)> {
     // Encode the context block and the pairs as one string, then split the mask at the first token
     // that starts at or after the pairs, so token boundaries are exactly those of the whole example.
     let context = context_block(text);
@@ -37,7 +41,11 @@ pub fn encode_example(tok: &Tokenizer, text: &str, pairs: &[Pair]) -> Result<(Ve
 /// Pack examples (in order) into documents of at most `max_tokens` tokens each; an example longer
 /// than `max_tokens` becomes a document of its own. Examples without pairs are skipped: they teach
 /// the synthesizer nothing and would carry no loss.
-pub fn pack_examples<'a, I>(tok: &Tokenizer, examples: I, max_tokens: usize) -> Result<Vec<(Vec<u32>, Vec<bool>)>>
+pub fn pack_examples<'a, I>(
+    tok: &Tokenizer,
+    examples: I,
+    max_tokens: usize,
+) -> Result<Vec<(Vec<u32>, Vec<bool>)>>
 where
     I: IntoIterator<Item = (&'a str, &'a [Pair])>,
 {
@@ -69,7 +77,10 @@ mod tests {
     fn mask_covers_pairs_end_and_eos_but_not_context() {
         let dir = tempfile::tempdir().unwrap();
         let tok = crate::data::tokenizer::tests::small_tokenizer(dir.path());
-        let pairs = vec![Pair { q: "Who jumps?".into(), a: "The quick fox.".into() }];
+        let pairs = vec![Pair {
+            q: "Who jumps?".into(),
+            a: "The quick fox.".into(),
+        }];
         let (ids, mask) = encode_example(&tok, "The quick brown fox jumps.", &pairs).unwrap();
         assert_eq!(ids.len(), mask.len());
         assert_eq!(ids[0], tok.bos().unwrap());
@@ -84,19 +95,35 @@ mod tests {
         let prs = tok.decode(&ids[first_in..ids.len() - 1], false).unwrap();
         assert_eq!(prs, "<QUE> Who jumps? <ANS> The quick fox. </END>");
         // And the whole decodes to the rendered example text.
-        assert_eq!(tok.decode(&ids, false).unwrap(), render_example("The quick brown fox jumps.", &pairs));
+        assert_eq!(
+            tok.decode(&ids, false).unwrap(),
+            render_example("The quick brown fox jumps.", &pairs)
+        );
     }
 
     #[test]
     fn packs_several_examples_per_document_up_to_the_limit() {
         let dir = tempfile::tempdir().unwrap();
         let tok = crate::data::tokenizer::tests::small_tokenizer(dir.path());
-        let pairs = vec![Pair { q: "Q?".into(), a: "A.".into() }];
+        let pairs = vec![Pair {
+            q: "Q?".into(),
+            a: "A.".into(),
+        }];
         let ex: Vec<(&str, &[Pair])> = (0..10).map(|_| ("The lazy dog.", &pairs[..])).collect();
-        let one = encode_example(&tok, "The lazy dog.", &pairs).unwrap().0.len();
+        let one = encode_example(&tok, "The lazy dog.", &pairs)
+            .unwrap()
+            .0
+            .len();
         let docs = pack_examples(&tok, ex, one * 3).unwrap();
         assert_eq!(docs.len(), 4); // 3 + 3 + 3 + 1
         assert_eq!(docs[0].0.len(), one * 3);
-        assert_eq!(docs[0].0.iter().filter(|&&t| t == tok.bos().unwrap()).count(), 3);
+        assert_eq!(
+            docs[0]
+                .0
+                .iter()
+                .filter(|&&t| t == tok.bos().unwrap())
+                .count(),
+            3
+        );
     }
 }

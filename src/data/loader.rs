@@ -174,7 +174,10 @@ fn in_validation(seed: u64, source: usize, doc: u64, fraction: f64) -> bool {
     if fraction <= 0.0 {
         return false;
     }
-    let h = derive_seed(derive_seed(seed ^ 0x7661_6c69_6461_7465, source as u64), doc);
+    let h = derive_seed(
+        derive_seed(seed ^ 0x7661_6c69_6461_7465, source as u64),
+        doc,
+    );
     (h as f64) < fraction * u64::MAX as f64
 }
 
@@ -202,7 +205,12 @@ fn permute(index: u64, n: u64, key: u64) -> u64 {
 impl Loader {
     /// Open every shard of every source (validated), for the given split. `base` resolves relative
     /// globs (the config file's directory).
-    pub fn new(specs: &[SourceSpec], opts: LoaderOptions, split: Split, base: &Path) -> Result<Self> {
+    pub fn new(
+        specs: &[SourceSpec],
+        opts: LoaderOptions,
+        split: Split,
+        base: &Path,
+    ) -> Result<Self> {
         if specs.is_empty() {
             bail!("the data config lists no sources");
         }
@@ -210,7 +218,11 @@ impl Loader {
             bail!("seq_len and batch_size must be positive");
         }
         if opts.world_size == 0 || opts.rank >= opts.world_size {
-            bail!("rank {} is not below world size {}", opts.rank, opts.world_size);
+            bail!(
+                "rank {} is not below world size {}",
+                opts.rank,
+                opts.world_size
+            );
         }
         if !(0.0..1.0).contains(&opts.val_fraction) {
             bail!("val_fraction {} must be in [0, 1)", opts.val_fraction);
@@ -218,9 +230,14 @@ impl Loader {
         let mut sources = Vec::new();
         for (si, spec) in specs.iter().enumerate() {
             if !(spec.weight >= 0.0 && spec.weight.is_finite()) {
-                bail!("source {:?}: weight {} must be a non-negative number", spec.name, spec.weight);
+                bail!(
+                    "source {:?}: weight {} must be a non-negative number",
+                    spec.name,
+                    spec.weight
+                );
             }
-            let paths = expand_glob(&spec.path, base).with_context(|| format!("source {:?}", spec.name))?;
+            let paths =
+                expand_glob(&spec.path, base).with_context(|| format!("source {:?}", spec.name))?;
             let mut shards = Vec::new();
             let mut cum_docs = vec![0u64];
             let mut tokens = 0;
@@ -260,19 +277,29 @@ impl Loader {
         }
         let mut weights: Vec<f64> = sources
             .iter()
-            .map(|s| if s.split_tokens > 0 { s.spec.weight } else { 0.0 })
+            .map(|s| {
+                if s.split_tokens > 0 {
+                    s.spec.weight
+                } else {
+                    0.0
+                }
+            })
             .collect();
         let total: f64 = weights.iter().sum();
         if total <= 0.0 {
             bail!(
                 "no {} tokens: every source is empty or has weight 0",
-                if split == Split::Train { "training" } else { "validation" }
+                if split == Split::Train {
+                    "training"
+                } else {
+                    "validation"
+                }
             );
         }
         weights.iter_mut().for_each(|w| *w /= total);
-        let (docs, toks) = sources
-            .iter()
-            .fold((0u64, 0u64), |(d, t), s| (d + s.split_docs, t + s.split_tokens));
+        let (docs, toks) = sources.iter().fold((0u64, 0u64), |(d, t), s| {
+            (d + s.split_docs, t + s.split_tokens)
+        });
         let mean_doc_len = toks as f64 / docs.max(1) as f64;
         let cursor = Cursor {
             sources: vec![SourceCursor::default(); sources.len()],
@@ -420,7 +447,8 @@ impl Loader {
                 let r = range.start + pos.offset..range.start + pos.offset + n;
                 shard.extend_tokens(r.clone(), &mut self.row_tokens);
                 shard.extend_loss_mask(r, &mut self.row_mask);
-                self.row_docs.extend(std::iter::repeat_n(serial, n as usize));
+                self.row_docs
+                    .extend(std::iter::repeat_n(serial, n as usize));
             }
             pos.offset += n;
             count -= n as usize;
@@ -477,7 +505,9 @@ impl Loader {
             }
             batch.inputs.extend_from_slice(&self.row_tokens[..t]);
             batch.targets.extend_from_slice(&self.row_tokens[1..]);
-            batch.loss_mask.extend(self.row_mask[1..].iter().map(|&m| m as u8));
+            batch
+                .loss_mask
+                .extend(self.row_mask[1..].iter().map(|&m| m as u8));
             batch.doc_ids.extend_from_slice(&self.row_docs[..t]);
             for i in 0..t {
                 if i == 0 || self.row_docs[i] != self.row_docs[i - 1] {
@@ -517,7 +547,9 @@ mod tests {
             let mut w = ShardWriter::create(&path, 1 << 20, 7, false).unwrap();
             for d in s * per..((s + 1) * per).min(docs) {
                 let len = 5 + (d * 37 % 150);
-                let doc: Vec<u32> = (0..len).map(|i| source << 18 | (d % 1024) << 8 | (i % 256)).collect();
+                let doc: Vec<u32> = (0..len)
+                    .map(|i| source << 18 | (d % 1024) << 8 | (i % 256))
+                    .collect();
                 w.push_document(&doc, None).unwrap();
             }
             w.finish().unwrap();
@@ -545,7 +577,10 @@ mod tests {
             .enumerate()
             .map(|(i, &w)| SourceSpec {
                 name: format!("s{i}"),
-                path: dir.join(format!("s{i}_*.kiln")).to_string_lossy().into_owned(),
+                path: dir
+                    .join(format!("s{i}_*.kiln"))
+                    .to_string_lossy()
+                    .into_owned(),
                 weight: w,
             })
             .collect()
@@ -578,7 +613,10 @@ mod tests {
                     let starts = b.inputs[r * 64 + i] & 0xff == 0;
                     assert_eq!(b.doc_ids[r * 64 + i] != b.doc_ids[r * 64 + i - 1], starts);
                 }
-                assert_eq!(&b.targets[r * 64..r * 64 + 63], &b.inputs[r * 64 + 1..(r + 1) * 64]);
+                assert_eq!(
+                    &b.targets[r * 64..r * 64 + 63],
+                    &b.inputs[r * 64 + 1..(r + 1) * 64]
+                );
             }
             assert_eq!(*b.cu_seqlens.last().unwrap(), 128);
             assert!(b.cu_seqlens.windows(2).all(|w| w[0] < w[1]));
@@ -602,7 +640,13 @@ mod tests {
         write_source(dir.path(), "s1", 1, 500, 1);
         write_source(dir.path(), "s2", 2, 800, 1);
         let w = [0.6, 0.25, 0.15];
-        let mut l = Loader::new(&specs(dir.path(), &w), opts(8, 256), Split::Train, dir.path()).unwrap();
+        let mut l = Loader::new(
+            &specs(dir.path(), &w),
+            opts(8, 256),
+            Split::Train,
+            dir.path(),
+        )
+        .unwrap();
         let mut counts = [0u64; 3];
         let mut total = 0;
         while total < 1_000_000 {
@@ -614,7 +658,11 @@ mod tests {
         }
         for i in 0..3 {
             let share = counts[i] as f64 / total as f64;
-            assert!((share - w[i]).abs() < 0.01, "source {i}: {share} vs {}", w[i]);
+            assert!(
+                (share - w[i]).abs() < 0.01,
+                "source {i}: {share} vs {}",
+                w[i]
+            );
         }
         let rep = l.report(1_000_000);
         assert!(rep[1].epochs > 1.0, "the small source repeats: {rep:?}");
@@ -656,7 +704,9 @@ mod tests {
             (0..batches)
                 .flat_map(|_| {
                     let b = l.next_batch();
-                    (0..2).map(move |r| b.inputs[r * 50..(r + 1) * 50].to_vec()).collect::<Vec<_>>()
+                    (0..2)
+                        .map(move |r| b.inputs[r * 50..(r + 1) * 50].to_vec())
+                        .collect::<Vec<_>>()
                 })
                 .collect()
         };
@@ -696,9 +746,24 @@ mod tests {
         write_source(dir.path(), "s0", 0, 10, 1);
         let mut o = opts(1, 8);
         o.fingerprint = Some(8);
-        let e = Loader::new(&specs(dir.path(), &[1.0]), o, Split::Train, dir.path()).err().unwrap();
-        assert!(format!("{e:#}").contains("s0_000.kiln: shard was tokenized with another tokenizer"), "{e:#}");
-        let e = Loader::new(&specs(dir.path(), &[1.0, 1.0]), opts(1, 8), Split::Train, dir.path()).err().unwrap();
-        assert!(format!("{e:#}").contains("s1_*.kiln: the pattern matches no file"), "{e:#}");
+        let e = Loader::new(&specs(dir.path(), &[1.0]), o, Split::Train, dir.path())
+            .err()
+            .unwrap();
+        assert!(
+            format!("{e:#}").contains("s0_000.kiln: shard was tokenized with another tokenizer"),
+            "{e:#}"
+        );
+        let e = Loader::new(
+            &specs(dir.path(), &[1.0, 1.0]),
+            opts(1, 8),
+            Split::Train,
+            dir.path(),
+        )
+        .err()
+        .unwrap();
+        assert!(
+            format!("{e:#}").contains("s1_*.kiln: the pattern matches no file"),
+            "{e:#}"
+        );
     }
 }

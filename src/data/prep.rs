@@ -103,6 +103,16 @@ pub struct PrepStats {
     pub tokens: u64,
     pub shards: Vec<PathBuf>,
     pub seconds: f64,
+    /// Peak resident memory of the process (Linux; None elsewhere).
+    pub peak_rss_bytes: Option<u64>,
+}
+
+/// The process's peak resident set size, from /proc/self/status (VmHWM).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 impl PrepStats {
@@ -129,8 +139,7 @@ struct FinetuneRecord {
     text: String,
     #[serde(default)]
     pairs: Vec<Pair>,
-    #[serde(default)]
-    source: Option<serde_json::Value>,
+    // `source` only groups adjacent records (read in `add_line`); unknown fields are ignored.
 }
 
 struct ShardSink<'a> {
@@ -144,10 +153,11 @@ struct ShardSink<'a> {
 impl ShardSink<'_> {
     fn push(&mut self, doc: &Doc) -> Result<()> {
         if self.writer.is_none() {
-            let path = self
-                .opts
-                .out_dir
-                .join(format!("{}_{:05}.kiln", self.opts.name, self.stats.shards.len()));
+            let path = self.opts.out_dir.join(format!(
+                "{}_{:05}.kiln",
+                self.opts.name,
+                self.stats.shards.len()
+            ));
             self.writer = Some(ShardWriter::create(
                 &path,
                 self.tok.vocab_size(),
@@ -188,7 +198,8 @@ pub fn prep(tok: &Tokenizer, opts: &PrepOptions) -> Result<PrepStats> {
     }
     let mut total_bytes = 0;
     for p in &opts.inputs {
-        let meta = std::fs::metadata(p).with_context(|| format!("{}: cannot read input", p.display()))?;
+        let meta =
+            std::fs::metadata(p).with_context(|| format!("{}: cannot read input", p.display()))?;
         if !meta.is_file() {
             bail!("{}: not a regular file", p.display());
         }
@@ -196,7 +207,10 @@ pub fn prep(tok: &Tokenizer, opts: &PrepOptions) -> Result<PrepStats> {
     }
     std::fs::create_dir_all(&opts.out_dir)
         .with_context(|| format!("{}: cannot create output directory", opts.out_dir.display()))?;
-    let with_mask = opts.inputs.iter().any(|p| kind_for(p, opts.kind) == InputKind::Finetune);
+    let with_mask = opts
+        .inputs
+        .iter()
+        .any(|p| kind_for(p, opts.kind) == InputKind::Finetune);
     let mut sink = ShardSink {
         tok,
         opts,
@@ -214,6 +228,7 @@ pub fn prep(tok: &Tokenizer, opts: &PrepOptions) -> Result<PrepStats> {
     bar.finish_and_clear();
     let mut stats = sink.stats;
     stats.seconds = start.elapsed().as_secs_f64();
+    stats.peak_rss_bytes = peak_rss_bytes();
     Ok(stats)
 }
 
@@ -284,7 +299,10 @@ fn prep_file(
         }
         // Encode a chunk when it is large enough (keeping the last, possibly open, group) or at EOF.
         if eof || (chunk_bytes >= opts.chunk_bytes && units.len() > 1) {
-            let keep = if eof || matches!(kind, InputKind::Jsonl) || kind == InputKind::Text && opts.text_split == TextSplit::Line {
+            let keep = if eof
+                || matches!(kind, InputKind::Jsonl)
+                || kind == InputKind::Text && opts.text_split == TextSplit::Line
+            {
                 0
             } else {
                 1
@@ -293,7 +311,10 @@ fn prep_file(
             encode_units(tok, opts, path, kind, file_seed, &ready, sink)?;
             bar.inc(chunk_bytes as u64);
             let secs = start.elapsed().as_secs_f64().max(1e-9);
-            bar.set_message(format!("{:.2} M tok/s", sink.stats.tokens as f64 / secs / 1e6));
+            bar.set_message(format!(
+                "{:.2} M tok/s",
+                sink.stats.tokens as f64 / secs / 1e6
+            ));
             chunk_bytes = 0;
         }
         if eof {
@@ -330,7 +351,11 @@ fn add_line(
                 if line.trim().is_empty() {
                     *open_key = None;
                 } else if open_key.is_some() && !units.is_empty() {
-                    units.last_mut().expect("non-empty").lines.push((line_no, line));
+                    units
+                        .last_mut()
+                        .expect("non-empty")
+                        .lines
+                        .push((line_no, line));
                 } else {
                     *open_key = Some(serde_json::Value::Bool(true));
                     new_unit(units, line);
@@ -344,7 +369,11 @@ fn add_line(
         InputKind::Augmented | InputKind::Finetune => {
             // Group adjacent records by chain (augmented) or source (fine-tuning). The key is read
             // cheaply here; full parsing and its errors happen in the parallel encode.
-            let field = if kind == InputKind::Augmented { "chain" } else { "source" };
+            let field = if kind == InputKind::Augmented {
+                "chain"
+            } else {
+                "source"
+            };
             let key = serde_json::from_str::<serde_json::Value>(&line)
                 .ok()
                 .and_then(|v| v.get(field).cloned())
@@ -408,7 +437,12 @@ fn encode_unit(
     };
     match kind {
         InputKind::Text => {
-            let text = unit.lines.iter().map(|(_, l)| l.as_str()).collect::<Vec<_>>().join("\n");
+            let text = unit
+                .lines
+                .iter()
+                .map(|(_, l)| l.as_str())
+                .collect::<Vec<_>>()
+                .join("\n");
             if text.trim().is_empty() {
                 return Ok(vec![]);
             }
@@ -442,8 +476,10 @@ fn encode_unit(
                 let r: AugmentedRecord = parse_json_line(raw).map_err(|e| (*line, e))?;
                 records.push(r);
             }
-            let entries: Vec<(&str, &[Pair])> =
-                records.iter().map(|r| (r.text.as_str(), r.pairs.as_slice())).collect();
+            let entries: Vec<(&str, &[Pair])> = records
+                .iter()
+                .map(|r| (r.text.as_str(), r.pairs.as_slice()))
+                .collect();
             let seed = derive_seed(file_seed, unit.line);
             template_chain(&entries, seed)
                 .into_iter()
@@ -457,13 +493,17 @@ fn encode_unit(
                     continue;
                 }
                 let r: FinetuneRecord = parse_json_line(raw).map_err(|e| (*line, e))?;
-                let _ = &r.source;
                 records.push(r);
             }
-            let examples = records.iter().map(|r| (r.text.as_str(), r.pairs.as_slice()));
+            let examples = records
+                .iter()
+                .map(|r| (r.text.as_str(), r.pairs.as_slice()));
             let docs = pack_examples(tok, examples, opts.finetune_max_tokens)
                 .map_err(|e| (unit.line, e.to_string()))?;
-            Ok(docs.into_iter().map(|(ids, mask)| (ids, Some(mask))).collect())
+            Ok(docs
+                .into_iter()
+                .map(|(ids, mask)| (ids, Some(mask)))
+                .collect())
         }
     }
 }

@@ -208,7 +208,10 @@ impl ShardWriter {
             fingerprint: self.fingerprint,
             file_size: total,
         });
-        let mut file = self.out.into_inner().map_err(|err| io_err(&self.tmp_path, err.into_error()))?;
+        let mut file = self
+            .out
+            .into_inner()
+            .map_err(|err| io_err(&self.tmp_path, err.into_error()))?;
         use std::io::{Seek, SeekFrom};
         file.seek(SeekFrom::Start(0))
             .and_then(|_| file.write_all(&header))
@@ -218,7 +221,11 @@ impl ShardWriter {
         std::fs::rename(&self.tmp_path, &self.path).map_err(|err| io_err(&self.path, err))?;
         if let Some(dir) = self.path.parent() {
             // Make the rename durable; a directory that cannot be opened is not an error here.
-            if let Ok(d) = File::open(if dir.as_os_str().is_empty() { Path::new(".") } else { dir }) {
+            if let Ok(d) = File::open(if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            }) {
                 let _ = d.sync_all();
             }
         }
@@ -318,7 +325,10 @@ impl Shard {
         {
             Self::open_llmc(path, map, vocab_size, delimiter)
         } else if map.len() < 8 {
-            Err(invalid(path, format!("file is {} bytes, too short to be a token shard", map.len())))
+            Err(invalid(
+                path,
+                format!("file is {} bytes, too short to be a token shard", map.len()),
+            ))
         } else {
             Err(invalid(
                 path,
@@ -329,15 +339,29 @@ impl Shard {
 
     fn open_kiln(path: &Path, map: Mmap, max_vocab: u64) -> Result<Self, ShardError> {
         if map.len() < HEADER_BYTES {
-            return Err(invalid(path, format!("truncated header: file is {} bytes, the header alone is {HEADER_BYTES}", map.len())));
+            return Err(invalid(
+                path,
+                format!(
+                    "truncated header: file is {} bytes, the header alone is {HEADER_BYTES}",
+                    map.len()
+                ),
+            ));
         }
         let version = u32_at(&map, 8);
         if version != VERSION {
-            return Err(invalid(path, format!("shard version {version} is not supported (this kiln reads version {VERSION})")));
+            return Err(invalid(
+                path,
+                format!(
+                    "shard version {version} is not supported (this kiln reads version {VERSION})"
+                ),
+            ));
         }
         let width = u32_at(&map, 12);
         if width != 2 && width != 4 {
-            return Err(invalid(path, format!("token width {width} bytes is invalid (2 or 4)")));
+            return Err(invalid(
+                path,
+                format!("token width {width} bytes is invalid (2 or 4)"),
+            ));
         }
         let flags = u32_at(&map, 16);
         let n_tokens = u64_at(&map, 24);
@@ -381,8 +405,17 @@ impl Shard {
         let mut prev = 0u64;
         for i in 0..n {
             let off = shard.doc_offset(i);
-            if (i == 0 && off != 0) || off < prev || off > n_tokens || (i == n - 1 && off != n_tokens) {
-                return Err(invalid(path, format!("corrupt document index at entry {i} (offset {off}, {n_tokens} tokens)")));
+            if (i == 0 && off != 0)
+                || off < prev
+                || off > n_tokens
+                || (i == n - 1 && off != n_tokens)
+            {
+                return Err(invalid(
+                    path,
+                    format!(
+                        "corrupt document index at entry {i} (offset {off}, {n_tokens} tokens)"
+                    ),
+                ));
             }
             prev = off;
         }
@@ -397,13 +430,22 @@ impl Shard {
         delimiter: Option<u32>,
     ) -> Result<Self, ShardError> {
         if map.len() < LLMC_HEADER_BYTES {
-            return Err(invalid(path, format!("truncated llm.c header: file is {} bytes, the header is {LLMC_HEADER_BYTES}", map.len())));
+            return Err(invalid(
+                path,
+                format!(
+                    "truncated llm.c header: file is {} bytes, the header is {LLMC_HEADER_BYTES}",
+                    map.len()
+                ),
+            ));
         }
         let magic = i32::from_le_bytes(map[0..4].try_into().expect("4 bytes"));
         let width = if magic == LLMC_MAGIC_U16 { 2 } else { 4 };
         let count = i32::from_le_bytes(map[8..12].try_into().expect("4 bytes"));
         if count < 0 {
-            return Err(invalid(path, format!("llm.c header token count {count} is negative")));
+            return Err(invalid(
+                path,
+                format!("llm.c header token count {count} is negative"),
+            ));
         }
         let n_tokens = count as u64;
         let expected = LLMC_HEADER_BYTES as u64 + n_tokens * width as u64;
@@ -442,11 +484,20 @@ impl Shard {
         let max_and_pos = |iter: &mut dyn Iterator<Item = u32>| {
             iter.enumerate().find(|&(_, t)| t as u64 >= vocab_size)
         };
-        let bytes = &self.map[self.tokens_at..self.tokens_at + (self.n_tokens * self.width as u64) as usize];
+        let bytes = &self.map
+            [self.tokens_at..self.tokens_at + (self.n_tokens * self.width as u64) as usize];
         let bad = if self.width == 2 {
-            max_and_pos(&mut bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as u32))
+            max_and_pos(
+                &mut bytes
+                    .chunks_exact(2)
+                    .map(|c| u16::from_le_bytes([c[0], c[1]]) as u32),
+            )
         } else {
-            max_and_pos(&mut bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+            max_and_pos(
+                &mut bytes
+                    .chunks_exact(4)
+                    .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            )
         };
         if let Some((pos, tok)) = bad {
             return Err(invalid(
@@ -505,7 +556,12 @@ impl Shard {
         if self.width == 2 {
             u16::from_le_bytes([self.map[at], self.map[at + 1]]) as u32
         } else {
-            u32::from_le_bytes([self.map[at], self.map[at + 1], self.map[at + 2], self.map[at + 3]])
+            u32::from_le_bytes([
+                self.map[at],
+                self.map[at + 1],
+                self.map[at + 2],
+                self.map[at + 3],
+            ])
         }
     }
 
@@ -516,17 +572,30 @@ impl Shard {
         let end = self.tokens_at + range.end as usize * w;
         let bytes = &self.map[start..end];
         if w == 2 {
-            out.extend(bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as u32));
+            out.extend(
+                bytes
+                    .chunks_exact(2)
+                    .map(|c| u16::from_le_bytes([c[0], c[1]]) as u32),
+            );
         } else {
-            out.extend(bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+            out.extend(
+                bytes
+                    .chunks_exact(4)
+                    .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            );
         }
     }
 
     /// Append loss-mask bits of tokens `range` to `out` (all true when the shard has no mask).
     pub fn extend_loss_mask(&self, range: Range<u64>, out: &mut Vec<bool>) {
         match self.mask_at {
-            None => out.extend(std::iter::repeat_n(true, (range.end - range.start) as usize)),
-            Some(at) => out.extend(range.map(|i| self.map[at + (i / 8) as usize] >> (i % 8) & 1 == 1)),
+            None => out.extend(std::iter::repeat_n(
+                true,
+                (range.end - range.start) as usize,
+            )),
+            Some(at) => {
+                out.extend(range.map(|i| self.map[at + (i / 8) as usize] >> (i % 8) & 1 == 1))
+            }
         }
     }
 }
@@ -534,13 +603,19 @@ impl Shard {
 /// Write an llm.c-format shard (used by tests and `kiln prep --format llmc`).
 pub fn write_llmc_shard(path: &Path, tokens: &[u32], width: u32) -> Result<(), ShardError> {
     let mut header = [0i32; 256];
-    header[0] = if width == 2 { LLMC_MAGIC_U16 } else { LLMC_MAGIC_U32 };
+    header[0] = if width == 2 {
+        LLMC_MAGIC_U16
+    } else {
+        LLMC_MAGIC_U32
+    };
     header[1] = if width == 2 { 1 } else { 2 };
-    header[2] = i32::try_from(tokens.len()).map_err(|_| invalid(path, "too many tokens for an llm.c shard"))?;
+    header[2] = i32::try_from(tokens.len())
+        .map_err(|_| invalid(path, "too many tokens for an llm.c shard"))?;
     let mut bytes: Vec<u8> = header.iter().flat_map(|h| h.to_le_bytes()).collect();
     for &t in tokens {
         if width == 2 {
-            let t = u16::try_from(t).map_err(|_| invalid(path, format!("token id {t} does not fit in u16")))?;
+            let t = u16::try_from(t)
+                .map_err(|_| invalid(path, format!("token id {t} does not fit in u16")))?;
             bytes.extend_from_slice(&t.to_le_bytes());
         } else {
             bytes.extend_from_slice(&t.to_le_bytes());
@@ -632,8 +707,14 @@ mod tests {
             let mut out = Vec::new();
             s.extend_tokens(s.document(1), &mut out);
             assert_eq!(out, vec![eot, 12]);
-            let e = Shard::open(&path, 50000, Some(eot)).err().unwrap().to_string();
-            assert!(e.contains("50256") && e.contains("vocabulary size 50000"), "{e}");
+            let e = Shard::open(&path, 50000, Some(eot))
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(
+                e.contains("50256") && e.contains("vocabulary size 50000"),
+                "{e}"
+            );
         }
     }
 }

@@ -33,7 +33,11 @@ pub fn pair_block(p: &Pair) -> String {
 
 /// The pairs joined by `\n\n`.
 pub fn pairs_block(pairs: &[Pair]) -> String {
-    pairs.iter().map(pair_block).collect::<Vec<_>>().join(PAIR_SEPARATOR)
+    pairs
+        .iter()
+        .map(pair_block)
+        .collect::<Vec<_>>()
+        .join(PAIR_SEPARATOR)
 }
 
 /// Zero-shot prompt for one raw text: `<s> <CON> {text} </CON>\n\n`.
@@ -104,7 +108,10 @@ mod tests {
 
     #[test]
     fn renders_one_shot_and_few_shot_exactly() {
-        let pairs = [p("Who?", "Ada."), p("When?\nOptions:\n- 1815\n- 1900", "1815")];
+        let pairs = [
+            p("Who?", "Ada."),
+            p("When?\nOptions:\n- 1815\n- 1900", "1815"),
+        ];
         assert_eq!(
             render_example("Ada was born in 1815.", &pairs),
             "<s> <CON> Ada was born in 1815. </CON>\n\n<QUE> Who? <ANS> Ada. </END>\n\n\

@@ -10,18 +10,26 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use tokenizers::models::bpe::{BpeTrainer, BPE};
-use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::models::TrainerWrapper;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{AddedToken, DecoderWrapper, ModelWrapper, PreTokenizerWrapper};
 
 use super::bpe::FastBpe;
 
 /// Special-token names kiln recognises as BOS / EOS, in order of preference.
-const BOS_NAMES: &[&str] = &["<|begin_of_text|>", "<s>", "<|startoftext|>", "<|endoftext|>"];
+const BOS_NAMES: &[&str] = &[
+    "<|begin_of_text|>",
+    "<s>",
+    "<|startoftext|>",
+    "<|endoftext|>",
+];
 const EOS_NAMES: &[&str] = &["<|end_of_text|>", "</s>", "<|endoftext|>"];
 
 /// The special tokens a tokenizer trained by kiln carries (BOS, EOS), the synthesizer's `<s>`/`</s>`.
 pub const TRAINED_SPECIAL_TOKENS: &[&str] = &["<s>", "</s>"];
+
+/// A token's (start, end) byte offsets in the encoded text.
+pub type ByteSpan = (usize, usize);
 
 pub struct Tokenizer {
     path: PathBuf,
@@ -51,7 +59,12 @@ impl Tokenizer {
         Self::from_json(&text, path, bos, eos)
     }
 
-    pub fn from_json(text: &str, path: &Path, bos: Option<&str>, eos: Option<&str>) -> Result<Self> {
+    pub fn from_json(
+        text: &str,
+        path: &Path,
+        bos: Option<&str>,
+        eos: Option<&str>,
+    ) -> Result<Self> {
         let value: serde_json::Value = serde_json::from_str(text)
             .map_err(|e| anyhow::anyhow!("{}: not a valid tokenizer.json: {e}", path.display()))?;
         let inner = tokenizers::Tokenizer::from_bytes(text.as_bytes())
@@ -65,7 +78,10 @@ impl Tokenizer {
             match given {
                 Some(name) => match inner.token_to_id(name) {
                     Some(id) => Ok(Some(id)),
-                    None => bail!("{}: {what} token {name:?} is not in the vocabulary", path.display()),
+                    None => bail!(
+                        "{}: {what} token {name:?} is not in the vocabulary",
+                        path.display()
+                    ),
                 },
                 None => Ok(names.iter().find_map(|n| inner.token_to_id(n))),
             }
@@ -113,10 +129,9 @@ impl Tokenizer {
         match &self.fast {
             Some(fast) => fast.encode(text, out),
             None => {
-                let enc = self
-                    .inner
-                    .encode_fast(text, false)
-                    .map_err(|e| anyhow::anyhow!("{}: encoding failed: {e}", self.path.display()))?;
+                let enc = self.inner.encode_fast(text, false).map_err(|e| {
+                    anyhow::anyhow!("{}: encoding failed: {e}", self.path.display())
+                })?;
                 out.extend_from_slice(enc.get_ids());
             }
         }
@@ -139,7 +154,7 @@ impl Tokenizer {
     }
 
     /// Ids with byte offsets (start, end) into `text`, through the `tokenizers` crate.
-    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<ByteSpan>)> {
         let enc = self
             .inner
             .encode(text, false)
@@ -193,7 +208,10 @@ where
         bail!("--vocab-size {vocab_size} is too small: a byte-level BPE needs at least {min}");
     }
     let mut tok = tokenizers::Tokenizer::new(ModelWrapper::BPE(BPE::default()));
-    let byte_level = ByteLevel::default().add_prefix_space(false).trim_offsets(true).use_regex(true);
+    let byte_level = ByteLevel::default()
+        .add_prefix_space(false)
+        .trim_offsets(true)
+        .use_regex(true);
     tok.with_pre_tokenizer(Some(PreTokenizerWrapper::ByteLevel(byte_level)));
     tok.with_decoder(Some(DecoderWrapper::ByteLevel(byte_level)));
     let specials = TRAINED_SPECIAL_TOKENS
@@ -225,8 +243,12 @@ pub(crate) mod tests {
         let text = "The quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor jugs. "
             .repeat(20);
         let path = dir.join("tokenizer.json");
-        train_byte_level_bpe([text.as_str(), "1234 5678 <s> hello </s>"].into_iter(), 400, &path)
-            .unwrap();
+        train_byte_level_bpe(
+            [text.as_str(), "1234 5678 <s> hello </s>"].into_iter(),
+            400,
+            &path,
+        )
+        .unwrap();
         Tokenizer::from_file(&path, None, None).unwrap()
     }
 
@@ -234,7 +256,10 @@ pub(crate) mod tests {
     fn trained_tokenizer_round_trips_and_frames_documents_without_double_bos() {
         let dir = tempfile::tempdir().unwrap();
         let tok = small_tokenizer(dir.path());
-        assert!(tok.is_fast(), "a GPT-2-style byte-level BPE should take the fast path");
+        assert!(
+            tok.is_fast(),
+            "a GPT-2-style byte-level BPE should take the fast path"
+        );
         let bos = tok.bos().unwrap();
         let eos = tok.eos().unwrap();
         let text = "The lazy fox, 42 jugs: ünïcödé ✓";

@@ -1,0 +1,508 @@
+//! The data path end to end through the `kiln` binary: tokenizer training, prep, the loader, and
+//! every bad-input case giving one clear line that names the file, a non-zero exit and no panic.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use kiln::data::loader::{Loader, LoaderOptions, SourceSpec, Split};
+use kiln::data::shard::write_llmc_shard;
+use kiln::data::tokenizer::Tokenizer;
+
+fn kiln(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("run kiln")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Assert a failure with one `error:` line containing every needle, and no panic.
+fn assert_clean_error(o: &Output, needles: &[&str]) {
+    let err = stderr(o);
+    assert!(
+        !o.status.success(),
+        "expected failure, got success; stderr: {err}"
+    );
+    assert!(!err.contains("panicked"), "panic: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(lines.len(), 1, "want exactly one error line: {err}");
+    for n in needles {
+        assert!(lines[0].contains(n), "error line lacks {n:?}: {}", lines[0]);
+    }
+}
+
+fn documents() -> Vec<String> {
+    (0..300)
+        .map(|i| {
+            format!(
+                "Document {i}: the fox number {} jumped over {} lazy dogs.\nIt said \"héllo, wörld\" — ✓ {}",
+                i * 7,
+                i % 13,
+                "and then some more words ".repeat(i % 9)
+            )
+        })
+        .collect()
+}
+
+fn write_jsonl(path: &Path, docs: &[String]) {
+    let body: String = docs
+        .iter()
+        .map(|d| serde_json::json!({ "text": d }).to_string() + "\n")
+        .collect();
+    std::fs::write(path, body).unwrap();
+}
+
+/// A trained tokenizer in `dir` (through the CLI).
+fn train_tokenizer(dir: &Path) -> PathBuf {
+    write_jsonl(&dir.join("corpus.jsonl"), &documents());
+    let o = kiln(
+        &[
+            "tokenizer",
+            "train",
+            "--input",
+            "corpus.jsonl",
+            "--vocab-size",
+            "600",
+            "--out",
+            "tok.json",
+        ],
+        dir,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    dir.join("tok.json")
+}
+
+fn loader_opts(tok: &Tokenizer, seq: usize, shuffle: bool) -> LoaderOptions {
+    LoaderOptions {
+        seq_len: seq,
+        batch_size: 4,
+        seed: 3,
+        shuffle,
+        val_fraction: 0.0,
+        rank: 0,
+        world_size: 1,
+        vocab_size: tok.vocab_size(),
+        fingerprint: Some(tok.fingerprint()),
+        delimiter: tok.bos(),
+    }
+}
+
+#[test]
+fn text_to_shards_to_loader_round_trips_documents_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let tok_path = train_tokenizer(d);
+    // Small shards so the documents span several of them.
+    let o = kiln(
+        &[
+            "prep",
+            "-t",
+            "tok.json",
+            "-i",
+            "corpus.jsonl",
+            "-o",
+            "shards",
+            "--name",
+            "c",
+            "--shard-size",
+            "4kB",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("300 documents"), "{}", stderr(&o));
+    assert!(
+        d.join("shards/c_00002.kiln").exists(),
+        "expected several shards"
+    );
+
+    let tok = Tokenizer::from_file(&tok_path, None, None).unwrap();
+    let spec = vec![SourceSpec {
+        name: "c".into(),
+        path: "shards/c_*.kiln".into(),
+        weight: 1.0,
+    }];
+    let mut loader = Loader::new(&spec, loader_opts(&tok, 128, false), Split::Train, d).unwrap();
+    // Rebuild the token stream; within a row, document ids change exactly at BOS tokens.
+    let bos = tok.bos().unwrap();
+    let total = loader.split_tokens() as usize;
+    let mut stream: Vec<u32> = Vec::new();
+    while stream.len() < total {
+        let b = loader.next_batch();
+        for k in 0..4 * 128 {
+            if k % 128 > 0 {
+                assert_eq!(
+                    b.doc_ids[k] != b.doc_ids[k - 1],
+                    b.inputs[k] == bos,
+                    "boundary at {k}"
+                );
+            }
+            stream.push(b.inputs[k]);
+        }
+    }
+    stream.truncate(total);
+    let mut starts: Vec<usize> = (0..total).filter(|&i| stream[i] == bos).collect();
+    starts.push(total);
+    let decoded: Vec<String> = starts
+        .windows(2)
+        .map(|w| tok.decode(&stream[w[0]..w[1]], true).unwrap())
+        .collect();
+    let want = documents();
+    assert_eq!(decoded.len(), want.len());
+    for (i, (got, want)) in decoded.iter().zip(&want).enumerate() {
+        assert_eq!(got, want, "document {i}");
+    }
+}
+
+#[test]
+fn llmc_shards_are_read_by_the_loader() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let tok = Tokenizer::from_file(&train_tokenizer(d), None, None).unwrap();
+    let bos = tok.bos().unwrap();
+    let mut toks = Vec::new();
+    for doc in documents().iter().take(50) {
+        toks.push(bos);
+        toks.extend(tok.encode(doc).unwrap());
+    }
+    write_llmc_shard(&d.join("train_000.bin"), &toks, 2).unwrap();
+    let spec = vec![SourceSpec {
+        name: "llmc".into(),
+        path: "train_*.bin".into(),
+        weight: 1.0,
+    }];
+    let mut opts = loader_opts(&tok, 64, false);
+    opts.fingerprint = Some(tok.fingerprint());
+    let mut loader = Loader::new(&spec, opts, Split::Train, d).unwrap();
+    let b = loader.next_batch();
+    assert_eq!(&b.inputs[..64], &toks[..64]);
+    assert_eq!(loader.report(0)[0].documents, 50);
+}
+
+#[test]
+fn prep_templates_augmented_records_and_masks_finetune_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let tok_path = train_tokenizer(d);
+    let rec = |text: &str, chain: Option<u32>| {
+        let mut v = serde_json::json!({
+            "text": text,
+            "pairs": [{"q": "How many dogs?", "a": "Three."}, {"q": "Who jumped?", "a": "The fox."}]
+        });
+        if let Some(c) = chain {
+            v["chain"] = c.into();
+        }
+        v.to_string()
+    };
+    let body = [
+        rec("The fox jumped over three dogs.", Some(1)),
+        rec("A second text.", Some(1)),
+        rec("Alone.", None),
+    ]
+    .join("\n");
+    std::fs::write(d.join("aug.jsonl"), body + "\n").unwrap();
+    let o = kiln(
+        &[
+            "prep",
+            "-t",
+            "tok.json",
+            "-i",
+            "aug.jsonl",
+            "-o",
+            "s",
+            "--name",
+            "aug",
+            "--kind",
+            "augmented",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("2 documents"),
+        "chain of two + one alone: {}",
+        stderr(&o)
+    );
+
+    std::fs::write(
+        d.join("tune.jsonl"),
+        rec("The fox jumped over three dogs.", None) + "\n",
+    )
+    .unwrap();
+    let o = kiln(
+        &[
+            "prep",
+            "-t",
+            "tok.json",
+            "-i",
+            "tune.jsonl",
+            "-o",
+            "s",
+            "--name",
+            "tune",
+            "--kind",
+            "finetune",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let tok = Tokenizer::from_file(&tok_path, None, None).unwrap();
+    let shard =
+        kiln::data::shard::Shard::open(&d.join("s/tune_00000.kiln"), tok.vocab_size(), None)
+            .unwrap();
+    assert!(shard.has_loss_mask());
+    let mut ids = Vec::new();
+    let mut mask = Vec::new();
+    shard.extend_tokens(shard.document(0), &mut ids);
+    shard.extend_loss_mask(shard.document(0), &mut mask);
+    let masked: Vec<u32> = ids
+        .iter()
+        .zip(&mask)
+        .filter(|(_, &m)| m)
+        .map(|(&t, _)| t)
+        .collect();
+    let text = tok.decode(&masked, false).unwrap();
+    assert_eq!(
+        text,
+        "<QUE> How many dogs? <ANS> Three. </END>\n\n<QUE> Who jumped? <ANS> The fox. </END></s>"
+    );
+}
+
+#[test]
+fn bad_inputs_give_one_line_errors_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    train_tokenizer(d);
+    let prep = |input: &str, extra: &[&str]| {
+        let mut args = vec![
+            "prep", "-t", "tok.json", "-i", input, "-o", "out", "--name", "x",
+        ];
+        args.extend_from_slice(extra);
+        kiln(&args, d)
+    };
+
+    // Missing input file.
+    assert_clean_error(
+        &prep("missing.jsonl", &[]),
+        &["missing.jsonl", "cannot read input"],
+    );
+    // Missing tokenizer.
+    assert_clean_error(
+        &kiln(
+            &["prep", "-t", "nope.json", "-i", "corpus.jsonl", "-o", "out"],
+            d,
+        ),
+        &["nope.json", "cannot read tokenizer"],
+    );
+    // Broken tokenizer.json.
+    std::fs::write(d.join("broken.json"), "{ not json").unwrap();
+    assert_clean_error(
+        &kiln(
+            &[
+                "prep",
+                "-t",
+                "broken.json",
+                "-i",
+                "corpus.jsonl",
+                "-o",
+                "out",
+            ],
+            d,
+        ),
+        &["broken.json", "not a valid tokenizer.json"],
+    );
+    // Non-UTF-8 line.
+    std::fs::write(
+        d.join("latin1.jsonl"),
+        b"{\"text\": \"ok\"}\n{\"text\": \"caf\xe9\"}\n",
+    )
+    .unwrap();
+    assert_clean_error(
+        &prep("latin1.jsonl", &[]),
+        &["latin1.jsonl:2", "not valid UTF-8"],
+    );
+    // JSONL line without the text field, invalid JSON, field not a string.
+    std::fs::write(
+        d.join("nofield.jsonl"),
+        "{\"text\": \"a\"}\n{\"body\": \"b\"}\n",
+    )
+    .unwrap();
+    assert_clean_error(
+        &prep("nofield.jsonl", &[]),
+        &["nofield.jsonl:2", "no \"text\" field"],
+    );
+    std::fs::write(
+        d.join("badjson.jsonl"),
+        "{\"text\": \"a\"}\n{\"text\": \n{\"text\": 5}\n",
+    )
+    .unwrap();
+    assert_clean_error(
+        &prep("badjson.jsonl", &[]),
+        &["badjson.jsonl:2", "invalid JSON"],
+    );
+    // --skip-bad-lines continues and counts.
+    let o = prep("badjson.jsonl", &["--skip-bad-lines"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("skipped 2 bad line(s)"),
+        "{}",
+        stderr(&o)
+    );
+    let o = prep("latin1.jsonl", &["--skip-bad-lines"]);
+    assert!(
+        stderr(&o).contains("skipped 1 bad line(s)"),
+        "{}",
+        stderr(&o)
+    );
+    // Bad augmented record.
+    std::fs::write(
+        d.join("aug.jsonl"),
+        "{\"text\": \"a\", \"pairs\": [{\"q\": 1}]}\n",
+    )
+    .unwrap();
+    assert_clean_error(
+        &prep("aug.jsonl", &["--kind", "augmented"]),
+        &["aug.jsonl:1", "invalid record"],
+    );
+
+    // Shards: build a good one, then corrupt copies, and read them through `kiln data`.
+    assert!(prep("corpus.jsonl", &[]).status.success());
+    let good = std::fs::read(d.join("out/x_00000.kiln")).unwrap();
+    let config = |glob: &str| {
+        let name = format!("cfg_{}.toml", glob.replace(['/', '*', '.'], "_"));
+        std::fs::write(
+            d.join(&name),
+            format!(
+                "[data]\ntokenizer = \"tok.json\"\nseq_len = 16\nbatch_size = 2\n\n[[data.sources]]\nname = \"s\"\npath = \"{glob}\"\nweight = 1.0\n"
+            ),
+        )
+        .unwrap();
+        name
+    };
+    let data = |glob: &str| {
+        let c = config(glob);
+        kiln(&["data", "--config", &c], d)
+    };
+    assert!(data("out/x_*.kiln").status.success());
+
+    let bad = |name: &str, f: &dyn Fn(&mut Vec<u8>)| {
+        let mut b = good.clone();
+        f(&mut b);
+        std::fs::create_dir_all(d.join("bad")).unwrap();
+        std::fs::write(d.join("bad").join(name), b).unwrap();
+        data(&format!("bad/{name}"))
+    };
+    assert_clean_error(
+        &bad("magic.kiln", &|b| b[0] = b'Z'),
+        &["magic.kiln", "unknown magic"],
+    );
+    assert_clean_error(
+        &bad("version.kiln", &|b| b[8] = 7),
+        &["version.kiln", "version 7"],
+    );
+    assert_clean_error(
+        &bad("short.kiln", &|b| b.truncate(b.len() - 5)),
+        &["short.kiln", "size mismatch"],
+    );
+    assert_clean_error(
+        &bad("tiny.kiln", &|b| b.truncate(20)),
+        &["tiny.kiln", "truncated header"],
+    );
+    // Token id past the vocabulary (600 ids; u16 tokens start at byte 128).
+    assert_clean_error(
+        &bad("vocab.kiln", &|b| {
+            b[128..130].copy_from_slice(&60000u16.to_le_bytes())
+        }),
+        &[
+            "vocab.kiln",
+            "token id 60000",
+            "is not below the vocabulary size",
+        ],
+    );
+    // Fingerprint differs from the config's tokenizer.
+    assert_clean_error(
+        &bad("finger.kiln", &|b| b[48] ^= 0xff),
+        &["finger.kiln", "another tokenizer"],
+    );
+    // A source glob matching nothing.
+    assert_clean_error(
+        &data("nowhere/*.kiln"),
+        &["nowhere/*.kiln", "matches no file"],
+    );
+    // Config errors.
+    std::fs::write(
+        d.join("typo.toml"),
+        "[data]\ntokenizer = \"tok.json\"\nseq_len = 16\nbatch_sise = 2\nsources = []\n",
+    )
+    .unwrap();
+    assert_clean_error(
+        &kiln(&["data", "--config", "typo.toml"], d),
+        &["typo.toml:4", "unknown field `batch_sise`"],
+    );
+    let c = config("out/x_*.kiln");
+    assert_clean_error(
+        &kiln(&["data", "--config", &c, "--set", "data.seq_len=-3"], d),
+        &["seq_len"],
+    );
+}
+
+#[test]
+fn prep_memory_stays_flat_on_a_100_mb_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    train_tokenizer(d);
+    // ~100 MB of JSONL, generated line by line.
+    {
+        use std::io::Write;
+        let f = std::fs::File::create(d.join("big.jsonl")).unwrap();
+        let mut w = std::io::BufWriter::new(f);
+        let docs = documents();
+        let mut written = 0usize;
+        let mut i = 0usize;
+        while written < 100_000_000 {
+            let line = serde_json::json!({ "text": format!("{} #{i}", docs[i % docs.len()]) })
+                .to_string()
+                + "\n";
+            w.write_all(line.as_bytes()).unwrap();
+            written += line.len();
+            i += 1;
+        }
+    }
+    let o = kiln(
+        &[
+            "prep",
+            "-t",
+            "tok.json",
+            "-i",
+            "big.jsonl",
+            "-o",
+            "out",
+            "--name",
+            "big",
+            "--shard-size",
+            "16MB",
+        ],
+        d,
+    );
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    let peak_mb: f64 = err
+        .split("peak RSS ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no peak RSS in {err}"));
+    eprintln!("{err}");
+    assert!(
+        peak_mb < 150.0,
+        "prep of 100 MB used {peak_mb} MB peak: memory is not flat"
+    );
+    assert!(
+        d.join("out/big_00001.kiln").exists(),
+        "shards roll at --shard-size"
+    );
+}
