@@ -22,7 +22,10 @@ struct Fixture {
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
-    let world = generate(&WorldConfig { people: 4000, ..WorldConfig::default() });
+    let world = generate(&WorldConfig {
+        people: 4000,
+        ..WorldConfig::default()
+    });
     let texts: Vec<&str> = world.raw_texts().collect();
     let tok_path = root.join("tokenizer.json");
     train_byte_level_bpe(texts.iter(), 8192, &tok_path).unwrap();
@@ -32,7 +35,12 @@ fn fixture() -> Fixture {
         .map(|t| serde_json::json!({ "text": t }).to_string() + "\n")
         .collect();
     std::fs::write(root.join("corpus.jsonl"), &body).unwrap();
-    Fixture { input_bytes: body.len() as u64, _dir: dir, root, tok }
+    Fixture {
+        input_bytes: body.len() as u64,
+        _dir: dir,
+        root,
+        tok,
+    }
 }
 
 fn prep_opts(root: &Path) -> PrepOptions {
@@ -61,7 +69,11 @@ fn bench_loader(c: &mut Criterion) {
     prep(&f.tok, &prep_opts(&f.root)).unwrap();
     let spec = vec![SourceSpec {
         name: "raw".into(),
-        path: f.root.join("shards/raw_*.kiln").to_string_lossy().into_owned(),
+        path: f
+            .root
+            .join("shards/raw_*.kiln")
+            .to_string_lossy()
+            .into_owned(),
         weight: 1.0,
     }];
     let mut g = c.benchmark_group("loader");
@@ -80,7 +92,9 @@ fn bench_loader(c: &mut Criterion) {
         };
         let mut loader = Loader::new(&spec, opts, Split::Train, &f.root).unwrap();
         g.throughput(Throughput::Elements((b_size * t) as u64));
-        g.bench_function(format!("next_batch_B{b_size}_T{t}"), |b| b.iter(|| loader.next_batch()));
+        g.bench_function(format!("next_batch_B{b_size}_T{t}"), |b| {
+            b.iter(|| loader.next_batch())
+        });
     }
     g.finish();
 }

@@ -287,4 +287,43 @@ pub(crate) mod tests {
         let other = Tokenizer::from_json(&changed, Path::new("x"), None, None).unwrap();
         assert_ne!(other.fingerprint(), tok.fingerprint());
     }
+
+    #[test]
+    fn sentencepiece_style_tokenizer_falls_back_to_the_tokenizers_crate() {
+        use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
+        // A Mistral-like tokenizer: Metaspace pre-tokenization, `<s>`/`</s>`, no byte-level alphabet.
+        let mut tok = tokenizers::Tokenizer::new(ModelWrapper::BPE(BPE::default()));
+        let meta = Metaspace::new('▁', PrependScheme::First, true);
+        tok.with_pre_tokenizer(Some(PreTokenizerWrapper::Metaspace(meta.clone())));
+        tok.with_decoder(Some(DecoderWrapper::Metaspace(meta)));
+        let mut trainer = TrainerWrapper::BpeTrainer(
+            BpeTrainer::builder()
+                .vocab_size(300)
+                .show_progress(false)
+                .special_tokens(vec![
+                    AddedToken::from("<s>", true),
+                    AddedToken::from("</s>", true),
+                ])
+                .build(),
+        );
+        let text = "The quick brown fox jumps over the lazy dog. ".repeat(30);
+        tok.train(&mut trainer, [text.as_str()].into_iter())
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sp.json");
+        std::fs::write(&path, tok.to_string(false).unwrap()).unwrap();
+        let t = Tokenizer::from_file(&path, None, None).unwrap();
+        assert!(!t.is_fast());
+        assert_eq!(t.bos(), t.token_to_id("<s>"));
+        assert_eq!(t.eos(), t.token_to_id("</s>"));
+        let ids = t.encode("the lazy dog").unwrap();
+        assert_eq!(ids, t.encode_reference("the lazy dog").unwrap());
+        assert_eq!(t.decode(&ids, false).unwrap(), "the lazy dog");
+        let doc = t.encode_document("<s>the fox").unwrap();
+        assert_eq!(
+            doc.iter().filter(|&&i| Some(i) == t.bos()).count(),
+            1,
+            "one BOS: {doc:?}"
+        );
+    }
 }
