@@ -3,7 +3,7 @@
 //! crash leaves either the old file or the new one, never half of one.
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -26,16 +26,31 @@ pub fn sync_parent(path: &Path) {
     }
 }
 
+/// Stream a file into place atomically: `fill` writes into a buffered temporary file, which is
+/// then fsynced and renamed to `path`; on failure the temporary file is removed.
+pub fn write_atomic_with(
+    path: &Path,
+    fill: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let tmp = tmp_path(path);
+    let result = (|| {
+        let mut w = BufWriter::new(File::create(&tmp)?);
+        fill(&mut w)?;
+        let file = w.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    match result {
+        Ok(()) => sync_parent(path),
+        Err(_) => {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+    result
+}
+
 /// Write `bytes` to `path` atomically: temporary file, fsync, rename, directory fsync.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = tmp_path(path);
-    let mut f = File::create(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .with_context(|| format!("{}: cannot write", tmp.display()))?;
-    drop(f);
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("{}: cannot rename into place", path.display()))?;
-    sync_parent(path);
-    Ok(())
+    write_atomic_with(path, |w| w.write_all(bytes))
+        .with_context(|| format!("{}: cannot write", path.display()))
 }

@@ -32,6 +32,8 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
+use crate::fsutil::{sync_parent, tmp_path};
+
 pub const MAGIC: &[u8; 8] = b"KILNSHRD";
 pub const VERSION: u32 = 1;
 pub const HEADER_BYTES: usize = 128;
@@ -99,7 +101,7 @@ impl ShardWriter {
         fingerprint: u64,
         with_loss_mask: bool,
     ) -> Result<Self, ShardError> {
-        let tmp_path = tmp_name(path);
+        let tmp_path = tmp_path(path);
         let file = File::create(&tmp_path).map_err(|e| io_err(&tmp_path, e))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
         out.write_all(&[0u8; HEADER_BYTES])
@@ -219,24 +221,9 @@ impl ShardWriter {
             .map_err(|err| io_err(&self.tmp_path, err))?;
         drop(file);
         std::fs::rename(&self.tmp_path, &self.path).map_err(|err| io_err(&self.path, err))?;
-        if let Some(dir) = self.path.parent() {
-            // Make the rename durable; a directory that cannot be opened is not an error here.
-            if let Ok(d) = File::open(if dir.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                dir
-            }) {
-                let _ = d.sync_all();
-            }
-        }
+        sync_parent(&self.path);
         Ok((self.tokens, docs))
     }
-}
-
-fn tmp_name(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    path.with_file_name(name)
 }
 
 fn pad8(n: u64) -> u64 {
@@ -621,7 +608,7 @@ pub fn write_llmc_shard(path: &Path, tokens: &[u32], width: u32) -> Result<(), S
             bytes.extend_from_slice(&t.to_le_bytes());
         }
     }
-    let tmp = tmp_name(path);
+    let tmp = tmp_path(path);
     std::fs::write(&tmp, &bytes).map_err(|e| io_err(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))
 }

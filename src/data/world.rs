@@ -12,14 +12,15 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::fs::{self, File};
-use std::io::{self, BufWriter, Write};
+use std::fs;
+use std::io::{self, Write};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use crate::data::records::{AugmentedRecord, Pair};
 use crate::data::rng::{derive_seed, Rng};
+use crate::fsutil::write_atomic_with;
 
 // ---------------------------------------------------------------------------------------------
 // Configuration and public types
@@ -706,8 +707,8 @@ pub fn write_world(cfg: &WorldConfig, dir: &Path) -> io::Result<WorldSummary> {
     };
     let mut json = serde_json::to_vec_pretty(&manifest).map_err(io::Error::other)?;
     json.push(b'\n');
-    write_atomic(dir, "world.json", |w| w.write_all(&json))?;
-    sync_dir(dir);
+    write_atomic_with(&dir.join("world.json"), |w| w.write_all(&json))?;
+    crate::fsutil::sync_parent(&dir.join("world.json"));
     Ok(summary)
 }
 
@@ -718,7 +719,7 @@ fn write_jsonl<T: Serialize>(
     items: impl Iterator<Item = T>,
 ) -> io::Result<u64> {
     let mut bytes = 0u64;
-    write_atomic(dir, name, |w| {
+    write_atomic_with(&dir.join(name), |w| {
         for item in items {
             let mut line = serde_json::to_vec(&item).map_err(io::Error::other)?;
             line.push(b'\n');
@@ -728,32 +729,6 @@ fn write_jsonl<T: Serialize>(
         Ok(())
     })?;
     Ok(bytes)
-}
-
-fn write_atomic(
-    dir: &Path,
-    name: &str,
-    fill: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>,
-) -> io::Result<()> {
-    let tmp = dir.join(format!("{name}.tmp"));
-    let result = (|| {
-        let mut w = BufWriter::new(File::create(&tmp)?);
-        fill(&mut w)?;
-        let file = w.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        fs::rename(&tmp, dir.join(name))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// Best effort: make the renames durable (not possible on every platform).
-fn sync_dir(dir: &Path) {
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
