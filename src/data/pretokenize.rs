@@ -373,6 +373,7 @@ impl Splitter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::rng::Rng;
 
     /// Every code point's class agrees with the regex engine's `\p{L}`, `\p{N}` and `\s`.
     #[test]
@@ -444,20 +445,6 @@ mod tests {
         }
     }
 
-    /// A small deterministic generator (xorshift) so the fuzz test needs no extra crate.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-    }
-
     const ALPHABET: &[&str] = &[
         "a", "b", "s", "t", "S", "T", "L", "l", "d", "D", "m", "r", "e", "v", "E", "R", "V", "M",
         "z", "Q", "0", "1", "7", "9", "'", "'", "'", ".", ",", "!", "?", "-", "(", "\"", "#", " ",
@@ -466,15 +453,15 @@ mod tests {
     ];
 
     fn random_text(rng: &mut Rng, max_len: usize) -> String {
-        let len = rng.below(max_len + 1);
+        let len = rng.index(max_len + 1);
         (0..len)
-            .map(|_| ALPHABET[rng.below(ALPHABET.len())])
+            .map(|_| ALPHABET[rng.index(ALPHABET.len())])
             .collect()
     }
 
     #[test]
     fn fuzz_against_fancy_regex() {
-        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15);
         for _ in 0..5000 {
             let text = random_text(&mut rng, 40);
             check(GPT2_PATTERN, &text);

@@ -6,6 +6,7 @@
 
 use super::*;
 use crate::data::pretokenize::CL100K_PATTERN;
+use crate::data::rng::Rng;
 use serde_json::json;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -284,20 +285,6 @@ fn corpus() -> Vec<String> {
     texts
 }
 
-/// Deterministic xorshift generator.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 const FUZZ_ALPHABET: &[&str] = &[
     "a",
     "b",
@@ -354,12 +341,12 @@ const FUZZ_ALPHABET: &[&str] = &[
 ];
 
 fn fuzz_texts(count: usize, seed: u64) -> Vec<String> {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     (0..count)
         .map(|_| {
-            let len = rng.below(30);
+            let len = rng.index(30);
             (0..len)
-                .map(|_| FUZZ_ALPHABET[rng.below(FUZZ_ALPHABET.len())])
+                .map(|_| FUZZ_ALPHABET[rng.index(FUZZ_ALPHABET.len())])
                 .collect()
         })
         .collect()
@@ -661,26 +648,26 @@ fn english_like_documents(total_bytes: usize) -> Vec<String> {
         "Microsoft",
         "photosynthesis",
     ];
-    let mut rng = Rng(42);
+    let mut rng = Rng::new(42);
     let mut docs = Vec::new();
     let mut total = 0;
     while total < total_bytes {
-        let target = 2000 + rng.below(8000);
+        let target = 2000 + rng.index(8000);
         let mut doc = String::with_capacity(target + 64);
         let mut sentence_start = true;
         while doc.len() < target {
-            let r = rng.below(100);
+            let r = rng.index(100);
             let word: String = if r < 85 {
                 // Zipf-like: the square of a uniform index favours the head of the list.
-                let u = rng.below(1000) as f64 / 1000.0;
+                let u = rng.index(1000) as f64 / 1000.0;
                 WORDS[(u * u * WORDS.len() as f64) as usize].to_string()
             } else if r < 95 {
-                let len = 3 + rng.below(9);
+                let len = 3 + rng.index(9);
                 (0..len)
-                    .map(|_| (b'a' + rng.below(26) as u8) as char)
+                    .map(|_| (b'a' + rng.index(26) as u8) as char)
                     .collect()
             } else {
-                rng.below(100_000).to_string()
+                rng.index(100_000).to_string()
             };
             if sentence_start {
                 let mut chars = word.chars();
@@ -692,7 +679,7 @@ fn english_like_documents(total_bytes: usize) -> Vec<String> {
                 doc.push_str(&word);
             }
             sentence_start = false;
-            match rng.below(40) {
+            match rng.index(40) {
                 0..=2 => {
                     doc.push_str(". ");
                     sentence_start = true;
