@@ -34,6 +34,45 @@ pub enum Command {
     Prep(PrepArgs),
     /// Show what the mixture loader serves for a config: tokens per source, epochs, sample batches.
     Data(DataArgs),
+    /// Train a model. With no arguments: the embedded default (configs/tiny.toml) on the CPU,
+    /// building the synthetic world's data first if it is missing.
+    Train(TrainArgs),
+    /// Sample text from a checkpoint (KV cache; greedy, temperature, top-p).
+    Generate(GenerateArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Continue from the newest checkpoint in train.out_dir (`--resume`), or from a given step
+    /// (`--resume 100`).
+    #[arg(long, num_args = 0..=1, default_missing_value = "latest", value_name = "STEP")]
+    pub resume: Option<String>,
+    /// Stop after this step and checkpoint it (the schedule still follows train.steps); resume
+    /// later with --resume. For time-boxed jobs.
+    #[arg(long, value_name = "STEP")]
+    pub until: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// A run directory (its newest checkpoint) or one checkpoint directory (step_000100).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Prompt text (repeatable: one generation per prompt).
+    #[arg(long, short, required = true)]
+    pub prompt: Vec<String>,
+    /// New tokens at most.
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }
 
 /// A config file and overrides, shared by commands that read a run config.

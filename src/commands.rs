@@ -8,13 +8,20 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use crate::cli::{Cli, Command, DataArgs, PrepArgs, TokenizerCommand, WorldArgs};
+use crate::backend::cpu::CpuBackend;
+use crate::cli::{
+    Cli, Command, DataArgs, GenerateArgs, PrepArgs, TokenizerCommand, TrainArgs, WorldArgs,
+};
 use crate::config::{Config, WorldSection};
 use crate::data::loader::{Loader, Split};
 use crate::data::prep::{prep, InputKind, PrepOptions, PrepStats};
 use crate::data::records::AugmentedRecord;
 use crate::data::tokenizer::{train_byte_level_bpe, Tokenizer};
 use crate::data::world::{write_world, WorldConfig};
+use crate::model::generate::Sampling;
+use crate::model::Model;
+use crate::train::checkpoint;
+use crate::train::trainer::Resume;
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
@@ -22,7 +29,104 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Tokenizer(t) => tokenizer(t),
         Command::Prep(a) => prep_cmd(a),
         Command::Data(a) => data(a),
+        Command::Train(a) => train(a),
+        Command::Generate(a) => generate(a),
     }
+}
+
+fn set_threads(n: usize) {
+    if n > 0 {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .ok();
+    }
+}
+
+fn train(a: TrainArgs) -> Result<()> {
+    let cfg = Config::load(a.config.config.as_deref(), &a.config.overrides)?;
+    if cfg.model.is_none() {
+        bail!("the config has no [model] section: nothing to train");
+    }
+    if let Some(w) = &cfg.world {
+        ensure_world(w, &cfg, false, true)?;
+    }
+    let resume = match a.resume.as_deref() {
+        None => None,
+        Some("latest") => Some(Resume::Latest),
+        Some(s) => Some(Resume::Step(s.parse().map_err(|_| {
+            anyhow::anyhow!("--resume {s:?}: expected a step number or nothing")
+        })?)),
+    };
+    set_threads(cfg.train.threads);
+    let be = CpuBackend::<f32>::new();
+    eprintln!(
+        "backend: {} ({} threads)",
+        crate::backend::Backend::name(&be),
+        rayon::current_num_threads()
+    );
+    let s = crate::train::trainer::train(&be, &cfg, resume, a.until, be.nominal_peak_flops())?;
+    eprintln!(
+        "done: {} steps, loss {} -> {}{}, {:.3}s/step, {:.0} tokens/s; checkpoints in {}",
+        s.steps_run,
+        s.first_loss.map_or("-".into(), |l| format!("{l:.4}")),
+        s.last_loss.map_or("-".into(), |l| format!("{l:.4}")),
+        s.last_val_loss
+            .map_or(String::new(), |v| format!(" (val {v:.4})")),
+        s.step_seconds,
+        s.tokens_per_s,
+        s.out_dir.display()
+    );
+    Ok(())
+}
+
+fn generate(a: GenerateArgs) -> Result<()> {
+    let dir = if a.checkpoint.join("DONE").exists() {
+        a.checkpoint.clone()
+    } else {
+        match checkpoint::latest(&a.checkpoint)? {
+            Some((_, d)) => d,
+            None => bail!(
+                "{}: no complete checkpoint (a run directory or a step_NNNNNN directory)",
+                a.checkpoint.display()
+            ),
+        }
+    };
+    let ck = checkpoint::load(&dir)?;
+    let config_text = ck
+        .state
+        .get("config")
+        .and_then(|c| c.as_str())
+        .ok_or_else(|| anyhow::anyhow!("{}/state.json: no run config recorded", dir.display()))?;
+    let cfg = Config::parse(
+        &format!("{}/state.json (config)", dir.display()),
+        config_text,
+        &[],
+    )?;
+    let d = &cfg.data;
+    let tok = Tokenizer::from_file(&d.tokenizer, d.bos_token.as_deref(), d.eos_token.as_deref())?;
+    let mcfg = crate::train::trainer::resolve_model(&cfg, &tok)?;
+    let be = CpuBackend::<f32>::new();
+    let host = crate::train::trainer::tensors_in_order(
+        &dir.join("model.safetensors"),
+        &mcfg.params(),
+        ck.model,
+        "",
+    )?;
+    let model = Model::from_host(&be, &mcfg, &host);
+    let stop: Vec<u32> = tok.eos().into_iter().collect();
+    for (i, prompt) in a.prompt.iter().enumerate() {
+        let mut ids: Vec<u32> = tok.bos().into_iter().collect();
+        tok.encode_into(prompt, &mut ids)?;
+        let sampling = Sampling {
+            temperature: a.temperature,
+            top_p: a.top_p,
+            seed: a.seed + i as u64,
+        };
+        let out = model.generate(&be, &ids, a.max_new_tokens, &stop, sampling);
+        println!("{}{}", prompt, tok.decode(&out, true)?);
+    }
+    Ok(())
 }
 
 fn world(a: WorldArgs) -> Result<()> {

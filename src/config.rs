@@ -9,11 +9,18 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::data::loader::{LoaderOptions, SourceSpec};
+use crate::model::ModelConfig;
+use crate::train::schedule::Schedule;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub data: DataConfig,
+    /// The model's shape (required by `kiln train`).
+    #[serde(default)]
+    pub model: Option<ModelConfig>,
+    #[serde(default)]
+    pub train: TrainConfig,
     /// How `kiln world` builds the embedded default data (used when the data is missing).
     #[serde(default)]
     pub world: Option<WorldSection>,
@@ -45,6 +52,79 @@ pub struct DataConfig {
 
 fn yes() -> bool {
     true
+}
+
+/// `[train]`: the optimisation and the run's bookkeeping. Every field has a default.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Optimizer steps.
+    pub steps: u64,
+    /// Micro-batches per step (gradient accumulation).
+    pub grad_accum: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// The schedule's floor as a fraction of the peak.
+    pub min_lr_ratio: f64,
+    pub warmup_steps: u64,
+    pub schedule: Schedule,
+    /// WSD: fraction of the steps spent decaying.
+    pub decay_fraction: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Decoupled weight decay, on 2-D weights only.
+    pub weight_decay: f64,
+    /// Global-norm clipping threshold (0 = off).
+    pub grad_clip: f64,
+    /// Validation loss every N steps (0 = only at the end); needs data.val_fraction > 0.
+    pub eval_every: u64,
+    pub eval_batches: usize,
+    /// Console progress every N steps.
+    pub log_every: u64,
+    /// Checkpoint every N steps (0 = only at the end).
+    pub checkpoint_every: u64,
+    /// Complete checkpoints kept (0 = all).
+    pub keep_last: usize,
+    /// Run directory: checkpoints, metrics.jsonl, config.toml.
+    pub out_dir: PathBuf,
+    /// Seed of the initialisation.
+    pub seed: u64,
+    /// Stop after this many non-finite steps in a row (each is skipped).
+    pub max_bad_steps: u64,
+    /// Worker threads (0 = all cores).
+    pub threads: usize,
+    /// Peak FLOP/s of the device for MFU, in TFLOP/s (0 = the backend's nominal figure).
+    pub peak_tflops: f64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            steps: 1000,
+            grad_accum: 1,
+            lr: 3e-4,
+            min_lr_ratio: 0.1,
+            warmup_steps: 100,
+            schedule: Schedule::Cosine,
+            decay_fraction: 0.2,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            grad_clip: 1.0,
+            eval_every: 0,
+            eval_batches: 10,
+            log_every: 10,
+            checkpoint_every: 0,
+            keep_last: 3,
+            out_dir: PathBuf::from("runs/default"),
+            seed: 0,
+            max_bad_steps: 10,
+            threads: 0,
+            peak_tflops: 0.0,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -194,6 +274,22 @@ impl Config {
         }
         if d.sources.iter().all(|s| s.weight == 0.0) {
             bail!("data.sources: every weight is 0");
+        }
+        let t = &self.train;
+        if t.grad_accum == 0 {
+            bail!("train.grad_accum must be positive");
+        }
+        if !(t.lr > 0.0 && t.lr.is_finite()) {
+            bail!("train.lr = {} must be a positive number", t.lr);
+        }
+        if !(0.0..=1.0).contains(&t.min_lr_ratio) || !(0.0..=1.0).contains(&t.decay_fraction) {
+            bail!("train.min_lr_ratio and train.decay_fraction must be in [0, 1]");
+        }
+        if !(0.0..1.0).contains(&t.beta1) || !(0.0..1.0).contains(&t.beta2) || !(t.eps > 0.0) {
+            bail!("train: beta1 and beta2 must be in [0, 1) and eps positive");
+        }
+        if t.weight_decay < 0.0 || t.grad_clip < 0.0 || t.peak_tflops < 0.0 {
+            bail!("train: weight_decay, grad_clip and peak_tflops must not be negative");
         }
         Ok(())
     }

@@ -2,8 +2,11 @@
 //!
 //! The library holds everything; `main.rs` only parses the command line and dispatches.
 
+pub mod backend;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod data;
 pub mod fsutil;
+pub mod model;
+pub mod train;

@@ -1,0 +1,1130 @@
+//! The CPU reference backend: every `Backend` operation as a plain kernel over `Vec<T>` buffers,
+//! generic over the float type so the same code runs in f32 (training on the CPU, the reference
+//! the CUDA kernels are tested against) and in f64 (finite-difference gradient checks). GEMMs go
+//! through the `gemm` crate; the other kernels are loops parallelised with rayon over rows,
+//! blocks of elements or (batch, head) pairs once the work is large enough to pay for the
+//! fork-join. Every reduction that feeds a result is done in a fixed order, so results do not
+//! depend on the thread count. This module owns no model logic and allocates only the temporary
+//! buffers a kernel needs for one call.
+
+use super::{AdamW, AttnShape, Backend};
+use gemm::Parallelism;
+use rayon::prelude::*;
+use std::fmt::Debug;
+use std::marker::PhantomData;
+use std::ops::{Add, AddAssign, Div, DivAssign, Mul, MulAssign, Neg, Sub, SubAssign};
+
+#[cfg(test)]
+mod tests;
+
+/// GEMMs of at least this many FLOPs (2·m·n·k) run on the rayon pool; smaller ones on the calling
+/// thread (below this, a fork-join costs more than it saves).
+pub const MATMUL_PAR_FLOPS: usize = 1 << 22;
+/// Other kernels run on the rayon pool when their total work (roughly, element operations) is at
+/// least this large.
+pub const PAR_MIN_WORK: usize = 1 << 15;
+/// Smallest amount of work (element operations) handed to one rayon task.
+const PAR_GRAIN: usize = 1 << 14;
+/// Elementwise kernels walk their buffers in blocks of this many elements.
+const ELEM_BLOCK: usize = 1 << 12;
+
+/// The compute type of a `CpuBackend`: what the kernels need from a float. Implemented for f32
+/// and f64, the two types the `gemm` crate multiplies.
+pub trait Float:
+    Copy
+    + Send
+    + Sync
+    + Default
+    + PartialOrd
+    + Debug
+    + 'static
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
+    + Neg<Output = Self>
+    + AddAssign
+    + SubAssign
+    + MulAssign
+    + DivAssign
+{
+    const ZERO: Self;
+    const ONE: Self;
+    const NEG_INFINITY: Self;
+    fn from_f32(x: f32) -> Self;
+    fn from_f64(x: f64) -> Self;
+    fn to_f32(self) -> f32;
+    fn to_f64(self) -> f64;
+    fn exp(self) -> Self;
+    fn ln(self) -> Self;
+    fn sqrt(self) -> Self;
+    fn max(self, other: Self) -> Self;
+}
+
+macro_rules! impl_float {
+    ($t:ty) => {
+        impl Float for $t {
+            const ZERO: Self = 0.0;
+            const ONE: Self = 1.0;
+            const NEG_INFINITY: Self = <$t>::NEG_INFINITY;
+            #[inline]
+            fn from_f32(x: f32) -> Self {
+                x as $t
+            }
+            #[inline]
+            fn from_f64(x: f64) -> Self {
+                x as $t
+            }
+            #[inline]
+            fn to_f32(self) -> f32 {
+                self as f32
+            }
+            #[inline]
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            #[inline]
+            fn exp(self) -> Self {
+                <$t>::exp(self)
+            }
+            #[inline]
+            fn ln(self) -> Self {
+                <$t>::ln(self)
+            }
+            #[inline]
+            fn sqrt(self) -> Self {
+                <$t>::sqrt(self)
+            }
+            #[inline]
+            fn max(self, other: Self) -> Self {
+                <$t>::max(self, other)
+            }
+        }
+    };
+}
+impl_float!(f32);
+impl_float!(f64);
+
+/// The CPU backend. Buffers are `Vec<T>`; work runs on rayon's global pool.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuBackend<T: Float = f32> {
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T: Float> CpuBackend<T> {
+    pub fn new() -> Self {
+        CpuBackend { _t: PhantomData }
+    }
+
+    /// Nominal peak FLOP/s for MFU when the config gives none: per thread, one AVX-512 core's
+    /// f32 FMA rate at 3 GHz (2 FMA units × 16 lanes × 2 FLOP × 3e9 = 192 GFLOP/s). An
+    /// approximation, not a measurement: set `train.peak_tflops` for your CPU.
+    pub fn nominal_peak_flops(&self) -> f64 {
+        rayon::current_num_threads() as f64 * 192e9
+    }
+}
+
+// ---- helpers ------------------------------------------------------------------------------------
+
+/// Σ a·b with eight independent partial sums (so the loop vectorises), added in a fixed order.
+#[inline]
+fn dot<T: Float>(a: &[T], b: &[T]) -> T {
+    debug_assert_eq!(a.len(), b.len());
+    let mut acc = [T::ZERO; 8];
+    let mut ca = a.chunks_exact(8);
+    let mut cb = b.chunks_exact(8);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for ((s, &xi), &yi) in acc.iter_mut().zip(x).zip(y) {
+            *s += xi * yi;
+        }
+    }
+    let mut tail = T::ZERO;
+    for (&xi, &yi) in ca.remainder().iter().zip(cb.remainder()) {
+        tail += xi * yi;
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+/// y += a·x
+#[inline]
+fn axpy<T: Float>(y: &mut [T], a: T, x: &[T]) {
+    debug_assert_eq!(y.len(), x.len());
+    for (yi, &xi) in y.iter_mut().zip(x) {
+        *yi += a * xi;
+    }
+}
+
+/// Calls `f(i, row_i)` for each `row`-long chunk of `out` (the last may be shorter) and returns
+/// the results in row order. Runs on the rayon pool when rows × `work_per_row` ≥ `PAR_MIN_WORK`.
+fn map_rows_mut<T, R, F>(out: &mut [T], row: usize, work_per_row: usize, f: F) -> Vec<R>
+where
+    T: Send,
+    R: Send,
+    F: Fn(usize, &mut [T]) -> R + Sync + Send,
+{
+    if row == 0 || out.is_empty() {
+        return Vec::new();
+    }
+    let rows = out.len().div_ceil(row);
+    if rows < 2 || rows.saturating_mul(work_per_row) < PAR_MIN_WORK {
+        out.chunks_mut(row)
+            .enumerate()
+            .map(|(i, r)| f(i, r))
+            .collect()
+    } else {
+        let min_len = (PAR_GRAIN / work_per_row.max(1)).max(1);
+        out.par_chunks_mut(row)
+            .with_min_len(min_len)
+            .enumerate()
+            .map(|(i, r)| f(i, r))
+            .collect()
+    }
+}
+
+/// Whether an elementwise pass over `len` elements should use the rayon pool.
+fn parallel_elementwise(len: usize) -> bool {
+    len >= PAR_MIN_WORK
+}
+
+/// dst[m, n] (= or +=) lhs[m, k] · rhs[k, n]; dst is row-major with row stride `dst_rs`, the
+/// operands are described by row and column strides (so a transposed operand is just strides).
+#[allow(clippy::too_many_arguments)]
+fn gemm_strided<T: Float>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [T],
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: &[T],
+    lhs_rs: usize,
+    lhs_cs: usize,
+    rhs: &[T],
+    rhs_rs: usize,
+    rhs_cs: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!((m - 1) * dst_rs + n <= dst.len(), "gemm: dst too short");
+    if k == 0 {
+        if !accumulate {
+            for r in dst.chunks_mut(dst_rs).take(m) {
+                r[..n].fill(T::ZERO);
+            }
+        }
+        return;
+    }
+    assert!(
+        (m - 1) * lhs_rs + (k - 1) * lhs_cs < lhs.len(),
+        "gemm: lhs too short"
+    );
+    assert!(
+        (k - 1) * rhs_rs + (n - 1) * rhs_cs < rhs.len(),
+        "gemm: rhs too short"
+    );
+    let flops = 2usize.saturating_mul(m).saturating_mul(n).saturating_mul(k);
+    let par = if flops >= MATMUL_PAR_FLOPS {
+        Parallelism::Rayon(0)
+    } else {
+        Parallelism::None
+    };
+    // SAFETY: the asserts above keep every element gemm touches (dst rows 0..m, columns 0..n at
+    // unit column stride; lhs and rhs through their strides) inside the three slices; `dst` is a
+    // unique borrow, so it aliases neither operand; T is f32 or f64 (the `Float` impls), which
+    // gemm supports; strides fit in isize because they index allocated slices.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            T::ONE,
+            T::ONE,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+// ---- linear layers ------------------------------------------------------------------------------
+
+/// y[m, n] = x[m, k] · w[n, k]ᵀ
+pub fn matmul<T: Float>(y: &mut [T], x: &[T], w: &[T], m: usize, k: usize, n: usize) {
+    assert_eq!(y.len(), m * n, "matmul: y");
+    assert_eq!(x.len(), m * k, "matmul: x");
+    assert_eq!(w.len(), n * k, "matmul: w");
+    // rhs = wᵀ [k, n]: element (i, j) = w[j·k + i]
+    gemm_strided(m, n, k, y, n, false, x, k, 1, w, 1, k);
+}
+
+/// dx[m, k] (= or +=) dy[m, n] · w[n, k]
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_dx<T: Float>(
+    dx: &mut [T],
+    dy: &[T],
+    w: &[T],
+    m: usize,
+    k: usize,
+    n: usize,
+    accumulate: bool,
+) {
+    assert_eq!(dx.len(), m * k, "matmul_dx: dx");
+    assert_eq!(dy.len(), m * n, "matmul_dx: dy");
+    assert_eq!(w.len(), n * k, "matmul_dx: w");
+    gemm_strided(m, k, n, dx, k, accumulate, dy, n, 1, w, k, 1);
+}
+
+/// dw[n, k] += dy[m, n]ᵀ · x[m, k]
+pub fn matmul_dw<T: Float>(dw: &mut [T], dy: &[T], x: &[T], m: usize, k: usize, n: usize) {
+    assert_eq!(dw.len(), n * k, "matmul_dw: dw");
+    assert_eq!(dy.len(), m * n, "matmul_dw: dy");
+    assert_eq!(x.len(), m * k, "matmul_dw: x");
+    // lhs = dyᵀ [n, m]: element (i, j) = dy[j·n + i]
+    gemm_strided(n, k, m, dw, k, true, dy, 1, n, x, k, 1);
+}
+
+// ---- embedding ----------------------------------------------------------------------------------
+
+/// out[N, d] = table[ids[i], :]  (table [V, d])
+pub fn embedding<T: Float>(out: &mut [T], table: &[T], ids: &[u32], d: usize) {
+    assert_eq!(out.len(), ids.len() * d, "embedding: out");
+    assert_eq!(table.len() % d.max(1), 0, "embedding: table");
+    let vocab = table.len() / d.max(1);
+    map_rows_mut(out, d, d, |i, row| {
+        let id = ids[i] as usize;
+        assert!(id < vocab, "embedding: id {id} >= vocab {vocab}");
+        row.copy_from_slice(&table[id * d..(id + 1) * d]);
+    });
+}
+
+/// dtable[ids[i], :] += dout[i, :]  (dtable [V, d], dout [N, d])
+///
+/// Tokens are grouped by id (a stable sort, so token order is kept within an id); each distinct
+/// id's row is then summed by one task, starting from its current value, so repeated ids never
+/// race and the additions happen in token order whatever the thread count.
+pub fn embedding_dw<T: Float>(dtable: &mut [T], dout: &[T], ids: &[u32], d: usize) {
+    assert_eq!(dout.len(), ids.len() * d, "embedding_dw: dout");
+    assert_eq!(dtable.len() % d.max(1), 0, "embedding_dw: dtable");
+    let vocab = dtable.len() / d.max(1);
+    for &id in ids {
+        assert!(
+            (id as usize) < vocab,
+            "embedding_dw: id {id} >= vocab {vocab}"
+        );
+    }
+    if ids.is_empty() || d == 0 {
+        return;
+    }
+    let mut order: Vec<usize> = (0..ids.len()).collect();
+    order.sort_by_key(|&i| ids[i]);
+    // runs[r] = (start, end) in `order` of the r-th distinct id
+    let mut runs = Vec::new();
+    let mut start = 0;
+    for e in 1..=order.len() {
+        if e == order.len() || ids[order[e]] != ids[order[start]] {
+            runs.push((start, e));
+            start = e;
+        }
+    }
+    // acc [runs, d]: the touched rows, summed independently, then written back
+    let mut acc = Vec::with_capacity(runs.len() * d);
+    for &(s0, _) in &runs {
+        let id = ids[order[s0]] as usize;
+        acc.extend_from_slice(&dtable[id * d..(id + 1) * d]);
+    }
+    map_rows_mut(&mut acc, d, d * ids.len() / runs.len(), |r, row| {
+        for &i in &order[runs[r].0..runs[r].1] {
+            for (a, &b) in row.iter_mut().zip(&dout[i * d..(i + 1) * d]) {
+                *a += b;
+            }
+        }
+    });
+    for (&(s0, _), row) in runs.iter().zip(acc.chunks(d)) {
+        let id = ids[order[s0]] as usize;
+        dtable[id * d..(id + 1) * d].copy_from_slice(row);
+    }
+}
+
+// ---- RMSNorm ------------------------------------------------------------------------------------
+
+/// out[N, d] = x · rstd · w, rstd[N] = 1 / sqrt(mean(x²) + eps)  (x [N, d], w [d])
+pub fn rmsnorm<T: Float>(out: &mut [T], rstd: &mut [T], x: &[T], w: &[T], d: usize, eps: f32) {
+    let n = rstd.len();
+    assert_eq!(out.len(), n * d, "rmsnorm: out");
+    assert_eq!(x.len(), n * d, "rmsnorm: x");
+    assert_eq!(w.len(), d, "rmsnorm: w");
+    let eps = T::from_f32(eps);
+    let inv_d = T::from_f64(1.0 / d as f64);
+    let r = map_rows_mut(out, d, 3 * d, |i, row| {
+        let xr = &x[i * d..(i + 1) * d];
+        let r = T::ONE / (dot(xr, xr) * inv_d + eps).sqrt();
+        for ((o, &xi), &wi) in row.iter_mut().zip(xr).zip(w) {
+            *o = xi * r * wi;
+        }
+        r
+    });
+    rstd.copy_from_slice(&r);
+}
+
+/// dx[N, d] += ∂L/∂x, dw[d] += ∂L/∂w, given dout [N, d], x [N, d], w [d] and the saved rstd [N].
+///
+/// With r = rstd and y = x·r·w: dw_j = Σ_i dout_ij·x_ij·r_i and
+/// dx_ij = r_i·w_j·dout_ij − r_i³·x_ij/d · Σ_k dout_ik·w_k·x_ik.
+/// Rows are processed in fixed blocks, each with its own dw partial; the partials are added in
+/// block order.
+#[allow(clippy::too_many_arguments)]
+pub fn rmsnorm_bwd<T: Float>(
+    dx: &mut [T],
+    dw: &mut [T],
+    dout: &[T],
+    x: &[T],
+    w: &[T],
+    rstd: &[T],
+    d: usize,
+) {
+    let n = rstd.len();
+    assert_eq!(dx.len(), n * d, "rmsnorm_bwd: dx");
+    assert_eq!(dout.len(), n * d, "rmsnorm_bwd: dout");
+    assert_eq!(x.len(), n * d, "rmsnorm_bwd: x");
+    assert_eq!(w.len(), d, "rmsnorm_bwd: w");
+    assert_eq!(dw.len(), d, "rmsnorm_bwd: dw");
+    const BLOCK_ROWS: usize = 32;
+    let inv_d = T::from_f64(1.0 / d as f64);
+    let partials = map_rows_mut(dx, BLOCK_ROWS * d, BLOCK_ROWS * 6 * d, |blk, dxb| {
+        let mut dw_part = vec![T::ZERO; d];
+        for (ri, dxr) in dxb.chunks_mut(d).enumerate() {
+            let i = blk * BLOCK_ROWS + ri;
+            let (xr, dor, r) = (&x[i * d..(i + 1) * d], &dout[i * d..(i + 1) * d], rstd[i]);
+            // Σ_k dout_k·w_k·x_k
+            let mut s = T::ZERO;
+            for ((&g, &wk), &xk) in dor.iter().zip(w).zip(xr) {
+                s += g * wk * xk;
+            }
+            let c = r * r * r * s * inv_d;
+            for ((((dxj, dwj), &g), &wj), &xj) in
+                dxr.iter_mut().zip(&mut dw_part).zip(dor).zip(w).zip(xr)
+            {
+                *dxj += r * wj * g - c * xj;
+                *dwj += g * xj * r;
+            }
+        }
+        dw_part
+    });
+    for p in partials {
+        for (a, b) in dw.iter_mut().zip(p) {
+            *a += b;
+        }
+    }
+}
+
+// ---- RoPE ---------------------------------------------------------------------------------------
+
+/// Rotate-half RoPE in place on x [N, heads, D]; cos/sin [max_pos, D/2]. For pair (j, j + D/2)
+/// at angle θ: (a, b) → (a·cos θ − b·sin θ, b·cos θ + a·sin θ); `inverse` rotates by −θ (the
+/// transpose, used by the backward).
+#[allow(clippy::too_many_arguments)]
+fn rope_rotate<T: Float>(
+    x: &mut [T],
+    positions: &[u32],
+    heads: usize,
+    head_dim: usize,
+    cos: &[T],
+    sin: &[T],
+    inverse: bool,
+) {
+    assert!(head_dim % 2 == 0, "rope: head_dim {head_dim} is odd");
+    let half = head_dim / 2;
+    let row = heads * head_dim;
+    assert_eq!(x.len(), positions.len() * row, "rope: x");
+    assert_eq!(cos.len(), sin.len(), "rope: cos/sin");
+    let max_pos = cos.len() / half.max(1);
+    map_rows_mut(x, row, 3 * row, |i, xr| {
+        let p = positions[i] as usize;
+        assert!(p < max_pos, "rope: position {p} >= table length {max_pos}");
+        let (c, s) = (
+            &cos[p * half..(p + 1) * half],
+            &sin[p * half..(p + 1) * half],
+        );
+        for head in xr.chunks_mut(head_dim) {
+            let (lo, hi) = head.split_at_mut(half);
+            for (((a, b), &cj), &sj) in lo.iter_mut().zip(hi.iter_mut()).zip(c).zip(s) {
+                let sj = if inverse { -sj } else { sj };
+                let (x1, x2) = (*a, *b);
+                *a = x1 * cj - x2 * sj;
+                *b = x2 * cj + x1 * sj;
+            }
+        }
+    });
+}
+
+// ---- attention ----------------------------------------------------------------------------------
+
+/// Checks the buffer lengths of one attention call and returns (T, H, Hkv, D, H/Hkv).
+fn attn_dims(s: AttnShape) -> (usize, usize, usize, usize, usize) {
+    assert!(
+        s.kv_heads > 0 && s.heads % s.kv_heads == 0,
+        "attention: heads {} not a multiple of kv_heads {}",
+        s.heads,
+        s.kv_heads
+    );
+    (s.seq, s.heads, s.kv_heads, s.head_dim, s.heads / s.kv_heads)
+}
+
+/// Copies kv head `g` of batch row `b` of a [B, T, Hkv, D] tensor into a contiguous [T, D].
+fn gather_head<T: Float>(
+    src: &[T],
+    b: usize,
+    g: usize,
+    tt: usize,
+    hkv: usize,
+    dd: usize,
+) -> Vec<T> {
+    let mut out = Vec::with_capacity(tt * dd);
+    for j in 0..tt {
+        let o = ((b * tt + j) * hkv + g) * dd;
+        out.extend_from_slice(&src[o..o + dd]);
+    }
+    out
+}
+
+/// Causal attention with document masking and GQA (see `Backend::attention`).
+/// q [B, T, H, D], k/v [B, T, Hkv, D], doc_ids [B·T] → out [B, T, H, D], lse [B, H, T].
+///
+/// Parallel over (b, h): each task gathers its kv head, and for each query does two passes over
+/// the allowed keys (max, then exp-sum and weighted sum of v), writing a [T, D] tile that is then
+/// scattered into `out`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention<T: Float>(
+    out: &mut [T],
+    lse: &mut [T],
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    doc_ids: &[u32],
+    s: AttnShape,
+) {
+    let (tt, h, hkv, dd, group) = attn_dims(s);
+    let b = s.batch;
+    assert_eq!(q.len(), b * tt * h * dd, "attention: q");
+    assert_eq!(out.len(), q.len(), "attention: out");
+    assert_eq!(k.len(), b * tt * hkv * dd, "attention: k");
+    assert_eq!(v.len(), k.len(), "attention: v");
+    assert_eq!(lse.len(), b * h * tt, "attention: lse");
+    assert_eq!(doc_ids.len(), b * tt, "attention: doc_ids");
+    let scale = T::from_f64(1.0 / (dd as f64).sqrt());
+    // tiles [B, H, T, D]
+    let mut tiles = vec![T::ZERO; out.len()];
+    let lses = map_rows_mut(&mut tiles, tt * dd, tt * tt * dd * 2, |bh, tile| {
+        let (bi, hi) = (bh / h, bh % h);
+        let g = hi / group;
+        let kb = gather_head(k, bi, g, tt, hkv, dd);
+        let vb = gather_head(v, bi, g, tt, hkv, dd);
+        let docs = &doc_ids[bi * tt..(bi + 1) * tt];
+        let mut scores = vec![T::ZERO; tt];
+        let mut lse_bh = vec![T::ZERO; tt];
+        for t in 0..tt {
+            let qo = ((bi * tt + t) * h + hi) * dd;
+            let qt = &q[qo..qo + dd];
+            let mut m = T::NEG_INFINITY;
+            for (j, sj) in scores[..=t].iter_mut().enumerate() {
+                *sj = if docs[j] == docs[t] {
+                    dot(qt, &kb[j * dd..(j + 1) * dd]) * scale
+                } else {
+                    T::NEG_INFINITY
+                };
+                m = m.max(*sj);
+            }
+            let o = &mut tile[t * dd..(t + 1) * dd];
+            let mut l = T::ZERO;
+            for (j, &sj) in scores[..=t].iter().enumerate() {
+                if sj == T::NEG_INFINITY {
+                    continue; // another document
+                }
+                let p = (sj - m).exp();
+                l += p;
+                axpy(o, p, &vb[j * dd..(j + 1) * dd]);
+            }
+            let inv = T::ONE / l;
+            o.iter_mut().for_each(|x| *x *= inv);
+            lse_bh[t] = m + l.ln();
+        }
+        lse_bh
+    });
+    for (dst, src) in lse.chunks_mut(tt.max(1)).zip(lses) {
+        dst.copy_from_slice(&src);
+    }
+    // scatter [B, H, T, D] → [B, T, H, D], parallel over (b, t) rows
+    map_rows_mut(out, h * dd, h * dd, |bt, row| {
+        let (bi, t) = (bt / tt, bt % tt);
+        for (hi, o) in row.chunks_mut(dd).enumerate() {
+            let src = ((bi * h + hi) * tt + t) * dd;
+            o.copy_from_slice(&tiles[src..src + dd]);
+        }
+    });
+}
+
+/// Backward of `attention`: overwrites dq [B, T, H, D], dk and dv [B, T, Hkv, D].
+///
+/// Parallel over (b, h). Each task recomputes p = exp(q·k·scale − lse) for the allowed keys and
+/// forms dv = Σ p·dout, dS = p·(dout·v − dout·out), dq = scale·Σ dS·k, dk = scale·Σ dS·q into
+/// private [T, D] tiles. The kv-head gradients of the H/Hkv query heads sharing one kv head are
+/// then summed in head order.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_bwd<T: Float>(
+    dq: &mut [T],
+    dk: &mut [T],
+    dv: &mut [T],
+    dout: &[T],
+    out: &[T],
+    lse: &[T],
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    doc_ids: &[u32],
+    s: AttnShape,
+) {
+    let (tt, h, hkv, dd, group) = attn_dims(s);
+    let b = s.batch;
+    assert_eq!(q.len(), b * tt * h * dd, "attention_bwd: q");
+    for (buf, name) in [(&*dq, "dq"), (dout, "dout"), (out, "out")] {
+        assert_eq!(buf.len(), q.len(), "attention_bwd: {name}");
+    }
+    for (buf, name) in [(&*dk, "dk"), (&*dv, "dv"), (k, "k"), (v, "v")] {
+        assert_eq!(buf.len(), b * tt * hkv * dd, "attention_bwd: {name}");
+    }
+    assert_eq!(lse.len(), b * h * tt, "attention_bwd: lse");
+    assert_eq!(doc_ids.len(), b * tt, "attention_bwd: doc_ids");
+    let scale = T::from_f64(1.0 / (dd as f64).sqrt());
+    let td = tt * dd;
+    // tiles [B, H, 3, T, D]: dq, dk, dv of one (b, h)
+    let mut tiles = vec![T::ZERO; b * h * 3 * td];
+    map_rows_mut(&mut tiles, 3 * td, tt * tt * dd * 4, |bh, tile| {
+        let (bi, hi) = (bh / h, bh % h);
+        let g = hi / group;
+        let kb = gather_head(k, bi, g, tt, hkv, dd);
+        let vb = gather_head(v, bi, g, tt, hkv, dd);
+        let docs = &doc_ids[bi * tt..(bi + 1) * tt];
+        let (dq_t, rest) = tile.split_at_mut(td);
+        let (dk_t, dv_t) = rest.split_at_mut(td);
+        for t in 0..tt {
+            let o = ((bi * tt + t) * h + hi) * dd;
+            let (qt, dot_, ot) = (&q[o..o + dd], &dout[o..o + dd], &out[o..o + dd]);
+            let l = lse[bh * tt + t];
+            let delta = dot(dot_, ot);
+            let dqr = &mut dq_t[t * dd..(t + 1) * dd];
+            for j in 0..=t {
+                if docs[j] != docs[t] {
+                    continue;
+                }
+                let (kj, vj) = (&kb[j * dd..(j + 1) * dd], &vb[j * dd..(j + 1) * dd]);
+                let p = (dot(qt, kj) * scale - l).exp();
+                let ds = p * (dot(dot_, vj) - delta) * scale;
+                axpy(dqr, ds, kj);
+                axpy(&mut dk_t[j * dd..(j + 1) * dd], ds, qt);
+                axpy(&mut dv_t[j * dd..(j + 1) * dd], p, dot_);
+            }
+        }
+    });
+    // dq: scatter [B, H, T, D] → [B, T, H, D]
+    map_rows_mut(dq, h * dd, h * dd, |bt, row| {
+        let (bi, t) = (bt / tt, bt % tt);
+        for (hi, o) in row.chunks_mut(dd).enumerate() {
+            let src = (bi * h + hi) * 3 * td + t * dd;
+            o.copy_from_slice(&tiles[src..src + dd]);
+        }
+    });
+    // dk, dv: sum the group's heads in order, into [B, T, Hkv, D]
+    for (dst, which) in [(dk, 1), (dv, 2)] {
+        map_rows_mut(dst, hkv * dd, h * dd, |bt, row| {
+            let (bi, t) = (bt / tt, bt % tt);
+            for (g, o) in row.chunks_mut(dd).enumerate() {
+                o.fill(T::ZERO);
+                for hi in g * group..(g + 1) * group {
+                    let src = (bi * h + hi) * 3 * td + which * td + t * dd;
+                    for (a, &x) in o.iter_mut().zip(&tiles[src..src + dd]) {
+                        *a += x;
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Attention of q [B, Tq, H, D] (positions past..past+Tq) against k_cache/v_cache
+/// [B, max_len, Hkv, D] holding positions 0..past+Tq; causal, no document masking.
+/// Writes out [B, Tq, H, D]. Parallel over (b, h) like `attention`, reading the cache in place.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_cached<T: Float>(
+    out: &mut [T],
+    q: &[T],
+    k_cache: &[T],
+    v_cache: &[T],
+    max_len: usize,
+    past: usize,
+    s: AttnShape,
+) {
+    let (tq, h, hkv, dd, group) = attn_dims(s);
+    let b = s.batch;
+    let len = past + tq;
+    assert!(
+        len <= max_len,
+        "attention_cached: past {past} + {tq} new > cache length {max_len}"
+    );
+    assert_eq!(q.len(), b * tq * h * dd, "attention_cached: q");
+    assert_eq!(out.len(), q.len(), "attention_cached: out");
+    assert_eq!(
+        k_cache.len(),
+        b * max_len * hkv * dd,
+        "attention_cached: k_cache"
+    );
+    assert_eq!(v_cache.len(), k_cache.len(), "attention_cached: v_cache");
+    let scale = T::from_f64(1.0 / (dd as f64).sqrt());
+    // tiles [B, H, Tq, D]
+    let mut tiles = vec![T::ZERO; out.len()];
+    map_rows_mut(&mut tiles, tq * dd, tq * len * dd * 2, |bh, tile| {
+        let (bi, hi) = (bh / h, bh % h);
+        let g = hi / group;
+        // cache rows are read in place (a decode step touches each once per query head)
+        let row = |j: usize| ((bi * max_len + j) * hkv + g) * dd;
+        let mut scores = vec![T::ZERO; len];
+        for i in 0..tq {
+            let n_keys = past + i + 1;
+            let qo = ((bi * tq + i) * h + hi) * dd;
+            let qi = &q[qo..qo + dd];
+            let mut m = T::NEG_INFINITY;
+            for (j, sj) in scores[..n_keys].iter_mut().enumerate() {
+                *sj = dot(qi, &k_cache[row(j)..row(j) + dd]) * scale;
+                m = m.max(*sj);
+            }
+            let o = &mut tile[i * dd..(i + 1) * dd];
+            let mut l = T::ZERO;
+            for (j, &sj) in scores[..n_keys].iter().enumerate() {
+                let p = (sj - m).exp();
+                l += p;
+                axpy(o, p, &v_cache[row(j)..row(j) + dd]);
+            }
+            let inv = T::ONE / l;
+            o.iter_mut().for_each(|x| *x *= inv);
+        }
+    });
+    map_rows_mut(out, h * dd, h * dd, |bt, row| {
+        let (bi, i) = (bt / tq, bt % tq);
+        for (hi, o) in row.chunks_mut(dd).enumerate() {
+            let src = ((bi * h + hi) * tq + i) * dd;
+            o.copy_from_slice(&tiles[src..src + dd]);
+        }
+    });
+}
+
+// ---- SwiGLU -------------------------------------------------------------------------------------
+
+#[inline]
+fn sigmoid<T: Float>(x: T) -> T {
+    T::ONE / (T::ONE + (-x).exp())
+}
+
+/// out = silu(gate) ⊙ up, silu(g) = g·σ(g); all three the same length.
+pub fn swiglu<T: Float>(out: &mut [T], gate: &[T], up: &[T]) {
+    assert_eq!(gate.len(), out.len(), "swiglu: gate");
+    assert_eq!(up.len(), out.len(), "swiglu: up");
+    map_rows_mut(out, ELEM_BLOCK, ELEM_BLOCK * 8, |c, o| {
+        let base = c * ELEM_BLOCK;
+        let (g, u) = (&gate[base..base + o.len()], &up[base..base + o.len()]);
+        for ((oi, &gi), &ui) in o.iter_mut().zip(g).zip(u) {
+            *oi = gi * sigmoid(gi) * ui;
+        }
+    });
+}
+
+/// dup = dout·silu(gate), dgate = dout·up·σ(gate)·(1 + gate·(1 − σ(gate)))  (overwrite)
+pub fn swiglu_bwd<T: Float>(dgate: &mut [T], dup: &mut [T], dout: &[T], gate: &[T], up: &[T]) {
+    let n = dout.len();
+    for (len, name) in [
+        (dgate.len(), "dgate"),
+        (dup.len(), "dup"),
+        (gate.len(), "gate"),
+        (up.len(), "up"),
+    ] {
+        assert_eq!(len, n, "swiglu_bwd: {name}");
+    }
+    let block = |c: usize, dg: &mut [T], du: &mut [T]| {
+        let base = c * ELEM_BLOCK;
+        let r = base..base + dg.len();
+        for ((((dgi, dui), &d), &g), &u) in dg
+            .iter_mut()
+            .zip(du)
+            .zip(&dout[r.clone()])
+            .zip(&gate[r.clone()])
+            .zip(&up[r])
+        {
+            let sg = sigmoid(g);
+            *dui = d * g * sg;
+            *dgi = d * u * sg * (T::ONE + g * (T::ONE - sg));
+        }
+    };
+    let chunks = dgate.chunks_mut(ELEM_BLOCK).zip(dup.chunks_mut(ELEM_BLOCK));
+    if parallel_elementwise(n) {
+        let chunks = dgate
+            .par_chunks_mut(ELEM_BLOCK)
+            .zip(dup.par_chunks_mut(ELEM_BLOCK));
+        chunks
+            .enumerate()
+            .for_each(|(c, (dg, du))| block(c, dg, du));
+    } else {
+        chunks
+            .enumerate()
+            .for_each(|(c, (dg, du))| block(c, dg, du));
+    }
+}
+
+// ---- loss ---------------------------------------------------------------------------------------
+
+/// Cross-entropy over logits [N, V] (see `Backend::cross_entropy`): returns Σ mask·(lse − x[target])
+/// in f64 (row losses summed in row order) and overwrites each row with
+/// scale·mask·(softmax(row) − onehot(target)). Rows with mask 0 get a zero gradient.
+pub fn cross_entropy<T: Float>(
+    logits: &mut [T],
+    targets: &[u32],
+    mask: &[u8],
+    vocab: usize,
+    scale: f32,
+) -> f64 {
+    let n = targets.len();
+    assert_eq!(logits.len(), n * vocab, "cross_entropy: logits");
+    assert_eq!(mask.len(), n, "cross_entropy: mask");
+    let scale = T::from_f32(scale);
+    let losses = map_rows_mut(logits, vocab, 4 * vocab, |i, row| {
+        let target = targets[i] as usize;
+        assert!(
+            target < vocab,
+            "cross_entropy: target {target} >= vocab {vocab}"
+        );
+        if mask[i] == 0 {
+            row.fill(T::ZERO);
+            return 0.0;
+        }
+        let m = row.iter().fold(T::NEG_INFINITY, |m, &x| m.max(x));
+        let x_target = row[target];
+        // row ← exp(x − m), once per logit; softmax = that / sum
+        let mut sum = T::ZERO;
+        for x in row.iter_mut() {
+            *x = (*x - m).exp();
+            sum += *x;
+        }
+        let loss = (m + sum.ln() - x_target).to_f64();
+        let c = scale / sum;
+        for x in row.iter_mut() {
+            *x *= c;
+        }
+        row[target] -= scale;
+        loss
+    });
+    losses.iter().sum()
+}
+
+// ---- elementwise, reductions, optimizer ----------------------------------------------------------
+
+/// y += x
+pub fn add_assign<T: Float>(y: &mut [T], x: &[T]) {
+    assert_eq!(y.len(), x.len(), "add_assign");
+    map_rows_mut(y, ELEM_BLOCK, ELEM_BLOCK, |c, yb| {
+        let xb = &x[c * ELEM_BLOCK..c * ELEM_BLOCK + yb.len()];
+        for (a, &b) in yb.iter_mut().zip(xb) {
+            *a += b;
+        }
+    });
+}
+
+/// x *= s
+pub fn scale<T: Float>(x: &mut [T], s: f32) {
+    let s = T::from_f32(s);
+    map_rows_mut(x, ELEM_BLOCK, ELEM_BLOCK, |_, xb| {
+        xb.iter_mut().for_each(|a| *a *= s)
+    });
+}
+
+/// Σ x² in f64, over fixed blocks added in block order (independent of the thread count).
+pub fn sum_squares<T: Float>(x: &[T]) -> f64 {
+    // eight partial sums per block (so the loop vectorises), added in a fixed order
+    let block = |b: &[T]| {
+        let mut acc = [0.0f64; 8];
+        let mut chunks = b.chunks_exact(8);
+        for c in &mut chunks {
+            for (s, &a) in acc.iter_mut().zip(c) {
+                *s += a.to_f64() * a.to_f64();
+            }
+        }
+        let tail: f64 = chunks
+            .remainder()
+            .iter()
+            .map(|&a| a.to_f64() * a.to_f64())
+            .sum();
+        ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+    };
+    let partials: Vec<f64> = if parallel_elementwise(x.len()) {
+        x.par_chunks(ELEM_BLOCK).map(block).collect()
+    } else {
+        x.chunks(ELEM_BLOCK).map(block).collect()
+    };
+    partials.iter().sum()
+}
+
+/// One AdamW step, in PyTorch's order (`torch.optim.AdamW`, single-tensor path):
+/// g' = g·grad_scale; p *= 1 − lr·wd; m = lerp(m, g', 1 − β1); v = β2·v + (1 − β2)·g'·g';
+/// p += (−lr / (1 − β1ᵗ)) · m / (sqrt(v) / sqrt(1 − β2ᵗ) + eps).
+/// The per-step scalars are formed in f64 (as Python floats) and rounded to T once; lerp and
+/// the final addcdiv round like PyTorch's CPU kernels (`a + w·(b − a)` for |w| < 0.5, else
+/// `b − (b − a)·(1 − w)`; `p + (s·m) / denom`).
+pub fn adamw<T: Float>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], hp: AdamW) {
+    let n = p.len();
+    for (len, name) in [(g.len(), "g"), (m.len(), "m"), (v.len(), "v")] {
+        assert_eq!(len, n, "adamw: {name}");
+    }
+    assert!(hp.step >= 1, "adamw: step is 1-based");
+    let (lr, b1, b2) = (hp.lr as f64, hp.beta1 as f64, hp.beta2 as f64);
+    let step = hp.step.min(i32::MAX as u64) as i32;
+    let decay = T::from_f64(1.0 - lr * hp.weight_decay as f64);
+    let lerp_w = T::from_f64(1.0 - b1);
+    let lerp_from_start = (1.0 - b1).abs() < 0.5;
+    let (beta2, one_minus_b2) = (T::from_f32(hp.beta2), T::from_f64(1.0 - b2));
+    let neg_step_size = T::from_f64(-(lr / (1.0 - b1.powi(step))));
+    let bc2_sqrt = T::from_f64((1.0 - b2.powi(step)).sqrt());
+    let (eps, gs) = (T::from_f32(hp.eps), T::from_f32(hp.grad_scale));
+    let block = |c: usize, pb: &mut [T], mb: &mut [T], vb: &mut [T]| {
+        let gb = &g[c * ELEM_BLOCK..c * ELEM_BLOCK + pb.len()];
+        for (((pi, mi), vi), &gi) in pb.iter_mut().zip(mb).zip(vb).zip(gb) {
+            let gi = gi * gs;
+            *pi *= decay;
+            *mi = if lerp_from_start {
+                *mi + lerp_w * (gi - *mi)
+            } else {
+                gi - (gi - *mi) * (T::ONE - lerp_w)
+            };
+            *vi = *vi * beta2 + one_minus_b2 * gi * gi;
+            let denom = vi.sqrt() / bc2_sqrt + eps;
+            *pi += neg_step_size * *mi / denom;
+        }
+    };
+    if parallel_elementwise(n) {
+        let it = p
+            .par_chunks_mut(ELEM_BLOCK)
+            .zip(m.par_chunks_mut(ELEM_BLOCK))
+            .zip(v.par_chunks_mut(ELEM_BLOCK));
+        it.enumerate()
+            .for_each(|(c, ((pb, mb), vb))| block(c, pb, mb, vb));
+    } else {
+        let it = p
+            .chunks_mut(ELEM_BLOCK)
+            .zip(m.chunks_mut(ELEM_BLOCK))
+            .zip(v.chunks_mut(ELEM_BLOCK));
+        it.enumerate()
+            .for_each(|(c, ((pb, mb), vb))| block(c, pb, mb, vb));
+    }
+}
+
+// ---- the Backend --------------------------------------------------------------------------------
+
+impl<T: Float> Backend for CpuBackend<T> {
+    type Buf = Vec<T>;
+
+    fn name(&self) -> String {
+        format!(
+            "cpu ({}, {} threads)",
+            std::any::type_name::<T>(),
+            rayon::current_num_threads()
+        )
+    }
+
+    fn zeros(&self, len: usize) -> Vec<T> {
+        vec![T::ZERO; len]
+    }
+    fn upload(&self, host: &[f32]) -> Vec<T> {
+        host.iter().map(|&x| T::from_f32(x)).collect()
+    }
+    fn download(&self, buf: &Vec<T>) -> Vec<f32> {
+        buf.iter().map(|&x| x.to_f32()).collect()
+    }
+    fn buf_len(&self, buf: &Vec<T>) -> usize {
+        buf.len()
+    }
+    fn fill_zero(&self, buf: &mut Vec<T>) {
+        buf.fill(T::ZERO);
+    }
+    fn copy(&self, dst: &mut Vec<T>, src: &Vec<T>) {
+        dst.copy_from_slice(src);
+    }
+    fn copy_range(
+        &self,
+        dst: &mut Vec<T>,
+        dst_off: usize,
+        src: &Vec<T>,
+        src_off: usize,
+        len: usize,
+    ) {
+        dst[dst_off..dst_off + len].copy_from_slice(&src[src_off..src_off + len]);
+    }
+
+    fn matmul(&self, y: &mut Vec<T>, x: &Vec<T>, w: &Vec<T>, m: usize, k: usize, n: usize) {
+        matmul(y, x, w, m, k, n);
+    }
+    fn matmul_dx(
+        &self,
+        dx: &mut Vec<T>,
+        dy: &Vec<T>,
+        w: &Vec<T>,
+        m: usize,
+        k: usize,
+        n: usize,
+        accumulate: bool,
+    ) {
+        matmul_dx(dx, dy, w, m, k, n, accumulate);
+    }
+    fn matmul_dw(&self, dw: &mut Vec<T>, dy: &Vec<T>, x: &Vec<T>, m: usize, k: usize, n: usize) {
+        matmul_dw(dw, dy, x, m, k, n);
+    }
+
+    fn embedding(&self, out: &mut Vec<T>, table: &Vec<T>, ids: &[u32], d: usize) {
+        embedding(out, table, ids, d);
+    }
+    fn embedding_dw(&self, dtable: &mut Vec<T>, dout: &Vec<T>, ids: &[u32], d: usize) {
+        embedding_dw(dtable, dout, ids, d);
+    }
+
+    fn rmsnorm(
+        &self,
+        out: &mut Vec<T>,
+        rstd: &mut Vec<T>,
+        x: &Vec<T>,
+        w: &Vec<T>,
+        d: usize,
+        eps: f32,
+    ) {
+        rmsnorm(out, rstd, x, w, d, eps);
+    }
+    fn rmsnorm_bwd(
+        &self,
+        dx: &mut Vec<T>,
+        dw: &mut Vec<T>,
+        dout: &Vec<T>,
+        x: &Vec<T>,
+        w: &Vec<T>,
+        rstd: &Vec<T>,
+        d: usize,
+    ) {
+        rmsnorm_bwd(dx, dw, dout, x, w, rstd, d);
+    }
+
+    fn rope(
+        &self,
+        x: &mut Vec<T>,
+        positions: &[u32],
+        heads: usize,
+        head_dim: usize,
+        cos: &Vec<T>,
+        sin: &Vec<T>,
+    ) {
+        rope_rotate(x, positions, heads, head_dim, cos, sin, false);
+    }
+    fn rope_bwd(
+        &self,
+        dx: &mut Vec<T>,
+        positions: &[u32],
+        heads: usize,
+        head_dim: usize,
+        cos: &Vec<T>,
+        sin: &Vec<T>,
+    ) {
+        rope_rotate(dx, positions, heads, head_dim, cos, sin, true);
+    }
+
+    fn attention(
+        &self,
+        out: &mut Vec<T>,
+        lse: &mut Vec<T>,
+        q: &Vec<T>,
+        k: &Vec<T>,
+        v: &Vec<T>,
+        doc_ids: &[u32],
+        s: AttnShape,
+    ) {
+        attention(out, lse, q, k, v, doc_ids, s);
+    }
+    fn attention_bwd(
+        &self,
+        dq: &mut Vec<T>,
+        dk: &mut Vec<T>,
+        dv: &mut Vec<T>,
+        dout: &Vec<T>,
+        out: &Vec<T>,
+        lse: &Vec<T>,
+        q: &Vec<T>,
+        k: &Vec<T>,
+        v: &Vec<T>,
+        doc_ids: &[u32],
+        s: AttnShape,
+    ) {
+        attention_bwd(dq, dk, dv, dout, out, lse, q, k, v, doc_ids, s);
+    }
+    fn attention_cached(
+        &self,
+        out: &mut Vec<T>,
+        q: &Vec<T>,
+        k_cache: &Vec<T>,
+        v_cache: &Vec<T>,
+        max_len: usize,
+        past: usize,
+        s: AttnShape,
+    ) {
+        attention_cached(out, q, k_cache, v_cache, max_len, past, s);
+    }
+
+    fn swiglu(&self, out: &mut Vec<T>, gate: &Vec<T>, up: &Vec<T>) {
+        swiglu(out, gate, up);
+    }
+    fn swiglu_bwd(
+        &self,
+        dgate: &mut Vec<T>,
+        dup: &mut Vec<T>,
+        dout: &Vec<T>,
+        gate: &Vec<T>,
+        up: &Vec<T>,
+    ) {
+        swiglu_bwd(dgate, dup, dout, gate, up);
+    }
+
+    fn cross_entropy(
+        &self,
+        logits: &mut Vec<T>,
+        targets: &[u32],
+        mask: &[u8],
+        vocab: usize,
+        scale: f32,
+    ) -> f64 {
+        cross_entropy(logits, targets, mask, vocab, scale)
+    }
+
+    fn add_assign(&self, y: &mut Vec<T>, x: &Vec<T>) {
+        add_assign(y, x);
+    }
+    fn scale(&self, x: &mut Vec<T>, s: f32) {
+        scale(x, s);
+    }
+    fn sum_squares(&self, x: &Vec<T>) -> f64 {
+        sum_squares(x)
+    }
+    fn adamw(&self, p: &mut Vec<T>, g: &Vec<T>, m: &mut Vec<T>, v: &mut Vec<T>, hp: AdamW) {
+        adamw(p, g, m, v, hp);
+    }
+}

@@ -1,0 +1,241 @@
+//! The Backend boundary: the list of operations the Llama-family model uses, over buffers the
+//! backend owns. The model (`crate::model`) is written once against this trait; `cpu::CpuBackend`
+//! is the f32 reference (generic over the float type, so gradient checks run it in f64), and the
+//! CUDA backend implements the same trait with its own kernels.
+//!
+//! Conventions (shapes are row-major, innermost last):
+//! * Weights are in Hugging Face layout `[out, in]`; a linear layer is `y = x · wᵀ`.
+//! * Token-major activations: `[N, d]` with N = B·T rows.
+//! * Attention tensors: q `[B, T, H, D]`, k and v `[B, T, Hkv, D]` (H a multiple of Hkv: GQA),
+//!   out `[B, T, H, D]`, lse `[B, H, T]`.
+//! * Gradient ops that say "accumulate" add into their output (`+=`); the others overwrite.
+//! * Small per-token integer inputs (token ids, positions, document ids, targets, loss mask) are
+//!   host slices; a device backend uploads them.
+//!
+//! This trait is not a general tensor library: add an operation only when the model needs one.
+
+pub mod cpu;
+
+/// Shape of one attention call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttnShape {
+    /// B
+    pub batch: usize,
+    /// Tq: query positions per sequence.
+    pub seq: usize,
+    /// H
+    pub heads: usize,
+    /// Hkv (divides H)
+    pub kv_heads: usize,
+    /// D
+    pub head_dim: usize,
+}
+
+/// AdamW hyper-parameters for one update (decoupled weight decay, bias-corrected moments).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamW {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    /// Applied as p -= lr · wd · p (0 for parameters that are not decayed).
+    pub weight_decay: f32,
+    /// 1-based step count, for bias correction.
+    pub step: u64,
+    /// Gradients are multiplied by this before the update (clipping and loss scaling).
+    pub grad_scale: f32,
+}
+
+pub trait Backend: Send + Sync {
+    /// A buffer of the backend's compute type.
+    type Buf: Send + Sync;
+
+    fn name(&self) -> String;
+
+    // ---- memory ---------------------------------------------------------------------------
+    fn zeros(&self, len: usize) -> Self::Buf;
+    fn upload(&self, host: &[f32]) -> Self::Buf;
+    fn download(&self, buf: &Self::Buf) -> Vec<f32>;
+    fn buf_len(&self, buf: &Self::Buf) -> usize;
+    fn fill_zero(&self, buf: &mut Self::Buf);
+    fn copy(&self, dst: &mut Self::Buf, src: &Self::Buf);
+    /// Copy `len` elements from `src[src_off..]` into `dst[dst_off..]`.
+    fn copy_range(
+        &self,
+        dst: &mut Self::Buf,
+        dst_off: usize,
+        src: &Self::Buf,
+        src_off: usize,
+        len: usize,
+    );
+
+    // ---- linear layers --------------------------------------------------------------------
+    /// y[m, n] = x[m, k] · w[n, k]ᵀ  (overwrite)
+    fn matmul(&self, y: &mut Self::Buf, x: &Self::Buf, w: &Self::Buf, m: usize, k: usize, n: usize);
+    /// dx[m, k] (= or +=) dy[m, n] · w[n, k]
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_dx(
+        &self,
+        dx: &mut Self::Buf,
+        dy: &Self::Buf,
+        w: &Self::Buf,
+        m: usize,
+        k: usize,
+        n: usize,
+        accumulate: bool,
+    );
+    /// dw[n, k] += dy[m, n]ᵀ · x[m, k]  (accumulate)
+    fn matmul_dw(
+        &self,
+        dw: &mut Self::Buf,
+        dy: &Self::Buf,
+        x: &Self::Buf,
+        m: usize,
+        k: usize,
+        n: usize,
+    );
+
+    // ---- embedding ------------------------------------------------------------------------
+    /// out[N, d] = table[ids[i], :]
+    fn embedding(&self, out: &mut Self::Buf, table: &Self::Buf, ids: &[u32], d: usize);
+    /// dtable[ids[i], :] += dout[i, :]  (accumulate)
+    fn embedding_dw(&self, dtable: &mut Self::Buf, dout: &Self::Buf, ids: &[u32], d: usize);
+
+    // ---- RMSNorm --------------------------------------------------------------------------
+    /// out[N, d] = x · rstd · w, rstd[N] = 1 / sqrt(mean(x²) + eps)  (rstd saved for backward)
+    fn rmsnorm(
+        &self,
+        out: &mut Self::Buf,
+        rstd: &mut Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        d: usize,
+        eps: f32,
+    );
+    /// dx[N, d] += ∂L/∂x, dw[d] += ∂L/∂w  (both accumulate)
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm_bwd(
+        &self,
+        dx: &mut Self::Buf,
+        dw: &mut Self::Buf,
+        dout: &Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        rstd: &Self::Buf,
+        d: usize,
+    );
+
+    // ---- RoPE (Hugging Face rotate-half: pairs i and i + D/2) ---------------------------------
+    /// In place on x[N, heads, D]: token i is at position positions[i];
+    /// cos/sin are tables [max_pos, D/2] (frequency scaling already applied).
+    fn rope(
+        &self,
+        x: &mut Self::Buf,
+        positions: &[u32],
+        heads: usize,
+        head_dim: usize,
+        cos: &Self::Buf,
+        sin: &Self::Buf,
+    );
+    /// In place on dx: the transpose of `rope` (rotation by -angle).
+    fn rope_bwd(
+        &self,
+        dx: &mut Self::Buf,
+        positions: &[u32],
+        heads: usize,
+        head_dim: usize,
+        cos: &Self::Buf,
+        sin: &Self::Buf,
+    );
+
+    // ---- attention ------------------------------------------------------------------------
+    /// Causal self-attention with document masking and GQA, softmax scale 1/sqrt(D).
+    /// Query t attends key s iff s <= t and doc_ids[b·T + s] == doc_ids[b·T + t].
+    /// Writes out [B, T, H, D] and lse [B, H, T] (natural-log log-sum-exp of the scaled scores).
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        out: &mut Self::Buf,
+        lse: &mut Self::Buf,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        doc_ids: &[u32],
+        s: AttnShape,
+    );
+    /// Gradients of `attention`; overwrites dq [B,T,H,D], dk and dv [B,T,Hkv,D].
+    #[allow(clippy::too_many_arguments)]
+    fn attention_bwd(
+        &self,
+        dq: &mut Self::Buf,
+        dk: &mut Self::Buf,
+        dv: &mut Self::Buf,
+        dout: &Self::Buf,
+        out: &Self::Buf,
+        lse: &Self::Buf,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        doc_ids: &[u32],
+        s: AttnShape,
+    );
+    /// Attention of new queries against a KV cache (generation). q [B, Tq, H, D] are positions
+    /// past..past+Tq; k_cache/v_cache [B, max_len, Hkv, D] hold positions 0..past+Tq (the new
+    /// keys already written). Causal; no document masking. Writes out [B, Tq, H, D].
+    #[allow(clippy::too_many_arguments)]
+    fn attention_cached(
+        &self,
+        out: &mut Self::Buf,
+        q: &Self::Buf,
+        k_cache: &Self::Buf,
+        v_cache: &Self::Buf,
+        max_len: usize,
+        past: usize,
+        s: AttnShape,
+    );
+
+    // ---- SwiGLU ---------------------------------------------------------------------------
+    /// out = silu(gate) ⊙ up, elementwise.
+    fn swiglu(&self, out: &mut Self::Buf, gate: &Self::Buf, up: &Self::Buf);
+    /// Overwrites dgate and dup.
+    fn swiglu_bwd(
+        &self,
+        dgate: &mut Self::Buf,
+        dup: &mut Self::Buf,
+        dout: &Self::Buf,
+        gate: &Self::Buf,
+        up: &Self::Buf,
+    );
+
+    // ---- loss -----------------------------------------------------------------------------
+    /// Cross-entropy over logits [N, V] with targets[N] and loss mask[N] (0/1). Returns the sum
+    /// over rows of mask · (logsumexp(row) − row[target]). Overwrites `logits` with the gradient
+    /// of scale · that sum: scale · mask · (softmax(row) − onehot(target)).
+    /// Every target id must be < V.
+    fn cross_entropy(
+        &self,
+        logits: &mut Self::Buf,
+        targets: &[u32],
+        mask: &[u8],
+        vocab: usize,
+        scale: f32,
+    ) -> f64;
+
+    // ---- elementwise, reductions, optimizer ------------------------------------------------
+    /// y += x
+    fn add_assign(&self, y: &mut Self::Buf, x: &Self::Buf);
+    /// x *= s
+    fn scale(&self, x: &mut Self::Buf, s: f32);
+    /// Σ x², accumulated in f64.
+    fn sum_squares(&self, x: &Self::Buf) -> f64;
+    /// One AdamW step on p with gradient g (times grad_scale) and moments m, v (kept in f32 or
+    /// wider by the backend).
+    fn adamw(
+        &self,
+        p: &mut Self::Buf,
+        g: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        hp: AdamW,
+    );
+}

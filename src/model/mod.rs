@@ -1,0 +1,430 @@
+//! The Llama-family transformer: parameters (Hugging Face names), initialisation, forward, and the
+//! hand-written backward, against the `Backend` trait. Pre-norm RMSNorm, RoPE (rotate-half, theta,
+//! optional Llama-3.1 scaling), grouped-query attention with causal + document masking, SwiGLU MLP,
+//! optional tied embeddings.
+//!
+//! Initialisation: every matrix ~ N(0, init_std²) (0.02 by default), except the residual output
+//! projections (o_proj, down_proj), whose std is divided by sqrt(2·L) (GPT-2 / Megatron scaling);
+//! norm weights are 1.
+//!
+//! The activations the backward needs are saved during `forward` in buffers allocated once for a
+//! micro-batch shape (B, T); `forward_backward` allocates nothing.
+//! Generation with a KV cache lives in `generate.rs`.
+
+pub mod config;
+pub mod generate;
+
+use crate::backend::{AttnShape, Backend};
+use crate::data::rng::Rng;
+pub use config::{ModelConfig, ParamInfo, RopeScaling};
+
+/// Indices of one layer's parameters in `Model::params`.
+#[derive(Clone, Copy, Debug)]
+pub struct LayerParams {
+    pub input_norm: usize,
+    pub q: usize,
+    pub k: usize,
+    pub v: usize,
+    pub o: usize,
+    pub post_norm: usize,
+    pub gate: usize,
+    pub up: usize,
+    pub down: usize,
+}
+
+/// Activations of one layer saved for backward. Shapes with N = B·T.
+pub struct LayerActs<B: Backend> {
+    pub x: B::Buf,     // (N, d)  layer input (residual stream)
+    pub rstd1: B::Buf, // (N)
+    pub xn1: B::Buf,   // (N, d)  input_layernorm(x)
+    pub q: B::Buf,     // (N, H·D) after RoPE
+    pub k: B::Buf,     // (N, Hkv·D) after RoPE
+    pub v: B::Buf,     // (N, Hkv·D)
+    pub att: B::Buf,   // (N, H·D) attention output
+    pub lse: B::Buf,   // (B, H, T)
+    pub h: B::Buf,     // (N, d)  x + o_proj(att)
+    pub rstd2: B::Buf, // (N)
+    pub xn2: B::Buf,   // (N, d)
+    pub gate: B::Buf,  // (N, F)
+    pub up: B::Buf,    // (N, F)
+    pub act: B::Buf,   // (N, F)  silu(gate) ⊙ up
+}
+
+/// Scratch for one micro-batch shape.
+pub struct Workspace<B: Backend> {
+    pub batch: usize,
+    pub seq: usize,
+    pub layers: Vec<LayerActs<B>>,
+    pub x_final: B::Buf, // (N, d) residual stream after the last layer
+    pub rstd_f: B::Buf,  // (N)
+    pub xn_f: B::Buf,    // (N, d)
+    pub logits: B::Buf,  // (N, V); holds dlogits after the loss
+    // Gradient scratch.
+    pub dres: B::Buf,  // (N, d)
+    pub dxn: B::Buf,   // (N, d)
+    pub dq: B::Buf,    // (N, H·D)
+    pub dk: B::Buf,    // (N, Hkv·D)
+    pub dv: B::Buf,    // (N, Hkv·D)
+    pub datt: B::Buf,  // (N, H·D)
+    pub dgate: B::Buf, // (N, F)
+    pub dup: B::Buf,   // (N, F)
+    pub dact: B::Buf,  // (N, F)
+    pub positions: Vec<u32>,
+}
+
+pub struct Model<B: Backend> {
+    pub cfg: ModelConfig,
+    pub info: Vec<ParamInfo>,
+    /// Parameters in `info` order.
+    pub params: Vec<B::Buf>,
+    /// Gradients, same order and shapes.
+    pub grads: Vec<B::Buf>,
+    pub layers: Vec<LayerParams>,
+    pub embed: usize,
+    pub final_norm: usize,
+    /// Index of the output projection (the embedding when tied).
+    pub lm_head: usize,
+    pub rope_cos: B::Buf, // (max_seq_len, D/2)
+    pub rope_sin: B::Buf,
+}
+
+/// Standard normal samples (Box–Muller) from the project's RNG.
+fn normal(rng: &mut Rng, n: usize, std: f64) -> Vec<f32> {
+    let mut out = Vec::with_capacity(n + 1);
+    while out.len() < n {
+        let u1 = rng.f64().max(1e-300);
+        let u2 = rng.f64();
+        let r = (-2.0 * u1.ln()).sqrt();
+        let t = 2.0 * std::f64::consts::PI * u2;
+        out.push((r * t.cos() * std) as f32);
+        out.push((r * t.sin() * std) as f32);
+    }
+    out.truncate(n);
+    out
+}
+
+impl<B: Backend> Model<B> {
+    /// A freshly initialised model (`cfg` already resolved).
+    pub fn new(backend: &B, cfg: &ModelConfig, seed: u64) -> Self {
+        let info = cfg.params();
+        let mut rng = Rng::new(seed);
+        let resid_std = cfg.init_std / (2.0 * cfg.n_layers as f64).sqrt();
+        let host: Vec<Vec<f32>> = info
+            .iter()
+            .map(|p| {
+                if p.shape.len() == 1 {
+                    vec![1.0; p.numel()]
+                } else if p.name.ends_with("o_proj.weight") || p.name.ends_with("down_proj.weight")
+                {
+                    normal(&mut rng, p.numel(), resid_std)
+                } else {
+                    normal(&mut rng, p.numel(), cfg.init_std)
+                }
+            })
+            .collect();
+        Self::from_host(backend, cfg, &host)
+    }
+
+    /// A model from host tensors in `cfg.params()` order (checkpoints, imports).
+    pub fn from_host(backend: &B, cfg: &ModelConfig, host: &[Vec<f32>]) -> Self {
+        let info = cfg.params();
+        assert_eq!(host.len(), info.len(), "tensor count");
+        let params: Vec<B::Buf> = host.iter().map(|h| backend.upload(h)).collect();
+        let grads = info.iter().map(|p| backend.zeros(p.numel())).collect();
+        let index = |name: &str| {
+            info.iter()
+                .position(|p| p.name == name)
+                .expect("known parameter")
+        };
+        let layers = (0..cfg.n_layers)
+            .map(|i| {
+                let n = |s: &str| index(&format!("model.layers.{i}.{s}.weight"));
+                LayerParams {
+                    input_norm: n("input_layernorm"),
+                    q: n("self_attn.q_proj"),
+                    k: n("self_attn.k_proj"),
+                    v: n("self_attn.v_proj"),
+                    o: n("self_attn.o_proj"),
+                    post_norm: n("post_attention_layernorm"),
+                    gate: n("mlp.gate_proj"),
+                    up: n("mlp.up_proj"),
+                    down: n("mlp.down_proj"),
+                }
+            })
+            .collect();
+        let embed = index("model.embed_tokens.weight");
+        let lm_head = if cfg.tie_embeddings {
+            embed
+        } else {
+            index("lm_head.weight")
+        };
+        let (cos, sin) = cfg.rope_tables();
+        let final_norm = index("model.norm.weight");
+        Model {
+            cfg: cfg.clone(),
+            info,
+            params,
+            grads,
+            layers,
+            embed,
+            final_norm,
+            lm_head,
+            rope_cos: backend.upload(&cos),
+            rope_sin: backend.upload(&sin),
+        }
+    }
+
+    /// Parameters as host tensors, in `info` order.
+    pub fn to_host(&self, backend: &B) -> Vec<Vec<f32>> {
+        self.params.iter().map(|p| backend.download(p)).collect()
+    }
+
+    pub fn workspace(&self, backend: &B, batch: usize, seq: usize) -> Workspace<B> {
+        let c = &self.cfg;
+        let n = batch * seq;
+        let (d, f) = (c.dim, c.ffn_dim);
+        let (qd, kvd) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
+        let z = |len: usize| backend.zeros(len);
+        let layers = (0..c.n_layers)
+            .map(|_| LayerActs {
+                x: z(n * d),
+                rstd1: z(n),
+                xn1: z(n * d),
+                q: z(n * qd),
+                k: z(n * kvd),
+                v: z(n * kvd),
+                att: z(n * qd),
+                lse: z(batch * c.n_heads * seq),
+                h: z(n * d),
+                rstd2: z(n),
+                xn2: z(n * d),
+                gate: z(n * f),
+                up: z(n * f),
+                act: z(n * f),
+            })
+            .collect();
+        Workspace {
+            batch,
+            seq,
+            layers,
+            x_final: z(n * d),
+            rstd_f: z(n),
+            xn_f: z(n * d),
+            logits: z(n * c.vocab_size),
+            dres: z(n * d),
+            dxn: z(n * d),
+            dq: z(n * qd),
+            dk: z(n * kvd),
+            dv: z(n * kvd),
+            datt: z(n * qd),
+            dgate: z(n * f),
+            dup: z(n * f),
+            dact: z(n * f),
+            positions: (0..n).map(|i| (i % seq) as u32).collect(),
+        }
+    }
+
+    fn attn_shape(&self, ws: &Workspace<B>) -> AttnShape {
+        AttnShape {
+            batch: ws.batch,
+            seq: ws.seq,
+            heads: self.cfg.n_heads,
+            kv_heads: self.cfg.n_kv_heads,
+            head_dim: self.cfg.head_dim,
+        }
+    }
+
+    /// Forward pass over inputs (B·T token ids) with per-token document ids; leaves logits
+    /// (N, V) in `ws.logits` and every activation backward needs in `ws`.
+    pub fn forward(&self, be: &B, ws: &mut Workspace<B>, inputs: &[u32], doc_ids: &[u32]) {
+        let c = &self.cfg;
+        let n = ws.batch * ws.seq;
+        assert_eq!(inputs.len(), n, "inputs must be B·T tokens");
+        assert!(
+            ws.seq <= c.max_seq_len,
+            "sequence longer than model.max_seq_len"
+        );
+        let (d, f, hd) = (c.dim, c.ffn_dim, c.head_dim);
+        let (qd, kvd) = (c.n_heads * hd, c.n_kv_heads * hd);
+        let eps = c.norm_eps as f32;
+        let shape = self.attn_shape(ws);
+        let p = &self.params;
+        be.embedding(&mut ws.layers[0].x, &p[self.embed], inputs, d);
+        for l in 0..c.n_layers {
+            let lp = self.layers[l];
+            let (done, rest) = ws.layers.split_at_mut(l + 1);
+            let a = &mut done[l];
+            be.rmsnorm(&mut a.xn1, &mut a.rstd1, &a.x, &p[lp.input_norm], d, eps);
+            be.matmul(&mut a.q, &a.xn1, &p[lp.q], n, d, qd);
+            be.matmul(&mut a.k, &a.xn1, &p[lp.k], n, d, kvd);
+            be.matmul(&mut a.v, &a.xn1, &p[lp.v], n, d, kvd);
+            be.rope(
+                &mut a.q,
+                &ws.positions,
+                c.n_heads,
+                hd,
+                &self.rope_cos,
+                &self.rope_sin,
+            );
+            be.rope(
+                &mut a.k,
+                &ws.positions,
+                c.n_kv_heads,
+                hd,
+                &self.rope_cos,
+                &self.rope_sin,
+            );
+            be.attention(&mut a.att, &mut a.lse, &a.q, &a.k, &a.v, doc_ids, shape);
+            // h = x + att · Woᵀ
+            be.matmul(&mut a.h, &a.att, &p[lp.o], n, qd, d);
+            be.add_assign(&mut a.h, &a.x);
+            be.rmsnorm(&mut a.xn2, &mut a.rstd2, &a.h, &p[lp.post_norm], d, eps);
+            be.matmul(&mut a.gate, &a.xn2, &p[lp.gate], n, d, f);
+            be.matmul(&mut a.up, &a.xn2, &p[lp.up], n, d, f);
+            be.swiglu(&mut a.act, &a.gate, &a.up);
+            // next x = h + act · Wdownᵀ
+            let next = match rest.first_mut() {
+                Some(nl) => &mut nl.x,
+                None => &mut ws.x_final,
+            };
+            be.matmul(next, &a.act, &p[lp.down], n, f, d);
+            be.add_assign(next, &a.h);
+        }
+        be.rmsnorm(
+            &mut ws.xn_f,
+            &mut ws.rstd_f,
+            &ws.x_final,
+            &p[self.final_norm],
+            d,
+            eps,
+        );
+        be.matmul(
+            &mut ws.logits,
+            &ws.xn_f,
+            &p[self.lm_head],
+            n,
+            d,
+            c.vocab_size,
+        );
+    }
+
+    /// Loss of the last forward: Σ mask·nll (returned) and dlogits = scale · ∂/∂logits in place.
+    pub fn loss(
+        &self,
+        be: &B,
+        ws: &mut Workspace<B>,
+        targets: &[u32],
+        mask: &[u8],
+        scale: f32,
+    ) -> f64 {
+        be.cross_entropy(&mut ws.logits, targets, mask, self.cfg.vocab_size, scale)
+    }
+
+    /// Backward from dlogits in `ws.logits`, accumulating into `self.grads`.
+    pub fn backward(&mut self, be: &B, ws: &mut Workspace<B>, inputs: &[u32], doc_ids: &[u32]) {
+        let c = self.cfg.clone();
+        let n = ws.batch * ws.seq;
+        let (d, f, hd) = (c.dim, c.ffn_dim, c.head_dim);
+        let (qd, kvd) = (c.n_heads * hd, c.n_kv_heads * hd);
+        let shape = self.attn_shape(ws);
+        let p = &self.params;
+        let g = &mut self.grads;
+        // logits = xn_f · Wlmᵀ
+        be.matmul_dw(
+            &mut g[self.lm_head],
+            &ws.logits,
+            &ws.xn_f,
+            n,
+            d,
+            c.vocab_size,
+        );
+        be.matmul_dx(
+            &mut ws.dxn,
+            &ws.logits,
+            &p[self.lm_head],
+            n,
+            d,
+            c.vocab_size,
+            false,
+        );
+        be.fill_zero(&mut ws.dres);
+        be.rmsnorm_bwd(
+            &mut ws.dres,
+            &mut g[self.final_norm],
+            &ws.dxn,
+            &ws.x_final,
+            &p[self.final_norm],
+            &ws.rstd_f,
+            d,
+        );
+        for l in (0..c.n_layers).rev() {
+            let lp = self.layers[l];
+            let a = &ws.layers[l];
+            // x_next = h + act · Wdownᵀ   (dres holds ∂L/∂x_next, which is also ∂L/∂h so far)
+            be.matmul_dw(&mut g[lp.down], &ws.dres, &a.act, n, f, d);
+            be.matmul_dx(&mut ws.dact, &ws.dres, &p[lp.down], n, f, d, false);
+            be.swiglu_bwd(&mut ws.dgate, &mut ws.dup, &ws.dact, &a.gate, &a.up);
+            be.matmul_dw(&mut g[lp.gate], &ws.dgate, &a.xn2, n, d, f);
+            be.matmul_dw(&mut g[lp.up], &ws.dup, &a.xn2, n, d, f);
+            be.matmul_dx(&mut ws.dxn, &ws.dgate, &p[lp.gate], n, d, f, false);
+            be.matmul_dx(&mut ws.dxn, &ws.dup, &p[lp.up], n, d, f, true);
+            be.rmsnorm_bwd(
+                &mut ws.dres,
+                &mut g[lp.post_norm],
+                &ws.dxn,
+                &a.h,
+                &p[lp.post_norm],
+                &a.rstd2,
+                d,
+            );
+            // h = x + att · Woᵀ   (dres now holds ∂L/∂h, which is also ∂L/∂x so far)
+            be.matmul_dw(&mut g[lp.o], &ws.dres, &a.att, n, qd, d);
+            be.matmul_dx(&mut ws.datt, &ws.dres, &p[lp.o], n, qd, d, false);
+            be.attention_bwd(
+                &mut ws.dq, &mut ws.dk, &mut ws.dv, &ws.datt, &a.att, &a.lse, &a.q, &a.k, &a.v,
+                doc_ids, shape,
+            );
+            be.rope_bwd(
+                &mut ws.dq,
+                &ws.positions,
+                c.n_heads,
+                hd,
+                &self.rope_cos,
+                &self.rope_sin,
+            );
+            be.rope_bwd(
+                &mut ws.dk,
+                &ws.positions,
+                c.n_kv_heads,
+                hd,
+                &self.rope_cos,
+                &self.rope_sin,
+            );
+            be.matmul_dw(&mut g[lp.q], &ws.dq, &a.xn1, n, d, qd);
+            be.matmul_dw(&mut g[lp.k], &ws.dk, &a.xn1, n, d, kvd);
+            be.matmul_dw(&mut g[lp.v], &ws.dv, &a.xn1, n, d, kvd);
+            be.matmul_dx(&mut ws.dxn, &ws.dq, &p[lp.q], n, d, qd, false);
+            be.matmul_dx(&mut ws.dxn, &ws.dk, &p[lp.k], n, d, kvd, true);
+            be.matmul_dx(&mut ws.dxn, &ws.dv, &p[lp.v], n, d, kvd, true);
+            be.rmsnorm_bwd(
+                &mut ws.dres,
+                &mut g[lp.input_norm],
+                &ws.dxn,
+                &a.x,
+                &p[lp.input_norm],
+                &a.rstd1,
+                d,
+            );
+        }
+        be.embedding_dw(&mut g[self.embed], &ws.dres, inputs, d);
+    }
+
+    pub fn zero_grads(&mut self, be: &B) {
+        for g in &mut self.grads {
+            be.fill_zero(g);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,5 @@
+//! Training: the loop (`trainer`), learning-rate schedules, checkpoints.
+
+pub mod checkpoint;
+pub mod schedule;
+pub mod trainer;

@@ -1,0 +1,514 @@
+//! The training loop, top to bottom: set up (tokenizer, loaders, model, optimizer state, or a
+//! checkpoint to resume), then per step: draw the micro-batches, forward + loss + backward with
+//! gradient accumulation, global-norm clipping, AdamW with the scheduled learning rate, metrics,
+//! validation and checkpoints. A non-finite loss or gradient skips the update (counted); too many
+//! in a row stop the run.
+//!
+//! On the CPU backend a resumed run is bitwise identical to the uninterrupted one: the checkpoint
+//! holds the fp32 parameters, both Adam moments, the step, and the data cursor.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{AdamW, Backend};
+use crate::config::Config;
+use crate::data::loader::{Cursor, Loader, Split};
+use crate::data::tokenizer::Tokenizer;
+use crate::model::{Model, ModelConfig, Workspace};
+use crate::train::checkpoint::{self, Checkpoint, NamedTensor};
+use crate::train::schedule::lr_at;
+
+/// Which checkpoint to continue from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resume {
+    Latest,
+    Step(u64),
+}
+
+/// What `state.json` holds besides the tensors.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainState {
+    pub step: u64,
+    /// Optimizer updates applied (skipped steps do not count): Adam's bias-correction step.
+    pub adam_step: u64,
+    pub bad_in_a_row: u64,
+    pub skipped_steps: u64,
+    pub tokens_seen: u64,
+    pub cursor: Cursor,
+    pub world_size: usize,
+    /// The resolved run config (TOML text) and its hash.
+    pub config: String,
+    pub config_hash: String,
+}
+
+/// One line of metrics.jsonl.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StepMetrics {
+    pub step: u64,
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub tokens_per_s: f64,
+    pub mfu: f64,
+    pub tokens: u64,
+    pub elapsed_s: f64,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub val_loss: Option<f64>,
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub skipped: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct TrainSummary {
+    pub steps_run: u64,
+    pub first_loss: Option<f64>,
+    pub last_loss: Option<f64>,
+    pub last_val_loss: Option<f64>,
+    pub tokens_per_s: f64,
+    pub step_seconds: f64,
+    pub out_dir: PathBuf,
+    pub history: Vec<StepMetrics>,
+}
+
+/// The resolved model config for a run config and tokenizer.
+pub fn resolve_model(cfg: &Config, tok: &Tokenizer) -> Result<ModelConfig> {
+    let Some(mut m) = cfg.model.clone() else {
+        bail!("the config has no [model] section");
+    };
+    m.resolve(tok.vocab_size() as usize)?;
+    if cfg.data.seq_len > m.max_seq_len {
+        bail!(
+            "data.seq_len = {} exceeds model.max_seq_len = {}",
+            cfg.data.seq_len,
+            m.max_seq_len
+        );
+    }
+    Ok(m)
+}
+
+fn config_hash(text: &str) -> String {
+    format!("{:016x}", crate::data::tokenizer::fnv1a64(text.as_bytes()))
+}
+
+/// Per-step progress and metrics output.
+struct Metrics {
+    file: std::fs::File,
+    log_every: u64,
+    total: u64,
+}
+
+impl Metrics {
+    fn open(path: &Path, keep_through: u64, log_every: u64, total: u64) -> Result<Self> {
+        // On resume, keep only the lines of steps the checkpoint covers (a crashed run may have
+        // logged steps past it).
+        if keep_through > 0 {
+            if let Ok(text) = std::fs::read_to_string(path) {
+                let kept: String = text
+                    .lines()
+                    .filter(|l| {
+                        serde_json::from_str::<StepMetrics>(l).is_ok_and(|m| m.step <= keep_through)
+                    })
+                    .map(|l| format!("{l}\n"))
+                    .collect();
+                crate::fsutil::write_atomic(path, kept.as_bytes())?;
+            }
+        } else {
+            let _ = std::fs::remove_file(path);
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("{}: cannot open", path.display()))?;
+        Ok(Metrics {
+            file,
+            log_every: log_every.max(1),
+            total,
+        })
+    }
+
+    fn write(&mut self, m: &StepMetrics, eta_s: f64) -> Result<()> {
+        writeln!(self.file, "{}", serde_json::to_string(m)?)?;
+        if m.step % self.log_every == 0 || m.step == self.total || m.val_loss.is_some() || m.skipped
+        {
+            let val = m
+                .val_loss
+                .map(|v| format!(" | val {v:.4}"))
+                .unwrap_or_default();
+            let skip = if m.skipped {
+                " | SKIPPED (non-finite)"
+            } else {
+                ""
+            };
+            eprintln!(
+                "step {:>6}/{} | loss {:.4} | lr {:.3e} | gnorm {:.3} | {:.0} tok/s | MFU {:.2}% | ETA {}{val}{skip}",
+                m.step,
+                self.total,
+                m.loss,
+                m.lr,
+                m.grad_norm,
+                m.tokens_per_s,
+                m.mfu * 100.0,
+                format_eta(eta_s)
+            );
+        }
+        Ok(())
+    }
+}
+
+fn format_eta(s: f64) -> String {
+    let s = s.max(0.0) as u64;
+    format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
+/// Mean masked loss over `batches` validation batches, from the start of the validation split.
+fn validate<B: Backend>(
+    be: &B,
+    model: &Model<B>,
+    ws: &mut Workspace<B>,
+    val: &mut Loader,
+    batches: usize,
+) -> f64 {
+    val.reset();
+    let (mut sum, mut count) = (0.0, 0u64);
+    for _ in 0..batches.max(1) {
+        let b = val.next_batch();
+        model.forward(be, ws, &b.inputs, &b.doc_ids);
+        sum += model.loss(be, ws, &b.targets, &b.loss_mask, 0.0);
+        count += b.loss_mask.iter().map(|&m| m as u64).sum::<u64>();
+    }
+    sum / count.max(1) as f64
+}
+
+/// Train per `cfg` on backend `be`, from scratch or resuming. `peak_flops` is the backend's
+/// nominal peak (FLOP/s) used when the config gives none.
+/// `until`: stop (with a checkpoint) after that step, keeping the schedule of `train.steps`.
+pub fn train<B: Backend>(
+    be: &B,
+    cfg: &Config,
+    resume: Option<Resume>,
+    until: Option<u64>,
+    nominal_peak_flops: f64,
+) -> Result<TrainSummary> {
+    let t_cfg = &cfg.train;
+    let d = &cfg.data;
+    let tok = Tokenizer::from_file(&d.tokenizer, d.bos_token.as_deref(), d.eos_token.as_deref())?;
+    let mcfg = resolve_model(cfg, &tok)?;
+    let out = &t_cfg.out_dir;
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("{}: cannot create run directory", out.display()))?;
+    let config_text = toml::to_string(cfg).context("cannot serialise the resolved config")?;
+    let hash = config_hash(&config_text);
+
+    let opts = cfg.loader_options(
+        tok.vocab_size(),
+        tok.fingerprint(),
+        tok.bos().or(tok.eos()),
+        0,
+        1,
+    );
+    let mut loader = Loader::new(&d.sources, opts.clone(), Split::Train, Path::new("."))?;
+    let mut val = if d.val_fraction > 0.0 {
+        Some(Loader::new(
+            &d.sources,
+            opts,
+            Split::Validation,
+            Path::new("."),
+        )?)
+    } else {
+        None
+    };
+    let tokens_per_step = (d.batch_size * d.seq_len * t_cfg.grad_accum) as u64;
+    eprintln!(
+        "model: {} layers, d={}, {} heads ({} kv), ffn {}, vocab {}: {:.2} M parameters ({:.2} M non-embedding)",
+        mcfg.n_layers,
+        mcfg.dim,
+        mcfg.n_heads,
+        mcfg.n_kv_heads,
+        mcfg.ffn_dim,
+        mcfg.vocab_size,
+        mcfg.num_params() as f64 / 1e6,
+        mcfg.num_params_non_embedding() as f64 / 1e6
+    );
+    for r in loader.report(tokens_per_step * t_cfg.steps) {
+        eprintln!(
+            "data: {:<12} {:>10} tokens, weight {:.3}, {:.2} epochs over {} steps",
+            r.name, r.tokens, r.weight, r.epochs, t_cfg.steps
+        );
+    }
+
+    // Model and optimizer state: fresh or from a checkpoint.
+    let info = mcfg.params();
+    let mut state = TrainState {
+        step: 0,
+        adam_step: 0,
+        bad_in_a_row: 0,
+        skipped_steps: 0,
+        tokens_seen: 0,
+        cursor: loader.cursor().clone(),
+        world_size: 1,
+        config: config_text.clone(),
+        config_hash: hash.clone(),
+    };
+    let (mut model, mut m, mut v) = match &resume {
+        None => {
+            let model = Model::new(be, &mcfg, t_cfg.seed);
+            let m: Vec<B::Buf> = info.iter().map(|p| be.zeros(p.numel())).collect();
+            let v: Vec<B::Buf> = info.iter().map(|p| be.zeros(p.numel())).collect();
+            (model, m, v)
+        }
+        Some(which) => {
+            let dir = match which {
+                Resume::Latest => match checkpoint::latest(out)? {
+                    Some((_, dir)) => dir,
+                    None => bail!("{}: no complete checkpoint to resume from", out.display()),
+                },
+                Resume::Step(s) => out.join(format!("step_{s:06}")),
+            };
+            let ck = checkpoint::load(&dir)?;
+            let mut st = ck.state.clone();
+            st["step"] = ck.step.into();
+            state = serde_json::from_value(st).map_err(|e| {
+                anyhow::anyhow!(
+                    "{}/state.json: not a kiln training state: {e}",
+                    dir.display()
+                )
+            })?;
+            let params = tensors_in_order(&dir.join("model.safetensors"), &info, ck.model, "")?;
+            let m_host = tensors_in_order(
+                &dir.join("optimizer.safetensors"),
+                &info,
+                ck.optimizer.clone(),
+                ".exp_avg",
+            )?;
+            let v_host = tensors_in_order(
+                &dir.join("optimizer.safetensors"),
+                &info,
+                ck.optimizer,
+                ".exp_avg_sq",
+            )?;
+            loader.restore(state.cursor.clone())?;
+            eprintln!("resumed from {} (step {})", dir.display(), state.step);
+            (
+                Model::from_host(be, &mcfg, &params),
+                m_host.iter().map(|h| be.upload(h)).collect(),
+                v_host.iter().map(|h| be.upload(h)).collect(),
+            )
+        }
+    };
+    crate::fsutil::write_atomic(&out.join("config.toml"), config_text.as_bytes())?;
+    let mut metrics = Metrics::open(
+        &out.join("metrics.jsonl"),
+        state.step,
+        t_cfg.log_every,
+        t_cfg.steps,
+    )?;
+
+    let (b, t) = (d.batch_size, d.seq_len);
+    let mut ws = model.workspace(be, b, t);
+    let peak = if t_cfg.peak_tflops > 0.0 {
+        t_cfg.peak_tflops * 1e12
+    } else {
+        nominal_peak_flops
+    };
+    let flops_per_token = mcfg.flops_per_token(t);
+    let start = Instant::now();
+    let first_step = state.step;
+    let mut summary = TrainSummary {
+        steps_run: 0,
+        first_loss: None,
+        last_loss: None,
+        last_val_loss: None,
+        tokens_per_s: 0.0,
+        step_seconds: 0.0,
+        out_dir: out.clone(),
+        history: Vec::new(),
+    };
+    let last_step = until.unwrap_or(t_cfg.steps).min(t_cfg.steps);
+    while state.step < last_step {
+        let step = state.step + 1;
+        let t0 = Instant::now();
+        let batches: Vec<_> = (0..t_cfg.grad_accum).map(|_| loader.next_batch()).collect();
+        let count: u64 = batches
+            .iter()
+            .map(|b| b.loss_mask.iter().map(|&x| x as u64).sum::<u64>())
+            .sum();
+        let scale = 1.0 / count.max(1) as f32;
+        model.zero_grads(be);
+        let mut loss_sum = 0.0;
+        for batch in &batches {
+            model.forward(be, &mut ws, &batch.inputs, &batch.doc_ids);
+            loss_sum += model.loss(be, &mut ws, &batch.targets, &batch.loss_mask, scale);
+            model.backward(be, &mut ws, &batch.inputs, &batch.doc_ids);
+        }
+        let loss = loss_sum / count.max(1) as f64;
+        let grad_norm = model
+            .grads
+            .iter()
+            .map(|g| be.sum_squares(g))
+            .sum::<f64>()
+            .sqrt();
+        let lr = lr_at(
+            t_cfg.schedule,
+            step,
+            t_cfg.steps,
+            t_cfg.lr,
+            t_cfg.warmup_steps,
+            t_cfg.min_lr_ratio,
+            t_cfg.decay_fraction,
+        );
+        let finite = loss.is_finite() && grad_norm.is_finite();
+        if finite {
+            state.bad_in_a_row = 0;
+            state.adam_step += 1;
+            let clip = if t_cfg.grad_clip > 0.0 && grad_norm > t_cfg.grad_clip {
+                t_cfg.grad_clip / grad_norm
+            } else {
+                1.0
+            };
+            for (i, p) in model.info.iter().enumerate() {
+                let hp = AdamW {
+                    lr: lr as f32,
+                    beta1: t_cfg.beta1 as f32,
+                    beta2: t_cfg.beta2 as f32,
+                    eps: t_cfg.eps as f32,
+                    weight_decay: if p.decay {
+                        t_cfg.weight_decay as f32
+                    } else {
+                        0.0
+                    },
+                    step: state.adam_step,
+                    grad_scale: clip as f32,
+                };
+                be.adamw(
+                    &mut model.params[i],
+                    &model.grads[i],
+                    &mut m[i],
+                    &mut v[i],
+                    hp,
+                );
+            }
+        } else {
+            state.bad_in_a_row += 1;
+            state.skipped_steps += 1;
+            if state.bad_in_a_row >= t_cfg.max_bad_steps.max(1) {
+                bail!(
+                    "step {step}: loss or gradient not finite for {} steps in a row (loss {loss}, grad norm {grad_norm}); stopping. Lower train.lr or check the data.",
+                    state.bad_in_a_row
+                );
+            }
+        }
+        state.step = step;
+        state.tokens_seen += tokens_per_step;
+        state.cursor = loader.cursor().clone();
+        let dt = t0.elapsed().as_secs_f64();
+        let tps = tokens_per_step as f64 / dt.max(1e-9);
+        let val_loss = match val.as_mut() {
+            Some(vl)
+                if (t_cfg.eval_every > 0 && step % t_cfg.eval_every == 0)
+                    || step == t_cfg.steps =>
+            {
+                Some(validate(be, &model, &mut ws, vl, t_cfg.eval_batches))
+            }
+            _ => None,
+        };
+        let elapsed = start.elapsed().as_secs_f64();
+        let done = step - first_step;
+        let eta = elapsed / done as f64 * (last_step - step) as f64;
+        let record = StepMetrics {
+            step,
+            loss,
+            lr,
+            grad_norm,
+            tokens_per_s: tps,
+            mfu: flops_per_token * tps / peak,
+            tokens: state.tokens_seen,
+            elapsed_s: elapsed,
+            val_loss,
+            skipped: !finite,
+        };
+        metrics.write(&record, eta)?;
+        summary.first_loss.get_or_insert(loss);
+        summary.last_loss = Some(loss);
+        if val_loss.is_some() {
+            summary.last_val_loss = val_loss;
+        }
+        summary.history.push(record);
+        summary.steps_run += 1;
+        if (t_cfg.checkpoint_every > 0 && step % t_cfg.checkpoint_every == 0) || step == last_step {
+            save_checkpoint(be, &model, &m, &v, &state, out, t_cfg.keep_last)?;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    if summary.steps_run > 0 {
+        summary.step_seconds = secs / summary.steps_run as f64;
+        summary.tokens_per_s = (summary.steps_run * tokens_per_step) as f64 / secs;
+    }
+    Ok(summary)
+}
+
+fn save_checkpoint<B: Backend>(
+    be: &B,
+    model: &Model<B>,
+    m: &[B::Buf],
+    v: &[B::Buf],
+    state: &TrainState,
+    out: &Path,
+    keep_last: usize,
+) -> Result<()> {
+    let named = |suffix: &str, bufs: &[B::Buf]| -> Vec<NamedTensor> {
+        model
+            .info
+            .iter()
+            .zip(bufs)
+            .map(|(p, b)| NamedTensor {
+                name: format!("{}{suffix}", p.name),
+                shape: p.shape.clone(),
+                data: be.download(b),
+            })
+            .collect()
+    };
+    let mut optimizer = named(".exp_avg", m);
+    optimizer.extend(named(".exp_avg_sq", v));
+    let ck = Checkpoint {
+        step: state.step,
+        model: named("", &model.params),
+        optimizer,
+        state: serde_json::to_value(state)?,
+    };
+    checkpoint::save(out, &ck, keep_last)?;
+    Ok(())
+}
+
+/// Pick tensors `{name}{suffix}` in parameter order, checking every shape.
+pub fn tensors_in_order(
+    file: &Path,
+    info: &[crate::model::ParamInfo],
+    tensors: Vec<NamedTensor>,
+    suffix: &str,
+) -> Result<Vec<Vec<f32>>> {
+    let mut by_name: std::collections::HashMap<String, NamedTensor> =
+        tensors.into_iter().map(|t| (t.name.clone(), t)).collect();
+    info.iter()
+        .map(|p| {
+            let name = format!("{}{suffix}", p.name);
+            let Some(t) = by_name.remove(&name) else {
+                bail!("{}: no tensor {name}: the checkpoint is from another model shape", file.display());
+            };
+            if t.shape != p.shape {
+                bail!(
+                    "{}: tensor {name} has shape {:?}, the config's model needs {:?}: the checkpoint is from another model shape",
+                    file.display(),
+                    t.shape,
+                    p.shape
+                );
+            }
+            Ok(t.data)
+        })
+        .collect()
+}
