@@ -285,7 +285,11 @@ impl Config {
         if !(0.0..=1.0).contains(&t.min_lr_ratio) || !(0.0..=1.0).contains(&t.decay_fraction) {
             bail!("train.min_lr_ratio and train.decay_fraction must be in [0, 1]");
         }
-        if !(0.0..1.0).contains(&t.beta1) || !(0.0..1.0).contains(&t.beta2) || !(t.eps > 0.0) {
+        if !(0.0..1.0).contains(&t.beta1)
+            || !(0.0..1.0).contains(&t.beta2)
+            || t.eps.is_nan()
+            || t.eps <= 0.0
+        {
             bail!("train: beta1 and beta2 must be in [0, 1) and eps positive");
         }
         if t.weight_decay < 0.0 || t.grad_clip < 0.0 || t.peak_tflops < 0.0 {

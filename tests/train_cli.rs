@@ -38,7 +38,7 @@ vocab_size = 600
 [data]
 tokenizer = "w/tokenizer.json"
 seq_len = 32
-batch_size = 4
+batch_size = 16
 val_fraction = 0.05
 
 [[data.sources]]
@@ -62,8 +62,8 @@ tie_embeddings = false
 
 [train]
 steps = 20
-lr = 1e-2
-warmup_steps = 3
+lr = 3e-2
+warmup_steps = 2
 eval_every = 10
 eval_batches = 2
 log_every = 5
@@ -256,8 +256,7 @@ fn config_errors_are_one_line_and_name_the_problem() {
     std::fs::write(d.join("c.toml"), CONFIG).unwrap();
     let with = |extra: &str| {
         assert!(kiln(&["world", "--config", "c.toml"], d).status.success());
-        let o = kiln(&["train", "--config", "c.toml", "--set", extra], d);
-        o
+        kiln(&["train", "--config", "c.toml", "--set", extra], d)
     };
     assert_clean_error(
         &with("model.n_heads=3"),

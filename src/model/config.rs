@@ -114,7 +114,10 @@ impl ModelConfig {
                 tokenizer_vocab
             );
         }
-        if !(self.rope_theta > 0.0) || !(self.norm_eps > 0.0) || !(self.init_std > 0.0) {
+        if [self.rope_theta, self.norm_eps, self.init_std]
+            .iter()
+            .any(|x| x.is_nan() || *x <= 0.0)
+        {
             bail!("model: rope_theta, norm_eps and init_std must be positive");
         }
         Ok(())
