@@ -286,3 +286,51 @@ fn config_errors_are_one_line_and_name_the_problem() {
         &["missing.toml", "cannot read config"],
     );
 }
+
+#[test]
+fn gradient_accumulation_matches_one_large_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("c.toml"), CONFIG).unwrap();
+    let run = |out: &str, batch: &str, accum: &str| {
+        let o = kiln(
+            &[
+                "train",
+                "--config",
+                "c.toml",
+                "--set",
+                &format!("train.out_dir=\"{out}\""),
+                "--set",
+                &format!("data.batch_size={batch}"),
+                "--set",
+                &format!("train.grad_accum={accum}"),
+                "--set",
+                "train.steps=3",
+                "--set",
+                "data.val_fraction=0",
+            ],
+            d,
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        metrics(&d.join(out))
+    };
+    let big = run("big", "8", "1");
+    let acc = run("acc", "4", "2");
+    for (a, b) in big.iter().zip(&acc) {
+        let (x, y) = (a["loss"].as_f64().unwrap(), b["loss"].as_f64().unwrap());
+        assert!(
+            (x - y).abs() < 1e-5 * x.abs(),
+            "step {}: {x} vs {y}",
+            a["step"]
+        );
+        let (x, y) = (
+            a["grad_norm"].as_f64().unwrap(),
+            b["grad_norm"].as_f64().unwrap(),
+        );
+        assert!(
+            (x - y).abs() < 1e-4 * x.abs(),
+            "grad norm step {}: {x} vs {y}",
+            a["step"]
+        );
+    }
+}
