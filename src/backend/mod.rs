@@ -31,6 +31,23 @@ pub struct AttnShape {
     pub head_dim: usize,
 }
 
+/// What a buffer holds. A mixed-precision backend picks storage by kind (the CUDA backend: bf16
+/// activations, fp32 master weights with a bf16 working copy, fp32 gradients, optimizer state
+/// and statistics); the CPU reference stores everything in its one float type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BufKind {
+    /// Parameters (master copy plus the compute copy).
+    Param,
+    /// Parameter gradients.
+    Grad,
+    /// Optimizer moments.
+    Optim,
+    /// Activations and their gradients.
+    Act,
+    /// Per-row statistics and tables kept in full precision (rstd, lse, RoPE tables).
+    Stat,
+}
+
 /// AdamW hyper-parameters for one update (decoupled weight decay, bias-corrected moments).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamW {
@@ -53,8 +70,9 @@ pub trait Backend: Send + Sync {
     fn name(&self) -> String;
 
     // ---- memory ---------------------------------------------------------------------------
-    fn zeros(&self, len: usize) -> Self::Buf;
-    fn upload(&self, host: &[f32]) -> Self::Buf;
+    /// A zero-filled buffer.
+    fn alloc(&self, len: usize, kind: BufKind) -> Self::Buf;
+    fn upload_as(&self, host: &[f32], kind: BufKind) -> Self::Buf;
     fn download(&self, buf: &Self::Buf) -> Vec<f32>;
     fn buf_len(&self, buf: &Self::Buf) -> usize;
     fn fill_zero(&self, buf: &mut Self::Buf);

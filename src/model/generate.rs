@@ -2,7 +2,7 @@
 //! step attending to cached keys and values. Sampling is greedy, or temperature with nucleus
 //! (top-p) filtering, from the project's seeded RNG.
 
-use crate::backend::{AttnShape, Backend};
+use crate::backend::{AttnShape, Backend, BufKind};
 use crate::data::rng::Rng;
 
 use super::Model;
@@ -39,8 +39,12 @@ impl<B: Backend> KvCache<B> {
         let c = &model.cfg;
         let per = max_len * c.n_kv_heads * c.head_dim;
         KvCache {
-            k: (0..c.n_layers).map(|_| be.zeros(per)).collect(),
-            v: (0..c.n_layers).map(|_| be.zeros(per)).collect(),
+            k: (0..c.n_layers)
+                .map(|_| be.alloc(per, BufKind::Act))
+                .collect(),
+            v: (0..c.n_layers)
+                .map(|_| be.alloc(per, BufKind::Act))
+                .collect(),
             max_len,
             len: 0,
         }
@@ -70,8 +74,8 @@ impl<B: Backend> Model<B> {
             head_dim: hd,
         };
         let p = &self.params;
-        let z = |n: usize| be.zeros(n);
-        let (mut x, mut xn, mut rstd) = (z(t * d), z(t * d), z(t));
+        let z = |n: usize| be.alloc(n, BufKind::Act);
+        let (mut x, mut xn, mut rstd) = (z(t * d), z(t * d), be.alloc(t, BufKind::Stat));
         let (mut q, mut k, mut v, mut att) = (z(t * qd), z(t * kvd), z(t * kvd), z(t * qd));
         let (mut h, mut gate, mut up, mut act) = (z(t * d), z(t * f), z(t * f), z(t * f));
         be.embedding(&mut x, &p[self.embed], tokens, d);
@@ -120,7 +124,7 @@ impl<B: Backend> Model<B> {
         let mut last = z(d);
         be.copy_range(&mut last, 0, &x, (t - 1) * d, d);
         let mut last_n = z(d);
-        let mut r = z(1);
+        let mut r = be.alloc(1, BufKind::Stat);
         be.rmsnorm(&mut last_n, &mut r, &last, &p[self.final_norm], d, eps);
         let mut logits = z(c.vocab_size);
         be.matmul(&mut logits, &last_n, &p[self.lm_head], 1, d, c.vocab_size);

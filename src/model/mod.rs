@@ -14,7 +14,7 @@
 pub mod config;
 pub mod generate;
 
-use crate::backend::{AttnShape, Backend};
+use crate::backend::{AttnShape, Backend, BufKind};
 use crate::data::rng::Rng;
 pub use config::{ModelConfig, ParamInfo, RopeScaling};
 
@@ -129,8 +129,14 @@ impl<B: Backend> Model<B> {
     pub fn from_host(backend: &B, cfg: &ModelConfig, host: &[Vec<f32>]) -> Self {
         let info = cfg.params();
         assert_eq!(host.len(), info.len(), "tensor count");
-        let params: Vec<B::Buf> = host.iter().map(|h| backend.upload(h)).collect();
-        let grads = info.iter().map(|p| backend.zeros(p.numel())).collect();
+        let params: Vec<B::Buf> = host
+            .iter()
+            .map(|h| backend.upload_as(h, BufKind::Param))
+            .collect();
+        let grads = info
+            .iter()
+            .map(|p| backend.alloc(p.numel(), BufKind::Grad))
+            .collect();
         let index = |name: &str| {
             info.iter()
                 .position(|p| p.name == name)
@@ -169,8 +175,8 @@ impl<B: Backend> Model<B> {
             embed,
             final_norm,
             lm_head,
-            rope_cos: backend.upload(&cos),
-            rope_sin: backend.upload(&sin),
+            rope_cos: backend.upload_as(&cos, BufKind::Stat),
+            rope_sin: backend.upload_as(&sin, BufKind::Stat),
         }
     }
 
@@ -184,19 +190,20 @@ impl<B: Backend> Model<B> {
         let n = batch * seq;
         let (d, f) = (c.dim, c.ffn_dim);
         let (qd, kvd) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
-        let z = |len: usize| backend.zeros(len);
+        let z = |len: usize| backend.alloc(len, BufKind::Act);
+        let stat = |len: usize| backend.alloc(len, BufKind::Stat);
         let layers = (0..c.n_layers)
             .map(|_| LayerActs {
                 x: z(n * d),
-                rstd1: z(n),
+                rstd1: stat(n),
                 xn1: z(n * d),
                 q: z(n * qd),
                 k: z(n * kvd),
                 v: z(n * kvd),
                 att: z(n * qd),
-                lse: z(batch * c.n_heads * seq),
+                lse: stat(batch * c.n_heads * seq),
                 h: z(n * d),
-                rstd2: z(n),
+                rstd2: stat(n),
                 xn2: z(n * d),
                 gate: z(n * f),
                 up: z(n * f),
@@ -208,7 +215,7 @@ impl<B: Backend> Model<B> {
             seq,
             layers,
             x_final: z(n * d),
-            rstd_f: z(n),
+            rstd_f: stat(n),
             xn_f: z(n * d),
             logits: z(n * c.vocab_size),
             dres: z(n * d),

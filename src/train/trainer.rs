@@ -15,7 +15,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{AdamW, Backend};
+use crate::backend::{AdamW, Backend, BufKind};
 use crate::config::Config;
 use crate::data::loader::{Cursor, Loader, Split};
 use crate::data::tokenizer::Tokenizer;
@@ -258,8 +258,14 @@ pub fn train<B: Backend>(
     let (mut model, mut m, mut v) = match &resume {
         None => {
             let model = Model::new(be, &mcfg, t_cfg.seed);
-            let m: Vec<B::Buf> = info.iter().map(|p| be.zeros(p.numel())).collect();
-            let v: Vec<B::Buf> = info.iter().map(|p| be.zeros(p.numel())).collect();
+            let m: Vec<B::Buf> = info
+                .iter()
+                .map(|p| be.alloc(p.numel(), BufKind::Optim))
+                .collect();
+            let v: Vec<B::Buf> = info
+                .iter()
+                .map(|p| be.alloc(p.numel(), BufKind::Optim))
+                .collect();
             (model, m, v)
         }
         Some(which) => {
@@ -296,8 +302,14 @@ pub fn train<B: Backend>(
             eprintln!("resumed from {} (step {})", dir.display(), state.step);
             (
                 Model::from_host(be, &mcfg, &params),
-                m_host.iter().map(|h| be.upload(h)).collect(),
-                v_host.iter().map(|h| be.upload(h)).collect(),
+                m_host
+                    .iter()
+                    .map(|h| be.upload_as(h, BufKind::Optim))
+                    .collect(),
+                v_host
+                    .iter()
+                    .map(|h| be.upload_as(h, BufKind::Optim))
+                    .collect(),
             )
         }
     };

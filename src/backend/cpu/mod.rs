@@ -7,7 +7,7 @@
 //! depend on the thread count. This module owns no model logic and allocates only the temporary
 //! buffers a kernel needs for one call.
 
-use super::{AdamW, AttnShape, Backend};
+use super::{AdamW, AttnShape, Backend, BufKind};
 use gemm::Parallelism;
 use rayon::prelude::*;
 use std::fmt::Debug;
@@ -121,6 +121,16 @@ impl<T: Float> CpuBackend<T> {
     /// approximation, not a measurement: set `train.peak_tflops` for your CPU.
     pub fn nominal_peak_flops(&self) -> f64 {
         rayon::current_num_threads() as f64 * 192e9
+    }
+
+    /// A zero-filled buffer (the CPU has one kind of buffer).
+    pub fn zeros(&self, len: usize) -> Vec<T> {
+        vec![T::ZERO; len]
+    }
+
+    /// Host f32 values converted to T.
+    pub fn upload(&self, host: &[f32]) -> Vec<T> {
+        host.iter().map(|&x| T::from_f32(x)).collect()
     }
 }
 
@@ -947,11 +957,11 @@ impl<T: Float> Backend for CpuBackend<T> {
         )
     }
 
-    fn zeros(&self, len: usize) -> Vec<T> {
-        vec![T::ZERO; len]
+    fn alloc(&self, len: usize, _kind: BufKind) -> Vec<T> {
+        self.zeros(len)
     }
-    fn upload(&self, host: &[f32]) -> Vec<T> {
-        host.iter().map(|&x| T::from_f32(x)).collect()
+    fn upload_as(&self, host: &[f32], _kind: BufKind) -> Vec<T> {
+        self.upload(host)
     }
     fn download(&self, buf: &Vec<T>) -> Vec<f32> {
         buf.iter().map(|&x| x.to_f32()).collect()
