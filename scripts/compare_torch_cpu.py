@@ -23,7 +23,9 @@ One step = forward, cross-entropy over every target, backward, global-norm clip 
          masking is a per-score select, not extra matmul FLOPs, so the work compared is the same.
 
 The synthetic-world data kiln trains on (data/world) is built first with `kiln world` (a no-op
-when it exists) so that its construction is not timed.
+when it exists) so that its construction is not timed. The two run one after the other, not
+interleaved. The table gives median ms/step and tokens/s, plus the fastest step, because on a
+busy machine the median moves a lot (torch's OpenMP threads suffer most from other load).
 
 Usage (from the repository root):
   python scripts/compare_torch_cpu.py [--threads 2] [--warmup 3] [--steps 10] [--kiln target/release/kiln]

@@ -15,6 +15,8 @@
 //! This trait is not a general tensor library: add an operation only when the model needs one.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 
 /// Shape of one attention call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

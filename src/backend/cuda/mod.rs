@@ -1,0 +1,924 @@
+//! The CUDA backend: bf16 compute with fp32 master weights, on kiln's own kernels (`kernels/*.cu`,
+//! compiled by build.rs into fatbins embedded here) and cuBLASLt GEMMs (`gemm.rs`).
+//!
+//! Storage by buffer kind: activations bf16; parameters fp32 master + bf16 working copy (the
+//! AdamW kernel refreshes the copy); gradients, optimizer moments and statistics fp32. Small
+//! per-token integer inputs arrive as host slices and go through a grow-only device scratch, so
+//! a steady-state step allocates no device memory for them.
+//!
+//! CUDA errors are programming or environment errors, not user input: they panic with the
+//! operation's name. Start-up problems (no driver, no device, missing libraries) come back from
+//! [`CudaBackend::new`] as one-line errors.
+
+mod gemm;
+
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig,
+    PushKernelArg,
+};
+use cudarc::nvrtc::Ptx;
+use half::bf16;
+
+use super::{AdamW, AttnShape, Backend, BufKind};
+use gemm::Gemm;
+
+/// The fatbins built from `kernels/*.cu`.
+mod fatbins {
+    include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
+}
+
+/// One buffer: fp32 storage, bf16 storage, or both (parameters).
+pub struct CudaBuf {
+    kind: BufKind,
+    len: usize,
+    f32: Option<CudaSlice<f32>>,
+    bf16: Option<CudaSlice<bf16>>,
+}
+
+impl CudaBuf {
+    fn h(&self) -> &CudaSlice<bf16> {
+        self.bf16
+            .as_ref()
+            .unwrap_or_else(|| panic!("{:?} buffer has no bf16 storage", self.kind))
+    }
+    fn h_mut(&mut self) -> &mut CudaSlice<bf16> {
+        let kind = self.kind;
+        self.bf16
+            .as_mut()
+            .unwrap_or_else(|| panic!("{kind:?} buffer has no bf16 storage"))
+    }
+    fn f(&self) -> &CudaSlice<f32> {
+        self.f32
+            .as_ref()
+            .unwrap_or_else(|| panic!("{:?} buffer has no fp32 storage", self.kind))
+    }
+    fn f_mut(&mut self) -> &mut CudaSlice<f32> {
+        let kind = self.kind;
+        self.f32
+            .as_mut()
+            .unwrap_or_else(|| panic!("{kind:?} buffer has no fp32 storage"))
+    }
+}
+
+/// Every kernel kiln launches, loaded once.
+struct Kernels {
+    rmsnorm_fwd: CudaFunction,
+    rmsnorm_bwd: CudaFunction,
+    reduce_partials_add: CudaFunction,
+    rope: CudaFunction,
+    swiglu_fwd: CudaFunction,
+    swiglu_bwd: CudaFunction,
+    embedding_fwd: CudaFunction,
+    embedding_bwd: CudaFunction,
+    cross_entropy_fused: CudaFunction,
+    adamw: CudaFunction,
+    add_bf16: CudaFunction,
+    scale_f32: CudaFunction,
+    scale_bf16: CudaFunction,
+    sum_squares_f32: CudaFunction,
+    cast_f32_to_bf16: CudaFunction,
+    attention_fwd: CudaFunction,
+    attention_delta: CudaFunction,
+    attention_bwd_dq: CudaFunction,
+    attention_bwd_dkdv: CudaFunction,
+    attention_cached: CudaFunction,
+}
+
+/// Grow-only device scratch.
+struct Scratch {
+    ints: Vec<CudaSlice<i32>>,
+    bytes: CudaSlice<u8>,
+    partials: CudaSlice<f32>,
+    delta: CudaSlice<f32>,
+}
+
+pub struct CudaBackend {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    k: Kernels,
+    gemm: Gemm,
+    scratch: Mutex<Scratch>,
+}
+
+/// Rows per block in rmsnorm_bwd (its dw partials are reduced in a second, ordered pass).
+const RMSNORM_BWD_ROWS: usize = 32;
+/// Blocks of sum_squares_f32; the host adds their partials in f64.
+const SUMSQ_BLOCKS: usize = 1024;
+
+fn blocks(n: usize, per: usize) -> u32 {
+    n.div_ceil(per).max(1) as u32
+}
+
+fn grid(n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (blocks(n, 256).min(65535 * 8), 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn i(x: usize) -> i32 {
+    i32::try_from(x).expect("size exceeds i32 (kernels take int sizes)")
+}
+
+impl CudaBackend {
+    /// Open device `ordinal`, load every kernel and cuBLASLt. Errors are one line.
+    pub fn new(ordinal: usize) -> Result<Self, String> {
+        let ctx = CudaContext::new(ordinal).map_err(|e| format!("CUDA device {ordinal}: {e:?} (is the NVIDIA driver installed, and does the device exist?)"))?;
+        let stream = ctx.default_stream();
+        let load = |name: &str, bin: &[u8]| {
+            ctx.load_module(Ptx::from_binary(bin.to_vec()))
+                .map_err(|e| format!("loading kernels/{name}.cu: {e:?}"))
+        };
+        let rmsnorm = load("rmsnorm", fatbins::RMSNORM)?;
+        let rope = load("rope", fatbins::ROPE)?;
+        let swiglu = load("swiglu", fatbins::SWIGLU)?;
+        let embedding = load("embedding", fatbins::EMBEDDING)?;
+        let ce = load("cross_entropy", fatbins::CROSS_ENTROPY)?;
+        let adamw = load("adamw", fatbins::ADAMW)?;
+        let ew = load("elementwise", fatbins::ELEMENTWISE)?;
+        let attn = load("attention", fatbins::ATTENTION)?;
+        let f = |m: &Arc<cudarc::driver::CudaModule>, name: &str| {
+            m.load_function(name)
+                .map_err(|e| format!("kernel {name}: {e:?}"))
+        };
+        let k = Kernels {
+            rmsnorm_fwd: f(&rmsnorm, "rmsnorm_fwd")?,
+            rmsnorm_bwd: f(&rmsnorm, "rmsnorm_bwd")?,
+            reduce_partials_add: f(&rmsnorm, "reduce_partials_add")?,
+            rope: f(&rope, "rope")?,
+            swiglu_fwd: f(&swiglu, "swiglu_fwd")?,
+            swiglu_bwd: f(&swiglu, "swiglu_bwd")?,
+            embedding_fwd: f(&embedding, "embedding_fwd")?,
+            embedding_bwd: f(&embedding, "embedding_bwd")?,
+            cross_entropy_fused: f(&ce, "cross_entropy_fused")?,
+            adamw: f(&adamw, "adamw")?,
+            add_bf16: f(&ew, "add_bf16")?,
+            scale_f32: f(&ew, "scale_f32")?,
+            scale_bf16: f(&ew, "scale_bf16")?,
+            sum_squares_f32: f(&ew, "sum_squares_f32")?,
+            cast_f32_to_bf16: f(&ew, "cast_f32_to_bf16")?,
+            attention_fwd: f(&attn, "attention_fwd")?,
+            attention_delta: f(&attn, "attention_delta")?,
+            attention_bwd_dq: f(&attn, "attention_bwd_dq")?,
+            attention_bwd_dkdv: f(&attn, "attention_bwd_dkdv")?,
+            attention_cached: f(&attn, "attention_cached")?,
+        };
+        let gemm = Gemm::new(stream.clone())?;
+        let z = |n| {
+            stream
+                .alloc_zeros::<f32>(n)
+                .map_err(|e| format!("CUDA allocation: {e:?}"))
+        };
+        let scratch = Scratch {
+            ints: Vec::new(),
+            bytes: stream
+                .alloc_zeros::<u8>(1)
+                .map_err(|e| format!("CUDA allocation: {e:?}"))?,
+            partials: z(SUMSQ_BLOCKS)?,
+            delta: z(1)?,
+        };
+        Ok(CudaBackend {
+            ctx,
+            stream,
+            k,
+            gemm,
+            scratch: Mutex::new(scratch),
+        })
+    }
+
+    pub fn device_name(&self) -> String {
+        self.ctx.name().unwrap_or_else(|_| "unknown device".into())
+    }
+
+    /// Wait for all queued work (timing, downloads).
+    pub fn synchronize(&self) {
+        self.stream.synchronize().expect("CUDA synchronize");
+    }
+
+    fn launch<'a>(
+        &'a self,
+        what: &str,
+        f: &'a CudaFunction,
+        cfg: LaunchConfig,
+        push: impl FnOnce(&mut cudarc::driver::LaunchArgs<'a>),
+    ) {
+        let mut b = self.stream.launch_builder(f);
+        push(&mut b);
+        // SAFETY: every kernel's argument list is pushed in the order and types of its extern "C"
+        // signature in kernels/*.cu, and sizes are checked against buffer lengths by callers.
+        unsafe { b.launch(cfg) }.unwrap_or_else(|e| panic!("CUDA launch {what}: {e:?}"));
+    }
+
+    /// Upload small host integer arrays into scratch slot `slot` (grow-only).
+    fn ints(&self, scratch: &mut Scratch, slot: usize, host: &[u32]) {
+        while scratch.ints.len() <= slot {
+            scratch
+                .ints
+                .push(self.stream.alloc_zeros::<i32>(1).expect("CUDA allocation"));
+        }
+        if scratch.ints[slot].len() < host.len() {
+            scratch.ints[slot] = self
+                .stream
+                .alloc_zeros::<i32>(host.len().next_power_of_two())
+                .expect("CUDA allocation");
+        }
+        let as_i32: Vec<i32> = host.iter().map(|&x| x as i32).collect();
+        self.stream
+            .memcpy_htod(&as_i32, &mut scratch.ints[slot])
+            .expect("CUDA upload");
+    }
+
+    fn gemm_run(&self, p: &gemm::Problem, a: &CudaSlice<bf16>, b: &CudaSlice<bf16>, d: u64) {
+        let (pa, _sa) = a.device_ptr(&self.stream);
+        let (pb, _sb) = b.device_ptr(&self.stream);
+        // SAFETY: callers check the buffer lengths against the problem's shape.
+        unsafe { self.gemm.run(p, pa, pb, d) }.unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+impl Backend for CudaBackend {
+    type Buf = CudaBuf;
+
+    fn name(&self) -> String {
+        format!(
+            "cuda ({}, bf16 compute, fp32 master weights)",
+            self.device_name()
+        )
+    }
+
+    fn alloc(&self, len: usize, kind: BufKind) -> CudaBuf {
+        let s = &self.stream;
+        let (f32, bf16) = match kind {
+            BufKind::Act => (
+                None,
+                Some(s.alloc_zeros::<bf16>(len).expect("CUDA allocation")),
+            ),
+            BufKind::Param => (
+                Some(s.alloc_zeros::<f32>(len).expect("CUDA allocation")),
+                Some(s.alloc_zeros::<bf16>(len).expect("CUDA allocation")),
+            ),
+            BufKind::Grad | BufKind::Optim | BufKind::Stat => (
+                Some(s.alloc_zeros::<f32>(len).expect("CUDA allocation")),
+                None,
+            ),
+        };
+        CudaBuf {
+            kind,
+            len,
+            f32,
+            bf16,
+        }
+    }
+
+    fn upload_as(&self, host: &[f32], kind: BufKind) -> CudaBuf {
+        let s = &self.stream;
+        let f32 = matches!(
+            kind,
+            BufKind::Param | BufKind::Grad | BufKind::Optim | BufKind::Stat
+        )
+        .then(|| s.clone_htod(host).expect("CUDA upload"));
+        let bf16 = matches!(kind, BufKind::Param | BufKind::Act).then(|| {
+            let h: Vec<bf16> = host.iter().map(|&x| bf16::from_f32(x)).collect();
+            s.clone_htod(&h).expect("CUDA upload")
+        });
+        CudaBuf {
+            kind,
+            len: host.len(),
+            f32,
+            bf16,
+        }
+    }
+
+    fn download(&self, buf: &CudaBuf) -> Vec<f32> {
+        match (&buf.f32, &buf.bf16) {
+            (Some(f), _) => self.stream.clone_dtoh(f).expect("CUDA download"),
+            (None, Some(h)) => self
+                .stream
+                .clone_dtoh(h)
+                .expect("CUDA download")
+                .into_iter()
+                .map(f32::from)
+                .collect(),
+            (None, None) => Vec::new(),
+        }
+    }
+
+    fn buf_len(&self, buf: &CudaBuf) -> usize {
+        buf.len
+    }
+
+    fn fill_zero(&self, buf: &mut CudaBuf) {
+        if let Some(f) = buf.f32.as_mut() {
+            self.stream.memset_zeros(f).expect("CUDA memset");
+        }
+        if let Some(h) = buf.bf16.as_mut() {
+            self.stream.memset_zeros(h).expect("CUDA memset");
+        }
+    }
+
+    fn copy(&self, dst: &mut CudaBuf, src: &CudaBuf) {
+        assert_eq!(dst.len, src.len, "copy of unequal buffers");
+        self.copy_range(dst, 0, src, 0, src.len);
+    }
+
+    fn copy_range(
+        &self,
+        dst: &mut CudaBuf,
+        dst_off: usize,
+        src: &CudaBuf,
+        src_off: usize,
+        len: usize,
+    ) {
+        if let (Some(d), Some(s)) = (dst.f32.as_mut(), src.f32.as_ref()) {
+            self.stream
+                .memcpy_dtod(
+                    &s.slice(src_off..src_off + len),
+                    &mut d.slice_mut(dst_off..dst_off + len),
+                )
+                .expect("CUDA copy");
+        }
+        if let (Some(d), Some(s)) = (dst.bf16.as_mut(), src.bf16.as_ref()) {
+            self.stream
+                .memcpy_dtod(
+                    &s.slice(src_off..src_off + len),
+                    &mut d.slice_mut(dst_off..dst_off + len),
+                )
+                .expect("CUDA copy");
+        }
+    }
+
+    fn matmul(&self, y: &mut CudaBuf, x: &CudaBuf, w: &CudaBuf, m: usize, k: usize, n: usize) {
+        assert!(
+            y.len >= m * n && x.len >= m * k && w.len >= n * k,
+            "matmul shapes"
+        );
+        let (py, _sy) = y.h_mut().device_ptr_mut(&self.stream);
+        self.gemm_run(&Gemm::forward(m, k, n), w.h(), x.h(), py);
+    }
+
+    fn matmul_dx(
+        &self,
+        dx: &mut CudaBuf,
+        dy: &CudaBuf,
+        w: &CudaBuf,
+        m: usize,
+        k: usize,
+        n: usize,
+        accumulate: bool,
+    ) {
+        assert!(
+            dx.len >= m * k && dy.len >= m * n && w.len >= n * k,
+            "matmul_dx shapes"
+        );
+        let (pd, _sd) = dx.h_mut().device_ptr_mut(&self.stream);
+        self.gemm_run(&Gemm::input_grad(m, k, n, accumulate), w.h(), dy.h(), pd);
+    }
+
+    fn matmul_dw(&self, dw: &mut CudaBuf, dy: &CudaBuf, x: &CudaBuf, m: usize, k: usize, n: usize) {
+        assert!(
+            dw.len >= n * k && dy.len >= m * n && x.len >= m * k,
+            "matmul_dw shapes"
+        );
+        let (pd, _sd) = dw.f_mut().device_ptr_mut(&self.stream);
+        self.gemm_run(&Gemm::weight_grad(m, k, n), x.h(), dy.h(), pd);
+    }
+
+    fn embedding(&self, out: &mut CudaBuf, table: &CudaBuf, ids: &[u32], d: usize) {
+        let mut s = self.scratch.lock().expect("scratch");
+        self.ints(&mut s, 0, ids);
+        let n = ids.len();
+        let a0 = i(n);
+        let a1 = i(d);
+        self.launch("embedding_fwd", &self.k.embedding_fwd, grid(n * d), |b| {
+            b.arg(out.h_mut())
+                .arg(table.h())
+                .arg(&s.ints[0])
+                .arg(&a0)
+                .arg(&a1);
+        });
+    }
+
+    fn embedding_dw(&self, dtable: &mut CudaBuf, dout: &CudaBuf, ids: &[u32], d: usize) {
+        // Deterministic: tokens sorted (stably) by id on the host; one block per distinct id sums
+        // its rows in order.
+        let mut order: Vec<u32> = (0..ids.len() as u32).collect();
+        order.sort_by_key(|&t| ids[t as usize]);
+        let mut seg_start = Vec::new();
+        let mut seg_id = Vec::new();
+        for (pos, &t) in order.iter().enumerate() {
+            if pos == 0 || ids[t as usize] != ids[order[pos - 1] as usize] {
+                seg_start.push(pos as u32);
+                seg_id.push(ids[t as usize]);
+            }
+        }
+        seg_start.push(order.len() as u32);
+        let nseg = seg_id.len();
+        let mut s = self.scratch.lock().expect("scratch");
+        self.ints(&mut s, 0, &order);
+        self.ints(&mut s, 1, &seg_start);
+        self.ints(&mut s, 2, &seg_id);
+        let cfg = LaunchConfig {
+            grid_dim: (nseg.max(1) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let a0 = i(nseg);
+        let a1 = i(d);
+        self.launch("embedding_bwd", &self.k.embedding_bwd, cfg, |b| {
+            b.arg(dtable.f_mut())
+                .arg(dout.h())
+                .arg(&s.ints[0])
+                .arg(&s.ints[1])
+                .arg(&s.ints[2])
+                .arg(&a0)
+                .arg(&a1);
+        });
+    }
+
+    fn rmsnorm(
+        &self,
+        out: &mut CudaBuf,
+        rstd: &mut CudaBuf,
+        x: &CudaBuf,
+        w: &CudaBuf,
+        d: usize,
+        eps: f32,
+    ) {
+        let n = x.len / d;
+        let cfg = LaunchConfig {
+            grid_dim: (n as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let a0 = i(n);
+        let a1 = i(d);
+        let a2 = eps;
+        self.launch("rmsnorm_fwd", &self.k.rmsnorm_fwd, cfg, |b| {
+            b.arg(out.h_mut())
+                .arg(rstd.f_mut())
+                .arg(x.h())
+                .arg(w.h())
+                .arg(&a0)
+                .arg(&a1)
+                .arg(&a2);
+        });
+    }
+
+    fn rmsnorm_bwd(
+        &self,
+        dx: &mut CudaBuf,
+        dw: &mut CudaBuf,
+        dout: &CudaBuf,
+        x: &CudaBuf,
+        w: &CudaBuf,
+        rstd: &CudaBuf,
+        d: usize,
+    ) {
+        let n = x.len / d;
+        let nblocks = n.div_ceil(RMSNORM_BWD_ROWS);
+        let mut s = self.scratch.lock().expect("scratch");
+        if s.partials.len() < nblocks * d {
+            s.partials = self
+                .stream
+                .alloc_zeros::<f32>(nblocks * d)
+                .expect("CUDA allocation");
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (nblocks as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let a0 = i(n);
+        let a1 = i(d);
+        let a2 = i(RMSNORM_BWD_ROWS);
+        self.launch("rmsnorm_bwd", &self.k.rmsnorm_bwd, cfg, |b| {
+            b.arg(dx.h_mut())
+                .arg(&mut s.partials)
+                .arg(dout.h())
+                .arg(x.h())
+                .arg(w.h())
+                .arg(rstd.f())
+                .arg(&a0)
+                .arg(&a1)
+                .arg(&a2);
+        });
+        let a0 = i(nblocks);
+        let a1 = i(d);
+        self.launch(
+            "reduce_partials_add",
+            &self.k.reduce_partials_add,
+            grid(d),
+            |b| {
+                b.arg(dw.f_mut()).arg(&s.partials).arg(&a0).arg(&a1);
+            },
+        );
+    }
+
+    fn rope(
+        &self,
+        x: &mut CudaBuf,
+        positions: &[u32],
+        heads: usize,
+        head_dim: usize,
+        cos: &CudaBuf,
+        sin: &CudaBuf,
+    ) {
+        self.rope_dir(x, positions, heads, head_dim, cos, sin, 1);
+    }
+
+    fn rope_bwd(
+        &self,
+        dx: &mut CudaBuf,
+        positions: &[u32],
+        heads: usize,
+        head_dim: usize,
+        cos: &CudaBuf,
+        sin: &CudaBuf,
+    ) {
+        self.rope_dir(dx, positions, heads, head_dim, cos, sin, -1);
+    }
+
+    fn attention(
+        &self,
+        out: &mut CudaBuf,
+        lse: &mut CudaBuf,
+        q: &CudaBuf,
+        k: &CudaBuf,
+        v: &CudaBuf,
+        doc_ids: &[u32],
+        a: AttnShape,
+    ) {
+        let mut s = self.scratch.lock().expect("scratch");
+        self.ints(&mut s, 0, doc_ids);
+        let scale = 1.0 / (a.head_dim as f32).sqrt();
+        let cfg = LaunchConfig {
+            grid_dim: ((a.batch * a.heads * a.seq) as u32, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: (a.seq * 4) as u32,
+        };
+        let a0 = i(a.batch);
+        let a1 = i(a.seq);
+        let a2 = i(a.heads);
+        let a3 = i(a.kv_heads);
+        let a4 = i(a.head_dim);
+        let a5 = scale;
+        self.launch("attention_fwd", &self.k.attention_fwd, cfg, |b| {
+            b.arg(out.h_mut())
+                .arg(lse.f_mut())
+                .arg(q.h())
+                .arg(k.h())
+                .arg(v.h())
+                .arg(&s.ints[0]);
+            b.arg(&a0).arg(&a1).arg(&a2).arg(&a3).arg(&a4).arg(&a5);
+        });
+    }
+
+    fn attention_bwd(
+        &self,
+        dq: &mut CudaBuf,
+        dk: &mut CudaBuf,
+        dv: &mut CudaBuf,
+        dout: &CudaBuf,
+        out: &CudaBuf,
+        lse: &CudaBuf,
+        q: &CudaBuf,
+        k: &CudaBuf,
+        v: &CudaBuf,
+        doc_ids: &[u32],
+        a: AttnShape,
+    ) {
+        let mut s = self.scratch.lock().expect("scratch");
+        self.ints(&mut s, 0, doc_ids);
+        let rows = a.batch * a.heads * a.seq;
+        if s.delta.len() < rows {
+            s.delta = self
+                .stream
+                .alloc_zeros::<f32>(rows)
+                .expect("CUDA allocation");
+        }
+        let scale = 1.0 / (a.head_dim as f32).sqrt();
+        let (bb, t, h, hkv, d) = (
+            i(a.batch),
+            i(a.seq),
+            i(a.heads),
+            i(a.kv_heads),
+            i(a.head_dim),
+        );
+        let a0 = bb;
+        let a1 = t;
+        let a2 = h;
+        let a3 = d;
+        self.launch(
+            "attention_delta",
+            &self.k.attention_delta,
+            grid(rows),
+            |b| {
+                b.arg(&mut s.delta)
+                    .arg(dout.h())
+                    .arg(out.h())
+                    .arg(&a0)
+                    .arg(&a1)
+                    .arg(&a2)
+                    .arg(&a3);
+            },
+        );
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let a0 = bb;
+        let a1 = t;
+        let a2 = h;
+        let a3 = hkv;
+        let a4 = d;
+        let a5 = scale;
+        self.launch("attention_bwd_dq", &self.k.attention_bwd_dq, cfg, |b| {
+            b.arg(dq.h_mut())
+                .arg(dout.h())
+                .arg(q.h())
+                .arg(k.h())
+                .arg(v.h())
+                .arg(lse.f())
+                .arg(&s.delta)
+                .arg(&s.ints[0]);
+            b.arg(&a0).arg(&a1).arg(&a2).arg(&a3).arg(&a4).arg(&a5);
+        });
+        let cfg = LaunchConfig {
+            grid_dim: ((a.batch * a.kv_heads * a.seq) as u32, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let a0 = bb;
+        let a1 = t;
+        let a2 = h;
+        let a3 = hkv;
+        let a4 = d;
+        let a5 = scale;
+        self.launch("attention_bwd_dkdv", &self.k.attention_bwd_dkdv, cfg, |b| {
+            b.arg(dk.h_mut())
+                .arg(dv.h_mut())
+                .arg(dout.h())
+                .arg(q.h())
+                .arg(k.h())
+                .arg(v.h())
+                .arg(lse.f())
+                .arg(&s.delta)
+                .arg(&s.ints[0]);
+            b.arg(&a0).arg(&a1).arg(&a2).arg(&a3).arg(&a4).arg(&a5);
+        });
+    }
+
+    fn attention_cached(
+        &self,
+        out: &mut CudaBuf,
+        q: &CudaBuf,
+        k_cache: &CudaBuf,
+        v_cache: &CudaBuf,
+        max_len: usize,
+        past: usize,
+        a: AttnShape,
+    ) {
+        let scale = 1.0 / (a.head_dim as f32).sqrt();
+        let cfg = LaunchConfig {
+            grid_dim: ((a.batch * a.heads * a.seq) as u32, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: ((past + a.seq) * 4) as u32,
+        };
+        let a0 = i(a.batch);
+        let a1 = i(a.seq);
+        let a2 = i(a.heads);
+        let a3 = i(a.kv_heads);
+        let a4 = i(a.head_dim);
+        let a5 = i(max_len);
+        let a6 = i(past);
+        let a7 = scale;
+        self.launch("attention_cached", &self.k.attention_cached, cfg, |b| {
+            b.arg(out.h_mut())
+                .arg(q.h())
+                .arg(k_cache.h())
+                .arg(v_cache.h());
+            b.arg(&a0)
+                .arg(&a1)
+                .arg(&a2)
+                .arg(&a3)
+                .arg(&a4)
+                .arg(&a5)
+                .arg(&a6)
+                .arg(&a7);
+        });
+    }
+
+    fn swiglu(&self, out: &mut CudaBuf, gate: &CudaBuf, up: &CudaBuf) {
+        let n = gate.len;
+        let a0 = i(n);
+        self.launch("swiglu_fwd", &self.k.swiglu_fwd, grid(n), |b| {
+            b.arg(out.h_mut()).arg(gate.h()).arg(up.h()).arg(&a0);
+        });
+    }
+
+    fn swiglu_bwd(
+        &self,
+        dgate: &mut CudaBuf,
+        dup: &mut CudaBuf,
+        dout: &CudaBuf,
+        gate: &CudaBuf,
+        up: &CudaBuf,
+    ) {
+        let n = gate.len;
+        let a0 = i(n);
+        self.launch("swiglu_bwd", &self.k.swiglu_bwd, grid(n), |b| {
+            b.arg(dgate.h_mut())
+                .arg(dup.h_mut())
+                .arg(dout.h())
+                .arg(gate.h())
+                .arg(up.h())
+                .arg(&a0);
+        });
+    }
+
+    fn cross_entropy(
+        &self,
+        logits: &mut CudaBuf,
+        targets: &[u32],
+        mask: &[u8],
+        vocab: usize,
+        scale: f32,
+    ) -> f64 {
+        let n = targets.len();
+        assert!(
+            targets.iter().all(|&t| (t as usize) < vocab),
+            "target id past the vocabulary"
+        );
+        let mut s = self.scratch.lock().expect("scratch");
+        self.ints(&mut s, 0, targets);
+        if s.bytes.len() < n {
+            s.bytes = self
+                .stream
+                .alloc_zeros::<u8>(n.next_power_of_two())
+                .expect("CUDA allocation");
+        }
+        self.stream
+            .memcpy_htod(mask, &mut s.bytes)
+            .expect("CUDA upload");
+        if s.delta.len() < n {
+            s.delta = self.stream.alloc_zeros::<f32>(n).expect("CUDA allocation");
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (n as u32, 1, 1),
+            block_dim: (512, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let Scratch {
+            ints, bytes, delta, ..
+        } = &mut *s;
+        let a0 = i(n);
+        let a1 = i(vocab);
+        let a2 = scale;
+        self.launch(
+            "cross_entropy_fused",
+            &self.k.cross_entropy_fused,
+            cfg,
+            |b| {
+                b.arg(logits.h_mut())
+                    .arg(&mut *delta)
+                    .arg(&ints[0])
+                    .arg(&*bytes)
+                    .arg(&a0)
+                    .arg(&a1)
+                    .arg(&a2);
+            },
+        );
+        let losses = self
+            .stream
+            .clone_dtoh(&delta.slice(0..n))
+            .expect("CUDA download");
+        losses.iter().map(|&l| l as f64).sum()
+    }
+
+    fn add_assign(&self, y: &mut CudaBuf, x: &CudaBuf) {
+        let n = y.len;
+        let a0 = i(n);
+        self.launch("add_bf16", &self.k.add_bf16, grid(n), |b| {
+            b.arg(y.h_mut()).arg(x.h()).arg(&a0);
+        });
+    }
+
+    fn scale(&self, x: &mut CudaBuf, s: f32) {
+        let n = x.len;
+        if let Some(f) = x.f32.as_mut() {
+            let a0 = s;
+            let a1 = i(n);
+            self.launch("scale_f32", &self.k.scale_f32, grid(n), |b| {
+                b.arg(f).arg(&a0).arg(&a1);
+            });
+        }
+        if let Some(h) = x.bf16.as_mut() {
+            let a0 = s;
+            let a1 = i(n);
+            self.launch("scale_bf16", &self.k.scale_bf16, grid(n), |b| {
+                b.arg(h).arg(&a0).arg(&a1);
+            });
+        }
+    }
+
+    fn sum_squares(&self, x: &CudaBuf) -> f64 {
+        let n = x.len;
+        let mut s = self.scratch.lock().expect("scratch");
+        let cfg = LaunchConfig {
+            grid_dim: (SUMSQ_BLOCKS as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let a0 = i(n);
+        self.launch("sum_squares_f32", &self.k.sum_squares_f32, cfg, |b| {
+            b.arg(&mut s.partials).arg(x.f()).arg(&a0);
+        });
+        let parts = self
+            .stream
+            .clone_dtoh(&s.partials.slice(0..SUMSQ_BLOCKS))
+            .expect("CUDA download");
+        parts.iter().map(|&p| p as f64).sum()
+    }
+
+    fn adamw(&self, p: &mut CudaBuf, g: &CudaBuf, m: &mut CudaBuf, v: &mut CudaBuf, hp: AdamW) {
+        let n = p.len;
+        let bc1 = 1.0 - (hp.beta1 as f64).powi(hp.step as i32);
+        let bc2 = 1.0 - (hp.beta2 as f64).powi(hp.step as i32);
+        let CudaBuf {
+            f32: pf,
+            bf16: ph,
+            kind,
+            ..
+        } = p;
+        let (pf, ph) = match (pf.as_mut(), ph.as_mut()) {
+            (Some(f), Some(h)) => (f, h),
+            _ => panic!("adamw on a {kind:?} buffer: parameters need fp32 and bf16 storage"),
+        };
+        let a0 = i(n);
+        let a1 = hp.lr;
+        let a2 = hp.beta1;
+        let a3 = hp.beta2;
+        let a4 = hp.eps;
+        let a5 = hp.weight_decay;
+        let a6 = bc1 as f32;
+        let a7 = bc2 as f32;
+        let a8 = hp.grad_scale;
+        self.launch("adamw", &self.k.adamw, grid(n), |b| {
+            b.arg(pf)
+                .arg(ph)
+                .arg(g.f())
+                .arg(m.f_mut())
+                .arg(v.f_mut())
+                .arg(&a0);
+            b.arg(&a1).arg(&a2).arg(&a3).arg(&a4).arg(&a5);
+            b.arg(&a6).arg(&a7).arg(&a8);
+        });
+    }
+}
+
+impl CudaBackend {
+    #[allow(clippy::too_many_arguments)]
+    fn rope_dir(
+        &self,
+        x: &mut CudaBuf,
+        positions: &[u32],
+        heads: usize,
+        head_dim: usize,
+        cos: &CudaBuf,
+        sin: &CudaBuf,
+        dir: i32,
+    ) {
+        let n = positions.len();
+        let mut s = self.scratch.lock().expect("scratch");
+        self.ints(&mut s, 0, positions);
+        let a0 = i(n);
+        let a1 = i(heads);
+        let a2 = i(head_dim);
+        let a3 = dir;
+        self.launch("rope", &self.k.rope, grid(n * heads * head_dim / 2), |b| {
+            b.arg(x.h_mut())
+                .arg(&s.ints[0])
+                .arg(cos.f())
+                .arg(sin.f())
+                .arg(&a0)
+                .arg(&a1)
+                .arg(&a2)
+                .arg(&a3);
+        });
+    }
+
+    /// Refresh a parameter's bf16 copy from its fp32 master (after loading weights).
+    pub fn sync_param_copy(&self, p: &mut CudaBuf) {
+        let n = p.len;
+        if let (Some(f), Some(h)) = (p.f32.as_ref(), p.bf16.as_mut()) {
+            let a0 = i(n);
+            self.launch("cast_f32_to_bf16", &self.k.cast_f32_to_bf16, grid(n), |b| {
+                b.arg(h).arg(f).arg(&a0);
+            });
+        }
+    }
+}
