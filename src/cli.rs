@@ -53,6 +53,15 @@ pub struct TrainArgs {
     /// later with --resume. For time-boxed jobs.
     #[arg(long, value_name = "STEP")]
     pub until: Option<u64>,
+    /// Where to train: the CPU reference backend, or one GPU (a build with `--features cuda`).
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: Device,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Device {
+    Cpu,
+    Cuda,
 }
 
 #[derive(Args, Debug)]

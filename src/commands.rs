@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::backend::cpu::CpuBackend;
 use crate::cli::{
-    Cli, Command, DataArgs, GenerateArgs, PrepArgs, TokenizerCommand, TrainArgs, WorldArgs,
+    Cli, Command, DataArgs, Device, GenerateArgs, PrepArgs, TokenizerCommand, TrainArgs, WorldArgs,
 };
 use crate::config::{Config, WorldSection};
 use crate::data::loader::{Loader, Split};
@@ -59,13 +59,14 @@ fn train(a: TrainArgs) -> Result<()> {
         })?)),
     };
     set_threads(cfg.train.threads);
-    let be = CpuBackend::<f32>::new();
-    eprintln!(
-        "backend: {} ({} threads)",
-        crate::backend::Backend::name(&be),
-        rayon::current_num_threads()
-    );
-    let s = crate::train::trainer::train(&be, &cfg, resume, a.until, be.nominal_peak_flops())?;
+    let s = match a.device {
+        Device::Cpu => {
+            let be = CpuBackend::<f32>::new();
+            eprintln!("backend: {}", crate::backend::Backend::name(&be));
+            crate::train::trainer::train(&be, &cfg, resume, a.until, be.nominal_peak_flops())?
+        }
+        Device::Cuda => train_cuda(&cfg, resume, a.until)?,
+    };
     eprintln!(
         "done: {} steps, loss {} -> {}{}, {:.3}s/step, {:.0} tokens/s; checkpoints in {}",
         s.steps_run,
@@ -78,6 +79,27 @@ fn train(a: TrainArgs) -> Result<()> {
         s.out_dir.display()
     );
     Ok(())
+}
+
+#[cfg(feature = "cuda")]
+fn train_cuda(
+    cfg: &Config,
+    resume: Option<Resume>,
+    until: Option<u64>,
+) -> Result<crate::train::trainer::TrainSummary> {
+    let be = crate::backend::cuda::CudaBackend::new(0).map_err(|e| anyhow::anyhow!(e))?;
+    eprintln!("backend: {}", crate::backend::Backend::name(&be));
+    let peak = be.peak_bf16_flops();
+    crate::train::trainer::train(&be, cfg, resume, until, peak)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn train_cuda(
+    _: &Config,
+    _: Option<Resume>,
+    _: Option<u64>,
+) -> Result<crate::train::trainer::TrainSummary> {
+    bail!("--device cuda: this kiln was built without CUDA; rebuild with `cargo build --release --features cuda`")
 }
 
 fn generate(a: GenerateArgs) -> Result<()> {

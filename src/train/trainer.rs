@@ -438,7 +438,11 @@ pub fn train<B: Backend>(
             lr,
             grad_norm,
             tokens_per_s: tps,
-            mfu: flops_per_token * tps / peak,
+            mfu: if peak > 0.0 {
+                flops_per_token * tps / peak
+            } else {
+                0.0
+            },
             tokens: state.tokens_seen,
             elapsed_s: elapsed,
             val_loss,

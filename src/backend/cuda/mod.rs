@@ -123,9 +123,32 @@ fn i(x: usize) -> i32 {
     i32::try_from(x).expect("size exceeds i32 (kernels take int sizes)")
 }
 
+/// The CUDA libraries kiln loads at run time that cannot be found (scripts/cuda-env.sh puts them
+/// on LD_LIBRARY_PATH).
+pub fn missing_libraries() -> Vec<&'static str> {
+    let mut missing = Vec::new();
+    // SAFETY: these only try to dlopen the libraries by name; nothing is called.
+    unsafe {
+        if !cudarc::driver::sys::is_culib_present() {
+            missing.push("libcuda (the NVIDIA driver)");
+        }
+        if !cudarc::cublaslt::sys::is_culib_present() {
+            missing.push("libcublasLt");
+        }
+    }
+    missing
+}
+
 impl CudaBackend {
     /// Open device `ordinal`, load every kernel and cuBLASLt. Errors are one line.
     pub fn new(ordinal: usize) -> Result<Self, String> {
+        let missing = missing_libraries();
+        if !missing.is_empty() {
+            return Err(format!(
+                "CUDA libraries not found: {} (run through scripts/cuda-env.sh, or put them on LD_LIBRARY_PATH)",
+                missing.join(", ")
+            ));
+        }
         let ctx = CudaContext::new(ordinal).map_err(|e| format!("CUDA device {ordinal}: {e:?} (is the NVIDIA driver installed, and does the device exist?)"))?;
         let stream = ctx.default_stream();
         let load = |name: &str, bin: &[u8]| {
@@ -191,6 +214,23 @@ impl CudaBackend {
 
     pub fn device_name(&self) -> String {
         self.ctx.name().unwrap_or_else(|_| "unknown device".into())
+    }
+
+    /// Dense bf16 peak of known devices (for MFU; never the sparse figure); 0 when unknown, in
+    /// which case set `train.peak_tflops`.
+    pub fn peak_bf16_flops(&self) -> f64 {
+        let name = self.device_name();
+        if name.contains("H100") || name.contains("H200") || name.contains("GH200") {
+            989.4e12
+        } else if name.contains("A100") {
+            312e12
+        } else if name.contains("L40S") {
+            362e12
+        } else if name.contains("A10G") || name.contains("A10") {
+            125e12
+        } else {
+            0.0
+        }
     }
 
     /// Wait for all queued work (timing, downloads).

@@ -1,0 +1,420 @@
+//! CUDA backend against the CPU reference, on fresh random inputs with outputs poisoned first.
+//! Every test skips with a visible message when no CUDA device is usable, and fails instead when
+//! `KILN_REQUIRE_CUDA=1` (scripts/gpu-test.sh sets it). Bounds: bf16 storage, so relative error
+//! ‖gpu − cpu‖ / ‖cpu‖ below 1e-2 (3e-2 for whole-model gradients), per DESIGN.md §4.
+#![cfg(feature = "cuda")]
+
+use kiln::backend::cpu::CpuBackend;
+use kiln::backend::cuda::CudaBackend;
+use kiln::backend::{AdamW, AttnShape, Backend, BufKind};
+use kiln::data::rng::Rng;
+use kiln::model::{Model, ModelConfig};
+
+fn device() -> Option<CudaBackend> {
+    match CudaBackend::new(0) {
+        Ok(be) => Some(be),
+        Err(e) => {
+            if std::env::var("KILN_REQUIRE_CUDA").as_deref() == Ok("1") {
+                panic!("KILN_REQUIRE_CUDA=1 but no CUDA device: {e}");
+            }
+            // Written to the stderr handle directly so the test harness does not capture it.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED {}: no CUDA device ({e})",
+                std::thread::current().name().unwrap_or("cuda test")
+            );
+            None
+        }
+    }
+}
+
+fn random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut r = Rng::new(seed);
+    (0..n)
+        .map(|_| ((r.f64() * 2.0 - 1.0) as f32) * scale)
+        .collect()
+}
+
+fn rel_err(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let num: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| ((a - b) as f64).powi(2))
+        .sum();
+    let den: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
+    (num / den.max(1e-30)).sqrt()
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f32], bound: f64) {
+    assert!(
+        got.iter().all(|x| x.is_finite()),
+        "{what}: non-finite output (poisoned values left?)"
+    );
+    let e = rel_err(got, want);
+    eprintln!("{what}: relative error {e:.2e}");
+    assert!(
+        e < bound,
+        "{what}: relative error {e:.3e} exceeds {bound:.0e}"
+    );
+}
+
+/// A buffer filled with NaN so that anything a kernel fails to write shows up.
+fn poisoned(be: &CudaBackend, n: usize, kind: BufKind) -> kiln::backend::cuda::CudaBuf {
+    be.upload_as(&vec![f32::NAN; n], kind)
+}
+
+/// The CPU's inputs rounded through bf16 as the GPU sees them, so only the kernel's own error is measured.
+fn bf16_round(x: &[f32]) -> Vec<f32> {
+    x.iter()
+        .map(|&v| half::bf16::from_f32(v).to_f32())
+        .collect()
+}
+
+#[test]
+fn gemm_forward_input_and_weight_gradients_match_cpu() {
+    let Some(gpu) = device() else { return };
+    let cpu = CpuBackend::<f32>::new();
+    for (m, k, n) in [(64, 96, 80), (512, 4096, 1024), (256, 1024, 4096)] {
+        let x = bf16_round(&random(m * k, 1, 1.0));
+        let w = bf16_round(&random(n * k, 2, 0.05));
+        let dy = bf16_round(&random(m * n, 3, 1.0));
+        let (gx, gw, gdy) = (
+            gpu.upload_as(&x, BufKind::Act),
+            gpu.upload_as(&w, BufKind::Param),
+            gpu.upload_as(&dy, BufKind::Act),
+        );
+        let mut y = poisoned(&gpu, m * n, BufKind::Act);
+        gpu.matmul(&mut y, &gx, &gw, m, k, n);
+        let mut yc = cpu.zeros(m * n);
+        cpu.matmul(&mut yc, &x, &w, m, k, n);
+        assert_close(&format!("matmul {m}x{k}x{n}"), &gpu.download(&y), &yc, 1e-2);
+
+        let mut dx = gpu.upload_as(&random(m * k, 4, 1.0), BufKind::Act);
+        let mut dxc = bf16_round(&gpu.download(&dx));
+        gpu.matmul_dx(&mut dx, &gdy, &gw, m, k, n, true);
+        cpu.matmul_dx(&mut dxc, &dy, &w, m, k, n, true);
+        assert_close("matmul_dx (accumulate)", &gpu.download(&dx), &dxc, 1e-2);
+
+        let start = random(n * k, 5, 0.1);
+        let mut dw = gpu.upload_as(&start, BufKind::Grad);
+        let mut dwc = start.clone();
+        gpu.matmul_dw(&mut dw, &gdy, &gx, m, k, n);
+        cpu.matmul_dw(&mut dwc, &dy, &x, m, k, n);
+        assert_close(
+            "matmul_dw (accumulate, fp32)",
+            &gpu.download(&dw),
+            &dwc,
+            1e-2,
+        );
+    }
+}
+
+#[test]
+fn rmsnorm_forward_and_backward_match_cpu_at_model_width() {
+    let Some(gpu) = device() else { return };
+    let cpu = CpuBackend::<f32>::new();
+    let (n, d) = (256, 4096);
+    let x = bf16_round(&random(n * d, 1, 2.0));
+    let w = bf16_round(&random(d, 2, 1.0));
+    let (gx, gw) = (
+        gpu.upload_as(&x, BufKind::Act),
+        gpu.upload_as(&w, BufKind::Param),
+    );
+    let mut out = poisoned(&gpu, n * d, BufKind::Act);
+    let mut rstd = poisoned(&gpu, n, BufKind::Stat);
+    gpu.rmsnorm(&mut out, &mut rstd, &gx, &gw, d, 1e-5);
+    let (mut oc, mut rc) = (cpu.zeros(n * d), cpu.zeros(n));
+    cpu.rmsnorm(&mut oc, &mut rc, &x, &w, d, 1e-5);
+    assert_close("rmsnorm out", &gpu.download(&out), &oc, 1e-2);
+    assert_close("rmsnorm rstd", &gpu.download(&rstd), &rc, 1e-3);
+
+    let dout = bf16_round(&random(n * d, 3, 1.0));
+    let dx0 = bf16_round(&random(n * d, 4, 0.5));
+    let dw0 = random(d, 5, 0.5);
+    let mut gdx = gpu.upload_as(&dx0, BufKind::Act);
+    let mut gdw = gpu.upload_as(&dw0, BufKind::Grad);
+    gpu.rmsnorm_bwd(
+        &mut gdx,
+        &mut gdw,
+        &gpu.upload_as(&dout, BufKind::Act),
+        &gx,
+        &gw,
+        &rstd,
+        d,
+    );
+    let (mut cdx, mut cdw) = (dx0.clone(), dw0.clone());
+    cpu.rmsnorm_bwd(&mut cdx, &mut cdw, &dout, &x, &w, &rc, d);
+    assert_close("rmsnorm dx (accumulate)", &gpu.download(&gdx), &cdx, 1e-2);
+    assert_close("rmsnorm dw (accumulate)", &gpu.download(&gdw), &cdw, 1e-2);
+}
+
+#[test]
+fn rope_swiglu_embedding_and_elementwise_match_cpu() {
+    let Some(gpu) = device() else { return };
+    let cpu = CpuBackend::<f32>::new();
+    let (n, heads, hd) = (300, 8, 64);
+    let x = bf16_round(&random(n * heads * hd, 1, 1.0));
+    let positions: Vec<u32> = (0..n as u32).map(|i| (i * 7) % 2048).collect();
+    let mut cfg: ModelConfig = toml::from_str("dim = 512\nn_layers = 1\nn_heads = 8\nn_kv_heads = 8\nffn_dim = 64\nrope_theta = 500000.0\n").unwrap();
+    cfg.resolve(10).unwrap();
+    let (cos, sin) = cfg.rope_tables();
+    let (gcos, gsin) = (
+        gpu.upload_as(&cos, BufKind::Stat),
+        gpu.upload_as(&sin, BufKind::Stat),
+    );
+    let mut gx = gpu.upload_as(&x, BufKind::Act);
+    gpu.rope(&mut gx, &positions, heads, hd, &gcos, &gsin);
+    let mut cx = x.clone();
+    cpu.rope(&mut cx, &positions, heads, hd, &cos, &sin);
+    assert_close("rope", &gpu.download(&gx), &cx, 1e-2);
+    gpu.rope_bwd(&mut gx, &positions, heads, hd, &gcos, &gsin);
+    cpu.rope_bwd(&mut cx, &positions, heads, hd, &cos, &sin);
+    assert_close("rope_bwd", &gpu.download(&gx), &cx, 1e-2);
+
+    let m = 100_003;
+    let (g, u, dout) = (
+        bf16_round(&random(m, 2, 4.0)),
+        bf16_round(&random(m, 3, 2.0)),
+        bf16_round(&random(m, 4, 1.0)),
+    );
+    let (gg, gu) = (
+        gpu.upload_as(&g, BufKind::Act),
+        gpu.upload_as(&u, BufKind::Act),
+    );
+    let mut out = poisoned(&gpu, m, BufKind::Act);
+    gpu.swiglu(&mut out, &gg, &gu);
+    let mut oc = cpu.zeros(m);
+    cpu.swiglu(&mut oc, &g, &u);
+    assert_close("swiglu", &gpu.download(&out), &oc, 1e-2);
+    let (mut dg, mut du) = (
+        poisoned(&gpu, m, BufKind::Act),
+        poisoned(&gpu, m, BufKind::Act),
+    );
+    gpu.swiglu_bwd(
+        &mut dg,
+        &mut du,
+        &gpu.upload_as(&dout, BufKind::Act),
+        &gg,
+        &gu,
+    );
+    let (mut cdg, mut cdu) = (cpu.zeros(m), cpu.zeros(m));
+    cpu.swiglu_bwd(&mut cdg, &mut cdu, &dout, &g, &u);
+    assert_close("swiglu dgate", &gpu.download(&dg), &cdg, 1e-2);
+    assert_close("swiglu dup", &gpu.download(&du), &cdu, 1e-2);
+
+    let (v, d) = (1000, 256);
+    let table = bf16_round(&random(v * d, 5, 1.0));
+    let mut r = Rng::new(6);
+    let ids: Vec<u32> = (0..512).map(|_| r.below(v as u64 / 10) as u32).collect(); // many repeats
+    let gt = gpu.upload_as(&table, BufKind::Param);
+    let mut ge = poisoned(&gpu, ids.len() * d, BufKind::Act);
+    gpu.embedding(&mut ge, &gt, &ids, d);
+    let mut ce = cpu.zeros(ids.len() * d);
+    cpu.embedding(&mut ce, &table, &ids, d);
+    assert_close("embedding", &gpu.download(&ge), &ce, 1e-6);
+    let dout = bf16_round(&random(ids.len() * d, 7, 1.0));
+    let start = random(v * d, 8, 0.1);
+    let mut gdt = gpu.upload_as(&start, BufKind::Grad);
+    gpu.embedding_dw(&mut gdt, &gpu.upload_as(&dout, BufKind::Act), &ids, d);
+    let mut cdt = start.clone();
+    cpu.embedding_dw(&mut cdt, &dout, &ids, d);
+    assert_close("embedding_dw", &gpu.download(&gdt), &cdt, 1e-5);
+
+    let a = bf16_round(&random(m, 9, 1.0));
+    let b = bf16_round(&random(m, 10, 1.0));
+    let mut ga = gpu.upload_as(&a, BufKind::Act);
+    gpu.add_assign(&mut ga, &gpu.upload_as(&b, BufKind::Act));
+    let mut ca = a.clone();
+    cpu.add_assign(&mut ca, &b);
+    assert_close("add_assign", &gpu.download(&ga), &ca, 1e-2);
+    let gr = random(m, 11, 1.0);
+    let sg = gpu.sum_squares(&gpu.upload_as(&gr, BufKind::Grad));
+    let sc = cpu.sum_squares(&gr);
+    assert!(((sg - sc) / sc).abs() < 1e-4, "sum_squares {sg} vs {sc}");
+}
+
+#[test]
+fn cross_entropy_matches_cpu_at_llama3_vocabulary() {
+    let Some(gpu) = device() else { return };
+    let cpu = CpuBackend::<f32>::new();
+    let (n, v) = (64, 128_256);
+    let logits = bf16_round(&random(n * v, 1, 8.0));
+    let mut r = Rng::new(2);
+    let targets: Vec<u32> = (0..n).map(|_| r.below(v as u64) as u32).collect();
+    let mask: Vec<u8> = (0..n).map(|i| (i % 5 != 0) as u8).collect();
+    let mut gl = gpu.upload_as(&logits, BufKind::Act);
+    let lg = gpu.cross_entropy(&mut gl, &targets, &mask, v, 1.0 / n as f32);
+    let mut cl = logits.clone();
+    let lc = cpu.cross_entropy(&mut cl, &targets, &mask, v, 1.0 / n as f32);
+    assert!(((lg - lc) / lc).abs() < 1e-3, "loss {lg} vs {lc}");
+    assert_close("cross_entropy dlogits", &gpu.download(&gl), &cl, 1e-2);
+}
+
+#[test]
+fn adamw_matches_cpu_and_refreshes_the_bf16_copy() {
+    let Some(gpu) = device() else { return };
+    let cpu = CpuBackend::<f32>::new();
+    let n = 1_000_003;
+    let (p, g) = (random(n, 1, 1.0), random(n, 2, 0.1));
+    let mut gp = gpu.upload_as(&p, BufKind::Param);
+    let gg = gpu.upload_as(&g, BufKind::Grad);
+    let (mut gm, mut gv) = (gpu.alloc(n, BufKind::Optim), gpu.alloc(n, BufKind::Optim));
+    let (mut cp, mut cm, mut cv) = (p.clone(), cpu.zeros(n), cpu.zeros(n));
+    for step in 1..=3 {
+        let hp = AdamW {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            step,
+            grad_scale: 0.5,
+        };
+        gpu.adamw(&mut gp, &gg, &mut gm, &mut gv, hp);
+        cpu.adamw(&mut cp, &g, &mut cm, &mut cv, hp);
+    }
+    assert_close("adamw params (fp32 master)", &gpu.download(&gp), &cp, 1e-6);
+    assert_close("adamw exp_avg_sq", &gpu.download(&gv), &cv, 1e-6);
+    // The bf16 copy follows the master: y = x·wᵀ with w = identity rows picks the copy.
+    let mut y = poisoned(&gpu, 1, BufKind::Act);
+    let one = gpu.upload_as(&[1.0], BufKind::Act);
+    let mut first = gpu.alloc(1, BufKind::Param);
+    gpu.copy_range(&mut first, 0, &gp, 0, 1);
+    gpu.matmul(&mut y, &one, &first, 1, 1, 1);
+    let want = half::bf16::from_f32(cp[0]).to_f32();
+    assert_eq!(gpu.download(&y)[0], want);
+}
+
+#[test]
+fn attention_forward_backward_and_cache_match_cpu_with_gqa_and_documents() {
+    let Some(gpu) = device() else { return };
+    let cpu = CpuBackend::<f32>::new();
+    let s = AttnShape {
+        batch: 2,
+        seq: 200,
+        heads: 8,
+        kv_heads: 2,
+        head_dim: 64,
+    };
+    let (nq, nk) = (
+        s.batch * s.seq * s.heads * s.head_dim,
+        s.batch * s.seq * s.kv_heads * s.head_dim,
+    );
+    let (q, k, v) = (
+        bf16_round(&random(nq, 1, 1.0)),
+        bf16_round(&random(nk, 2, 1.0)),
+        bf16_round(&random(nk, 3, 1.0)),
+    );
+    let doc_ids: Vec<u32> = (0..s.batch * s.seq)
+        .map(|i| ((i % s.seq) / 70) as u32)
+        .collect();
+    let (gq, gk, gv) = (
+        gpu.upload_as(&q, BufKind::Act),
+        gpu.upload_as(&k, BufKind::Act),
+        gpu.upload_as(&v, BufKind::Act),
+    );
+    let mut out = poisoned(&gpu, nq, BufKind::Act);
+    let mut lse = poisoned(&gpu, s.batch * s.heads * s.seq, BufKind::Stat);
+    gpu.attention(&mut out, &mut lse, &gq, &gk, &gv, &doc_ids, s);
+    let (mut co, mut cl) = (cpu.zeros(nq), cpu.zeros(s.batch * s.heads * s.seq));
+    cpu.attention(&mut co, &mut cl, &q, &k, &v, &doc_ids, s);
+    assert_close("attention out", &gpu.download(&out), &co, 1e-2);
+    assert_close("attention lse", &gpu.download(&lse), &cl, 1e-3);
+
+    let dout = bf16_round(&random(nq, 4, 1.0));
+    let (mut dq, mut dk, mut dv) = (
+        poisoned(&gpu, nq, BufKind::Act),
+        poisoned(&gpu, nk, BufKind::Act),
+        poisoned(&gpu, nk, BufKind::Act),
+    );
+    gpu.attention_bwd(
+        &mut dq,
+        &mut dk,
+        &mut dv,
+        &gpu.upload_as(&dout, BufKind::Act),
+        &out,
+        &lse,
+        &gq,
+        &gk,
+        &gv,
+        &doc_ids,
+        s,
+    );
+    let (mut cdq, mut cdk, mut cdv) = (cpu.zeros(nq), cpu.zeros(nk), cpu.zeros(nk));
+    cpu.attention_bwd(
+        &mut cdq, &mut cdk, &mut cdv, &dout, &co, &cl, &q, &k, &v, &doc_ids, s,
+    );
+    assert_close("attention dq", &gpu.download(&dq), &cdq, 2e-2);
+    assert_close("attention dk", &gpu.download(&dk), &cdk, 2e-2);
+    assert_close("attention dv", &gpu.download(&dv), &cdv, 2e-2);
+
+    // Decode: one new query at position 120 against a cache of 121 keys (batch 1, one document).
+    let s1 = AttnShape {
+        batch: 1,
+        seq: 1,
+        ..s
+    };
+    let max_len = 160;
+    let kc = bf16_round(&random(max_len * s.kv_heads * s.head_dim, 5, 1.0));
+    let vc = bf16_round(&random(max_len * s.kv_heads * s.head_dim, 6, 1.0));
+    let q1 = bf16_round(&random(s.heads * s.head_dim, 7, 1.0));
+    let mut o1 = poisoned(&gpu, q1.len(), BufKind::Act);
+    gpu.attention_cached(
+        &mut o1,
+        &gpu.upload_as(&q1, BufKind::Act),
+        &gpu.upload_as(&kc, BufKind::Act),
+        &gpu.upload_as(&vc, BufKind::Act),
+        max_len,
+        120,
+        s1,
+    );
+    let mut c1 = cpu.zeros(q1.len());
+    cpu.attention_cached(&mut c1, &q1, &kc, &vc, max_len, 120, s1);
+    assert_close("attention_cached", &gpu.download(&o1), &c1, 1e-2);
+}
+
+#[test]
+fn one_training_step_matches_cpu_loss_and_every_gradient() {
+    let Some(gpu) = device() else { return };
+    let cpu = CpuBackend::<f32>::new();
+    let mut cfg: ModelConfig = toml::from_str(
+        "dim = 256\nn_layers = 2\nn_heads = 8\nn_kv_heads = 2\nffn_dim = 512\nmax_seq_len = 128\ninit_std = 0.05\n",
+    )
+    .unwrap();
+    cfg.resolve(1000).unwrap();
+    let host: Vec<Vec<f32>> = Model::new(&cpu, &cfg, 1)
+        .to_host(&cpu)
+        .into_iter()
+        .map(|t| bf16_round(&t))
+        .collect();
+    let mut mc = Model::from_host(&cpu, &cfg, &host);
+    let mut mg = Model::from_host(&gpu, &cfg, &host);
+    let (b, t) = (4, 128);
+    let mut r = Rng::new(3);
+    let inputs: Vec<u32> = (0..b * t).map(|_| r.below(1000) as u32).collect();
+    let targets: Vec<u32> = (0..b * t).map(|_| r.below(1000) as u32).collect();
+    let docs: Vec<u32> = (0..b * t).map(|i| ((i % t) / 50) as u32).collect();
+    let mask = vec![1u8; b * t];
+    let scale = 1.0 / (b * t) as f32;
+    let mut wc = mc.workspace(&cpu, b, t);
+    let mut wg = mg.workspace(&gpu, b, t);
+    mc.zero_grads(&cpu);
+    mg.zero_grads(&gpu);
+    mc.forward(&cpu, &mut wc, &inputs, &docs);
+    mg.forward(&gpu, &mut wg, &inputs, &docs);
+    let lc = mc.loss(&cpu, &mut wc, &targets, &mask, scale);
+    let lg = mg.loss(&gpu, &mut wg, &targets, &mask, scale);
+    assert!(((lg - lc) / lc).abs() < 1e-2, "loss {lg} vs {lc}");
+    mc.backward(&cpu, &mut wc, &inputs, &docs);
+    mg.backward(&gpu, &mut wg, &inputs, &docs);
+    for (i, p) in mc.info.iter().enumerate() {
+        assert_close(
+            &format!("grad {}", p.name),
+            &gpu.download(&mg.grads[i]),
+            &cpu.download(&mc.grads[i]),
+            3e-2,
+        );
+    }
+}
