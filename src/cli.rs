@@ -39,6 +39,33 @@ pub enum Command {
     Train(TrainArgs),
     /// Sample text from a checkpoint (KV cache; greedy, temperature, top-p).
     Generate(GenerateArgs),
+    /// Time every backend operation at model shapes: GB/s or TFLOP/s against measured ceilings.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: Device,
+    /// Shapes: the embedded default's model, or one Llama-3-8B layer (default: tiny on the CPU,
+    /// llama3-8b on CUDA).
+    #[arg(long, value_enum)]
+    pub preset: Option<BenchPreset>,
+    /// Override the token count N (a multiple of the preset's sequence length).
+    #[arg(long)]
+    pub tokens: Option<usize>,
+    /// Timed repetitions per operation (the median is reported).
+    #[arg(long, default_value_t = 10)]
+    pub iters: usize,
+    /// Also write the report as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchPreset {
+    Tiny,
+    Llama3_8b,
 }
 
 #[derive(Args, Debug)]

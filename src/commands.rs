@@ -10,7 +10,8 @@ use anyhow::{bail, Context, Result};
 
 use crate::backend::cpu::CpuBackend;
 use crate::cli::{
-    Cli, Command, DataArgs, Device, GenerateArgs, PrepArgs, TokenizerCommand, TrainArgs, WorldArgs,
+    BenchArgs, BenchPreset, Cli, Command, DataArgs, Device, GenerateArgs, PrepArgs,
+    TokenizerCommand, TrainArgs, WorldArgs,
 };
 use crate::config::{Config, WorldSection};
 use crate::data::loader::{Loader, Split};
@@ -31,7 +32,50 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Data(a) => data(a),
         Command::Train(a) => train(a),
         Command::Generate(a) => generate(a),
+        Command::Bench(a) => bench(a),
     }
+}
+
+fn bench(a: BenchArgs) -> Result<()> {
+    use crate::bench::{render, run, BenchShape};
+    let preset = a.preset.unwrap_or(if a.device == Device::Cuda {
+        BenchPreset::Llama3_8b
+    } else {
+        BenchPreset::Tiny
+    });
+    let mut shape = match preset {
+        BenchPreset::Tiny => BenchShape::tiny(),
+        BenchPreset::Llama3_8b => BenchShape::llama3_8b(),
+    };
+    if let Some(n) = a.tokens {
+        if n == 0 || n % shape.seq != 0 {
+            bail!(
+                "--tokens {n}: must be a positive multiple of the sequence length {}",
+                shape.seq
+            );
+        }
+        shape.tokens = n;
+    }
+    let report = match a.device {
+        Device::Cpu => run(&CpuBackend::<f32>::new(), shape, a.iters),
+        Device::Cuda => bench_cuda(shape, a.iters)?,
+    };
+    println!("{}", render(&report));
+    if let Some(path) = a.json {
+        crate::fsutil::write_atomic(&path, serde_json::to_string_pretty(&report)?.as_bytes())?;
+    }
+    Ok(())
+}
+
+#[cfg(feature = "cuda")]
+fn bench_cuda(shape: crate::bench::BenchShape, iters: usize) -> Result<crate::bench::BenchReport> {
+    let be = crate::backend::cuda::CudaBackend::new(0).map_err(|e| anyhow::anyhow!(e))?;
+    Ok(crate::bench::run(&be, shape, iters))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn bench_cuda(_: crate::bench::BenchShape, _: usize) -> Result<crate::bench::BenchReport> {
+    bail!(NO_CUDA)
 }
 
 fn set_threads(n: usize) {
@@ -43,7 +87,12 @@ fn set_threads(n: usize) {
     }
 }
 
+const NO_CUDA: &str = "--device cuda: this kiln was built without CUDA; rebuild with `cargo build --release --features cuda`";
+
 fn train(a: TrainArgs) -> Result<()> {
+    if a.device == Device::Cuda && !cfg!(feature = "cuda") {
+        bail!(NO_CUDA);
+    }
     let cfg = Config::load(a.config.config.as_deref(), &a.config.overrides)?;
     if cfg.model.is_none() {
         bail!("the config has no [model] section: nothing to train");

@@ -3,6 +3,7 @@
 //! The library holds everything; `main.rs` only parses the command line and dispatches.
 
 pub mod backend;
+pub mod bench;
 pub mod cli;
 pub mod commands;
 pub mod config;

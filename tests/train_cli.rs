@@ -334,3 +334,51 @@ fn gradient_accumulation_matches_one_large_batch() {
         );
     }
 }
+
+#[test]
+fn bench_prints_every_operation_against_measured_ceilings() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let o = kiln(
+        &[
+            "bench",
+            "--iters",
+            "1",
+            "--tokens",
+            "256",
+            "--json",
+            "bench.json",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = String::from_utf8_lossy(&o.stdout);
+    for op in [
+        "rmsnorm_bwd",
+        "cross_entropy",
+        "adamw",
+        "matmul_dw",
+        "attention_bwd",
+        "of ceiling",
+    ] {
+        assert!(table.contains(op), "bench output lacks {op}: {table}");
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("bench.json")).unwrap()).unwrap();
+    assert!(report["copy_gb_s"].as_f64().unwrap() > 0.0);
+    assert!(report["rows"].as_array().unwrap().len() >= 15);
+    if !cfg!(feature = "cuda") {
+        assert_clean_error(
+            &kiln(&["bench", "--device", "cuda"], d),
+            &["built without CUDA"],
+        );
+        assert_clean_error(
+            &kiln(&["train", "--device", "cuda"], d),
+            &["built without CUDA"],
+        );
+    }
+    assert_clean_error(
+        &kiln(&["bench", "--tokens", "100"], d),
+        &["--tokens 100", "multiple of the sequence length 256"],
+    );
+}

@@ -71,6 +71,13 @@ pub trait Backend: Send + Sync {
 
     fn name(&self) -> String;
 
+    /// Bytes one element of a buffer of this kind occupies in the storage its operations read
+    /// (for bandwidth figures).
+    fn elem_bytes(&self, kind: BufKind) -> usize;
+
+    /// Wait until all queued work is done (a no-op on the CPU; timing on a GPU needs it).
+    fn synchronize(&self) {}
+
     // ---- memory ---------------------------------------------------------------------------
     /// A zero-filled buffer.
     fn alloc(&self, len: usize, kind: BufKind) -> Self::Buf;

@@ -957,6 +957,10 @@ impl<T: Float> Backend for CpuBackend<T> {
         )
     }
 
+    fn elem_bytes(&self, _kind: BufKind) -> usize {
+        std::mem::size_of::<T>()
+    }
+
     fn alloc(&self, len: usize, _kind: BufKind) -> Vec<T> {
         self.zeros(len)
     }

@@ -233,11 +233,6 @@ impl CudaBackend {
         }
     }
 
-    /// Wait for all queued work (timing, downloads).
-    pub fn synchronize(&self) {
-        self.stream.synchronize().expect("CUDA synchronize");
-    }
-
     fn launch<'a>(
         &'a self,
         what: &str,
@@ -287,6 +282,17 @@ impl Backend for CudaBackend {
             "cuda ({}, bf16 compute, fp32 master weights)",
             self.device_name()
         )
+    }
+
+    fn elem_bytes(&self, kind: BufKind) -> usize {
+        match kind {
+            BufKind::Act | BufKind::Param => 2,
+            BufKind::Grad | BufKind::Optim | BufKind::Stat => 4,
+        }
+    }
+
+    fn synchronize(&self) {
+        self.stream.synchronize().expect("CUDA synchronize");
     }
 
     fn alloc(&self, len: usize, kind: BufKind) -> CudaBuf {

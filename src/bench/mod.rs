@@ -1,0 +1,420 @@
+//! `kiln bench`: throughput of every Backend operation at model shapes, on any backend.
+//!
+//! Bandwidth-bound operations report achieved GB/s (bytes read + written once, at the backend's
+//! storage widths) and the fraction of the measured copy bandwidth (a large buffer copied
+//! device-to-device, or memory-to-memory on the CPU). GEMMs and attention report TFLOP/s and the
+//! fraction of the measured GEMM rate at the largest model shape. A comparison with PyTorch on the
+//! same shapes is `scripts/compare_torch.py`.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::backend::{AdamW, AttnShape, Backend, BufKind};
+use crate::data::rng::Rng;
+
+/// Shapes of one benchmark run (a model's layer at a token count).
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct BenchShape {
+    /// N = B·T tokens.
+    pub tokens: usize,
+    /// T (attention sequence length; N must be a multiple).
+    pub seq: usize,
+    pub dim: usize,
+    pub ffn: usize,
+    pub vocab: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchRow {
+    pub op: String,
+    pub shape: String,
+    pub ms: f64,
+    /// "GB/s" or "TFLOP/s".
+    pub unit: &'static str,
+    pub achieved: f64,
+    /// Fraction of the measured ceiling for this unit.
+    pub of_ceiling: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    pub backend: String,
+    pub shape: BenchShape,
+    pub copy_gb_s: f64,
+    pub gemm_tflop_s: f64,
+    pub rows: Vec<BenchRow>,
+}
+
+fn random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut r = Rng::new(seed);
+    (0..n)
+        .map(|_| ((r.f64() * 2.0 - 1.0) as f32) * scale)
+        .collect()
+}
+
+/// Median wall time of `f` in milliseconds over `iters` runs after one warm-up.
+fn time_ms<B: Backend>(be: &B, iters: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    be.synchronize();
+    let mut times: Vec<f64> = (0..iters.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            be.synchronize();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+impl BenchShape {
+    /// The embedded default's model (configs/tiny.toml) at B16 × T256.
+    pub fn tiny() -> Self {
+        BenchShape {
+            tokens: 4096,
+            seq: 256,
+            dim: 128,
+            ffn: 352,
+            vocab: 2048,
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 32,
+        }
+    }
+
+    /// One Llama-3-8B layer at 16 × 1024 tokens (hidden 4096, vocabulary 128256).
+    pub fn llama3_8b() -> Self {
+        BenchShape {
+            tokens: 16384,
+            seq: 1024,
+            dim: 4096,
+            ffn: 14336,
+            vocab: 128256,
+            heads: 32,
+            kv_heads: 8,
+            head_dim: 128,
+        }
+    }
+}
+
+/// Run every operation at `s` and report achieved throughput against measured ceilings.
+pub fn run<B: Backend>(be: &B, s: BenchShape, iters: usize) -> BenchReport {
+    let n = s.tokens;
+    let (qd, kvd) = (s.heads * s.head_dim, s.kv_heads * s.head_dim);
+    let act = be.elem_bytes(BufKind::Act) as f64;
+    let par = be.elem_bytes(BufKind::Param) as f64;
+    let f32b = be.elem_bytes(BufKind::Grad) as f64;
+    let up = |len: usize, seed: u64, kind: BufKind| be.upload_as(&random(len, seed, 1.0), kind);
+    let mut rows: Vec<(String, String, f64, &'static str, f64)> = Vec::new();
+    let mut gb = |op: &str, shape: String, ms: f64, bytes: f64| {
+        rows.push((op.into(), shape, ms, "GB/s", bytes / ms / 1e6))
+    };
+
+    // Ceiling 1: copy bandwidth (read + write) of a large activation buffer.
+    let copy_len = (64usize << 20).max(n * s.dim);
+    let src = be.alloc(copy_len, BufKind::Act);
+    let mut dst = be.alloc(copy_len, BufKind::Act);
+    let ms = time_ms(be, iters, || be.copy(&mut dst, &src));
+    let copy_gb_s = 2.0 * copy_len as f64 * act / ms / 1e6;
+    drop((src, dst));
+
+    // GEMMs at the layer's shapes.
+    let x = up(n * s.dim, 1, BufKind::Act);
+    let w_ffn = up(s.ffn * s.dim, 2, BufKind::Param);
+    let mut y_ffn = be.alloc(n * s.ffn, BufKind::Act);
+    let mut gemms: Vec<(String, String, f64, f64)> = Vec::new();
+    let ms = time_ms(be, iters, || {
+        be.matmul(&mut y_ffn, &x, &w_ffn, n, s.dim, s.ffn)
+    });
+    gemms.push((
+        "matmul (up/gate)".into(),
+        format!("{n}x{}x{}", s.dim, s.ffn),
+        ms,
+        2.0 * (n * s.dim * s.ffn) as f64,
+    ));
+    let mut dx = be.alloc(n * s.dim, BufKind::Act);
+    let ms = time_ms(be, iters, || {
+        be.matmul_dx(&mut dx, &y_ffn, &w_ffn, n, s.dim, s.ffn, false)
+    });
+    gemms.push((
+        "matmul_dx (up/gate)".into(),
+        format!("{n}x{}x{}", s.dim, s.ffn),
+        ms,
+        2.0 * (n * s.dim * s.ffn) as f64,
+    ));
+    let mut dw = be.alloc(s.ffn * s.dim, BufKind::Grad);
+    let ms = time_ms(be, iters, || {
+        be.matmul_dw(&mut dw, &y_ffn, &x, n, s.dim, s.ffn)
+    });
+    gemms.push((
+        "matmul_dw (up/gate)".into(),
+        format!("{n}x{}x{}", s.dim, s.ffn),
+        ms,
+        2.0 * (n * s.dim * s.ffn) as f64,
+    ));
+    let w_q = up(qd * s.dim, 3, BufKind::Param);
+    let mut q = be.alloc(n * qd, BufKind::Act);
+    let ms = time_ms(be, iters, || be.matmul(&mut q, &x, &w_q, n, s.dim, qd));
+    gemms.push((
+        "matmul (q_proj)".into(),
+        format!("{n}x{}x{qd}", s.dim),
+        ms,
+        2.0 * (n * s.dim * qd) as f64,
+    ));
+    let w_lm = up(s.vocab * s.dim, 4, BufKind::Param);
+    let mut logits = be.alloc(n * s.vocab, BufKind::Act);
+    let ms = time_ms(be, iters, || {
+        be.matmul(&mut logits, &x, &w_lm, n, s.dim, s.vocab)
+    });
+    gemms.push((
+        "matmul (lm_head)".into(),
+        format!("{n}x{}x{}", s.dim, s.vocab),
+        ms,
+        2.0 * (n * s.dim * s.vocab) as f64,
+    ));
+    // Ceiling 2: the best GEMM rate measured at these shapes.
+    let gemm_tflop_s = gemms.iter().map(|g| g.3 / g.2 / 1e9).fold(0.0, f64::max);
+    let mut flops_rows: Vec<(String, String, f64, &'static str, f64)> = gemms
+        .into_iter()
+        .map(|(op, sh, ms, fl)| (op, sh, ms, "TFLOP/s", fl / ms / 1e9))
+        .collect();
+    drop((w_ffn, w_q, dw));
+
+    // Bandwidth-bound kernels.
+    let shape_nd = format!("{n}x{}", s.dim);
+    let w = up(s.dim, 5, BufKind::Param);
+    let mut out = be.alloc(n * s.dim, BufKind::Act);
+    let mut rstd = be.alloc(n, BufKind::Stat);
+    let ms = time_ms(be, iters, || {
+        be.rmsnorm(&mut out, &mut rstd, &x, &w, s.dim, 1e-5)
+    });
+    gb(
+        "rmsnorm",
+        shape_nd.clone(),
+        ms,
+        (2 * n * s.dim) as f64 * act + n as f64 * f32b,
+    );
+    let dout = up(n * s.dim, 6, BufKind::Act);
+    let mut dwn = be.alloc(s.dim, BufKind::Grad);
+    let ms = time_ms(be, iters, || {
+        be.rmsnorm_bwd(&mut dx, &mut dwn, &dout, &x, &w, &rstd, s.dim)
+    });
+    // Reads dout, x, dx; writes dx.
+    gb(
+        "rmsnorm_bwd",
+        shape_nd.clone(),
+        ms,
+        (4 * n * s.dim) as f64 * act + n as f64 * f32b,
+    );
+    let mut cfg: crate::model::ModelConfig = toml::from_str(&format!(
+        "dim = {}\nn_layers = 1\nn_heads = {}\nn_kv_heads = {}\nffn_dim = 1\nhead_dim = {}\nmax_seq_len = {}\n",
+        s.heads * s.head_dim,
+        s.heads,
+        s.kv_heads,
+        s.head_dim,
+        s.seq
+    ))
+    .expect("bench model config");
+    cfg.resolve(1).expect("bench model config");
+    let (cos, sin) = cfg.rope_tables();
+    let (cos, sin) = (
+        be.upload_as(&cos, BufKind::Stat),
+        be.upload_as(&sin, BufKind::Stat),
+    );
+    let positions: Vec<u32> = (0..n).map(|i| (i % s.seq) as u32).collect();
+    let ms = time_ms(be, iters, || {
+        be.rope(&mut q, &positions, s.heads, s.head_dim, &cos, &sin)
+    });
+    gb(
+        "rope (q)",
+        format!("{n}x{}x{}", s.heads, s.head_dim),
+        ms,
+        (2 * n * qd) as f64 * act,
+    );
+    let gate = up(n * s.ffn, 7, BufKind::Act);
+    let mut h = be.alloc(n * s.ffn, BufKind::Act);
+    let ms = time_ms(be, iters, || be.swiglu(&mut h, &gate, &y_ffn));
+    gb(
+        "swiglu",
+        format!("{n}x{}", s.ffn),
+        ms,
+        (3 * n * s.ffn) as f64 * act,
+    );
+    let mut dg = be.alloc(n * s.ffn, BufKind::Act);
+    let ms = time_ms(be, iters, || {
+        be.swiglu_bwd(&mut dg, &mut h, &y_ffn, &gate, &y_ffn)
+    });
+    gb(
+        "swiglu_bwd",
+        format!("{n}x{}", s.ffn),
+        ms,
+        (5 * n * s.ffn) as f64 * act,
+    );
+    drop((gate, h, dg, y_ffn));
+    let table = up(s.vocab * s.dim, 8, BufKind::Param);
+    let mut r = Rng::new(9);
+    let ids: Vec<u32> = (0..n).map(|_| r.below(s.vocab as u64) as u32).collect();
+    let ms = time_ms(be, iters, || be.embedding(&mut out, &table, &ids, s.dim));
+    gb(
+        "embedding",
+        shape_nd.clone(),
+        ms,
+        (2 * n * s.dim) as f64 * act,
+    );
+    let mut dtable = be.alloc(s.vocab * s.dim, BufKind::Grad);
+    let ms = time_ms(be, iters, || {
+        be.embedding_dw(&mut dtable, &dout, &ids, s.dim)
+    });
+    gb(
+        "embedding_dw",
+        shape_nd.clone(),
+        ms,
+        (n * s.dim) as f64 * (act + 2.0 * f32b),
+    );
+    drop((table, dtable));
+    let targets: Vec<u32> = (0..n).map(|_| r.below(s.vocab as u64) as u32).collect();
+    let mask = vec![1u8; n];
+    let ms = time_ms(be, iters, || {
+        be.cross_entropy(&mut logits, &targets, &mask, s.vocab, 1.0 / n as f32);
+    });
+    gb(
+        "cross_entropy (fwd+bwd)",
+        format!("{n}x{}", s.vocab),
+        ms,
+        (2 * n * s.vocab) as f64 * act,
+    );
+    drop(logits);
+    let len = s.ffn * s.dim;
+    let mut p = up(len, 10, BufKind::Param);
+    let g = up(len, 11, BufKind::Grad);
+    let (mut m, mut v) = (be.alloc(len, BufKind::Optim), be.alloc(len, BufKind::Optim));
+    let mut step = 0;
+    let ms = time_ms(be, iters, || {
+        step += 1;
+        let hp = AdamW {
+            lr: 1e-4,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            step,
+            grad_scale: 1.0,
+        };
+        be.adamw(&mut p, &g, &mut m, &mut v, hp);
+    });
+    // Reads p, g, m, v and writes p, m, v (fp32), plus the compute copy where it is separate.
+    let copy = if par < f32b { par } else { 0.0 };
+    gb(
+        "adamw",
+        format!("{len}"),
+        ms,
+        len as f64 * (7.0 * f32b + copy),
+    );
+    let ms = time_ms(be, iters, || {
+        be.sum_squares(&g);
+    });
+    gb(
+        "sum_squares (grad norm)",
+        format!("{len}"),
+        ms,
+        len as f64 * f32b,
+    );
+    drop((p, g, m, v));
+
+    // Attention (causal, one document per row): 4·B·H·T²·D/2 FLOPs forward, 2.5× that backward.
+    let a = AttnShape {
+        batch: n / s.seq,
+        seq: s.seq,
+        heads: s.heads,
+        kv_heads: s.kv_heads,
+        head_dim: s.head_dim,
+    };
+    let (kk, vv) = (up(n * kvd, 12, BufKind::Act), up(n * kvd, 13, BufKind::Act));
+    let docs = vec![0u32; n];
+    let mut att = be.alloc(n * qd, BufKind::Act);
+    let mut lse = be.alloc(a.batch * s.heads * s.seq, BufKind::Stat);
+    let fwd_flops = 2.0 * (a.batch * s.heads * s.seq * s.seq * s.head_dim) as f64;
+    let ms = time_ms(be, iters, || {
+        be.attention(&mut att, &mut lse, &q, &kk, &vv, &docs, a)
+    });
+    flops_rows.push((
+        "attention".into(),
+        format!(
+            "B{} T{} H{}/{} D{}",
+            a.batch, s.seq, s.heads, s.kv_heads, s.head_dim
+        ),
+        ms,
+        "TFLOP/s",
+        fwd_flops / ms / 1e9,
+    ));
+    let datt = up(n * qd, 14, BufKind::Act);
+    let (mut dq, mut dk, mut dv) = (
+        be.alloc(n * qd, BufKind::Act),
+        be.alloc(n * kvd, BufKind::Act),
+        be.alloc(n * kvd, BufKind::Act),
+    );
+    let ms = time_ms(be, iters, || {
+        be.attention_bwd(
+            &mut dq, &mut dk, &mut dv, &datt, &att, &lse, &q, &kk, &vv, &docs, a,
+        )
+    });
+    flops_rows.push((
+        "attention_bwd".into(),
+        format!(
+            "B{} T{} H{}/{} D{}",
+            a.batch, s.seq, s.heads, s.kv_heads, s.head_dim
+        ),
+        ms,
+        "TFLOP/s",
+        2.5 * fwd_flops / ms / 1e9,
+    ));
+
+    let rows = rows
+        .into_iter()
+        .chain(flops_rows)
+        .map(|(op, shape, ms, unit, achieved)| BenchRow {
+            of_ceiling: if unit == "GB/s" {
+                achieved / copy_gb_s
+            } else {
+                achieved / gemm_tflop_s
+            },
+            op,
+            shape,
+            ms,
+            unit,
+            achieved,
+        })
+        .collect();
+    BenchReport {
+        backend: be.name(),
+        shape: s,
+        copy_gb_s,
+        gemm_tflop_s,
+        rows,
+    }
+}
+
+/// The report as a markdown table.
+pub fn render(r: &BenchReport) -> String {
+    let mut out = format!(
+        "backend: {}\nceilings: copy {:.1} GB/s (measured), GEMM {:.2} TFLOP/s (best measured GEMM at these shapes)\n\n| op | shape | ms | achieved | of ceiling |\n|---|---|---:|---:|---:|\n",
+        r.backend, r.copy_gb_s, r.gemm_tflop_s
+    );
+    for row in &r.rows {
+        out.push_str(&format!(
+            "| {} | {} | {:.3} | {:.2} {} | {:.0}% |\n",
+            row.op,
+            row.shape,
+            row.ms,
+            row.achieved,
+            row.unit,
+            row.of_ceiling * 100.0
+        ));
+    }
+    out
+}
