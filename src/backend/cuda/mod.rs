@@ -436,14 +436,14 @@ impl Backend for CudaBackend {
         let mut s = self.scratch.lock().expect("scratch");
         self.ints(&mut s, 0, ids);
         let n = ids.len();
-        let a0 = i(n);
-        let a1 = i(d);
+        let n_i32 = i(n);
+        let d_i32 = i(d);
         self.launch("embedding_fwd", &self.k.embedding_fwd, grid(n * d), |b| {
             b.arg(out.h_mut())
                 .arg(table.h())
                 .arg(&s.ints[0])
-                .arg(&a0)
-                .arg(&a1);
+                .arg(&n_i32)
+                .arg(&d_i32);
         });
     }
 
@@ -471,16 +471,16 @@ impl Backend for CudaBackend {
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let a0 = i(nseg);
-        let a1 = i(d);
+        let nseg_i32 = i(nseg);
+        let d_i32 = i(d);
         self.launch("embedding_bwd", &self.k.embedding_bwd, cfg, |b| {
             b.arg(dtable.f_mut())
                 .arg(dout.h())
                 .arg(&s.ints[0])
                 .arg(&s.ints[1])
                 .arg(&s.ints[2])
-                .arg(&a0)
-                .arg(&a1);
+                .arg(&nseg_i32)
+                .arg(&d_i32);
         });
     }
 
@@ -499,17 +499,16 @@ impl Backend for CudaBackend {
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let a0 = i(n);
-        let a1 = i(d);
-        let a2 = eps;
+        let n_i32 = i(n);
+        let d_i32 = i(d);
         self.launch("rmsnorm_fwd", &self.k.rmsnorm_fwd, cfg, |b| {
             b.arg(out.h_mut())
                 .arg(rstd.f_mut())
                 .arg(x.h())
                 .arg(w.h())
-                .arg(&a0)
-                .arg(&a1)
-                .arg(&a2);
+                .arg(&n_i32)
+                .arg(&d_i32)
+                .arg(&eps);
         });
     }
 
@@ -537,9 +536,9 @@ impl Backend for CudaBackend {
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let a0 = i(n);
-        let a1 = i(d);
-        let a2 = i(RMSNORM_BWD_ROWS);
+        let n_i32 = i(n);
+        let d_i32 = i(d);
+        let rows_per_block = i(RMSNORM_BWD_ROWS);
         self.launch("rmsnorm_bwd", &self.k.rmsnorm_bwd, cfg, |b| {
             b.arg(dx.h_mut())
                 .arg(&mut s.partials)
@@ -547,18 +546,21 @@ impl Backend for CudaBackend {
                 .arg(x.h())
                 .arg(w.h())
                 .arg(rstd.f())
-                .arg(&a0)
-                .arg(&a1)
-                .arg(&a2);
+                .arg(&n_i32)
+                .arg(&d_i32)
+                .arg(&rows_per_block);
         });
-        let a0 = i(nblocks);
-        let a1 = i(d);
+        let nblocks_i32 = i(nblocks);
+        let d_i32 = i(d);
         self.launch(
             "reduce_partials_add",
             &self.k.reduce_partials_add,
             grid(d),
             |b| {
-                b.arg(dw.f_mut()).arg(&s.partials).arg(&a0).arg(&a1);
+                b.arg(dw.f_mut())
+                    .arg(&s.partials)
+                    .arg(&nblocks_i32)
+                    .arg(&d_i32);
             },
         );
     }
@@ -605,12 +607,11 @@ impl Backend for CudaBackend {
             block_dim: (128, 1, 1),
             shared_mem_bytes: (a.seq * 4) as u32,
         };
-        let a0 = i(a.batch);
-        let a1 = i(a.seq);
-        let a2 = i(a.heads);
-        let a3 = i(a.kv_heads);
-        let a4 = i(a.head_dim);
-        let a5 = scale;
+        let batch_i32 = i(a.batch);
+        let seq_i32 = i(a.seq);
+        let heads_i32 = i(a.heads);
+        let kv_heads_i32 = i(a.kv_heads);
+        let head_dim_i32 = i(a.head_dim);
         self.launch("attention_fwd", &self.k.attention_fwd, cfg, |b| {
             b.arg(out.h_mut())
                 .arg(lse.f_mut())
@@ -618,7 +619,12 @@ impl Backend for CudaBackend {
                 .arg(k.h())
                 .arg(v.h())
                 .arg(&s.ints[0]);
-            b.arg(&a0).arg(&a1).arg(&a2).arg(&a3).arg(&a4).arg(&a5);
+            b.arg(&batch_i32)
+                .arg(&seq_i32)
+                .arg(&heads_i32)
+                .arg(&kv_heads_i32)
+                .arg(&head_dim_i32)
+                .arg(&scale);
         });
     }
 
@@ -653,10 +659,6 @@ impl Backend for CudaBackend {
             i(a.kv_heads),
             i(a.head_dim),
         );
-        let a0 = bb;
-        let a1 = t;
-        let a2 = h;
-        let a3 = d;
         self.launch(
             "attention_delta",
             &self.k.attention_delta,
@@ -665,10 +667,10 @@ impl Backend for CudaBackend {
                 b.arg(&mut s.delta)
                     .arg(dout.h())
                     .arg(out.h())
-                    .arg(&a0)
-                    .arg(&a1)
-                    .arg(&a2)
-                    .arg(&a3);
+                    .arg(&bb)
+                    .arg(&t)
+                    .arg(&h)
+                    .arg(&d);
             },
         );
         let cfg = LaunchConfig {
@@ -676,12 +678,6 @@ impl Backend for CudaBackend {
             block_dim: (128, 1, 1),
             shared_mem_bytes: 0,
         };
-        let a0 = bb;
-        let a1 = t;
-        let a2 = h;
-        let a3 = hkv;
-        let a4 = d;
-        let a5 = scale;
         self.launch("attention_bwd_dq", &self.k.attention_bwd_dq, cfg, |b| {
             b.arg(dq.h_mut())
                 .arg(dout.h())
@@ -691,19 +687,13 @@ impl Backend for CudaBackend {
                 .arg(lse.f())
                 .arg(&s.delta)
                 .arg(&s.ints[0]);
-            b.arg(&a0).arg(&a1).arg(&a2).arg(&a3).arg(&a4).arg(&a5);
+            b.arg(&bb).arg(&t).arg(&h).arg(&hkv).arg(&d).arg(&scale);
         });
         let cfg = LaunchConfig {
             grid_dim: ((a.batch * a.kv_heads * a.seq) as u32, 1, 1),
             block_dim: (128, 1, 1),
             shared_mem_bytes: 0,
         };
-        let a0 = bb;
-        let a1 = t;
-        let a2 = h;
-        let a3 = hkv;
-        let a4 = d;
-        let a5 = scale;
         self.launch("attention_bwd_dkdv", &self.k.attention_bwd_dkdv, cfg, |b| {
             b.arg(dk.h_mut())
                 .arg(dv.h_mut())
@@ -714,7 +704,7 @@ impl Backend for CudaBackend {
                 .arg(lse.f())
                 .arg(&s.delta)
                 .arg(&s.ints[0]);
-            b.arg(&a0).arg(&a1).arg(&a2).arg(&a3).arg(&a4).arg(&a5);
+            b.arg(&bb).arg(&t).arg(&h).arg(&hkv).arg(&d).arg(&scale);
         });
     }
 
@@ -734,35 +724,34 @@ impl Backend for CudaBackend {
             block_dim: (128, 1, 1),
             shared_mem_bytes: ((past + a.seq) * 4) as u32,
         };
-        let a0 = i(a.batch);
-        let a1 = i(a.seq);
-        let a2 = i(a.heads);
-        let a3 = i(a.kv_heads);
-        let a4 = i(a.head_dim);
-        let a5 = i(max_len);
-        let a6 = i(past);
-        let a7 = scale;
+        let batch_i32 = i(a.batch);
+        let seq_i32 = i(a.seq);
+        let heads_i32 = i(a.heads);
+        let kv_heads_i32 = i(a.kv_heads);
+        let head_dim_i32 = i(a.head_dim);
+        let max_len_i32 = i(max_len);
+        let past_i32 = i(past);
         self.launch("attention_cached", &self.k.attention_cached, cfg, |b| {
             b.arg(out.h_mut())
                 .arg(q.h())
                 .arg(k_cache.h())
                 .arg(v_cache.h());
-            b.arg(&a0)
-                .arg(&a1)
-                .arg(&a2)
-                .arg(&a3)
-                .arg(&a4)
-                .arg(&a5)
-                .arg(&a6)
-                .arg(&a7);
+            b.arg(&batch_i32)
+                .arg(&seq_i32)
+                .arg(&heads_i32)
+                .arg(&kv_heads_i32)
+                .arg(&head_dim_i32)
+                .arg(&max_len_i32)
+                .arg(&past_i32)
+                .arg(&scale);
         });
     }
 
     fn swiglu(&self, out: &mut CudaBuf, gate: &CudaBuf, up: &CudaBuf) {
         let n = gate.len;
-        let a0 = i(n);
+        let n_i32 = i(n);
         self.launch("swiglu_fwd", &self.k.swiglu_fwd, grid(n), |b| {
-            b.arg(out.h_mut()).arg(gate.h()).arg(up.h()).arg(&a0);
+            b.arg(out.h_mut()).arg(gate.h()).arg(up.h()).arg(&n_i32);
         });
     }
 
@@ -775,14 +764,14 @@ impl Backend for CudaBackend {
         up: &CudaBuf,
     ) {
         let n = gate.len;
-        let a0 = i(n);
+        let n_i32 = i(n);
         self.launch("swiglu_bwd", &self.k.swiglu_bwd, grid(n), |b| {
             b.arg(dgate.h_mut())
                 .arg(dup.h_mut())
                 .arg(dout.h())
                 .arg(gate.h())
                 .arg(up.h())
-                .arg(&a0);
+                .arg(&n_i32);
         });
     }
 
@@ -821,9 +810,8 @@ impl Backend for CudaBackend {
         let Scratch {
             ints, bytes, delta, ..
         } = &mut *s;
-        let a0 = i(n);
-        let a1 = i(vocab);
-        let a2 = scale;
+        let n_i32 = i(n);
+        let vocab_i32 = i(vocab);
         self.launch(
             "cross_entropy_fused",
             &self.k.cross_entropy_fused,
@@ -833,9 +821,9 @@ impl Backend for CudaBackend {
                     .arg(&mut *delta)
                     .arg(&ints[0])
                     .arg(&*bytes)
-                    .arg(&a0)
-                    .arg(&a1)
-                    .arg(&a2);
+                    .arg(&n_i32)
+                    .arg(&vocab_i32)
+                    .arg(&scale);
             },
         );
         let losses = self
@@ -847,26 +835,24 @@ impl Backend for CudaBackend {
 
     fn add_assign(&self, y: &mut CudaBuf, x: &CudaBuf) {
         let n = y.len;
-        let a0 = i(n);
+        let n_i32 = i(n);
         self.launch("add_bf16", &self.k.add_bf16, grid(n), |b| {
-            b.arg(y.h_mut()).arg(x.h()).arg(&a0);
+            b.arg(y.h_mut()).arg(x.h()).arg(&n_i32);
         });
     }
 
     fn scale(&self, x: &mut CudaBuf, s: f32) {
         let n = x.len;
         if let Some(f) = x.f32.as_mut() {
-            let a0 = s;
-            let a1 = i(n);
+            let n_i32 = i(n);
             self.launch("scale_f32", &self.k.scale_f32, grid(n), |b| {
-                b.arg(f).arg(&a0).arg(&a1);
+                b.arg(f).arg(&s).arg(&n_i32);
             });
         }
         if let Some(h) = x.bf16.as_mut() {
-            let a0 = s;
-            let a1 = i(n);
+            let n_i32 = i(n);
             self.launch("scale_bf16", &self.k.scale_bf16, grid(n), |b| {
-                b.arg(h).arg(&a0).arg(&a1);
+                b.arg(h).arg(&s).arg(&n_i32);
             });
         }
     }
@@ -879,9 +865,9 @@ impl Backend for CudaBackend {
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let a0 = i(n);
+        let n_i32 = i(n);
         self.launch("sum_squares_f32", &self.k.sum_squares_f32, cfg, |b| {
-            b.arg(&mut s.partials).arg(x.f()).arg(&a0);
+            b.arg(&mut s.partials).arg(x.f()).arg(&n_i32);
         });
         let parts = self
             .stream
@@ -904,24 +890,21 @@ impl Backend for CudaBackend {
             (Some(f), Some(h)) => (f, h),
             _ => panic!("adamw on a {kind:?} buffer: parameters need fp32 and bf16 storage"),
         };
-        let a0 = i(n);
-        let a1 = hp.lr;
-        let a2 = hp.beta1;
-        let a3 = hp.beta2;
-        let a4 = hp.eps;
-        let a5 = hp.weight_decay;
-        let a6 = bc1 as f32;
-        let a7 = bc2 as f32;
-        let a8 = hp.grad_scale;
+        let n_i32 = i(n);
+        let (bias_c1, bias_c2) = (bc1 as f32, bc2 as f32);
         self.launch("adamw", &self.k.adamw, grid(n), |b| {
             b.arg(pf)
                 .arg(ph)
                 .arg(g.f())
                 .arg(m.f_mut())
                 .arg(v.f_mut())
-                .arg(&a0);
-            b.arg(&a1).arg(&a2).arg(&a3).arg(&a4).arg(&a5);
-            b.arg(&a6).arg(&a7).arg(&a8);
+                .arg(&n_i32);
+            b.arg(&hp.lr)
+                .arg(&hp.beta1)
+                .arg(&hp.beta2)
+                .arg(&hp.eps)
+                .arg(&hp.weight_decay);
+            b.arg(&bias_c1).arg(&bias_c2).arg(&hp.grad_scale);
         });
     }
 }
@@ -941,19 +924,18 @@ impl CudaBackend {
         let n = positions.len();
         let mut s = self.scratch.lock().expect("scratch");
         self.ints(&mut s, 0, positions);
-        let a0 = i(n);
-        let a1 = i(heads);
-        let a2 = i(head_dim);
-        let a3 = dir;
+        let n_i32 = i(n);
+        let heads_i32 = i(heads);
+        let head_dim_i32 = i(head_dim);
         self.launch("rope", &self.k.rope, grid(n * heads * head_dim / 2), |b| {
             b.arg(x.h_mut())
                 .arg(&s.ints[0])
                 .arg(cos.f())
                 .arg(sin.f())
-                .arg(&a0)
-                .arg(&a1)
-                .arg(&a2)
-                .arg(&a3);
+                .arg(&n_i32)
+                .arg(&heads_i32)
+                .arg(&head_dim_i32)
+                .arg(&dir);
         });
     }
 
@@ -961,9 +943,9 @@ impl CudaBackend {
     pub fn sync_param_copy(&self, p: &mut CudaBuf) {
         let n = p.len;
         if let (Some(f), Some(h)) = (p.f32.as_ref(), p.bf16.as_mut()) {
-            let a0 = i(n);
+            let n_i32 = i(n);
             self.launch("cast_f32_to_bf16", &self.k.cast_f32_to_bf16, grid(n), |b| {
-                b.arg(h).arg(f).arg(&a0);
+                b.arg(h).arg(f).arg(&n_i32);
             });
         }
     }
