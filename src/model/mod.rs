@@ -14,7 +14,7 @@
 pub mod config;
 pub mod generate;
 
-use crate::backend::{AttnShape, Backend, BufKind};
+use crate::backend::{AdamW, AttnShape, Backend, BufKind};
 use crate::data::rng::Rng;
 pub use config::{ModelConfig, ParamInfo, RopeScaling};
 
@@ -424,6 +424,24 @@ impl<B: Backend> Model<B> {
             );
         }
         be.embedding_dw(&mut g[self.embed], &ws.dres, inputs, d);
+    }
+
+    /// One AdamW update of every parameter from its gradient and moments `m`, `v` (same order);
+    /// `hp.weight_decay` applies only to the parameters that decay (2-D weights).
+    pub fn adamw_step(&mut self, be: &B, m: &mut [B::Buf], v: &mut [B::Buf], hp: AdamW) {
+        for (i, p) in self.info.iter().enumerate() {
+            let hp = AdamW {
+                weight_decay: if p.decay { hp.weight_decay } else { 0.0 },
+                ..hp
+            };
+            be.adamw(
+                &mut self.params[i],
+                &self.grads[i],
+                &mut m[i],
+                &mut v[i],
+                hp,
+            );
+        }
     }
 
     pub fn zero_grads(&mut self, be: &B) {

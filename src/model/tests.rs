@@ -165,24 +165,16 @@ fn overfits_one_batch() {
             model.loss(&be, &mut ws, &c.targets, &mask, 1.0 / (b * t) as f32) / (b * t) as f64;
         model.backward(&be, &mut ws, &c.inputs, &c.doc_ids);
         losses.push(loss);
-        for i in 0..model.params.len() {
-            let hp = crate::backend::AdamW {
-                lr: 1e-2,
-                beta1: 0.9,
-                beta2: 0.95,
-                eps: 1e-8,
-                weight_decay: 0.0,
-                step,
-                grad_scale: 1.0,
-            };
-            be.adamw(
-                &mut model.params[i],
-                &model.grads[i],
-                &mut m[i],
-                &mut v[i],
-                hp,
-            );
-        }
+        let hp = crate::backend::AdamW {
+            lr: 1e-2,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            step,
+            grad_scale: 1.0,
+        };
+        model.adamw_step(&be, &mut m, &mut v, hp);
     }
     // Targets are random, so only memorisation brings the loss down; document masking limits
     // what each position sees, but every (input prefix, position) here is distinct.

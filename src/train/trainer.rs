@@ -383,28 +383,16 @@ pub fn train<B: Backend>(
             } else {
                 1.0
             };
-            for (i, p) in model.info.iter().enumerate() {
-                let hp = AdamW {
-                    lr: lr as f32,
-                    beta1: t_cfg.beta1 as f32,
-                    beta2: t_cfg.beta2 as f32,
-                    eps: t_cfg.eps as f32,
-                    weight_decay: if p.decay {
-                        t_cfg.weight_decay as f32
-                    } else {
-                        0.0
-                    },
-                    step: state.adam_step,
-                    grad_scale: clip as f32,
-                };
-                be.adamw(
-                    &mut model.params[i],
-                    &model.grads[i],
-                    &mut m[i],
-                    &mut v[i],
-                    hp,
-                );
-            }
+            let hp = AdamW {
+                lr: lr as f32,
+                beta1: t_cfg.beta1 as f32,
+                beta2: t_cfg.beta2 as f32,
+                eps: t_cfg.eps as f32,
+                weight_decay: t_cfg.weight_decay as f32,
+                step: state.adam_step,
+                grad_scale: clip as f32,
+            };
+            model.adamw_step(be, &mut m, &mut v, hp);
         } else {
             state.bad_in_a_row += 1;
             state.skipped_steps += 1;
