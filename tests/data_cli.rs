@@ -2,38 +2,13 @@
 //! every bad-input case giving one clear line that names the file, a non-zero exit and no panic.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
+mod common;
+
+use common::{assert_clean_error, kiln, stderr};
 use kiln::data::loader::{Loader, LoaderOptions, SourceSpec, Split};
 use kiln::data::shard::write_llmc_shard;
 use kiln::data::tokenizer::Tokenizer;
-
-fn kiln(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("run kiln")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Assert a failure with one `error:` line containing every needle, and no panic.
-fn assert_clean_error(o: &Output, needles: &[&str]) {
-    let err = stderr(o);
-    assert!(
-        !o.status.success(),
-        "expected failure, got success; stderr: {err}"
-    );
-    assert!(!err.contains("panicked"), "panic: {err}");
-    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(lines.len(), 1, "want exactly one error line: {err}");
-    for n in needles {
-        assert!(lines[0].contains(n), "error line lacks {n:?}: {}", lines[0]);
-    }
-}
 
 fn documents() -> Vec<String> {
     (0..300)

@@ -3,30 +3,9 @@
 //! one clear error line.
 
 use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
-fn kiln(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("run kiln")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn assert_clean_error(o: &Output, needles: &[&str]) {
-    let err = stderr(o);
-    assert!(!o.status.success(), "expected failure; stderr: {err}");
-    assert!(!err.contains("panicked"), "panic: {err}");
-    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(lines.len(), 1, "want exactly one error line: {err}");
-    for n in needles {
-        assert!(lines[0].contains(n), "error line lacks {n:?}: {}", lines[0]);
-    }
-}
+use common::{assert_clean_error, kiln, stderr};
 
 const CONFIG: &str = r#"
 [world]
