@@ -41,6 +41,47 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Time every backend operation at model shapes: GB/s or TFLOP/s against measured ceilings.
     Bench(BenchArgs),
+    /// Write a checkpoint as a Hugging Face model directory (config.json, safetensors, tokenizer).
+    Export(ExportArgs),
+    /// Load a Hugging Face Llama/Mistral directory (checking every name and shape) and write it
+    /// back out, e.g. to change dtype or sharding.
+    Convert(ConvertArgs),
+}
+
+/// Stored dtype of exported weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportDtype {
+    Bf16,
+    F32,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// A run directory (its newest checkpoint) or one checkpoint directory.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Output directory.
+    #[arg(long)]
+    pub to_hf: PathBuf,
+    #[arg(long, value_enum, default_value = "bf16")]
+    pub dtype: ExportDtype,
+    /// Shard the weights above this size per file.
+    #[arg(long, default_value = "5GB", value_parser = parse_size)]
+    pub shard_size: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct ConvertArgs {
+    /// A Hugging Face model directory.
+    #[arg(long)]
+    pub from_hf: PathBuf,
+    /// Output directory.
+    #[arg(long)]
+    pub to_hf: PathBuf,
+    #[arg(long, value_enum, default_value = "bf16")]
+    pub dtype: ExportDtype,
+    #[arg(long, default_value = "5GB", value_parser = parse_size)]
+    pub shard_size: u64,
 }
 
 #[derive(Args, Debug)]

@@ -10,8 +10,8 @@ use anyhow::{bail, Context, Result};
 
 use crate::backend::cpu::CpuBackend;
 use crate::cli::{
-    BenchArgs, BenchPreset, Cli, Command, DataArgs, Device, GenerateArgs, PrepArgs,
-    TokenizerCommand, TrainArgs, WorldArgs,
+    BenchArgs, BenchPreset, Cli, Command, ConvertArgs, DataArgs, Device, ExportArgs, ExportDtype,
+    GenerateArgs, PrepArgs, TokenizerCommand, TrainArgs, WorldArgs,
 };
 use crate::config::{Config, WorldSection};
 use crate::data::loader::{Loader, Split};
@@ -33,7 +33,121 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => train(a),
         Command::Generate(a) => generate(a),
         Command::Bench(a) => bench(a),
+        Command::Export(a) => export(a),
+        Command::Convert(a) => convert(a),
     }
+}
+
+/// A checkpoint with what it was trained with: its directory, run config, tokenizer and model.
+struct OpenedCheckpoint {
+    dir: PathBuf,
+    cfg: Config,
+    tok: Tokenizer,
+    mcfg: crate::model::ModelConfig,
+    ckpt: checkpoint::Checkpoint,
+}
+
+/// Open a run directory's newest checkpoint, or one checkpoint directory.
+fn open_checkpoint(path: &Path) -> Result<OpenedCheckpoint> {
+    let dir = if path.join("DONE").exists() {
+        path.to_path_buf()
+    } else {
+        match checkpoint::latest(path)? {
+            Some((_, d)) => d,
+            None => bail!(
+                "{}: no complete checkpoint (a run directory or a step_NNNNNN directory)",
+                path.display()
+            ),
+        }
+    };
+    let ckpt = checkpoint::load(&dir)?;
+    let config_text = ckpt
+        .state
+        .get("config")
+        .and_then(|c| c.as_str())
+        .ok_or_else(|| anyhow::anyhow!("{}/state.json: no run config recorded", dir.display()))?;
+    let cfg = Config::parse(
+        &format!("{}/state.json (config)", dir.display()),
+        config_text,
+        &[],
+    )?;
+    let d = &cfg.data;
+    let tok = Tokenizer::from_file(&d.tokenizer, d.bos_token.as_deref(), d.eos_token.as_deref())?;
+    let mcfg = crate::train::trainer::resolve_model(&cfg, &tok)?;
+    Ok(OpenedCheckpoint {
+        dir,
+        cfg,
+        tok,
+        mcfg,
+        ckpt,
+    })
+}
+
+fn export(a: ExportArgs) -> Result<()> {
+    let c = open_checkpoint(&a.checkpoint)?;
+    let opts = crate::hf::ExportOptions {
+        bf16: a.dtype == ExportDtype::Bf16,
+        shard_bytes: a.shard_size,
+        tokenizer: Some(c.cfg.data.tokenizer.clone()),
+        bos_token_id: c.tok.bos(),
+        eos_token_id: c.tok.eos(),
+    };
+    let host = crate::train::trainer::tensors_in_order(
+        &c.dir.join("model.safetensors"),
+        &c.mcfg.params(),
+        c.ckpt.model,
+        "",
+    )?;
+    let tensors = named(&c.mcfg, host);
+    crate::hf::export(&a.to_hf, &c.mcfg, &tensors, &opts)?;
+    eprintln!(
+        "exported {} (step {}) to {}",
+        c.dir.display(),
+        c.ckpt.step,
+        a.to_hf.display()
+    );
+    Ok(())
+}
+
+fn named(mcfg: &crate::model::ModelConfig, host: Vec<Vec<f32>>) -> Vec<checkpoint::NamedTensor> {
+    mcfg.params()
+        .into_iter()
+        .zip(host)
+        .map(|(p, data)| checkpoint::NamedTensor {
+            name: p.name,
+            shape: p.shape,
+            data,
+        })
+        .collect()
+}
+
+fn convert(a: ConvertArgs) -> Result<()> {
+    let (mcfg, host) = crate::hf::load(&a.from_hf, None)?;
+    let tokenizer = Some(a.from_hf.join("tokenizer.json")).filter(|p| p.exists());
+    let generation: serde_json::Value = std::fs::read_to_string(a.from_hf.join("config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let id = |k: &str| generation.get(k).and_then(|v| v.as_u64()).map(|v| v as u32);
+    let opts = crate::hf::ExportOptions {
+        bf16: a.dtype == ExportDtype::Bf16,
+        shard_bytes: a.shard_size,
+        tokenizer,
+        bos_token_id: id("bos_token_id"),
+        eos_token_id: id("eos_token_id"),
+    };
+    crate::hf::export(&a.to_hf, &mcfg, &named(&mcfg, host), &opts)?;
+    eprintln!(
+        "{}: {} layers, d={}, {} heads ({} kv), vocab {}: checked and written to {}",
+        a.from_hf.display(),
+        mcfg.n_layers,
+        mcfg.dim,
+        mcfg.n_heads,
+        mcfg.n_kv_heads,
+        mcfg.vocab_size,
+        a.to_hf.display()
+    );
+    Ok(())
 }
 
 fn bench(a: BenchArgs) -> Result<()> {
@@ -152,36 +266,18 @@ fn train_cuda(
 }
 
 fn generate(a: GenerateArgs) -> Result<()> {
-    let dir = if a.checkpoint.join("DONE").exists() {
-        a.checkpoint.clone()
-    } else {
-        match checkpoint::latest(&a.checkpoint)? {
-            Some((_, d)) => d,
-            None => bail!(
-                "{}: no complete checkpoint (a run directory or a step_NNNNNN directory)",
-                a.checkpoint.display()
-            ),
-        }
-    };
-    let ck = checkpoint::load(&dir)?;
-    let config_text = ck
-        .state
-        .get("config")
-        .and_then(|c| c.as_str())
-        .ok_or_else(|| anyhow::anyhow!("{}/state.json: no run config recorded", dir.display()))?;
-    let cfg = Config::parse(
-        &format!("{}/state.json (config)", dir.display()),
-        config_text,
-        &[],
-    )?;
-    let d = &cfg.data;
-    let tok = Tokenizer::from_file(&d.tokenizer, d.bos_token.as_deref(), d.eos_token.as_deref())?;
-    let mcfg = crate::train::trainer::resolve_model(&cfg, &tok)?;
+    let OpenedCheckpoint {
+        dir,
+        tok,
+        mcfg,
+        ckpt,
+        ..
+    } = open_checkpoint(&a.checkpoint)?;
     let be = CpuBackend::<f32>::new();
     let host = crate::train::trainer::tensors_in_order(
         &dir.join("model.safetensors"),
         &mcfg.params(),
-        ck.model,
+        ckpt.model,
         "",
     )?;
     let model = Model::from_host(&be, &mcfg, &host);

@@ -9,5 +9,6 @@ pub mod commands;
 pub mod config;
 pub mod data;
 pub mod fsutil;
+pub mod hf;
 pub mod model;
 pub mod train;

@@ -22,14 +22,19 @@ pub struct ModelConfig {
     #[serde(default)]
     pub vocab_size: usize,
     /// d (hidden_size)
+    #[serde(default)]
     pub dim: usize,
     /// L (num_hidden_layers)
+    #[serde(default)]
     pub n_layers: usize,
     /// H (num_attention_heads)
+    #[serde(default)]
     pub n_heads: usize,
     /// Hkv (num_key_value_heads); divides H.
+    #[serde(default)]
     pub n_kv_heads: usize,
     /// F (intermediate_size)
+    #[serde(default)]
     pub ffn_dim: usize,
     /// D; default d / H.
     #[serde(default)]
@@ -48,6 +53,14 @@ pub struct ModelConfig {
     /// Standard deviation of the normal initialisation.
     #[serde(default = "default_init_std")]
     pub init_std: f64,
+    /// Mistral's sliding attention window: sequences longer than it are refused (kiln's attention
+    /// is full causal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_window: Option<usize>,
+    /// Initialise from a Hugging Face directory (`hf:PATH`) instead of randomly; the shape fields
+    /// are then taken from its config.json.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<String>,
 }
 
 fn default_theta() -> f64 {

@@ -233,28 +233,50 @@ fn read_file(path: &Path) -> Result<Vec<u8>> {
     })
 }
 
-/// A borrowed f32 tensor as safetensors sees it: little-endian bytes, zero-copy on LE hosts.
+/// f32 → bf16 bits, rounding to nearest even (NaN stays a quiet NaN).
+pub fn f32_to_bf16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    if x.is_nan() {
+        return ((bits >> 16) as u16) | 0x0040;
+    }
+    ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) as u16
+}
+
+/// A borrowed f32 tensor as safetensors sees it: little-endian bytes, zero-copy on LE hosts, or
+/// rounded to bf16 when `bf16` is set.
 struct F32View<'a> {
     shape: &'a [usize],
     data: &'a [f32],
+    bf16: bool,
 }
 
 impl View for F32View<'_> {
     fn dtype(&self) -> Dtype {
-        Dtype::F32
+        if self.bf16 {
+            Dtype::BF16
+        } else {
+            Dtype::F32
+        }
     }
     fn shape(&self) -> &[usize] {
         self.shape
     }
     fn data(&self) -> Cow<'_, [u8]> {
-        if cfg!(target_endian = "little") {
+        if self.bf16 {
+            Cow::Owned(
+                self.data
+                    .iter()
+                    .flat_map(|&x| f32_to_bf16(x).to_le_bytes())
+                    .collect(),
+            )
+        } else if cfg!(target_endian = "little") {
             Cow::Borrowed(bytemuck::cast_slice(self.data))
         } else {
             Cow::Owned(self.data.iter().flat_map(|x| x.to_le_bytes()).collect())
         }
     }
     fn data_len(&self) -> usize {
-        std::mem::size_of_val(self.data)
+        self.data.len() * if self.bf16 { 2 } else { 4 }
     }
 }
 
@@ -265,6 +287,16 @@ pub fn write_safetensors(
     path: &Path,
     tensors: &[NamedTensor],
     metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
+    write_safetensors_as(path, tensors, metadata, false)
+}
+
+/// As [`write_safetensors`], storing the tensors as bf16 (round to nearest even) when `bf16`.
+pub fn write_safetensors_as(
+    path: &Path,
+    tensors: &[NamedTensor],
+    metadata: Option<HashMap<String, String>>,
+    bf16: bool,
 ) -> Result<()> {
     let mut names = HashSet::with_capacity(tensors.len());
     for t in tensors {
@@ -286,6 +318,7 @@ pub fn write_safetensors(
         let view = F32View {
             shape: &t.shape,
             data: &t.data,
+            bf16,
         };
         (t.name.as_str(), view)
     });

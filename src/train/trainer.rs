@@ -75,11 +75,31 @@ pub struct TrainSummary {
     pub history: Vec<StepMetrics>,
 }
 
-/// The resolved model config for a run config and tokenizer.
+/// The Hugging Face directory of `model.init_from = "hf:PATH"`, if set.
+pub fn init_from_hf(m: &ModelConfig) -> Result<Option<PathBuf>> {
+    match m.init_from.as_deref() {
+        None => Ok(None),
+        Some(s) => match s.strip_prefix("hf:") {
+            Some(path) => Ok(Some(PathBuf::from(path))),
+            None => bail!(
+                "model.init_from = {s:?}: expected \"hf:PATH\" (a Hugging Face model directory)"
+            ),
+        },
+    }
+}
+
+/// The resolved model config for a run config and tokenizer. With `init_from = "hf:PATH"` the
+/// shape comes from that directory's config.json (the run's max_seq_len and init_from are kept).
 pub fn resolve_model(cfg: &Config, tok: &Tokenizer) -> Result<ModelConfig> {
     let Some(mut m) = cfg.model.clone() else {
         bail!("the config has no [model] section");
     };
+    if let Some(dir) = init_from_hf(&m)? {
+        let mut hf = crate::hf::model_config(&dir)?;
+        hf.max_seq_len = m.max_seq_len.max(cfg.data.seq_len);
+        hf.init_from = m.init_from.clone();
+        m = hf;
+    }
     m.resolve(tok.vocab_size() as usize)?;
     if cfg.data.seq_len > m.max_seq_len {
         bail!(
@@ -87,6 +107,14 @@ pub fn resolve_model(cfg: &Config, tok: &Tokenizer) -> Result<ModelConfig> {
             cfg.data.seq_len,
             m.max_seq_len
         );
+    }
+    if let Some(w) = m.sliding_window {
+        if cfg.data.seq_len > w {
+            bail!(
+                "data.seq_len = {} exceeds the model's sliding window of {w} tokens (kiln's attention is full causal): lower data.seq_len to at most {w}",
+                cfg.data.seq_len
+            );
+        }
     }
     Ok(m)
 }
@@ -257,7 +285,14 @@ pub fn train<B: Backend>(
     };
     let (mut model, mut m, mut v) = match &resume {
         None => {
-            let model = Model::new(be, &mcfg, t_cfg.seed);
+            let model = match init_from_hf(&mcfg)? {
+                Some(dir) => {
+                    let (_, host) = crate::hf::load(&dir, Some(tok.vocab_size() as usize))?;
+                    eprintln!("initialised from {}", dir.display());
+                    Model::from_host(be, &mcfg, &host)
+                }
+                None => Model::new(be, &mcfg, t_cfg.seed),
+            };
             let m: Vec<B::Buf> = info
                 .iter()
                 .map(|p| be.alloc(p.numel(), BufKind::Optim))
