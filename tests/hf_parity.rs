@@ -1,0 +1,143 @@
+//! Numerical parity with Hugging Face transformers, a reference nobody here wrote.
+//!
+//! `scripts/hf_parity.py make --out DIR` builds small random Llama-3-style and Mistral models with
+//! transformers and dumps logits, loss and every parameter gradient for a fixed batch. This test
+//! loads each with kiln's importer and matches on the CPU backend in f32 (relative error ≤ 1e-4
+//! for logits and loss, ≤ 1e-3 for gradients), then exports each model back (fp32) to
+//! `DIR/<case>/export` for `scripts/hf_parity.py check-export`, which reloads it in transformers.
+//! `.ci/run` runs all three steps. Without `KILN_HF_PARITY_DIR` the test says it is skipped.
+
+use std::io::Write;
+use std::path::Path;
+
+use kiln::backend::cpu::CpuBackend;
+use kiln::backend::Backend;
+use kiln::model::Model;
+use kiln::train::checkpoint::{read_safetensors, NamedTensor};
+
+fn rel_err(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len(), "length");
+    let num: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| ((a - b) as f64).powi(2))
+        .sum();
+    let den: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
+    (num / den.max(1e-30)).sqrt()
+}
+
+fn check_case(dir: &Path) -> Vec<String> {
+    let case = dir.file_name().unwrap().to_string_lossy().into_owned();
+    let mut report = Vec::new();
+    let (cfg, host) =
+        kiln::hf::load(&dir.join("hf"), None).unwrap_or_else(|e| panic!("{case}: {e:#}"));
+    let batch: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("batch.json")).unwrap()).unwrap();
+    let rows = |k: &str| -> Vec<Vec<u32>> {
+        batch[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                r.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_u64().unwrap() as u32)
+                    .collect()
+            })
+            .collect()
+    };
+    let (inputs, targets) = (rows("input_ids"), rows("targets"));
+    let (b, t) = (inputs.len(), inputs[0].len());
+    let flat = |r: &[Vec<u32>]| r.iter().flatten().copied().collect::<Vec<u32>>();
+    let (inputs, targets) = (flat(&inputs), flat(&targets));
+    let reference: std::collections::HashMap<String, NamedTensor> =
+        read_safetensors(&dir.join("reference.safetensors"))
+            .unwrap()
+            .into_iter()
+            .map(|t| (t.name.clone(), t))
+            .collect();
+
+    let be = CpuBackend::<f32>::new();
+    let mut model = Model::from_host(&be, &cfg, &host);
+    let mut ws = model.workspace(&be, b, t);
+    model.zero_grads(&be);
+    let docs = vec![0u32; b * t];
+    model.forward(&be, &mut ws, &inputs, &docs);
+    let logits = be.download(&ws.logits);
+    let e = rel_err(&logits, &reference["logits"].data);
+    report.push(format!("{case}: logits {e:.2e}"));
+    assert!(e <= 1e-4, "{case}: logits relative error {e:.3e} > 1e-4");
+    let mask = vec![1u8; b * t];
+    let loss = model.loss(&be, &mut ws, &targets, &mask, 1.0 / (b * t) as f32) / (b * t) as f64;
+    let want = reference["loss"].data[0] as f64;
+    let e = ((loss - want) / want).abs();
+    report.push(format!("{case}: loss {loss:.6} vs {want:.6} ({e:.2e})"));
+    assert!(e <= 1e-4, "{case}: loss {loss} vs transformers {want}");
+    model.backward(&be, &mut ws, &inputs, &docs);
+    let mut worst = (0.0f64, String::new());
+    for (i, p) in model.info.iter().enumerate() {
+        let key = format!("grad.{}", p.name);
+        let Some(r) = reference.get(&key) else {
+            panic!("{case}: transformers has no gradient {key}");
+        };
+        let e = rel_err(&be.download(&model.grads[i]), &r.data);
+        assert!(e <= 1e-3, "{case}: {key} relative error {e:.3e} > 1e-3");
+        if e > worst.0 {
+            worst = (e, p.name.clone());
+        }
+    }
+    report.push(format!(
+        "{case}: worst gradient {:.2e} ({})",
+        worst.0, worst.1
+    ));
+
+    // Export (fp32) for the transformers reload check.
+    let tensors: Vec<NamedTensor> = model
+        .info
+        .iter()
+        .zip(&model.params)
+        .map(|(p, buf)| NamedTensor {
+            name: p.name.clone(),
+            shape: p.shape.clone(),
+            data: be.download(buf),
+        })
+        .collect();
+    let opts = kiln::hf::ExportOptions {
+        bf16: false,
+        shard_bytes: 1 << 20,
+        tokenizer: None,
+        bos_token_id: None,
+        eos_token_id: None,
+    };
+    kiln::hf::export(&dir.join("export"), &cfg, &tensors, &opts)
+        .unwrap_or_else(|e| panic!("{case}: export: {e:#}"));
+    // The export loads back into kiln with identical parameters.
+    let (cfg2, host2) = kiln::hf::load(&dir.join("export"), None).unwrap();
+    assert_eq!(cfg2.params(), cfg.params());
+    assert!(
+        host2 == host,
+        "{case}: export does not round-trip bit-exactly"
+    );
+    report
+}
+
+#[test]
+fn kiln_matches_transformers_logits_loss_and_gradients() {
+    let Ok(root) = std::env::var("KILN_HF_PARITY_DIR") else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED hf parity: set KILN_HF_PARITY_DIR (made by scripts/hf_parity.py make)"
+        );
+        return;
+    };
+    let root = Path::new(&root);
+    let cases: Vec<String> =
+        serde_json::from_str(&std::fs::read_to_string(root.join("cases.json")).unwrap()).unwrap();
+    assert!(!cases.is_empty());
+    for case in cases {
+        for line in check_case(&root.join(&case)) {
+            let _ = writeln!(std::io::stderr(), "{line}");
+        }
+    }
+}
