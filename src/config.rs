@@ -96,6 +96,13 @@ pub struct TrainConfig {
     pub threads: usize,
     /// Peak FLOP/s of the device for MFU, in TFLOP/s (0 = the backend's nominal figure).
     pub peak_tflops: f64,
+    /// Data-parallel processes the run is planned for (the memory plan divides sharded state by it).
+    pub world_size: usize,
+    /// 0: every rank holds the whole optimizer state; 1: Adam moments sharded over ranks (ZeRO-1).
+    pub zero_stage: u8,
+    /// Memory available per device in GB for the memory plan (0 = detect: the GPU's memory, or
+    /// the machine's RAM for the CPU backend).
+    pub device_memory_gb: f64,
 }
 
 impl Default for TrainConfig {
@@ -123,6 +130,9 @@ impl Default for TrainConfig {
             max_bad_steps: 10,
             threads: 0,
             peak_tflops: 0.0,
+            world_size: 1,
+            zero_stage: 0,
+            device_memory_gb: 0.0,
         }
     }
 }
@@ -291,6 +301,9 @@ impl Config {
             || t.eps <= 0.0
         {
             bail!("train: beta1 and beta2 must be in [0, 1) and eps positive");
+        }
+        if t.world_size == 0 || t.zero_stage > 1 {
+            bail!("train.world_size must be positive and train.zero_stage 0 or 1");
         }
         if t.weight_decay < 0.0 || t.grad_clip < 0.0 || t.peak_tflops < 0.0 {
             bail!("train: weight_decay, grad_clip and peak_tflops must not be negative");

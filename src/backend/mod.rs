@@ -75,6 +75,9 @@ pub trait Backend: Send + Sync {
     /// (for bandwidth figures).
     fn elem_bytes(&self, kind: BufKind) -> usize;
 
+    /// Memory one device has, in bytes (None when unknown).
+    fn device_memory_bytes(&self) -> Option<f64>;
+
     /// Wait until all queued work is done (a no-op on the CPU; timing on a GPU needs it).
     fn synchronize(&self) {}
 

@@ -270,6 +270,36 @@ pub fn train<B: Backend>(
         );
     }
 
+    // Stop before allocating anything when the run cannot fit.
+    let widths = {
+        let (param, optim) = (
+            be.elem_bytes(BufKind::Param) as f64,
+            be.elem_bytes(BufKind::Optim) as f64,
+        );
+        crate::train::memory::Widths {
+            // A compute copy narrower than the fp32 master is stored beside it.
+            weights: if param < optim { param + optim } else { param },
+            grads: be.elem_bytes(BufKind::Grad) as f64,
+            optimizer: 2.0 * optim,
+            activations: be.elem_bytes(BufKind::Act) as f64,
+        }
+    };
+    let available = if t_cfg.device_memory_gb > 0.0 {
+        t_cfg.device_memory_gb * 1e9
+    } else {
+        be.device_memory_bytes().unwrap_or(0.0)
+    };
+    let plan = crate::train::memory::plan(
+        &mcfg,
+        d.batch_size,
+        d.seq_len,
+        t_cfg.world_size,
+        t_cfg.zero_stage,
+        widths,
+        available,
+    );
+    crate::train::memory::check(&plan, t_cfg.world_size, t_cfg.zero_stage, d.batch_size)?;
+
     // Model and optimizer state: fresh or from a checkpoint.
     let info = mcfg.params();
     let mut state = TrainState {

@@ -957,6 +957,10 @@ impl<T: Float> Backend for CpuBackend<T> {
         )
     }
 
+    fn device_memory_bytes(&self) -> Option<f64> {
+        crate::train::memory::system_memory_bytes()
+    }
+
     fn elem_bytes(&self, _kind: BufKind) -> usize {
         std::mem::size_of::<T>()
     }

@@ -291,6 +291,10 @@ impl Backend for CudaBackend {
         }
     }
 
+    fn device_memory_bytes(&self) -> Option<f64> {
+        self.ctx.total_mem().ok().map(|b| b as f64)
+    }
+
     fn synchronize(&self) {
         self.stream.synchronize().expect("CUDA synchronize");
     }

@@ -1,0 +1,158 @@
+//! The memory plan printed before a run allocates anything: weights, gradients, optimizer state
+//! and activations per device, for the configured world size and ZeRO stage, against the memory a
+//! device has. A run that cannot fit stops here with what to change.
+
+use anyhow::{bail, Result};
+
+use crate::model::ModelConfig;
+
+/// Bytes per element of each kind of state on a backend.
+#[derive(Clone, Copy, Debug)]
+pub struct Widths {
+    /// Master weights plus any compute copy (fp32 + bf16 on CUDA: 6; f32 on the CPU: 4).
+    pub weights: f64,
+    pub grads: f64,
+    /// Both Adam moments.
+    pub optimizer: f64,
+    pub activations: f64,
+}
+
+#[derive(Clone, Debug)]
+pub struct MemoryPlan {
+    pub weights: f64,
+    pub grads: f64,
+    pub optimizer: f64,
+    pub activations: f64,
+    pub available: f64,
+}
+
+impl MemoryPlan {
+    pub fn total(&self) -> f64 {
+        self.weights + self.grads + self.optimizer + self.activations
+    }
+}
+
+/// Bytes of one step on one device: a micro-batch of `batch` × `seq` tokens.
+pub fn plan(
+    m: &ModelConfig,
+    batch: usize,
+    seq: usize,
+    world: usize,
+    zero_stage: u8,
+    w: Widths,
+    available: f64,
+) -> MemoryPlan {
+    let n = m.num_params() as f64;
+    let tokens = (batch * seq) as f64;
+    let (d, f) = (m.dim as f64, m.ffn_dim as f64);
+    let (qd, kvd) = (
+        (m.n_heads * m.head_dim) as f64,
+        (m.n_kv_heads * m.head_dim) as f64,
+    );
+    // Saved per layer and token: x, xn1, q, k, v, att, h, xn2, gate, up, act (model/mod.rs LayerActs).
+    let per_layer = 4.0 * d + 2.0 * qd + 2.0 * kvd + 3.0 * f;
+    // Plus the final norm, the logits (which hold their gradient) and one layer of gradient scratch.
+    let acts = tokens * (m.n_layers as f64 * per_layer + 2.0 * d + m.vocab_size as f64 + per_layer);
+    MemoryPlan {
+        weights: n * w.weights,
+        grads: n * w.grads,
+        optimizer: n * w.optimizer / if zero_stage >= 1 { world as f64 } else { 1.0 },
+        activations: acts * w.activations,
+        available,
+    }
+}
+
+fn gb(x: f64) -> String {
+    format!("{:.2} GB", x / 1e9)
+}
+
+/// Print the plan; stop with advice when it does not fit.
+pub fn check(p: &MemoryPlan, world: usize, zero_stage: u8, batch: usize) -> Result<()> {
+    eprintln!(
+        "memory plan per device (world {world}, ZeRO-{zero_stage}): weights {}, gradients {}, optimizer {}, activations {} = {} of {} available",
+        gb(p.weights),
+        gb(p.grads),
+        gb(p.optimizer),
+        gb(p.activations),
+        gb(p.total()),
+        gb(p.available)
+    );
+    if p.available > 0.0 && p.total() > p.available {
+        let state = p.weights + p.grads + p.optimizer;
+        let advice = if state > p.available {
+            if zero_stage == 0 && world > 1 {
+                "set train.zero_stage = 1 to shard the optimizer state, use more devices, or train a smaller model"
+            } else {
+                "the weights, gradients and optimizer state alone do not fit: use more devices with train.zero_stage = 1, or a smaller model"
+            }
+        } else if batch > 1 {
+            "lower data.batch_size (raise train.grad_accum to keep the tokens per step) or data.seq_len"
+        } else {
+            "lower data.seq_len"
+        };
+        bail!(
+            "the run needs {} per device but {} is available: {advice}",
+            gb(p.total()),
+            gb(p.available)
+        );
+    }
+    Ok(())
+}
+
+/// Physical memory of this machine (Linux), for the CPU backend.
+pub fn system_memory_bytes() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn llama3_8b() -> ModelConfig {
+        let mut m: ModelConfig = toml::from_str(
+            "vocab_size = 128256\ndim = 4096\nn_layers = 32\nn_heads = 32\nn_kv_heads = 8\nffn_dim = 14336\nrope_theta = 500000.0\nmax_seq_len = 8192\n",
+        )
+        .unwrap();
+        m.resolve(128256).unwrap();
+        m
+    }
+
+    const CUDA: Widths = Widths {
+        weights: 6.0,
+        grads: 4.0,
+        optimizer: 8.0,
+        activations: 2.0,
+    };
+
+    #[test]
+    fn llama3_8b_state_is_counted_and_zero1_shards_the_optimizer() {
+        let m = llama3_8b();
+        assert_eq!(m.num_params(), 8_030_261_248);
+        let p0 = plan(&m, 1, 4096, 4, 0, CUDA, 80e9);
+        let p1 = plan(&m, 1, 4096, 4, 1, CUDA, 80e9);
+        assert!((p0.optimizer / p1.optimizer - 4.0).abs() < 1e-9);
+        assert!((p0.weights - 6.0 * 8_030_261_248.0).abs() < 1.0);
+        // 8B with fp32 master weights and gradients cannot fit one 80 GB device even with ZeRO-1.
+        let e = check(&p1, 4, 1, 1).unwrap_err().to_string();
+        assert!(e.contains("do not fit"), "{e}");
+    }
+
+    #[test]
+    fn a_small_model_fits_and_a_huge_batch_asks_for_a_smaller_batch() {
+        let mut m = llama3_8b();
+        m.n_layers = 2;
+        m.dim = 512;
+        m.ffn_dim = 1024;
+        m.n_heads = 8;
+        m.n_kv_heads = 4;
+        m.head_dim = 64;
+        assert!(check(&plan(&m, 8, 1024, 1, 0, CUDA, 80e9), 1, 0, 8).is_ok());
+        let e = check(&plan(&m, 512, 4096, 1, 0, CUDA, 80e9), 1, 0, 512)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lower data.batch_size"), "{e}");
+    }
+}
