@@ -41,11 +41,23 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Time every backend operation at model shapes: GB/s or TFLOP/s against measured ceilings.
     Bench(BenchArgs),
+    /// Print a run's memory plan per device (weights, gradients, optimizer, activations) and whether
+    /// it fits, without data or weights.
+    Plan(PlanArgs),
     /// Write a checkpoint as a Hugging Face model directory (config.json, safetensors, tokenizer).
     Export(ExportArgs),
     /// Load a Hugging Face Llama/Mistral directory (checking every name and shape) and write it
     /// back out, e.g. to change dtype or sharding.
     Convert(ConvertArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// The backend whose storage widths to plan for.
+    #[arg(long, value_enum, default_value = "cuda")]
+    pub device: Device,
 }
 
 /// Stored dtype of exported weights.

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use crate::backend::cpu::CpuBackend;
 use crate::cli::{
     BenchArgs, BenchPreset, Cli, Command, ConvertArgs, DataArgs, Device, ExportArgs, ExportDtype,
-    GenerateArgs, PrepArgs, TokenizerCommand, TrainArgs, WorldArgs,
+    GenerateArgs, PlanArgs, PrepArgs, TokenizerCommand, TrainArgs, WorldArgs,
 };
 use crate::config::{Config, WorldSection};
 use crate::data::loader::{Loader, Split};
@@ -33,9 +33,52 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => train(a),
         Command::Generate(a) => generate(a),
         Command::Bench(a) => bench(a),
+        Command::Plan(a) => plan(a),
         Command::Export(a) => export(a),
         Command::Convert(a) => convert(a),
     }
+}
+
+fn plan(a: PlanArgs) -> Result<()> {
+    use crate::train::memory::{check, plan, system_memory_bytes, Widths};
+    let cfg = Config::load(a.config.config.as_deref(), &a.config.overrides)?;
+    let tokenizer_vocab = cfg
+        .data
+        .tokenizer
+        .exists()
+        .then(|| {
+            Tokenizer::from_file(&cfg.data.tokenizer, None, None).map(|t| t.vocab_size() as usize)
+        })
+        .transpose()?;
+    let m = crate::train::trainer::resolve_model_shape(&cfg, tokenizer_vocab, false)?;
+    let t = &cfg.train;
+    let (widths, detected) = match a.device {
+        Device::Cuda => (Widths::CUDA, None),
+        Device::Cpu => (Widths::CPU, system_memory_bytes()),
+    };
+    let available = if t.device_memory_gb > 0.0 {
+        t.device_memory_gb * 1e9
+    } else {
+        detected.unwrap_or(0.0)
+    };
+    eprintln!(
+        "model: {:.2} B parameters ({} layers, d={}, vocab {}); {} tokens per micro-batch per device",
+        m.num_params() as f64 / 1e9,
+        m.n_layers,
+        m.dim,
+        m.vocab_size,
+        cfg.data.batch_size * cfg.data.seq_len
+    );
+    let p = plan(
+        &m,
+        cfg.data.batch_size,
+        cfg.data.seq_len,
+        t.world_size,
+        t.zero_stage,
+        widths,
+        available,
+    );
+    check(&p, t.world_size, t.zero_stage, cfg.data.batch_size)
 }
 
 /// A checkpoint with what it was trained with: its directory, run config, tokenizer and model.

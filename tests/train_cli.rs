@@ -361,3 +361,238 @@ fn bench_prints_every_operation_against_measured_ceilings() {
         &["--tokens 100", "multiple of the sequence length 256"],
     );
 }
+
+#[test]
+fn hugging_face_export_convert_and_bad_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("c.toml"), CONFIG).unwrap();
+    let o = kiln(
+        &[
+            "train",
+            "--config",
+            "c.toml",
+            "--set",
+            "train.steps=2",
+            "--set",
+            "data.val_fraction=0",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = kiln(
+        &[
+            "export",
+            "--checkpoint",
+            "run",
+            "--to-hf",
+            "hf",
+            "--dtype",
+            "f32",
+            "--shard-size",
+            "20kB",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        d.join("hf/model.safetensors.index.json").exists(),
+        "sharded above --shard-size"
+    );
+    assert!(d.join("hf/tokenizer.json").exists() && d.join("hf/generation_config.json").exists());
+    let o = kiln(&["convert", "--from-hf", "hf", "--to-hf", "hf-bf16"], d);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(d.join("hf-bf16/model.safetensors").exists());
+
+    // Continual pre-training from the export, with the shape taken from its config.json.
+    let cpt = CONFIG.replace("[model]\n", "[model]\ninit_from = \"hf:hf\"\n");
+    std::fs::write(d.join("cpt.toml"), &cpt).unwrap();
+    let o = kiln(
+        &[
+            "train",
+            "--config",
+            "cpt.toml",
+            "--set",
+            "train.out_dir=\"cpt\"",
+            "--set",
+            "train.steps=2",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("initialised from hf"), "{}", stderr(&o));
+    let o = kiln(
+        &[
+            "train",
+            "--config",
+            "cpt.toml",
+            "--set",
+            "train.out_dir=\"cpt2\"",
+            "--set",
+            "model.ffn_dim=48",
+        ],
+        d,
+    );
+    assert_clean_error(&o, &["model.ffn_dim = 48", "config.json says 64"]);
+
+    let broken = |name: &str, edit: &dyn Fn(&Path)| {
+        let target = d.join(name);
+        let _ = std::fs::remove_dir_all(&target);
+        std::fs::create_dir_all(&target).unwrap();
+        for e in std::fs::read_dir(d.join("hf")).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), target.join(e.file_name())).unwrap();
+        }
+        edit(&target);
+        kiln(&["convert", "--from-hf", name, "--to-hf", "out"], d)
+    };
+    let edit_config = |p: &Path, f: &dyn Fn(&mut serde_json::Value)| {
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(p.join("config.json")).unwrap()).unwrap();
+        f(&mut v);
+        std::fs::write(p.join("config.json"), v.to_string()).unwrap();
+    };
+    let shards = |p: &Path| -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(p)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|f| {
+                f.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("model-")
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert!(shards(&d.join("hf")).len() >= 2);
+    assert_clean_error(
+        &broken("b1", &|p| std::fs::remove_file(&shards(p)[1]).unwrap()),
+        &["is missing"],
+    );
+    assert_clean_error(
+        &broken("b2", &|p| {
+            edit_config(p, &|v| {
+                v["architectures"] = serde_json::json!(["GPT2LMHeadModel"])
+            })
+        }),
+        &["architecture GPT2LMHeadModel is not supported"],
+    );
+    assert_clean_error(
+        &broken("b3", &|p| {
+            edit_config(p, &|v| {
+                v["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 4.0})
+            })
+        }),
+        &["RoPE type \"yarn\" is not supported"],
+    );
+    assert_clean_error(
+        &broken("b4", &|p| {
+            edit_config(p, &|v| v["intermediate_size"] = serde_json::json!(80))
+        }),
+        &["config.json implies"],
+    );
+    assert_clean_error(
+        &broken("b5", &|p| {
+            let first = &shards(p)[0];
+            let bytes = std::fs::read(first).unwrap();
+            std::fs::write(first, &bytes[..bytes.len() / 2]).unwrap();
+        }),
+        &["not a valid safetensors file"],
+    );
+
+    // A tokenizer with more ids than the model's embedding.
+    let o = kiln(
+        &[
+            "tokenizer",
+            "train",
+            "--input",
+            "w/raw.jsonl",
+            "--vocab-size",
+            "700",
+            "--out",
+            "big.json",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = kiln(
+        &[
+            "train",
+            "--config",
+            "cpt.toml",
+            "--set",
+            "data.tokenizer=\"big.json\"",
+            "--set",
+            "train.out_dir=\"cpt3\"",
+        ],
+        d,
+    );
+    assert_clean_error(&o, &["vocab_size = 600 is smaller than the tokenizer's"]);
+}
+
+#[test]
+fn paper_recipes_parse_match_their_vanilla_twins_and_print_a_memory_plan() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for domain in ["biomed", "finance"] {
+        let ipt = kiln::config::Config::load(
+            Some(&root.join(format!("configs/llama3-8b-{domain}-ipt.toml"))),
+            &[],
+        )
+        .unwrap();
+        let van = kiln::config::Config::load(
+            Some(&root.join(format!("configs/llama3-8b-{domain}-vanilla.toml"))),
+            &[],
+        )
+        .unwrap();
+        let tokens = |c: &kiln::config::Config| {
+            c.data.batch_size * c.data.seq_len * c.train.grad_accum * c.train.world_size
+        };
+        assert_eq!(tokens(&ipt), 262_144, "0.25M tokens per step");
+        assert_eq!(
+            (tokens(&van), van.train.steps),
+            (tokens(&ipt), ipt.train.steps),
+            "same token budget"
+        );
+        assert_eq!(
+            (ipt.train.lr, ipt.train.warmup_steps, ipt.train.steps),
+            (1e-5, 1000, 4000)
+        );
+        assert_eq!(
+            ipt.data
+                .sources
+                .iter()
+                .map(|s| s.weight)
+                .collect::<Vec<_>>(),
+            vec![0.5, 0.5]
+        );
+        let o = kiln(
+            &[
+                "plan",
+                "--config",
+                &format!("configs/llama3-8b-{domain}-ipt.toml"),
+            ],
+            root,
+        );
+        let err = stderr(&o);
+        assert!(
+            err.contains("memory plan per device (world 4, ZeRO-1)"),
+            "{err}"
+        );
+        assert!(err.contains("8.03 B parameters"), "{err}");
+        // 8B with fp32 master weights and gradients does not fit 80 GB: the plan says what to change.
+        assert_clean_error(&o, &["weights and gradients alone do not fit"]);
+        let o = kiln(
+            &[
+                "plan",
+                "--config",
+                &format!("configs/llama3-8b-{domain}-ipt.toml"),
+                "--set",
+                "train.device_memory_gb=141",
+            ],
+            root,
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+}

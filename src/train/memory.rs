@@ -17,6 +17,39 @@ pub struct Widths {
     pub activations: f64,
 }
 
+impl Widths {
+    /// The widths a backend stores each kind of state in.
+    pub fn of<B: crate::backend::Backend>(be: &B) -> Self {
+        use crate::backend::BufKind;
+        let (param, optim) = (
+            be.elem_bytes(BufKind::Param) as f64,
+            be.elem_bytes(BufKind::Optim) as f64,
+        );
+        Widths {
+            // A compute copy narrower than the fp32 master is stored beside it.
+            weights: if param < optim { param + optim } else { param },
+            grads: be.elem_bytes(BufKind::Grad) as f64,
+            optimizer: 2.0 * optim,
+            activations: be.elem_bytes(BufKind::Act) as f64,
+        }
+    }
+
+    /// The CUDA backend's widths: fp32 master + bf16 copy, fp32 gradients and moments, bf16 activations.
+    pub const CUDA: Widths = Widths {
+        weights: 6.0,
+        grads: 4.0,
+        optimizer: 8.0,
+        activations: 2.0,
+    };
+    /// The CPU reference: f32 everything.
+    pub const CPU: Widths = Widths {
+        weights: 4.0,
+        grads: 4.0,
+        optimizer: 8.0,
+        activations: 4.0,
+    };
+}
+
 #[derive(Clone, Debug)]
 pub struct MemoryPlan {
     pub weights: f64,
@@ -79,11 +112,13 @@ pub fn check(p: &MemoryPlan, world: usize, zero_stage: u8, batch: usize) -> Resu
     );
     if p.available > 0.0 && p.total() > p.available {
         let state = p.weights + p.grads + p.optimizer;
-        let advice = if state > p.available {
-            if zero_stage == 0 && world > 1 {
-                "set train.zero_stage = 1 to shard the optimizer state, use more devices, or train a smaller model"
+        let advice = if p.weights + p.grads > p.available {
+            "the weights and gradients alone do not fit one device, and kiln does not shard them yet (ZeRO-2/3): use devices with more memory or a smaller model"
+        } else if state > p.available {
+            if zero_stage == 0 {
+                "set train.zero_stage = 1 to shard the optimizer state over train.world_size devices, or use more devices"
             } else {
-                "the weights, gradients and optimizer state alone do not fit: use more devices with train.zero_stage = 1, or a smaller model"
+                "the sharded optimizer state still does not fit: raise train.world_size or use a smaller model"
             }
         } else if batch > 1 {
             "lower data.batch_size (raise train.grad_accum to keep the tokens per step) or data.seq_len"
@@ -137,7 +172,9 @@ mod tests {
         assert!((p0.weights - 6.0 * 8_030_261_248.0).abs() < 1.0);
         // 8B with fp32 master weights and gradients cannot fit one 80 GB device even with ZeRO-1.
         let e = check(&p1, 4, 1, 1).unwrap_err().to_string();
-        assert!(e.contains("do not fit"), "{e}");
+        assert!(e.contains("weights and gradients alone do not fit"), "{e}");
+        // On 141 GB devices it fits with ZeRO-1 over 4 ranks at one sequence of 4096.
+        assert!(check(&plan(&m, 1, 4096, 4, 1, CUDA, 141e9), 4, 1, 1).is_ok());
     }
 
     #[test]

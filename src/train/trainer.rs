@@ -91,16 +91,47 @@ pub fn init_from_hf(m: &ModelConfig) -> Result<Option<PathBuf>> {
 /// The resolved model config for a run config and tokenizer. With `init_from = "hf:PATH"` the
 /// shape comes from that directory's config.json (the run's max_seq_len and init_from are kept).
 pub fn resolve_model(cfg: &Config, tok: &Tokenizer) -> Result<ModelConfig> {
+    resolve_model_shape(cfg, Some(tok.vocab_size() as usize), true)
+}
+
+/// As [`resolve_model`], without a tokenizer when `tokenizer_vocab` is None (then
+/// `model.vocab_size` must be set). `need_hf`: the init_from directory must exist; otherwise the
+/// `[model]` shape is used when it is missing (memory plans for runs prepared elsewhere).
+pub fn resolve_model_shape(
+    cfg: &Config,
+    tokenizer_vocab: Option<usize>,
+    need_hf: bool,
+) -> Result<ModelConfig> {
     let Some(mut m) = cfg.model.clone() else {
         bail!("the config has no [model] section");
     };
     if let Some(dir) = init_from_hf(&m)? {
-        let mut hf = crate::hf::model_config(&dir)?;
-        hf.max_seq_len = m.max_seq_len.max(cfg.data.seq_len);
-        hf.init_from = m.init_from.clone();
-        m = hf;
+        if need_hf || dir.join("config.json").exists() {
+            let mut hf = crate::hf::model_config(&dir)?;
+            let file = dir.join("config.json");
+            for (key, mine, theirs) in [
+                ("vocab_size", m.vocab_size, hf.vocab_size),
+                ("dim", m.dim, hf.dim),
+                ("n_layers", m.n_layers, hf.n_layers),
+                ("n_heads", m.n_heads, hf.n_heads),
+                ("n_kv_heads", m.n_kv_heads, hf.n_kv_heads),
+                ("ffn_dim", m.ffn_dim, hf.ffn_dim),
+            ] {
+                if mine != 0 && mine != theirs {
+                    bail!("model.{key} = {mine} but {} says {theirs}", file.display());
+                }
+            }
+            hf.max_seq_len = m.max_seq_len.max(cfg.data.seq_len);
+            hf.init_from = m.init_from.clone();
+            m = hf;
+        }
     }
-    m.resolve(tok.vocab_size() as usize)?;
+    let vocab = match tokenizer_vocab {
+        Some(v) => v,
+        None if m.vocab_size > 0 => m.vocab_size,
+        None => bail!("model.vocab_size must be set when no tokenizer is loaded"),
+    };
+    m.resolve(vocab)?;
     if cfg.data.seq_len > m.max_seq_len {
         bail!(
             "data.seq_len = {} exceeds model.max_seq_len = {}",
