@@ -502,6 +502,30 @@ fn hugging_face_export_convert_and_bad_checkpoints() {
         &["not a valid safetensors file"],
     );
 
+    // A Mistral checkpoint whose sliding window is shorter than the configured sequence.
+    broken("mistral", &|p| {
+        edit_config(p, &|v| {
+            v["architectures"] = serde_json::json!(["MistralForCausalLM"]);
+            v["sliding_window"] = serde_json::json!(16);
+        })
+    });
+    let o = kiln(
+        &[
+            "train",
+            "--config",
+            "cpt.toml",
+            "--set",
+            "model.init_from=\"hf:mistral\"",
+            "--set",
+            "train.out_dir=\"m\"",
+        ],
+        d,
+    );
+    assert_clean_error(
+        &o,
+        &["data.seq_len = 32 exceeds the model's sliding window of 16 tokens"],
+    );
+
     // A tokenizer with more ids than the model's embedding.
     let o = kiln(
         &[

@@ -360,3 +360,97 @@ pub fn export(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_dir(config: Value) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+        dir
+    }
+
+    fn base() -> Value {
+        json!({
+            "architectures": ["LlamaForCausalLM"], "vocab_size": 300, "hidden_size": 64,
+            "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "max_position_embeddings": 128
+        })
+    }
+
+    #[test]
+    fn reads_transformers4_rope_scaling_and_transformers5_rope_parameters_alike() {
+        let mut v4 = base();
+        v4["rope_theta"] = json!(500000.0);
+        v4["rope_scaling"] = json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 64});
+        let mut v5 = base();
+        v5["rope_parameters"] = json!({"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64});
+        let (a, b) = (config_dir(v4), config_dir(v5));
+        let (ca, cb) = (
+            model_config(a.path()).unwrap(),
+            model_config(b.path()).unwrap(),
+        );
+        assert_eq!(ca, cb);
+        assert_eq!(ca.rope_theta, 500000.0);
+        assert_eq!(
+            ca.rope_scaling.unwrap().original_max_position_embeddings,
+            64
+        );
+        let mut plain = base();
+        plain["rope_parameters"] = json!({"rope_type": "default", "rope_theta": 10000.0});
+        let c = model_config(config_dir(plain).path()).unwrap();
+        assert_eq!((c.rope_theta, c.rope_scaling), (10000.0, None));
+    }
+
+    #[test]
+    fn mistral_keeps_its_sliding_window_and_llama_ignores_one() {
+        let mut m = base();
+        m["architectures"] = json!(["MistralForCausalLM"]);
+        m["sliding_window"] = json!(32);
+        assert_eq!(
+            model_config(config_dir(m).path()).unwrap().sliding_window,
+            Some(32)
+        );
+        let mut l = base();
+        l["sliding_window"] = json!(32);
+        assert_eq!(
+            model_config(config_dir(l).path()).unwrap().sliding_window,
+            None
+        );
+    }
+
+    #[test]
+    fn bf16_export_round_trips_through_import_within_bf16_rounding() {
+        let mut cfg = model_config(config_dir(base()).path()).unwrap();
+        cfg.resolve(300).unwrap();
+        let mut rng = crate::data::rng::Rng::new(1);
+        let tensors: Vec<NamedTensor> = cfg
+            .params()
+            .into_iter()
+            .map(|p| NamedTensor {
+                data: (0..p.numel()).map(|_| rng.f64() as f32 - 0.5).collect(),
+                name: p.name,
+                shape: p.shape,
+            })
+            .collect();
+        let out = tempfile::tempdir().unwrap();
+        let opts = ExportOptions {
+            bf16: true,
+            shard_bytes: 10_000,
+            tokenizer: None,
+            bos_token_id: Some(1),
+            eos_token_id: Some(2),
+        };
+        export(out.path(), &cfg, &tensors, &opts).unwrap();
+        let (back_cfg, back) = load(out.path(), None).unwrap();
+        assert_eq!(back_cfg.params(), cfg.params());
+        for (t, b) in tensors.iter().zip(&back) {
+            for (x, y) in t.data.iter().zip(b) {
+                assert!((x - y).abs() <= x.abs() / 256.0, "{}: {x} vs {y}", t.name);
+            }
+        }
+    }
+}
