@@ -76,6 +76,7 @@ fn check_case(dir: &Path) -> Vec<String> {
     assert!(e <= 1e-4, "{case}: loss {loss} vs transformers {want}");
     model.backward(&be, &mut ws, &inputs, &docs);
     let mut worst = (0.0f64, String::new());
+    let mut groups: std::collections::BTreeMap<String, f64> = std::collections::BTreeMap::new();
     for (i, p) in model.info.iter().enumerate() {
         let key = format!("grad.{}", p.name);
         let Some(r) = reference.get(&key) else {
@@ -86,11 +87,23 @@ fn check_case(dir: &Path) -> Vec<String> {
         if e > worst.0 {
             worst = (e, p.name.clone());
         }
+        // Group by tensor kind: the name without its layer index.
+        let group = p
+            .name
+            .split('.')
+            .filter(|part| part.parse::<usize>().is_err())
+            .collect::<Vec<_>>()
+            .join(".");
+        let g = groups.entry(group).or_insert(0.0);
+        *g = g.max(e);
     }
     report.push(format!(
         "{case}: worst gradient {:.2e} ({})",
         worst.0, worst.1
     ));
+    for (group, e) in groups {
+        report.push(format!("{case}:   grad {group}: {e:.2e}"));
+    }
 
     // Export (fp32) for the transformers reload check.
     let tensors: Vec<NamedTensor> = model
