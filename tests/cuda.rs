@@ -418,3 +418,82 @@ fn one_training_step_matches_cpu_loss_and_every_gradient() {
         );
     }
 }
+
+/// A small run config on a tiny synthetic world under `dir` (absolute paths).
+fn small_run(dir: &std::path::Path, out: &str, steps: u64) -> kiln::config::Config {
+    let d = dir.display();
+    let text = format!(
+        "[world]\ndir = \"{d}/w\"\npeople = 200\nbios_per_person = 2\nvocab_size = 600\n\n\
+         [data]\ntokenizer = \"{d}/w/tokenizer.json\"\nseq_len = 64\nbatch_size = 8\nval_fraction = 0.05\n\n\
+         [[data.sources]]\nname = \"raw\"\npath = \"{d}/w/shards/raw_*.kiln\"\nweight = 0.8\n\n\
+         [[data.sources]]\nname = \"augmented\"\npath = \"{d}/w/shards/augmented_*.kiln\"\nweight = 0.2\n\n\
+         [model]\ndim = 128\nn_layers = 2\nn_heads = 4\nn_kv_heads = 2\nffn_dim = 256\nmax_seq_len = 64\n\n\
+         [train]\nsteps = {steps}\nlr = 3e-3\nwarmup_steps = 5\neval_every = 0\nlog_every = 10\ncheckpoint_every = 10\nkeep_last = 0\nout_dir = \"{d}/{out}\"\n"
+    );
+    let cfg = kiln::config::Config::parse("small run", &text, &[]).unwrap();
+    kiln::commands::ensure_world(cfg.world.as_ref().unwrap(), &cfg, false, true).unwrap();
+    cfg
+}
+
+#[test]
+fn fifty_steps_on_cuda_follow_the_cpu_loss_curve() {
+    let Some(gpu) = device() else { return };
+    let cpu = CpuBackend::<f32>::new();
+    let dir = tempfile::tempdir().unwrap();
+    let c = kiln::train::trainer::train(&cpu, &small_run(dir.path(), "cpu", 50), None, None, 0.0)
+        .unwrap();
+    let g = kiln::train::trainer::train(&gpu, &small_run(dir.path(), "gpu", 50), None, None, 0.0)
+        .unwrap();
+    assert_eq!(c.history.len(), 50);
+    assert_eq!(g.history.len(), 50);
+    let mut worst = 0.0f64;
+    for (a, b) in c.history.iter().zip(&g.history) {
+        let rel = (a.loss - b.loss).abs() / a.loss;
+        worst = worst.max(rel);
+        assert!(
+            rel < 0.05,
+            "step {}: cpu loss {} vs cuda {}",
+            a.step,
+            a.loss,
+            b.loss
+        );
+    }
+    eprintln!(
+        "50 steps: worst per-step loss difference {:.2}%",
+        worst * 100.0
+    );
+    assert!(
+        g.history[49].loss < g.history[0].loss - 1.0,
+        "the CUDA run learns"
+    );
+}
+
+#[test]
+fn cuda_resume_reproduces_the_loss_trajectory() {
+    let Some(gpu) = device() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let full =
+        kiln::train::trainer::train(&gpu, &small_run(dir.path(), "full", 20), None, None, 0.0)
+            .unwrap();
+    let part_cfg = small_run(dir.path(), "part", 20);
+    let first = kiln::train::trainer::train(&gpu, &part_cfg, None, Some(10), 0.0).unwrap();
+    let rest = kiln::train::trainer::train(
+        &gpu,
+        &part_cfg,
+        Some(kiln::train::trainer::Resume::Latest),
+        None,
+        0.0,
+    )
+    .unwrap();
+    let resumed: Vec<f64> = first
+        .history
+        .iter()
+        .chain(&rest.history)
+        .map(|m| m.loss)
+        .collect();
+    let straight: Vec<f64> = full.history.iter().map(|m| m.loss).collect();
+    assert_eq!(
+        resumed, straight,
+        "a resumed CUDA run must follow the uninterrupted one"
+    );
+}
