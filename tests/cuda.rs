@@ -4,6 +4,9 @@
 //! ‖gpu − cpu‖ / ‖cpu‖ below 1e-2 (3e-2 for whole-model gradients), per DESIGN.md §4.
 #![cfg(feature = "cuda")]
 
+mod common;
+
+use common::rel_err;
 use kiln::backend::cpu::CpuBackend;
 use kiln::backend::cuda::CudaBackend;
 use kiln::backend::{AdamW, AttnShape, Backend, BufKind};
@@ -34,17 +37,6 @@ fn random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
     (0..n)
         .map(|_| ((r.f64() * 2.0 - 1.0) as f32) * scale)
         .collect()
-}
-
-fn rel_err(got: &[f32], want: &[f32]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    let num: f64 = got
-        .iter()
-        .zip(want)
-        .map(|(a, b)| ((a - b) as f64).powi(2))
-        .sum();
-    let den: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
-    (num / den.max(1e-30)).sqrt()
 }
 
 fn assert_close(what: &str, got: &[f32], want: &[f32], bound: f64) {

@@ -10,21 +10,13 @@
 use std::io::Write;
 use std::path::Path;
 
+mod common;
+
+use common::rel_err;
 use kiln::backend::cpu::CpuBackend;
 use kiln::backend::Backend;
 use kiln::model::Model;
 use kiln::train::checkpoint::{read_safetensors, NamedTensor};
-
-fn rel_err(got: &[f32], want: &[f32]) -> f64 {
-    assert_eq!(got.len(), want.len(), "length");
-    let num: f64 = got
-        .iter()
-        .zip(want)
-        .map(|(a, b)| ((a - b) as f64).powi(2))
-        .sum();
-    let den: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
-    (num / den.max(1e-30)).sqrt()
-}
 
 fn check_case(dir: &Path) -> Vec<String> {
     let case = dir.file_name().unwrap().to_string_lossy().into_owned();

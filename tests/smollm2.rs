@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 mod common;
 
-use common::kiln;
+use common::{kiln, rel_err};
 use kiln::backend::cpu::CpuBackend;
 use kiln::backend::Backend;
 use kiln::data::tokenizer::Tokenizer;
@@ -72,13 +72,7 @@ fn smollm2_tokens_logits_and_greedy_continuation_match_transformers() {
     let logits = be.download(&ws.logits);
     let reference = read_safetensors(&dir.join("reference.safetensors")).unwrap();
     let want = &reference.iter().find(|r| r.name == "logits").unwrap().data;
-    let num: f64 = logits
-        .iter()
-        .zip(want)
-        .map(|(a, b)| ((a - b) as f64).powi(2))
-        .sum();
-    let den: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
-    let err = (num / den).sqrt();
+    let err = rel_err(&logits, want);
     let _ = writeln!(
         std::io::stderr(),
         "SmolLM2 logits relative error vs transformers: {err:.2e}"

@@ -32,3 +32,15 @@ pub fn assert_clean_error(o: &Output, needles: &[&str]) {
         assert!(lines[0].contains(n), "error line lacks {n:?}: {}", lines[0]);
     }
 }
+
+/// Relative error ‖got − want‖ / ‖want‖ (DESIGN.md §4).
+pub fn rel_err(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len(), "length");
+    let num: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| ((a - b) as f64).powi(2))
+        .sum();
+    let den: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
+    (num / den.max(1e-30)).sqrt()
+}
