@@ -41,6 +41,8 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Time every backend operation at model shapes: GB/s or TFLOP/s against measured ceilings.
     Bench(BenchArgs),
+    /// Score a checkpoint on task files (multiple choice, completion) and held-out shards.
+    Eval(EvalArgs),
     /// Print a run's memory plan per device (weights, gradients, optimizer, activations) and whether
     /// it fits, without data or weights.
     Plan(PlanArgs),
@@ -49,6 +51,32 @@ pub enum Command {
     /// Load a Hugging Face Llama/Mistral directory (checking every name and shape) and write it
     /// back out, e.g. to change dtype or sharding.
     Convert(ConvertArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// A run directory (its newest checkpoint) or one checkpoint directory.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Task files: JSONL with input, options, gold_index (multiple choice) or input, answer
+    /// (completion).
+    #[arg(long, num_args = 1..)]
+    pub tasks: Vec<PathBuf>,
+    /// Held-out shards (a glob) for loss and perplexity.
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Batches of held-out data to score.
+    #[arg(long, default_value_t = 20)]
+    pub data_batches: usize,
+    /// Rows per scoring batch.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Longest greedy completion.
+    #[arg(long, default_value_t = 32)]
+    pub max_new_tokens: usize,
+    /// Also write the results as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

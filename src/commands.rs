@@ -10,8 +10,8 @@ use anyhow::{bail, Context, Result};
 
 use crate::backend::cpu::CpuBackend;
 use crate::cli::{
-    BenchArgs, BenchPreset, Cli, Command, ConvertArgs, DataArgs, Device, ExportArgs, ExportDtype,
-    GenerateArgs, PlanArgs, PrepArgs, TokenizerCommand, TrainArgs, WorldArgs,
+    BenchArgs, BenchPreset, Cli, Command, ConvertArgs, DataArgs, Device, EvalArgs, ExportArgs,
+    ExportDtype, GenerateArgs, PlanArgs, PrepArgs, TokenizerCommand, TrainArgs, WorldArgs,
 };
 use crate::config::{Config, WorldSection};
 use crate::data::loader::{Loader, Split};
@@ -33,10 +33,84 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => train(a),
         Command::Generate(a) => generate(a),
         Command::Bench(a) => bench(a),
+        Command::Eval(a) => eval(a),
         Command::Plan(a) => plan(a),
         Command::Export(a) => export(a),
         Command::Convert(a) => convert(a),
     }
+}
+
+fn eval(a: EvalArgs) -> Result<()> {
+    if a.tasks.is_empty() && a.data.is_none() {
+        bail!("nothing to evaluate: give --tasks FILE... and/or --data GLOB");
+    }
+    let c = open_checkpoint(&a.checkpoint)?;
+    let be = CpuBackend::<f32>::new();
+    let host = crate::train::trainer::tensors_in_order(
+        &c.dir.join("model.safetensors"),
+        &c.mcfg.params(),
+        c.ckpt.model,
+        "",
+    )?;
+    let model = Model::from_host(&be, &c.mcfg, &host);
+    let mut results = Vec::new();
+    for path in &a.tasks {
+        let items = crate::eval::read_tasks(path)?;
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let t = Instant::now();
+        let s = crate::eval::evaluate(
+            &be,
+            &model,
+            &c.tok,
+            &name,
+            &items,
+            a.batch,
+            a.max_new_tokens,
+        )?;
+        eprintln!(
+            "{name}: {} items in {:.1}s",
+            s.items,
+            t.elapsed().as_secs_f64()
+        );
+        results.push(s);
+    }
+    let pct = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{:.1}%", 100.0 * v));
+    println!("| task | items | acc (mean/token) | acc (per byte) | acc (sum) | exact match | F1 |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for r in &results {
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            r.task,
+            r.items,
+            pct(r.acc_mean_token),
+            pct(r.acc_per_byte),
+            pct(r.acc_sum),
+            pct(r.exact_match),
+            pct(r.f1)
+        );
+    }
+    let mut heldout = None;
+    if let Some(glob) = &a.data {
+        let (loss, ppl) = crate::eval::heldout_loss(
+            &be,
+            &model,
+            &c.tok,
+            glob,
+            a.batch,
+            c.cfg.data.seq_len,
+            a.data_batches,
+        )?;
+        println!("held-out loss {loss:.4}, perplexity {ppl:.2} ({glob})");
+        heldout = Some(serde_json::json!({ "data": glob, "loss": loss, "perplexity": ppl }));
+    }
+    if let Some(path) = a.json {
+        let v = serde_json::json!({ "checkpoint": c.dir, "step": c.ckpt.step, "tasks": results, "heldout": heldout });
+        crate::fsutil::write_atomic(&path, serde_json::to_string_pretty(&v)?.as_bytes())?;
+    }
+    Ok(())
 }
 
 fn plan(a: PlanArgs) -> Result<()> {
@@ -116,6 +190,20 @@ fn open_checkpoint(path: &Path) -> Result<OpenedCheckpoint> {
     )?;
     let d = &cfg.data;
     let tok = Tokenizer::from_file(&d.tokenizer, d.bos_token.as_deref(), d.eos_token.as_deref())?;
+    if let Some(fp) = ckpt
+        .state
+        .get("tokenizer_fingerprint")
+        .and_then(|f| f.as_str())
+    {
+        let now = format!("{:016x}", tok.fingerprint());
+        if fp != now {
+            bail!(
+                "{}: this tokenizer is not the one {} was trained with (fingerprint {now}, the run used {fp})",
+                d.tokenizer.display(),
+                dir.display()
+            );
+        }
+    }
     let mcfg = crate::train::trainer::resolve_model(&cfg, &tok)?;
     Ok(OpenedCheckpoint {
         dir,
@@ -371,6 +459,7 @@ pub fn ensure_world(w: &WorldSection, cfg: &Config, force: bool, with_prep: bool
             t.elapsed().as_secs_f64()
         );
     }
+    write_world_tasks(dir)?;
     if !with_prep {
         return Ok(());
     }
@@ -415,6 +504,29 @@ pub fn ensure_world(w: &WorldSection, cfg: &Config, force: bool, with_prep: bool
         };
         let stats = prep(&tok, &opts)?;
         print_prep_stats(name, &stats);
+    }
+    Ok(())
+}
+
+/// The world's question-answer items as task files `kiln eval` reads: multiple choice and
+/// completion, for the held-out people and the training people.
+fn write_world_tasks(dir: &Path) -> Result<()> {
+    let tasks = dir.join("tasks");
+    std::fs::create_dir_all(&tasks)?;
+    for (src, name) in [("eval.jsonl", "heldout"), ("eval_train.jsonl", "train")] {
+        let (mut mc, mut qa) = (String::new(), String::new());
+        for_each_line(&dir.join(src), |n, line| {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .map_err(|e| anyhow::anyhow!("{}:{n}: {e}", dir.join(src).display()))?;
+            let input = format!("Question: {}\nAnswer:", v["q"].as_str().unwrap_or_default());
+            mc.push_str(&serde_json::json!({ "input": input, "options": v["options"], "gold_index": v["answer_index"] }).to_string());
+            mc.push('\n');
+            qa.push_str(&serde_json::json!({ "input": input, "answer": v["a"] }).to_string());
+            qa.push('\n');
+            Ok(())
+        })?;
+        crate::fsutil::write_atomic(&tasks.join(format!("{name}_mc.jsonl")), mc.as_bytes())?;
+        crate::fsutil::write_atomic(&tasks.join(format!("{name}_qa.jsonl")), qa.as_bytes())?;
     }
     Ok(())
 }

@@ -620,3 +620,76 @@ fn paper_recipes_parse_match_their_vanilla_twins_and_print_a_memory_plan() {
         assert!(o.status.success(), "{}", stderr(&o));
     }
 }
+
+#[test]
+fn eval_scores_a_trained_checkpoint_on_world_tasks_and_held_out_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("c.toml"), CONFIG).unwrap();
+    let o = kiln(
+        &["train", "--config", "c.toml", "--set", "train.steps=3"],
+        d,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = kiln(
+        &[
+            "eval",
+            "--checkpoint",
+            "run",
+            "--tasks",
+            "w/tasks/heldout_mc.jsonl",
+            "w/tasks/heldout_qa.jsonl",
+            "--data",
+            "w/shards/raw_*.kiln",
+            "--data-batches",
+            "2",
+            "--max-new-tokens",
+            "6",
+            "--json",
+            "eval.json",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        table.contains("| heldout_mc | 600 |") && table.contains("| heldout_qa | 600 |"),
+        "{table}"
+    );
+    assert!(table.contains("held-out loss"), "{table}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("eval.json")).unwrap()).unwrap();
+    let mc = &v["tasks"][0];
+    for k in ["acc_mean_token", "acc_per_byte", "acc_sum"] {
+        let a = mc[k].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&a), "{k} = {a}");
+    }
+    assert!(v["tasks"][1]["exact_match"].is_number() && v["tasks"][1]["f1"].is_number());
+    assert!(v["heldout"]["perplexity"].as_f64().unwrap() > 1.0);
+
+    // A malformed task line names the file and line.
+    std::fs::write(d.join("bad.jsonl"), "{\"input\": \"q\", \"options\": [\"a\", \"b\"], \"gold_index\": 0}\n{\"input\": \"q\", \"options\": [\"a\", \"b\"], \"gold_index\": 5}\n").unwrap();
+    assert_clean_error(
+        &kiln(&["eval", "--checkpoint", "run", "--tasks", "bad.jsonl"], d),
+        &["bad.jsonl:2", "gold_index 5 is out of range"],
+    );
+    // A tokenizer that is not the one the checkpoint was trained with.
+    let o = kiln(
+        &[
+            "tokenizer",
+            "train",
+            "--input",
+            "w/raw.jsonl",
+            "--vocab-size",
+            "500",
+            "--out",
+            "w/tokenizer.json",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_clean_error(
+        &kiln(&["eval", "--checkpoint", "run", "--tasks", "bad.jsonl"], d),
+        &["w/tokenizer.json", "not the one"],
+    );
+}

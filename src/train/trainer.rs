@@ -41,6 +41,9 @@ pub struct TrainState {
     pub tokens_seen: u64,
     pub cursor: Cursor,
     pub world_size: usize,
+    /// Fingerprint of the tokenizer the run used (checked when the checkpoint is evaluated).
+    #[serde(default)]
+    pub tokenizer_fingerprint: Option<String>,
     /// The resolved run config (TOML text) and its hash.
     pub config: String,
     pub config_hash: String,
@@ -341,6 +344,7 @@ pub fn train<B: Backend>(
         tokens_seen: 0,
         cursor: loader.cursor().clone(),
         world_size: 1,
+        tokenizer_fingerprint: Some(format!("{:016x}", tok.fingerprint())),
         config: config_text.clone(),
         config_hash: hash.clone(),
     };
