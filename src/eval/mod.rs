@@ -288,6 +288,47 @@ pub fn evaluate<B: Backend>(
     Ok(scores)
 }
 
+/// Mean loss and perplexity over `batches` batches of shards matching `glob` (in file order).
+pub fn heldout_loss<B: Backend>(
+    be: &B,
+    model: &Model<B>,
+    tok: &Tokenizer,
+    glob: &str,
+    batch: usize,
+    seq: usize,
+    batches: usize,
+) -> Result<(f64, f64)> {
+    use crate::data::loader::{Loader, LoaderOptions, SourceSpec, Split};
+    let spec = [SourceSpec {
+        name: "heldout".into(),
+        path: glob.to_string(),
+        weight: 1.0,
+    }];
+    let opts = LoaderOptions {
+        seq_len: seq,
+        batch_size: batch,
+        seed: 0,
+        shuffle: false,
+        val_fraction: 0.0,
+        rank: 0,
+        world_size: 1,
+        vocab_size: tok.vocab_size(),
+        fingerprint: Some(tok.fingerprint()),
+        delimiter: tok.bos().or(tok.eos()),
+    };
+    let mut loader = Loader::new(&spec, opts, Split::Train, Path::new("."))?;
+    let mut ws = model.workspace(be, batch, seq);
+    let (mut sum, mut count) = (0.0, 0u64);
+    for _ in 0..batches.max(1) {
+        let b = loader.next_batch();
+        model.forward(be, &mut ws, &b.inputs, &b.doc_ids);
+        sum += model.loss(be, &mut ws, &b.targets, &b.loss_mask, 0.0);
+        count += b.loss_mask.iter().map(|&m| m as u64).sum::<u64>();
+    }
+    let loss = sum / count.max(1) as f64;
+    Ok((loss, loss.exp()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,45 +407,4 @@ mod tests {
         let lse = row.iter().map(|&x| (x as f64).exp()).sum::<f64>().ln();
         assert!((lse - row[4] as f64 - batched[0][0]).abs() < 1e-5);
     }
-}
-
-/// Mean loss and perplexity over `batches` batches of shards matching `glob` (in file order).
-pub fn heldout_loss<B: Backend>(
-    be: &B,
-    model: &Model<B>,
-    tok: &Tokenizer,
-    glob: &str,
-    batch: usize,
-    seq: usize,
-    batches: usize,
-) -> Result<(f64, f64)> {
-    use crate::data::loader::{Loader, LoaderOptions, SourceSpec, Split};
-    let spec = [SourceSpec {
-        name: "heldout".into(),
-        path: glob.to_string(),
-        weight: 1.0,
-    }];
-    let opts = LoaderOptions {
-        seq_len: seq,
-        batch_size: batch,
-        seed: 0,
-        shuffle: false,
-        val_fraction: 0.0,
-        rank: 0,
-        world_size: 1,
-        vocab_size: tok.vocab_size(),
-        fingerprint: Some(tok.fingerprint()),
-        delimiter: tok.bos().or(tok.eos()),
-    };
-    let mut loader = Loader::new(&spec, opts, Split::Train, Path::new("."))?;
-    let mut ws = model.workspace(be, batch, seq);
-    let (mut sum, mut count) = (0.0, 0u64);
-    for _ in 0..batches.max(1) {
-        let b = loader.next_batch();
-        model.forward(be, &mut ws, &b.inputs, &b.doc_ids);
-        sum += model.loss(be, &mut ws, &b.targets, &b.loss_mask, 0.0);
-        count += b.loss_mask.iter().map(|&m| m as u64).sum::<u64>();
-    }
-    let loss = sum / count.max(1) as f64;
-    Ok((loss, loss.exp()))
 }
