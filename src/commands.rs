@@ -459,7 +459,9 @@ pub fn ensure_world(w: &WorldSection, cfg: &Config, force: bool, with_prep: bool
             t.elapsed().as_secs_f64()
         );
     }
-    write_world_tasks(dir)?;
+    if force || !dir.join("tasks/heldout_mc.jsonl").exists() {
+        write_world_tasks(dir)?;
+    }
     if !with_prep {
         return Ok(());
     }
