@@ -24,6 +24,34 @@ pub struct Config {
     /// How `kiln world` builds the embedded default data (used when the data is missing).
     #[serde(default)]
     pub world: Option<WorldSection>,
+    /// Task evaluation during training.
+    #[serde(default)]
+    pub eval: Option<EvalSection>,
+}
+
+/// `[eval]`: task files scored every `every` steps and at the end; results go to metrics.jsonl.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSection {
+    /// Task files (JSONL, as `kiln eval --tasks` reads).
+    pub tasks: Vec<PathBuf>,
+    /// Score every N steps (0 = only at the end).
+    #[serde(default)]
+    pub every: u64,
+    /// Score at most this many items per task (0 = all).
+    #[serde(default)]
+    pub max_items: usize,
+    #[serde(default = "default_eval_batch")]
+    pub batch: usize,
+    #[serde(default = "default_eval_new_tokens")]
+    pub max_new_tokens: usize,
+}
+
+fn default_eval_batch() -> usize {
+    16
+}
+fn default_eval_new_tokens() -> usize {
+    32
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

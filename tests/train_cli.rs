@@ -667,6 +667,36 @@ fn eval_scores_a_trained_checkpoint_on_world_tasks_and_held_out_shards() {
     assert!(v["tasks"][1]["exact_match"].is_number() && v["tasks"][1]["f1"].is_number());
     assert!(v["heldout"]["perplexity"].as_f64().unwrap() > 1.0);
 
+    // In-training evaluation: [eval] scores tasks every N steps into metrics.jsonl.
+    let with_eval = format!("{CONFIG}\n[eval]\ntasks = [\"w/tasks/heldout_mc.jsonl\", \"w/tasks/heldout_qa.jsonl\"]\nevery = 2\nmax_items = 12\nmax_new_tokens = 4\n");
+    std::fs::write(d.join("e.toml"), with_eval).unwrap();
+    let o = kiln(
+        &[
+            "train",
+            "--config",
+            "e.toml",
+            "--set",
+            "train.steps=3",
+            "--set",
+            "train.out_dir=\"ev\"",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("eval step 2: heldout_mc (12 items): acc"),
+        "{}",
+        stderr(&o)
+    );
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(d.join("ev/metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines[0].get("eval").is_none());
+    assert_eq!(lines[1]["eval"][0]["items"], 12);
+    assert!(lines[2]["eval"][1]["exact_match"].is_number());
+
     // A malformed task line names the file and line.
     std::fs::write(d.join("bad.jsonl"), "{\"input\": \"q\", \"options\": [\"a\", \"b\"], \"gold_index\": 0}\n{\"input\": \"q\", \"options\": [\"a\", \"b\"], \"gold_index\": 5}\n").unwrap();
     assert_clean_error(

@@ -64,6 +64,9 @@ pub struct StepMetrics {
     pub val_loss: Option<f64>,
     #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     pub skipped: bool,
+    /// Task scores when `[eval]` ran at this step.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub eval: Option<Vec<crate::eval::TaskScores>>,
 }
 
 #[derive(Clone, Debug)]
@@ -196,6 +199,24 @@ impl Metrics {
 
     fn write(&mut self, m: &StepMetrics, eta_s: f64) -> Result<()> {
         writeln!(self.file, "{}", serde_json::to_string(m)?)?;
+        for t in m.eval.iter().flatten() {
+            let pct = |x: Option<f64>| x.map(|v| format!("{:.1}%", 100.0 * v));
+            let scores: Vec<String> = [
+                ("acc", pct(t.acc_mean_token)),
+                ("exact match", pct(t.exact_match)),
+                ("F1", pct(t.f1)),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| format!("{k} {v}")))
+            .collect();
+            eprintln!(
+                "eval step {}: {} ({} items): {}",
+                m.step,
+                t.task,
+                t.items,
+                scores.join(", ")
+            );
+        }
         if m.step % self.log_every == 0 || m.step == self.total || m.val_loss.is_some() || m.skipped
         {
             let val = m
@@ -441,6 +462,26 @@ pub fn train<B: Backend>(
         out_dir: out.clone(),
         history: Vec::new(),
     };
+    // Task files for in-training evaluation, read (and validated) once.
+    let tasks: Option<Vec<(String, Vec<crate::eval::Item>)>> = match &cfg.eval {
+        None => None,
+        Some(e) => Some(
+            e.tasks
+                .iter()
+                .map(|p| {
+                    let mut items = crate::eval::read_tasks(p)?;
+                    if e.max_items > 0 {
+                        items.truncate(e.max_items);
+                    }
+                    let name = p
+                        .file_stem()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    Ok((name, items))
+                })
+                .collect::<Result<Vec<_>>>()?,
+        ),
+    };
     let last_step = until.unwrap_or(t_cfg.steps).min(t_cfg.steps);
     while state.step < last_step {
         let step = state.step + 1;
@@ -517,6 +558,26 @@ pub fn train<B: Backend>(
             }
             _ => None,
         };
+        let eval = match (&cfg.eval, &tasks) {
+            (Some(e), Some(tasks))
+                if (e.every > 0 && step % e.every == 0) || step == t_cfg.steps =>
+            {
+                let mut scores = Vec::new();
+                for (name, items) in tasks {
+                    scores.push(crate::eval::evaluate(
+                        be,
+                        &model,
+                        &tok,
+                        name,
+                        items,
+                        e.batch,
+                        e.max_new_tokens,
+                    )?);
+                }
+                Some(scores)
+            }
+            _ => None,
+        };
         let elapsed = start.elapsed().as_secs_f64();
         let done = step - first_step;
         let eta = elapsed / done as f64 * (last_step - step) as f64;
@@ -535,6 +596,7 @@ pub fn train<B: Backend>(
             elapsed_s: elapsed,
             val_loss,
             skipped: !finite,
+            eval,
         };
         metrics.write(&record, eta)?;
         summary.first_loss.get_or_insert(loss);
