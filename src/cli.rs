@@ -43,6 +43,8 @@ pub enum Command {
     Bench(BenchArgs),
     /// Score a checkpoint on task files (multiple choice, completion) and held-out shards.
     Eval(EvalArgs),
+    /// Draw training and validation loss and task scores of one or several runs (PNG and SVG).
+    Plot(PlotArgs),
     /// Print a run's memory plan per device (weights, gradients, optimizer, activations) and whether
     /// it fits, without data or weights.
     Plan(PlanArgs),
@@ -77,6 +79,16 @@ pub struct EvalArgs {
     /// Also write the results as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct PlotArgs {
+    /// Run directories (each with metrics.jsonl).
+    #[arg(required = true, num_args = 1..)]
+    pub runs: Vec<PathBuf>,
+    /// Output path without extension: OUT.png and OUT.svg.
+    #[arg(long, short, default_value = "plot")]
+    pub out: PathBuf,
 }
 
 #[derive(Args, Debug)]

@@ -35,6 +35,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(a) => bench(a),
         Command::Eval(a) => eval(a),
         Command::Plan(a) => plan(a),
+        Command::Plot(a) => {
+            let (png, svg) = crate::plot::plot(&a.runs, &a.out)?;
+            eprintln!("wrote {} and {}", png.display(), svg.display());
+            Ok(())
+        }
         Command::Export(a) => export(a),
         Command::Convert(a) => convert(a),
     }

@@ -12,4 +12,5 @@ pub mod eval;
 pub mod fsutil;
 pub mod hf;
 pub mod model;
+pub mod plot;
 pub mod train;

@@ -697,6 +697,31 @@ fn eval_scores_a_trained_checkpoint_on_world_tasks_and_held_out_shards() {
     assert_eq!(lines[1]["eval"][0]["items"], 12);
     assert!(lines[2]["eval"][1]["exact_match"].is_number());
 
+    // Both runs in one figure: loss curves, and the task-score panel for the run that evaluated.
+    let o = kiln(&["plot", "run", "ev", "--out", "curves"], d);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let png = std::fs::read(d.join("curves.png")).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "{} bytes",
+        png.len()
+    );
+    let svg = std::fs::read_to_string(d.join("curves.svg")).unwrap();
+    for text in [
+        "run train",
+        "ev train",
+        "ev validation",
+        "task scores",
+        "ev heldout_mc",
+        "step",
+    ] {
+        assert!(svg.contains(text), "the SVG lacks {text:?}");
+    }
+    assert_clean_error(
+        &kiln(&["plot", "nowhere"], d),
+        &["nowhere/metrics.jsonl", "cannot read"],
+    );
+
     // A malformed task line names the file and line.
     std::fs::write(d.join("bad.jsonl"), "{\"input\": \"q\", \"options\": [\"a\", \"b\"], \"gold_index\": 0}\n{\"input\": \"q\", \"options\": [\"a\", \"b\"], \"gold_index\": 5}\n").unwrap();
     assert_clean_error(
