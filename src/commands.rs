@@ -51,13 +51,7 @@ fn eval(a: EvalArgs) -> Result<()> {
     }
     let c = open_checkpoint(&a.checkpoint)?;
     let be = CpuBackend::<f32>::new();
-    let host = crate::train::trainer::tensors_in_order(
-        &c.dir.join("model.safetensors"),
-        &c.mcfg.params(),
-        c.ckpt.model,
-        "",
-    )?;
-    let model = Model::from_host(&be, &c.mcfg, &host);
+    let model = Model::from_host(&be, &c.mcfg, &c.params);
     let mut results = Vec::new();
     for path in &a.tasks {
         let items = crate::eval::read_tasks(path)?;
@@ -112,7 +106,7 @@ fn eval(a: EvalArgs) -> Result<()> {
         heldout = Some(serde_json::json!({ "data": glob, "loss": loss, "perplexity": ppl }));
     }
     if let Some(path) = a.json {
-        let v = serde_json::json!({ "checkpoint": c.dir, "step": c.ckpt.step, "tasks": results, "heldout": heldout });
+        let v = serde_json::json!({ "checkpoint": c.dir, "step": c.step, "tasks": results, "heldout": heldout });
         crate::fsutil::write_atomic(&path, serde_json::to_string_pretty(&v)?.as_bytes())?;
     }
     Ok(())
@@ -160,13 +154,15 @@ fn plan(a: PlanArgs) -> Result<()> {
     check(&p, t.world_size, t.zero_stage, cfg.data.batch_size)
 }
 
-/// A checkpoint with what it was trained with: its directory, run config, tokenizer and model.
+/// A checkpoint with what it was trained with: its directory, step, run config, tokenizer,
+/// model config and parameters (in `mcfg.params()` order, shapes checked).
 struct OpenedCheckpoint {
     dir: PathBuf,
+    step: u64,
     cfg: Config,
     tok: Tokenizer,
     mcfg: crate::model::ModelConfig,
-    ckpt: checkpoint::Checkpoint,
+    params: Vec<Vec<f32>>,
 }
 
 /// Open a run directory's newest checkpoint, or one checkpoint directory.
@@ -210,12 +206,19 @@ fn open_checkpoint(path: &Path) -> Result<OpenedCheckpoint> {
         }
     }
     let mcfg = crate::train::trainer::resolve_model(&cfg, &tok)?;
+    let params = crate::train::trainer::tensors_in_order(
+        &dir.join("model.safetensors"),
+        &mcfg.params(),
+        ckpt.model,
+        "",
+    )?;
     Ok(OpenedCheckpoint {
         dir,
+        step: ckpt.step,
         cfg,
         tok,
         mcfg,
-        ckpt,
+        params,
     })
 }
 
@@ -228,18 +231,12 @@ fn export(a: ExportArgs) -> Result<()> {
         bos_token_id: c.tok.bos(),
         eos_token_id: c.tok.eos(),
     };
-    let host = crate::train::trainer::tensors_in_order(
-        &c.dir.join("model.safetensors"),
-        &c.mcfg.params(),
-        c.ckpt.model,
-        "",
-    )?;
-    let tensors = named(&c.mcfg, host);
+    let tensors = named(&c.mcfg, c.params);
     crate::hf::export(&a.to_hf, &c.mcfg, &tensors, &opts)?;
     eprintln!(
         "exported {} (step {}) to {}",
         c.dir.display(),
-        c.ckpt.step,
+        c.step,
         a.to_hf.display()
     );
     Ok(())
@@ -403,20 +400,10 @@ fn train_cuda(
 
 fn generate(a: GenerateArgs) -> Result<()> {
     let OpenedCheckpoint {
-        dir,
-        tok,
-        mcfg,
-        ckpt,
-        ..
+        tok, mcfg, params, ..
     } = open_checkpoint(&a.checkpoint)?;
     let be = CpuBackend::<f32>::new();
-    let host = crate::train::trainer::tensors_in_order(
-        &dir.join("model.safetensors"),
-        &mcfg.params(),
-        ckpt.model,
-        "",
-    )?;
-    let model = Model::from_host(&be, &mcfg, &host);
+    let model = Model::from_host(&be, &mcfg, &params);
     let stop: Vec<u32> = tok.eos().into_iter().collect();
     for (i, prompt) in a.prompt.iter().enumerate() {
         let mut ids: Vec<u32> = tok.bos().into_iter().collect();
