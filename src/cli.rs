@@ -12,7 +12,7 @@ use crate::data::prep::{InputKind, TextSplit};
     name = "kiln",
     version,
     about = "Rust-native LLM pre-training for instruction pre-training",
-    long_about = "kiln tokenizes, packs and (soon) trains Llama-family models on raw text mixed with \
+    long_about = "kiln tokenizes, packs and trains Llama-family models on raw text mixed with \
                   instruction-augmented text (Instruction Pre-Training, Cheng et al. 2024).\n\n\
                   Start with `kiln world`: it generates the embedded synthetic world, trains its \
                   tokenizer and prepares token shards, with no download."
@@ -53,6 +53,44 @@ pub enum Command {
     /// Load a Hugging Face Llama/Mistral directory (checking every name and shape) and write it
     /// back out, e.g. to change dtype or sharding.
     Convert(ConvertArgs),
+    /// Built-in experiments.
+    #[command(subcommand)]
+    Experiment(ExperimentCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ExperimentCommand {
+    /// Instruction pre-training vs vanilla pre-training on the synthetic world: train both with
+    /// the same model and token budget (configs/world-vanilla.toml, configs/world-ipt.toml), ask
+    /// both the held-out people's questions, print the comparison and plot the curves. Finished
+    /// runs are reused and interrupted ones resumed.
+    World(ExperimentWorldArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ExperimentWorldArgs {
+    /// Vanilla arm's config. Default: the embedded configs/world-vanilla.toml.
+    #[arg(long)]
+    pub vanilla: Option<PathBuf>,
+    /// Instruction pre-training arm's config. Default: the embedded configs/world-ipt.toml.
+    #[arg(long)]
+    pub ipt: Option<PathBuf>,
+    /// Override a value in both configs: --set section.key=value (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Results directory (results.json, results.md, curves.png/svg); runs go to OUT/vanilla and
+    /// OUT/ipt.
+    #[arg(long, default_value = "runs/experiment-world")]
+    pub out: PathBuf,
+    /// Score at most this many items per task (0 = all).
+    #[arg(long, default_value_t = 0)]
+    pub max_items: usize,
+    /// Sequences per scoring batch.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Where to train (evaluation runs on the CPU).
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: Device,
 }
 
 #[derive(Args, Debug)]

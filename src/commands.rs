@@ -10,8 +10,9 @@ use anyhow::{bail, Context, Result};
 
 use crate::backend::cpu::CpuBackend;
 use crate::cli::{
-    BenchArgs, BenchPreset, Cli, Command, ConvertArgs, DataArgs, Device, EvalArgs, ExportArgs,
-    ExportDtype, GenerateArgs, PlanArgs, PrepArgs, TokenizerCommand, TrainArgs, WorldArgs,
+    BenchArgs, BenchPreset, Cli, Command, ConvertArgs, DataArgs, Device, EvalArgs,
+    ExperimentCommand, ExperimentWorldArgs, ExportArgs, ExportDtype, GenerateArgs, PlanArgs,
+    PrepArgs, TokenizerCommand, TrainArgs, WorldArgs,
 };
 use crate::config::{Config, WorldSection};
 use crate::data::loader::{Loader, Split};
@@ -42,6 +43,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Export(a) => export(a),
         Command::Convert(a) => convert(a),
+        Command::Experiment(ExperimentCommand::World(a)) => experiment_world(a),
     }
 }
 
@@ -396,6 +398,33 @@ fn train_cuda(
     _: Option<u64>,
 ) -> Result<crate::train::trainer::TrainSummary> {
     bail!("--device cuda: this kiln was built without CUDA; rebuild with `cargo build --release --features cuda`")
+}
+
+fn experiment_world(a: ExperimentWorldArgs) -> Result<()> {
+    if a.device == Device::Cuda && !cfg!(feature = "cuda") {
+        bail!(NO_CUDA);
+    }
+    let opts = crate::experiment::Options {
+        vanilla: a.vanilla,
+        ipt: a.ipt,
+        overrides: a.overrides,
+        out: a.out,
+        max_items: a.max_items,
+        batch: a.batch,
+    };
+    let device = a.device;
+    crate::experiment::run(&opts, &|cfg, resume| {
+        // The first call sizes the global pool; later calls leave it as it is.
+        set_threads(cfg.train.threads);
+        match device {
+            Device::Cpu => {
+                let be = CpuBackend::<f32>::new();
+                crate::train::trainer::train(&be, cfg, resume, None, be.nominal_peak_flops())
+            }
+            Device::Cuda => train_cuda(cfg, resume, None),
+        }
+    })?;
+    Ok(())
 }
 
 fn generate(a: GenerateArgs) -> Result<()> {

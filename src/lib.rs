@@ -9,6 +9,7 @@ pub mod commands;
 pub mod config;
 pub mod data;
 pub mod eval;
+pub mod experiment;
 pub mod fsutil;
 pub mod hf;
 pub mod model;

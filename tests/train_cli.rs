@@ -748,3 +748,123 @@ fn eval_scores_a_trained_checkpoint_on_world_tasks_and_held_out_shards() {
         &["w/tokenizer.json", "not the one"],
     );
 }
+
+#[test]
+fn experiment_world_trains_both_arms_scores_them_and_reuses_finished_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // The embedded configs, shrunk: a 30-person world and a few steps of a very small model.
+    let small = [
+        "--set",
+        "world.people=30",
+        "--set",
+        "world.bios_per_person=2",
+        "--set",
+        "world.vocab_size=400",
+        "--set",
+        "data.seq_len=32",
+        "--set",
+        "data.batch_size=4",
+        "--set",
+        "model.dim=32",
+        "--set",
+        "model.n_heads=4",
+        "--set",
+        "model.n_kv_heads=2",
+        "--set",
+        "model.ffn_dim=64",
+        "--set",
+        "model.max_seq_len=64",
+        "--set",
+        "train.steps=4",
+        "--set",
+        "train.warmup_steps=1",
+        "--set",
+        "train.log_every=1",
+        "--set",
+        "train.checkpoint_every=2",
+        "--set",
+        "eval.every=2",
+        "--set",
+        "eval.max_items=3",
+        "--set",
+        "eval.max_new_tokens=3",
+    ];
+    let mut args = vec!["experiment", "world", "--out", "exp", "--max-items", "5"];
+    args.extend(small);
+    let o = kiln(&args, d);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("experiment: training vanilla"), "{err}");
+    assert!(
+        err.contains("experiment: training instruction pre-training"),
+        "{err}"
+    );
+    // The vanilla arm reads the biographies only; the other mixes in the augmented records.
+    let vanilla_cfg = std::fs::read_to_string(d.join("exp/vanilla/config.toml")).unwrap();
+    let ipt_cfg = std::fs::read_to_string(d.join("exp/ipt/config.toml")).unwrap();
+    assert!(!vanilla_cfg.contains("augmented_"), "{vanilla_cfg}");
+    assert!(ipt_cfg.contains("augmented_"), "{ipt_cfg}");
+
+    let table = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        table.contains("| vanilla | ") && table.contains("| instruction pre-training | "),
+        "{table}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("exp/results.json")).unwrap())
+            .unwrap();
+    let arms = v["arms"].as_array().unwrap();
+    assert_eq!(arms.len(), 2);
+    for arm in arms {
+        assert_eq!(arm["tokens"], 4 * 4 * 32);
+        let tasks: Vec<&str> = arm["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["task"].as_str().unwrap())
+            .collect();
+        assert_eq!(tasks, ["heldout_qa", "heldout_mc", "train_qa"]);
+        assert_eq!(arm["tasks"][0]["items"], 5);
+        let em = arm["tasks"][0]["exact_match"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&em));
+    }
+    let png = std::fs::read(d.join("exp/curves.png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000);
+    let svg = std::fs::read_to_string(d.join("exp/curves.svg")).unwrap();
+    assert!(svg.contains("vanilla train") && svg.contains("ipt heldout_qa"));
+
+    // Run again: both runs are finished and reused, the scores are the same.
+    let o = kiln(&args, d);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("is finished, reusing it"),
+        "{}",
+        stderr(&o)
+    );
+    let again: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("exp/results.json")).unwrap())
+            .unwrap();
+    assert_eq!(again["arms"][1]["tasks"], v["arms"][1]["tasks"]);
+
+    // A different model is a different config: refused, nothing overwritten.
+    let mut other = args.clone();
+    other.extend(["--set", "model.ffn_dim=96"]);
+    let o = kiln(&other, d);
+    assert_clean_error(&o, &["exp/vanilla", "different config"]);
+
+    // Arms that differ in more than their data are not a controlled comparison.
+    let vanilla = include_str!("../configs/world-vanilla.toml");
+    assert!(vanilla.contains("lr = 2e-3"));
+    std::fs::write(d.join("v.toml"), vanilla.replace("lr = 2e-3", "lr = 1e-3")).unwrap();
+    let mut bad = vec![
+        "experiment",
+        "world",
+        "--out",
+        "exp2",
+        "--vanilla",
+        "v.toml",
+    ];
+    bad.extend(small);
+    assert_clean_error(&kiln(&bad, d), &["train.lr", "not a controlled comparison"]);
+}

@@ -1,0 +1,327 @@
+//! `kiln experiment world`: the paper's claim in miniature on the synthetic world.
+//!
+//! Two runs with the same model, the same seed and the same token budget: *vanilla* pre-trains on
+//! the biographies only; *instruction pre-training* mixes in the augmented records (biographies
+//! followed by templated question-answer pairs) of the training half of the people. Both are then
+//! asked about the held-out half, whose facts they saw only as biographies, and scored by exact
+//! match; multiple-choice accuracy and the training half's questions are reported beside it.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use crate::backend::cpu::CpuBackend;
+use crate::config::Config;
+use crate::data::tokenizer::Tokenizer;
+use crate::eval::TaskScores;
+use crate::model::Model;
+use crate::train::checkpoint;
+use crate::train::trainer::Resume;
+
+/// The embedded experiment configs (configs/world-*.toml, compiled into the binary).
+pub const WORLD_VANILLA_TOML: &str = include_str!("../configs/world-vanilla.toml");
+pub const WORLD_IPT_TOML: &str = include_str!("../configs/world-ipt.toml");
+
+pub struct Options {
+    /// Config files replacing the embedded ones (vanilla, instruction pre-training).
+    pub vanilla: Option<PathBuf>,
+    pub ipt: Option<PathBuf>,
+    /// `--set` overrides applied to both configs.
+    pub overrides: Vec<String>,
+    /// Results directory; the runs go to `<out>/vanilla` and `<out>/ipt`.
+    pub out: PathBuf,
+    /// Score at most this many items per task (0 = all).
+    pub max_items: usize,
+    pub batch: usize,
+}
+
+/// One arm's outcome.
+#[derive(Serialize)]
+pub struct ArmResult {
+    pub name: String,
+    pub run_dir: PathBuf,
+    pub steps: u64,
+    pub tokens: u64,
+    /// Training wall time of this invocation (0 when the finished run was reused).
+    pub train_seconds: f64,
+    pub final_loss: Option<f64>,
+    pub tasks: Vec<TaskScores>,
+}
+
+#[derive(Serialize)]
+pub struct Results {
+    pub world: serde_json::Value,
+    pub model: serde_json::Value,
+    pub arms: Vec<ArmResult>,
+    pub eval_seconds: f64,
+}
+
+/// The task files every arm is scored on: held-out people first (the experiment's point), then
+/// the training people's questions.
+const TASKS: [&str; 3] = ["heldout_qa", "heldout_mc", "train_qa"];
+
+/// Trains one arm from scratch (`None`) or from its newest checkpoint.
+type Trainer<'a> =
+    dyn Fn(&Config, Option<Resume>) -> Result<crate::train::trainer::TrainSummary> + 'a;
+
+pub fn run(opts: &Options, train: &Trainer) -> Result<Results> {
+    let load = |path: &Option<PathBuf>, embedded: &str, name: &str, arm: &str| -> Result<Config> {
+        let mut overrides = opts.overrides.clone();
+        overrides.push(format!(
+            "train.out_dir={:?}",
+            opts.out.join(arm).display().to_string()
+        ));
+        match path {
+            Some(p) => Config::load(Some(p), &overrides),
+            None => Config::parse(&format!("{name} (embedded)"), embedded, &overrides),
+        }
+    };
+    let vanilla = load(
+        &opts.vanilla,
+        WORLD_VANILLA_TOML,
+        "configs/world-vanilla.toml",
+        "vanilla",
+    )?;
+    let ipt = load(&opts.ipt, WORLD_IPT_TOML, "configs/world-ipt.toml", "ipt")?;
+    check_controlled(&vanilla, &ipt)?;
+    let Some(world) = &vanilla.world else {
+        bail!("the experiment configs need a [world] section");
+    };
+    crate::commands::ensure_world(world, &vanilla, false, true)?;
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("{}: cannot create", opts.out.display()))?;
+
+    let mut arms = Vec::new();
+    for (name, cfg) in [("vanilla", &vanilla), ("instruction pre-training", &ipt)] {
+        let dir = &cfg.train.out_dir;
+        let resume = match resume_point(cfg)? {
+            RunState::Fresh => None,
+            RunState::Partial(step) => {
+                eprintln!(
+                    "experiment: {name}: resuming {} from step {step}",
+                    dir.display()
+                );
+                Some(Resume::Latest)
+            }
+            RunState::Finished => {
+                eprintln!(
+                    "experiment: {name}: {} is finished, reusing it",
+                    dir.display()
+                );
+                arms.push(ArmResult {
+                    name: name.into(),
+                    run_dir: dir.clone(),
+                    steps: cfg.train.steps,
+                    tokens: tokens(cfg),
+                    train_seconds: 0.0,
+                    final_loss: last_loss(dir),
+                    tasks: Vec::new(),
+                });
+                continue;
+            }
+        };
+        eprintln!("experiment: training {name} -> {}", dir.display());
+        let t = Instant::now();
+        let s = train(cfg, resume)?;
+        arms.push(ArmResult {
+            name: name.into(),
+            run_dir: dir.clone(),
+            steps: cfg.train.steps,
+            tokens: tokens(cfg),
+            train_seconds: t.elapsed().as_secs_f64(),
+            final_loss: s.last_loss.or_else(|| last_loss(dir)),
+            tasks: Vec::new(),
+        });
+    }
+
+    let t = Instant::now();
+    let be = CpuBackend::<f32>::new();
+    let tasks_dir = world.dir.join("tasks");
+    let d = &vanilla.data;
+    let tok = Tokenizer::from_file(&d.tokenizer, d.bos_token.as_deref(), d.eos_token.as_deref())?;
+    let mut task_items = Vec::new();
+    for task in TASKS {
+        let path = tasks_dir.join(format!("{task}.jsonl"));
+        let mut items = crate::eval::read_tasks(&path)?;
+        if opts.max_items > 0 {
+            items.truncate(opts.max_items);
+        }
+        task_items.push((task, items));
+    }
+    for arm in &mut arms {
+        let Some((_, ck)) = checkpoint::latest(&arm.run_dir)? else {
+            bail!("{}: no complete checkpoint", arm.run_dir.display());
+        };
+        let c = checkpoint::load(&ck)?;
+        let cfg = if arm.name == "vanilla" {
+            &vanilla
+        } else {
+            &ipt
+        };
+        let mcfg = crate::train::trainer::resolve_model(cfg, &tok)?;
+        let info = mcfg.params();
+        let params = crate::train::trainer::tensors_in_order(
+            &ck.join("model.safetensors"),
+            &info,
+            c.model,
+            "",
+        )?;
+        let model = Model::from_host(&be, &mcfg, &params);
+        for (task, items) in &task_items {
+            let s = crate::eval::evaluate(&be, &model, &tok, task, items, opts.batch, 32)?;
+            eprintln!("experiment: {}: {}", arm.name, headline(&s));
+            arm.tasks.push(s);
+        }
+    }
+    let results = Results {
+        world: serde_json::to_value(world)?,
+        model: serde_json::to_value(&vanilla.model)?,
+        arms,
+        eval_seconds: t.elapsed().as_secs_f64(),
+    };
+    crate::fsutil::write_atomic(
+        &opts.out.join("results.json"),
+        serde_json::to_string_pretty(&results)?.as_bytes(),
+    )?;
+    let table = table(&results);
+    crate::fsutil::write_atomic(&opts.out.join("results.md"), table.as_bytes())?;
+    let dirs: Vec<PathBuf> = results.arms.iter().map(|a| a.run_dir.clone()).collect();
+    let (png, svg) = crate::plot::plot(&dirs, &opts.out.join("curves"))?;
+    print!("{table}");
+    eprintln!(
+        "wrote {}, {}, {} and {}",
+        opts.out.join("results.json").display(),
+        opts.out.join("results.md").display(),
+        png.display(),
+        svg.display()
+    );
+    Ok(results)
+}
+
+fn tokens(cfg: &Config) -> u64 {
+    (cfg.data.batch_size * cfg.data.seq_len * cfg.train.grad_accum) as u64 * cfg.train.steps
+}
+
+/// The two arms must differ in their data mixture only.
+fn check_controlled(a: &Config, b: &Config) -> Result<()> {
+    let same = |what: &str, x: String, y: String| -> Result<()> {
+        if x != y {
+            bail!("the experiment's two configs differ in {what} ({x} vs {y}): not a controlled comparison");
+        }
+        Ok(())
+    };
+    same(
+        "[model]",
+        toml::to_string(&a.model)?,
+        toml::to_string(&b.model)?,
+    )?;
+    same(
+        "[world]",
+        toml::to_string(&a.world)?,
+        toml::to_string(&b.world)?,
+    )?;
+    same(
+        "token budget (steps x batch x seq_len x grad_accum)",
+        tokens(a).to_string(),
+        tokens(b).to_string(),
+    )?;
+    same(
+        "data.tokenizer",
+        a.data.tokenizer.display().to_string(),
+        b.data.tokenizer.display().to_string(),
+    )?;
+    same(
+        "train.seed",
+        a.train.seed.to_string(),
+        b.train.seed.to_string(),
+    )?;
+    same("train.lr", a.train.lr.to_string(), b.train.lr.to_string())?;
+    Ok(())
+}
+
+enum RunState {
+    Fresh,
+    Partial(u64),
+    Finished,
+}
+
+/// Whether a run directory already holds this config's run, and how far it got. A directory
+/// holding a different config's checkpoints is an error: the experiment never overwrites it.
+fn resume_point(cfg: &Config) -> Result<RunState> {
+    let dir = &cfg.train.out_dir;
+    let Some((step, ck)) = checkpoint::latest(dir)? else {
+        return Ok(RunState::Fresh);
+    };
+    let state_path = ck.join("state.json");
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&state_path)
+            .with_context(|| format!("{}: cannot read", state_path.display()))?,
+    )
+    .map_err(|e| anyhow::anyhow!("{}: not valid JSON: {e}", state_path.display()))?;
+    let text = toml::to_string(cfg)?;
+    if state["config"].as_str() != Some(text.as_str()) {
+        bail!(
+            "{}: holds checkpoints of a different config; remove it or choose another --out",
+            dir.display()
+        );
+    }
+    Ok(if step >= cfg.train.steps {
+        RunState::Finished
+    } else {
+        RunState::Partial(step)
+    })
+}
+
+fn last_loss(dir: &Path) -> Option<f64> {
+    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).ok()?;
+    text.lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| v["loss"].as_f64())
+}
+
+fn headline(s: &TaskScores) -> String {
+    match (s.acc_mean_token, s.exact_match) {
+        (Some(a), _) => format!("{} ({} items): accuracy {:.1}%", s.task, s.items, 100.0 * a),
+        (_, Some(em)) => format!(
+            "{} ({} items): exact match {:.1}%, F1 {:.1}%",
+            s.task,
+            s.items,
+            100.0 * em,
+            100.0 * s.f1.unwrap_or(0.0)
+        ),
+        _ => format!("{}: no items", s.task),
+    }
+}
+
+/// The comparison as a Markdown table.
+pub fn table(r: &Results) -> String {
+    let pct = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{:.1}%", 100.0 * v));
+    let find = |arm: &ArmResult, task: &str| arm.tasks.iter().find(|t| t.task == task).cloned();
+    let mut s = String::new();
+    s.push_str("| run | tokens | train time | final loss | held-out QA exact match | held-out QA F1 | held-out MC accuracy | training-people QA exact match |\n");
+    s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    for a in &r.arms {
+        let qa = find(a, "heldout_qa");
+        let mc = find(a, "heldout_mc");
+        let tr = find(a, "train_qa");
+        s.push_str(&format!(
+            "| {} | {:.2} M | {} | {} | {} | {} | {} | {} |\n",
+            a.name,
+            a.tokens as f64 / 1e6,
+            if a.train_seconds > 0.0 {
+                format!("{:.0} s", a.train_seconds)
+            } else {
+                "(reused)".into()
+            },
+            a.final_loss.map_or("-".into(), |l| format!("{l:.3}")),
+            pct(qa.as_ref().and_then(|t| t.exact_match)),
+            pct(qa.as_ref().and_then(|t| t.f1)),
+            pct(mc.as_ref().and_then(|t| t.acc_mean_token)),
+            pct(tr.as_ref().and_then(|t| t.exact_match)),
+        ));
+    }
+    s
+}
