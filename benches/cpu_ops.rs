@@ -87,6 +87,7 @@ fn bench_attention(c: &mut Criterion) {
         heads: HEADS,
         kv_heads: KV_HEADS,
         head_dim: HEAD_DIM,
+        causal: true,
     };
     let q = be.upload(&input(N * HEADS * HEAD_DIM, 5));
     let k = be.upload(&input(N * KV_HEADS * HEAD_DIM, 6));

@@ -10,7 +10,8 @@
 //   doc_ids           [B·T]           int
 // Query head h reads kv head g = h / (H / Hkv) (H a multiple of Hkv). scale = 1/sqrt(D), passed
 // in by the host (the CPU's T::from_f64(1/sqrt(D)) rounded to f32). Query t attends key s iff
-// s ≤ t and doc_ids[b·T + s] == doc_ids[b·T + t].
+// doc_ids[b·T + s] == doc_ids[b·T + t] and, when `causal` is non-zero, s ≤ t. "Keys s ≤ t" and
+// "queries t ≥ s" below read "all keys" / "all queries" when causal is 0.
 //
 // Limits: D ≤ ATTN_MAX_D (256; a block with a larger D returns without writing — the host must
 // check). blockDim.x must be a multiple of 32 (128 is the documented size).
@@ -20,7 +21,8 @@
 // every result is computed in one fixed order and is deterministic.
 //
 // attention_fwd(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v,
-//               const int* doc_ids, int B, int T, int H, int Hkv, int D, float scale)
+//               const int* doc_ids, int B, int T, int H, int Hkv, int D, float scale,
+//               int causal)
 //   Block (b, h, t) with blockIdx.x = (b·H + h)·T + t: scores_s = scale·q_t·k_s for allowed s,
 //   m = max, p_s = exp(scores_s − m), l = Σ p_s, lse = m + log(l), out_t = (Σ_s p_s·v_s)·(1/l).
 //   Launch: grid (B·H·T), block (128), dynamic shared T·sizeof(float) (the scores row).
@@ -34,7 +36,7 @@
 //
 // attention_bwd_dq(bf16* dq, const bf16* dout, const bf16* q, const bf16* k, const bf16* v,
 //                  const float* lse, const float* delta, const int* doc_ids, int B, int T,
-//                  int H, int Hkv, int D, float scale)
+//                  int H, int Hkv, int D, float scale, int causal)
 //   Block (b, h, t) with blockIdx.x = (b·H + h)·T + t. For allowed s, in order:
 //   p = exp(scale·q_t·k_s − lse_t); ds = p·(dout_t·v_s − delta_t)·scale; dq_t = Σ_s ds·k_s
 //   (overwritten). Keys are processed in chunks of ATTN_CHUNK, so there is no T limit.
@@ -42,7 +44,7 @@
 //
 // attention_bwd_dkdv(bf16* dk, bf16* dv, const bf16* dout, const bf16* q, const bf16* k,
 //                    const bf16* v, const float* lse, const float* delta, const int* doc_ids,
-//                    int B, int T, int H, int Hkv, int D, float scale)
+//                    int B, int T, int H, int Hkv, int D, float scale, int causal)
 //   Block (b, g, s) with blockIdx.x = (b·Hkv + g)·T + s (one key row). Loops over the query
 //   heads h = g·(H/Hkv) … (g+1)·(H/Hkv) − 1, then over queries t = s … T−1 in the same
 //   document, in that order: p = exp(scale·q_t·k_s − lse_t); dv_s += p·dout_t;
@@ -75,7 +77,7 @@ __device__ __forceinline__ float warp_dot_shared_bf16(const float* a, const bf16
 
 extern "C" __global__ void attention_fwd(bf16* out, float* lse, const bf16* q, const bf16* k,
                                          const bf16* v, const int* doc_ids, int B, int T, int H,
-                                         int Hkv, int D, float scale) {
+                                         int Hkv, int D, float scale, int causal) {
     extern __shared__ float scores[];  // [T]: scores, then probabilities
     __shared__ float qs[ATTN_MAX_D];
     __shared__ float scratch[32];
@@ -95,7 +97,8 @@ extern "C" __global__ void attention_fwd(bf16* out, float* lse, const bf16* q, c
 
     const int* docs = doc_ids + (size_t)b * T;
     const int doc_t = docs[t];
-    for (int s = warp; s <= t; s += nwarps) {  // warp-uniform
+    const int n_keys = causal ? t + 1 : T;
+    for (int s = warp; s < n_keys; s += nwarps) {  // warp-uniform
         if (docs[s] != doc_t) {
             if (lane == 0) scores[s] = -INFINITY;
             continue;
@@ -106,11 +109,11 @@ extern "C" __global__ void attention_fwd(bf16* out, float* lse, const bf16* q, c
     __syncthreads();
 
     float m = -INFINITY;
-    for (int s = threadIdx.x; s <= t; s += blockDim.x) m = fmaxf(m, scores[s]);
+    for (int s = threadIdx.x; s < n_keys; s += blockDim.x) m = fmaxf(m, scores[s]);
     m = block_reduce_max(m, scratch);  // finite: key t is always allowed
 
     float l = 0.0f;
-    for (int s = threadIdx.x; s <= t; s += blockDim.x) {
+    for (int s = threadIdx.x; s < n_keys; s += blockDim.x) {
         const float p = scores[s] == -INFINITY ? 0.0f : expf(scores[s] - m);
         scores[s] = p;
         l += p;
@@ -121,7 +124,7 @@ extern "C" __global__ void attention_fwd(bf16* out, float* lse, const bf16* q, c
     const float inv = 1.0f / l;
     for (int d = threadIdx.x; d < D; d += blockDim.x) {
         float acc = 0.0f;
-        for (int s = 0; s <= t; ++s) {
+        for (int s = 0; s < n_keys; ++s) {
             const float p = scores[s];
             if (p == 0.0f) continue;  // masked key (or an underflowed one: adds nothing)
             acc += p * load_bf16(v, (((size_t)b * T + s) * Hkv + g) * D + d);
@@ -147,7 +150,7 @@ extern "C" __global__ void attention_delta(float* delta, const bf16* dout, const
 extern "C" __global__ void attention_bwd_dq(bf16* dq, const bf16* dout, const bf16* q,
                                             const bf16* k, const bf16* v, const float* lse,
                                             const float* delta, const int* doc_ids, int B, int T,
-                                            int H, int Hkv, int D, float scale) {
+                                            int H, int Hkv, int D, float scale, int causal) {
     __shared__ float qs[ATTN_MAX_D];
     __shared__ float dos[ATTN_MAX_D];
     __shared__ float acc[ATTN_MAX_D];    // dq row; column d owned by thread d % blockDim.x
@@ -174,8 +177,9 @@ extern "C" __global__ void attention_bwd_dq(bf16* dq, const bf16* dout, const bf
     const int doc_t = docs[t];
     const float lse_t = lse[bid];
     const float delta_t = delta[bid];
-    for (int c0 = 0; c0 <= t; c0 += ATTN_CHUNK) {  // block-uniform
-        const int c1 = min(t + 1, c0 + ATTN_CHUNK);  // keys c0 .. c1-1
+    const int n_keys = causal ? t + 1 : T;
+    for (int c0 = 0; c0 < n_keys; c0 += ATTN_CHUNK) {  // block-uniform
+        const int c1 = min(n_keys, c0 + ATTN_CHUNK);  // keys c0 .. c1-1
         for (int s = c0 + warp; s < c1; s += nwarps) {  // warp-uniform
             if (docs[s] != doc_t) {
                 if (lane == 0) ds_chunk[s - c0] = 0.0f;
@@ -206,7 +210,7 @@ extern "C" __global__ void attention_bwd_dkdv(bf16* dk, bf16* dv, const bf16* do
                                               const bf16* q, const bf16* k, const bf16* v,
                                               const float* lse, const float* delta,
                                               const int* doc_ids, int B, int T, int H, int Hkv,
-                                              int D, float scale) {
+                                              int D, float scale, int causal) {
     __shared__ float ks[ATTN_MAX_D];
     __shared__ float vs[ATTN_MAX_D];
     __shared__ float dk_acc[ATTN_MAX_D];  // column d owned by thread d % blockDim.x
@@ -236,7 +240,7 @@ extern "C" __global__ void attention_bwd_dkdv(bf16* dk, bf16* dv, const bf16* do
     const int doc_s = docs[s];
     for (int h = g * group; h < (g + 1) * group; ++h) {  // block-uniform
         const size_t row0 = ((size_t)b * H + h) * T;     // lse/delta row of (b, h)
-        for (int c0 = s; c0 < T; c0 += ATTN_CHUNK) {     // block-uniform
+        for (int c0 = causal ? s : 0; c0 < T; c0 += ATTN_CHUNK) {  // block-uniform
             const int c1 = min(T, c0 + ATTN_CHUNK);       // queries c0 .. c1-1
             for (int t = c0 + warp; t < c1; t += nwarps) {  // warp-uniform
                 if (docs[t] != doc_s) {

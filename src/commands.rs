@@ -385,8 +385,29 @@ fn train_cuda(
     resume: Option<Resume>,
     until: Option<u64>,
 ) -> Result<crate::train::trainer::TrainSummary> {
-    let be = crate::backend::cuda::CudaBackend::new(0).map_err(|e| anyhow::anyhow!(e))?;
+    let mut be = crate::backend::cuda::CudaBackend::new(0).map_err(|e| anyhow::anyhow!(e))?;
+    be.set_attention(cfg.train.attention, cfg.train.deterministic);
     eprintln!("backend: {}", crate::backend::Backend::name(&be));
+    if let Ok(m) = crate::train::trainer::resolve_model_shape(cfg, None, false) {
+        let hd = if m.head_dim > 0 {
+            m.head_dim
+        } else {
+            m.dim / m.n_heads.max(1)
+        };
+        let kernel = be.attention_kernel(hd);
+        if kernel != cfg.train.attention {
+            eprintln!("attention: reference kernels (the flash kernels are built for head dims 64 and 128, not {hd})");
+        } else {
+            eprintln!(
+                "attention: {kernel:?} kernels{}",
+                if cfg.train.deterministic {
+                    ", deterministic backward"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
     let peak = be.peak_bf16_flops();
     crate::train::trainer::train(&be, cfg, resume, until, peak)
 }

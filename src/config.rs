@@ -131,6 +131,20 @@ pub struct TrainConfig {
     /// Memory available per device in GB for the memory plan (0 = detect: the GPU's memory, or
     /// the machine's RAM for the CPU backend).
     pub device_memory_gb: f64,
+    /// CUDA attention kernels: `flash` (kernels/flash_attention.cu; head dims 64 and 128, other
+    /// head dims fall back to the reference) or `reference` (kernels/attention.cu, simple and slow).
+    pub attention: AttentionKernel,
+    /// Bitwise repeatable CUDA backward: dQ without atomics (costs a second pass over the keys).
+    pub deterministic: bool,
+}
+
+/// `train.attention`.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AttentionKernel {
+    #[default]
+    Flash,
+    Reference,
 }
 
 impl Default for TrainConfig {
@@ -161,6 +175,8 @@ impl Default for TrainConfig {
             world_size: 1,
             zero_stage: 0,
             device_memory_gb: 0.0,
+            attention: AttentionKernel::Flash,
+            deterministic: false,
         }
     }
 }

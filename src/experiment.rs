@@ -260,8 +260,11 @@ fn resume_point(cfg: &Config) -> Result<RunState> {
             .with_context(|| format!("{}: cannot read", state_path.display()))?,
     )
     .map_err(|e| anyhow::anyhow!("{}: not valid JSON: {e}", state_path.display()))?;
-    let text = toml::to_string(cfg)?;
-    if state["config"].as_str() != Some(text.as_str()) {
+    // Compared as configs, not as text: fields added to kiln since the run take their defaults.
+    let stored = state["config"]
+        .as_str()
+        .and_then(|t| toml::from_str::<Config>(t).ok());
+    if stored.as_ref() != Some(cfg) {
         bail!(
             "{}: holds checkpoints of a different config; remove it or choose another --out",
             dir.display()

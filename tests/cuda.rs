@@ -8,7 +8,7 @@ mod common;
 
 use common::rel_err;
 use kiln::backend::cpu::CpuBackend;
-use kiln::backend::cuda::CudaBackend;
+use kiln::backend::cuda::{flash_meta, AttentionKernel, CudaBackend};
 use kiln::backend::{AdamW, AttnShape, Backend, BufKind};
 use kiln::data::rng::Rng;
 use kiln::model::{Model, ModelConfig};
@@ -281,7 +281,9 @@ fn adamw_matches_cpu_and_refreshes_the_bf16_copy() {
 
 #[test]
 fn attention_forward_backward_and_cache_match_cpu_with_gqa_and_documents() {
-    let Some(gpu) = device() else { return };
+    // The simple reference kernels (kernels/attention.cu); flash is tested below.
+    let Some(mut gpu) = device() else { return };
+    gpu.set_attention(AttentionKernel::Reference, false);
     let cpu = CpuBackend::<f32>::new();
     let s = AttnShape {
         batch: 2,
@@ -289,6 +291,7 @@ fn attention_forward_backward_and_cache_match_cpu_with_gqa_and_documents() {
         heads: 8,
         kv_heads: 2,
         head_dim: 64,
+        causal: true,
     };
     let (nq, nk) = (
         s.batch * s.seq * s.heads * s.head_dim,
@@ -488,4 +491,184 @@ fn cuda_resume_reproduces_the_loss_trajectory() {
         resumed, straight,
         "a resumed CUDA run must follow the uninterrupted one"
     );
+}
+
+/// Doc ids of `batch` rows of `seq` tokens: `lengths` cycled as document lengths (one document
+/// when empty); with `recurring`, ids alternate 0, 1, 0, 1, … between documents, so the same id
+/// occurs in several runs (the flash kernels' element-masked path).
+fn doc_pattern(batch: usize, seq: usize, lengths: &[usize], recurring: bool) -> Vec<u32> {
+    let mut ids = Vec::with_capacity(batch * seq);
+    for b in 0..batch {
+        let (mut doc, mut left, mut li) = (0u32, 0usize, b);
+        for _ in 0..seq {
+            if lengths.is_empty() {
+                ids.push(0);
+                continue;
+            }
+            if left == 0 {
+                if !ids.is_empty() && ids.len() % seq != 0 {
+                    doc += 1;
+                }
+                left = lengths[li % lengths.len()];
+                li += 1;
+            }
+            left -= 1;
+            ids.push(if recurring { doc % 2 } else { doc });
+        }
+    }
+    ids
+}
+
+#[test]
+fn flash_meta_finds_document_runs_and_recurring_ids() {
+    let ids = [0, 0, 1, 1, 1, 2, 5, 5, 5, 5];
+    let (m, contiguous) = flash_meta(&ids, 2, 5);
+    assert!(contiguous);
+    assert_eq!(&m[..10], &ids);
+    assert_eq!(&m[10..20], &[0, 0, 2, 2, 2, 0, 1, 1, 1, 1]);
+    assert_eq!(&m[20..], &[2, 2, 5, 5, 5, 1, 5, 5, 5, 5]);
+    // id 0 comes back after id 1: not contiguous, runs span the row
+    let (m, contiguous) = flash_meta(&[0, 0, 1, 0], 1, 4);
+    assert!(!contiguous);
+    assert_eq!(&m[4..], &[0, 0, 0, 0, 4, 4, 4, 4]);
+    assert_eq!(doc_pattern(1, 7, &[3], false), [0, 0, 0, 1, 1, 1, 2]);
+    assert_eq!(doc_pattern(1, 7, &[3], true), [0, 0, 0, 1, 1, 1, 0]);
+}
+
+/// Flash forward and backward against the CPU reference on one shape; returns the GPU's dq, dk,
+/// dv (for the determinism check).
+fn flash_case(
+    gpu: &CudaBackend,
+    cpu: &CpuBackend<f32>,
+    s: AttnShape,
+    doc_ids: &[u32],
+    seed: u64,
+) -> [Vec<f32>; 3] {
+    let what = format!(
+        "flash B{} T{} H{}/{} D{} {} docs {}",
+        s.batch,
+        s.seq,
+        s.heads,
+        s.kv_heads,
+        s.head_dim,
+        if s.causal { "causal" } else { "bidirectional" },
+        doc_ids
+            .iter()
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+    );
+    let (nq, nk) = (
+        s.batch * s.seq * s.heads * s.head_dim,
+        s.batch * s.seq * s.kv_heads * s.head_dim,
+    );
+    let nl = s.batch * s.heads * s.seq;
+    let (q, k, v, dout) = (
+        bf16_round(&random(nq, seed, 1.0)),
+        bf16_round(&random(nk, seed + 1, 1.0)),
+        bf16_round(&random(nk, seed + 2, 1.0)),
+        bf16_round(&random(nq, seed + 3, 1.0)),
+    );
+    let (gq, gk, gv) = (
+        gpu.upload_as(&q, BufKind::Act),
+        gpu.upload_as(&k, BufKind::Act),
+        gpu.upload_as(&v, BufKind::Act),
+    );
+    let mut out = poisoned(gpu, nq, BufKind::Act);
+    let mut lse = poisoned(gpu, nl, BufKind::Stat);
+    gpu.attention(&mut out, &mut lse, &gq, &gk, &gv, doc_ids, s);
+    let (mut co, mut cl) = (cpu.zeros(nq), cpu.zeros(nl));
+    cpu.attention(&mut co, &mut cl, &q, &k, &v, doc_ids, s);
+    assert_close(&format!("{what}: out"), &gpu.download(&out), &co, 1e-2);
+    assert_close(&format!("{what}: lse"), &gpu.download(&lse), &cl, 1e-3);
+
+    let (mut dq, mut dk, mut dv) = (
+        poisoned(gpu, nq, BufKind::Act),
+        poisoned(gpu, nk, BufKind::Act),
+        poisoned(gpu, nk, BufKind::Act),
+    );
+    gpu.attention_bwd(
+        &mut dq,
+        &mut dk,
+        &mut dv,
+        &gpu.upload_as(&dout, BufKind::Act),
+        &out,
+        &lse,
+        &gq,
+        &gk,
+        &gv,
+        doc_ids,
+        s,
+    );
+    let (mut cdq, mut cdk, mut cdv) = (cpu.zeros(nq), cpu.zeros(nk), cpu.zeros(nk));
+    cpu.attention_bwd(
+        &mut cdq, &mut cdk, &mut cdv, &dout, &co, &cl, &q, &k, &v, doc_ids, s,
+    );
+    let got = [gpu.download(&dq), gpu.download(&dk), gpu.download(&dv)];
+    assert_close(&format!("{what}: dq"), &got[0], &cdq, 2e-2);
+    assert_close(&format!("{what}: dk"), &got[1], &cdk, 2e-2);
+    assert_close(&format!("{what}: dv"), &got[2], &cdv, 2e-2);
+    got
+}
+
+#[test]
+fn flash_attention_matches_cpu_on_odd_lengths_gqa_documents_causal_and_not() {
+    let Some(mut gpu) = device() else { return };
+    let cpu = CpuBackend::<f32>::new();
+    let shape = |batch, seq, heads, kv_heads, head_dim, causal| AttnShape {
+        batch,
+        seq,
+        heads,
+        kv_heads,
+        head_dim,
+        causal,
+    };
+    let mut seed = 100;
+    for deterministic in [false, true] {
+        gpu.set_attention(AttentionKernel::Flash, deterministic);
+        for (s, lengths, recurring) in [
+            (shape(3, 1, 4, 4, 64, true), vec![], false),
+            (shape(2, 17, 4, 1, 64, true), vec![5, 12], false),
+            (shape(2, 17, 8, 2, 128, false), vec![], false),
+            (
+                shape(1, 1000, 8, 1, 128, true),
+                vec![300, 17, 450, 1, 232],
+                false,
+            ),
+            (shape(2, 1000, 4, 4, 64, false), vec![333, 90], false),
+            (shape(1, 333, 8, 8, 64, true), vec![40, 7], true),
+            (shape(1, 250, 4, 1, 128, false), vec![64, 3], true),
+            (shape(1, 4099, 8, 1, 128, true), vec![], false),
+            (shape(1, 4099, 4, 1, 64, true), vec![1500, 2599], false),
+        ] {
+            let docs = doc_pattern(s.batch, s.seq, &lengths, recurring);
+            flash_case(&gpu, &cpu, s, &docs, seed);
+            seed += 10;
+        }
+    }
+}
+
+#[test]
+fn flash_attention_deterministic_backward_is_bitwise_repeatable() {
+    let Some(mut gpu) = device() else { return };
+    let cpu = CpuBackend::<f32>::new();
+    gpu.set_attention(AttentionKernel::Flash, true);
+    let s = AttnShape {
+        batch: 2,
+        seq: 777,
+        heads: 8,
+        kv_heads: 2,
+        head_dim: 128,
+        causal: true,
+    };
+    let docs = doc_pattern(s.batch, s.seq, &[200, 377, 31], false);
+    let first = flash_case(&gpu, &cpu, s, &docs, 7);
+    for _ in 0..3 {
+        let again = flash_case(&gpu, &cpu, s, &docs, 7);
+        for (a, b) in first.iter().zip(&again) {
+            assert!(
+                a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "deterministic flash backward differs between runs"
+            );
+        }
+    }
 }

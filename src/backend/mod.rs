@@ -31,6 +31,9 @@ pub struct AttnShape {
     pub kv_heads: usize,
     /// D
     pub head_dim: usize,
+    /// Causal (query t sees keys s ≤ t of its document) or bidirectional within documents.
+    /// Training and generation are causal; the non-causal case serves kernel tests and benchmarks.
+    pub causal: bool,
 }
 
 /// What a buffer holds. A mixed-precision backend picks storage by kind (the CUDA backend: bf16
@@ -179,8 +182,9 @@ pub trait Backend: Send + Sync {
     );
 
     // ---- attention ------------------------------------------------------------------------
-    /// Causal self-attention with document masking and GQA, softmax scale 1/sqrt(D).
-    /// Query t attends key s iff s <= t and doc_ids[b·T + s] == doc_ids[b·T + t].
+    /// Self-attention with document masking and GQA, softmax scale 1/sqrt(D).
+    /// Query t attends key s iff doc_ids[b·T + s] == doc_ids[b·T + t] and, when `s.causal`,
+    /// s <= t.
     /// Writes out [B, T, H, D] and lse [B, H, T] (natural-log log-sum-exp of the scaled scores).
     #[allow(clippy::too_many_arguments)]
     fn attention(

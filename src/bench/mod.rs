@@ -333,6 +333,7 @@ pub fn run<B: Backend>(be: &B, s: BenchShape, iters: usize) -> BenchReport {
         heads: s.heads,
         kv_heads: s.kv_heads,
         head_dim: s.head_dim,
+        causal: true,
     };
     let (kk, vv) = (up(n * kvd, 12, BufKind::Act), up(n * kvd, 13, BufKind::Act));
     let docs = vec![0u32; n];

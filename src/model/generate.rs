@@ -72,6 +72,7 @@ impl<B: Backend> Model<B> {
             heads: c.n_heads,
             kv_heads: c.n_kv_heads,
             head_dim: hd,
+            causal: true,
         };
         let p = &self.params;
         let z = |n: usize| be.alloc(n, BufKind::Act);

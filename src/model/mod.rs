@@ -238,6 +238,7 @@ impl<B: Backend> Model<B> {
             heads: self.cfg.n_heads,
             kv_heads: self.cfg.n_kv_heads,
             head_dim: self.cfg.head_dim,
+            causal: true,
         }
     }
 

@@ -509,7 +509,7 @@ fn gather_head<T: Float>(
     out
 }
 
-/// Causal attention with document masking and GQA (see `Backend::attention`).
+/// Attention with document masking and GQA, causal or not (see `Backend::attention`).
 /// q [B, T, H, D], k/v [B, T, Hkv, D], doc_ids [B·T] → out [B, T, H, D], lse [B, H, T].
 ///
 /// Parallel over (b, h): each task gathers its kv head, and for each query does two passes over
@@ -547,8 +547,9 @@ pub fn attention<T: Float>(
         for t in 0..tt {
             let qo = ((bi * tt + t) * h + hi) * dd;
             let qt = &q[qo..qo + dd];
+            let n_keys = if s.causal { t + 1 } else { tt };
             let mut m = T::NEG_INFINITY;
-            for (j, sj) in scores[..=t].iter_mut().enumerate() {
+            for (j, sj) in scores[..n_keys].iter_mut().enumerate() {
                 *sj = if docs[j] == docs[t] {
                     dot(qt, &kb[j * dd..(j + 1) * dd]) * scale
                 } else {
@@ -558,7 +559,7 @@ pub fn attention<T: Float>(
             }
             let o = &mut tile[t * dd..(t + 1) * dd];
             let mut l = T::ZERO;
-            for (j, &sj) in scores[..=t].iter().enumerate() {
+            for (j, &sj) in scores[..n_keys].iter().enumerate() {
                 if sj == T::NEG_INFINITY {
                     continue; // another document
                 }
@@ -634,7 +635,8 @@ pub fn attention_bwd<T: Float>(
             let l = lse[bh * tt + t];
             let delta = dot(dot_, ot);
             let dqr = &mut dq_t[t * dd..(t + 1) * dd];
-            for j in 0..=t {
+            let n_keys = if s.causal { t + 1 } else { tt };
+            for j in 0..n_keys {
                 if docs[j] != docs[t] {
                     continue;
                 }

@@ -182,6 +182,7 @@ fn naive_attention(
         heads: h,
         kv_heads: hkv,
         head_dim: dd,
+        causal,
     } = s;
     let scale = 1.0 / (dd as f64).sqrt();
     let mut out = vec![0.0; b * tt * h * dd];
@@ -193,7 +194,7 @@ fn naive_attention(
                 let qo = ((bi * tt + t) * h + hi) * dd;
                 let scores: Vec<f64> = (0..tt)
                     .map(|j| {
-                        if j <= t && docs[bi * tt + j] == docs[bi * tt + t] {
+                        if (!causal || j <= t) && docs[bi * tt + j] == docs[bi * tt + t] {
                             let ko = ((bi * tt + j) * hkv + g) * dd;
                             (0..dd).map(|c| q[qo + c] * k[ko + c]).sum::<f64>() * scale
                         } else {
@@ -366,13 +367,14 @@ fn attention_f32_matches_naive_with_gqa_and_documents() {
     let be = cpu32();
     let mut rng = Rng::new(6);
     // T = 48: large enough that (b, h) tasks go to the rayon pool
-    for kv_heads in [4, 2, 1] {
+    for (kv_heads, causal) in [(4, true), (2, true), (1, true), (2, false)] {
         let s = AttnShape {
             batch: 2,
             seq: 48,
             heads: 4,
             kv_heads,
             head_dim: 16,
+            causal,
         };
         let (q, k, v, docs) = attn_inputs(&mut rng, s);
         let (mut out, mut lse) = (poisoned32(q.len()), poisoned32(2 * 4 * 48));
@@ -567,13 +569,14 @@ fn rope_gradient_matches_finite_differences() {
 fn attention_gradients_match_finite_differences_with_gqa_and_documents() {
     let be = cpu64();
     let mut rng = Rng::new(14);
-    for kv_heads in [2, 1] {
+    for (kv_heads, causal) in [(2, true), (1, true), (2, false)] {
         let s = AttnShape {
             batch: 2,
             seq: 7,
             heads: 4,
             kv_heads,
             head_dim: 4,
+            causal,
         };
         let (q, k, v, _) = attn_inputs(&mut rng, s);
         // several documents per row; row 1 starts a new document at t = 1
@@ -624,6 +627,7 @@ fn attention_backward_f32_matches_f64_in_parallel_path() {
         heads: 4,
         kv_heads: 2,
         head_dim: 16,
+        causal: true,
     };
     let (q, k, v, docs) = attn_inputs(&mut rng, s);
     let r = rng.vec(q.len());
@@ -789,6 +793,7 @@ fn attention_cached_prefill_then_decode_equals_full_attention() {
         heads: 4,
         kv_heads: 2,
         head_dim: 8,
+        causal: true,
     };
     let (q, k, v, _) = attn_inputs(&mut rng, full);
     let (q, k, v) = (to_f32(&q), to_f32(&k), to_f32(&v));

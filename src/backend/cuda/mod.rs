@@ -22,6 +22,7 @@ use cudarc::nvrtc::Ptx;
 use half::bf16;
 
 use super::{AdamW, AttnShape, Backend, BufKind};
+pub use crate::config::AttentionKernel;
 use gemm::Gemm;
 
 /// The fatbins built from `kernels/*.cu`.
@@ -84,7 +85,34 @@ struct Kernels {
     attention_bwd_dq: CudaFunction,
     attention_bwd_dkdv: CudaFunction,
     attention_cached: CudaFunction,
+    flash_fwd: [CudaFunction; 2],
+    flash_bwd_dkdv: [CudaFunction; 2],
+    flash_bwd_dq: [CudaFunction; 2],
+    flash_bwd_pre: CudaFunction,
+    flash_dq_convert: CudaFunction,
 }
+
+/// Dynamic shared memory of the flash kernels (kernels/flash_attention.cu) at head dim `d`.
+fn flash_smem(kernel: FlashKernel, d: usize) -> usize {
+    match kernel {
+        // Q, K, V tiles (64 rows each) and the key tile's doc ids
+        FlashKernel::Fwd => 3 * 64 * d * 2 + 64 * 4,
+        // K, V (64 rows), Q, dO (32 rows), dS^T (64 × 40), lse, delta and doc ids of 32 queries
+        FlashKernel::DkDv => (2 * 64 + 2 * 32) * d * 2 + 64 * 40 * 2 + 3 * 32 * 4,
+        // Q, dO (64 rows), K, V (32 rows) and the key tile's doc ids
+        FlashKernel::Dq => (2 * 64 + 2 * 32) * d * 2 + 32 * 4,
+    }
+}
+
+#[derive(Clone, Copy)]
+enum FlashKernel {
+    Fwd,
+    DkDv,
+    Dq,
+}
+
+/// Head dims the flash kernels are built for.
+pub const FLASH_HEAD_DIMS: [usize; 2] = [64, 128];
 
 /// Grow-only device scratch.
 struct Scratch {
@@ -92,6 +120,8 @@ struct Scratch {
     bytes: CudaSlice<u8>,
     partials: CudaSlice<f32>,
     delta: CudaSlice<f32>,
+    /// fp32 dQ accumulator of the flash backward.
+    dq_acc: CudaSlice<f32>,
 }
 
 pub struct CudaBackend {
@@ -100,6 +130,8 @@ pub struct CudaBackend {
     k: Kernels,
     gemm: Gemm,
     scratch: Mutex<Scratch>,
+    attention: AttentionKernel,
+    deterministic: bool,
 }
 
 /// Rows per block in rmsnorm_bwd (its dw partials are reduced in a second, ordered pass).
@@ -121,6 +153,44 @@ fn grid(n: usize) -> LaunchConfig {
 
 fn i(x: usize) -> i32 {
     i32::try_from(x).expect("size exceeds i32 (kernels take int sizes)")
+}
+
+/// The flash kernels' per-position metadata ([3, B, T]: doc ids, then the start and the end of
+/// each position's run of equal doc ids) and whether every doc id of a row forms one run. When
+/// it does not (an id recurs after another), runs span the whole row and every tile is masked
+/// element by element.
+pub fn flash_meta(doc_ids: &[u32], batch: usize, seq: usize) -> (Vec<u32>, bool) {
+    assert_eq!(doc_ids.len(), batch * seq, "attention: doc_ids");
+    let n = batch * seq;
+    let mut meta = vec![0u32; 3 * n];
+    meta[..n].copy_from_slice(doc_ids);
+    let mut contiguous = true;
+    for row in doc_ids.chunks(seq.max(1)) {
+        let mut seen = rustc_hash::FxHashSet::default();
+        for w in row.windows(2) {
+            if w[0] != w[1] {
+                seen.insert(w[0]);
+                contiguous &= !seen.contains(&w[1]);
+            }
+        }
+    }
+    for (b, row) in doc_ids.chunks(seq.max(1)).enumerate() {
+        let base = b * seq;
+        let mut start = 0;
+        while start < row.len() {
+            let mut end = start + 1;
+            while end < row.len() && row[end] == row[start] {
+                end += 1;
+            }
+            let (lo, hi) = if contiguous { (start, end) } else { (0, seq) };
+            for t in start..end {
+                meta[n + base + t] = lo as u32;
+                meta[2 * n + base + t] = hi as u32;
+            }
+            start = end;
+        }
+    }
+    (meta, contiguous)
 }
 
 /// The CUDA libraries kiln loads at run time that cannot be found (scripts/cuda-env.sh puts them
@@ -163,6 +233,7 @@ impl CudaBackend {
         let adamw = load("adamw", fatbins::ADAMW)?;
         let ew = load("elementwise", fatbins::ELEMENTWISE)?;
         let attn = load("attention", fatbins::ATTENTION)?;
+        let flash = load("flash_attention", fatbins::FLASH_ATTENTION)?;
         let f = |m: &Arc<cudarc::driver::CudaModule>, name: &str| {
             m.load_function(name)
                 .map_err(|e| format!("kernel {name}: {e:?}"))
@@ -188,7 +259,32 @@ impl CudaBackend {
             attention_bwd_dq: f(&attn, "attention_bwd_dq")?,
             attention_bwd_dkdv: f(&attn, "attention_bwd_dkdv")?,
             attention_cached: f(&attn, "attention_cached")?,
+            flash_fwd: [f(&flash, "flash_fwd_d64")?, f(&flash, "flash_fwd_d128")?],
+            flash_bwd_dkdv: [
+                f(&flash, "flash_bwd_dkdv_d64")?,
+                f(&flash, "flash_bwd_dkdv_d128")?,
+            ],
+            flash_bwd_dq: [
+                f(&flash, "flash_bwd_dq_d64")?,
+                f(&flash, "flash_bwd_dq_d128")?,
+            ],
+            flash_bwd_pre: f(&flash, "flash_bwd_pre")?,
+            flash_dq_convert: f(&flash, "flash_dq_convert")?,
         };
+        // Above 48 KiB of dynamic shared memory a kernel must opt in.
+        for (funcs, kind) in [
+            (&k.flash_fwd, FlashKernel::Fwd),
+            (&k.flash_bwd_dkdv, FlashKernel::DkDv),
+            (&k.flash_bwd_dq, FlashKernel::Dq),
+        ] {
+            for (func, d) in funcs.iter().zip(FLASH_HEAD_DIMS) {
+                func.set_attribute(
+                    cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    flash_smem(kind, d) as i32,
+                )
+                .map_err(|e| format!("flash attention (head dim {d}): cannot reserve shared memory: {e:?}"))?;
+            }
+        }
         let gemm = Gemm::new(stream.clone())?;
         let z = |n| {
             stream
@@ -202,6 +298,7 @@ impl CudaBackend {
                 .map_err(|e| format!("CUDA allocation: {e:?}"))?,
             partials: z(SUMSQ_BLOCKS)?,
             delta: z(1)?,
+            dq_acc: z(1)?,
         };
         Ok(CudaBackend {
             ctx,
@@ -209,7 +306,25 @@ impl CudaBackend {
             k,
             gemm,
             scratch: Mutex::new(scratch),
+            attention: AttentionKernel::Flash,
+            deterministic: false,
         })
+    }
+
+    /// Choose the attention kernels (`train.attention`) and whether the backward is bitwise
+    /// repeatable (`train.deterministic`).
+    pub fn set_attention(&mut self, kernel: AttentionKernel, deterministic: bool) {
+        self.attention = kernel;
+        self.deterministic = deterministic;
+    }
+
+    /// Which kernels `attention` and `attention_bwd` run for head dim `d`.
+    pub fn attention_kernel(&self, d: usize) -> AttentionKernel {
+        if self.attention == AttentionKernel::Flash && FLASH_HEAD_DIMS.contains(&d) {
+            AttentionKernel::Flash
+        } else {
+            AttentionKernel::Reference
+        }
     }
 
     pub fn device_name(&self) -> String {
@@ -264,6 +379,160 @@ impl CudaBackend {
         self.stream
             .memcpy_htod(&as_i32, &mut scratch.ints[slot])
             .expect("CUDA upload");
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn flash_fwd(
+        &self,
+        out: &mut CudaBuf,
+        lse: &mut CudaBuf,
+        q: &CudaBuf,
+        k: &CudaBuf,
+        v: &CudaBuf,
+        doc_ids: &[u32],
+        a: AttnShape,
+    ) {
+        let mut guard = self.scratch.lock().expect("scratch");
+        let s = &mut *guard;
+        let (meta, contiguous) = flash_meta(doc_ids, a.batch, a.seq);
+        self.ints(s, 1, &meta);
+        let di = (a.head_dim == 128) as usize;
+        let cfg = LaunchConfig {
+            grid_dim: (a.seq.div_ceil(64) as u32, a.heads as u32, a.batch as u32),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: flash_smem(FlashKernel::Fwd, a.head_dim) as u32,
+        };
+        let (bb, t, h, hkv) = (i(a.batch), i(a.seq), i(a.heads), i(a.kv_heads));
+        let scale = 1.0 / (a.head_dim as f32).sqrt();
+        let (causal, contiguous) = (a.causal as i32, contiguous as i32);
+        self.launch("flash_fwd", &self.k.flash_fwd[di], cfg, |b| {
+            b.arg(out.h_mut())
+                .arg(lse.f_mut())
+                .arg(q.h())
+                .arg(k.h())
+                .arg(v.h())
+                .arg(&s.ints[1]);
+            b.arg(&bb)
+                .arg(&t)
+                .arg(&h)
+                .arg(&hkv)
+                .arg(&scale)
+                .arg(&causal)
+                .arg(&contiguous);
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn flash_bwd(
+        &self,
+        dq: &mut CudaBuf,
+        dk: &mut CudaBuf,
+        dv: &mut CudaBuf,
+        dout: &CudaBuf,
+        out: &CudaBuf,
+        lse: &CudaBuf,
+        q: &CudaBuf,
+        k: &CudaBuf,
+        v: &CudaBuf,
+        doc_ids: &[u32],
+        a: AttnShape,
+    ) {
+        let mut guard = self.scratch.lock().expect("scratch");
+        let s = &mut *guard;
+        let (meta, contiguous) = flash_meta(doc_ids, a.batch, a.seq);
+        self.ints(s, 1, &meta);
+        let rows = a.batch * a.heads * a.seq;
+        let grow = |buf: &mut CudaSlice<f32>, n: usize| {
+            if buf.len() < n {
+                *buf = self.stream.alloc_zeros::<f32>(n).expect("CUDA allocation");
+            }
+        };
+        grow(&mut s.delta, rows);
+        let atomic = !self.deterministic;
+        if atomic {
+            grow(&mut s.dq_acc, rows * a.head_dim);
+        }
+        let di = (a.head_dim == 128) as usize;
+        let (bb, t, h, hkv, d) = (
+            i(a.batch),
+            i(a.seq),
+            i(a.heads),
+            i(a.kv_heads),
+            i(a.head_dim),
+        );
+        let scale = 1.0 / (a.head_dim as f32).sqrt();
+        let (causal, contiguous, atomic_i) = (a.causal as i32, contiguous as i32, atomic as i32);
+        let pre = LaunchConfig {
+            grid_dim: (blocks(rows, 4), 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        self.launch("flash_bwd_pre", &self.k.flash_bwd_pre, pre, |b| {
+            b.arg(&mut s.delta)
+                .arg(&mut s.dq_acc)
+                .arg(dout.h())
+                .arg(out.h());
+            b.arg(&bb).arg(&t).arg(&h).arg(&d).arg(&atomic_i);
+        });
+        let cfg = LaunchConfig {
+            grid_dim: (a.seq.div_ceil(64) as u32, a.kv_heads as u32, a.batch as u32),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: flash_smem(FlashKernel::DkDv, a.head_dim) as u32,
+        };
+        self.launch("flash_bwd_dkdv", &self.k.flash_bwd_dkdv[di], cfg, |b| {
+            b.arg(dk.h_mut())
+                .arg(dv.h_mut())
+                .arg(&mut s.dq_acc)
+                .arg(dout.h())
+                .arg(q.h())
+                .arg(k.h())
+                .arg(v.h())
+                .arg(lse.f())
+                .arg(&s.delta)
+                .arg(&s.ints[1]);
+            b.arg(&bb)
+                .arg(&t)
+                .arg(&h)
+                .arg(&hkv)
+                .arg(&scale)
+                .arg(&causal)
+                .arg(&contiguous)
+                .arg(&atomic_i);
+        });
+        if atomic {
+            let n = i(rows * a.head_dim);
+            self.launch(
+                "flash_dq_convert",
+                &self.k.flash_dq_convert,
+                grid(rows * a.head_dim),
+                |b| {
+                    b.arg(dq.h_mut()).arg(&s.dq_acc).arg(&n);
+                },
+            );
+        } else {
+            let cfg = LaunchConfig {
+                grid_dim: (a.seq.div_ceil(64) as u32, a.heads as u32, a.batch as u32),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: flash_smem(FlashKernel::Dq, a.head_dim) as u32,
+            };
+            self.launch("flash_bwd_dq", &self.k.flash_bwd_dq[di], cfg, |b| {
+                b.arg(dq.h_mut())
+                    .arg(dout.h())
+                    .arg(q.h())
+                    .arg(k.h())
+                    .arg(v.h())
+                    .arg(lse.f())
+                    .arg(&s.delta)
+                    .arg(&s.ints[1]);
+                b.arg(&bb)
+                    .arg(&t)
+                    .arg(&h)
+                    .arg(&hkv)
+                    .arg(&scale)
+                    .arg(&causal)
+                    .arg(&contiguous);
+            });
+        }
     }
 
     fn gemm_run(&self, p: &gemm::Problem, a: &CudaSlice<bf16>, b: &CudaSlice<bf16>, d: u64) {
@@ -603,9 +872,13 @@ impl Backend for CudaBackend {
         doc_ids: &[u32],
         a: AttnShape,
     ) {
+        if self.attention_kernel(a.head_dim) == AttentionKernel::Flash {
+            return self.flash_fwd(out, lse, q, k, v, doc_ids, a);
+        }
         let mut s = self.scratch.lock().expect("scratch");
         self.ints(&mut s, 0, doc_ids);
         let scale = 1.0 / (a.head_dim as f32).sqrt();
+        let causal = a.causal as i32;
         let cfg = LaunchConfig {
             grid_dim: ((a.batch * a.heads * a.seq) as u32, 1, 1),
             block_dim: (128, 1, 1),
@@ -628,7 +901,8 @@ impl Backend for CudaBackend {
                 .arg(&heads_i32)
                 .arg(&kv_heads_i32)
                 .arg(&head_dim_i32)
-                .arg(&scale);
+                .arg(&scale)
+                .arg(&causal);
         });
     }
 
@@ -646,8 +920,12 @@ impl Backend for CudaBackend {
         doc_ids: &[u32],
         a: AttnShape,
     ) {
+        if self.attention_kernel(a.head_dim) == AttentionKernel::Flash {
+            return self.flash_bwd(dq, dk, dv, dout, out, lse, q, k, v, doc_ids, a);
+        }
         let mut s = self.scratch.lock().expect("scratch");
         self.ints(&mut s, 0, doc_ids);
+        let causal = a.causal as i32;
         let rows = a.batch * a.heads * a.seq;
         if s.delta.len() < rows {
             s.delta = self
@@ -691,7 +969,13 @@ impl Backend for CudaBackend {
                 .arg(lse.f())
                 .arg(&s.delta)
                 .arg(&s.ints[0]);
-            b.arg(&bb).arg(&t).arg(&h).arg(&hkv).arg(&d).arg(&scale);
+            b.arg(&bb)
+                .arg(&t)
+                .arg(&h)
+                .arg(&hkv)
+                .arg(&d)
+                .arg(&scale)
+                .arg(&causal);
         });
         let cfg = LaunchConfig {
             grid_dim: ((a.batch * a.kv_heads * a.seq) as u32, 1, 1),
@@ -708,7 +992,13 @@ impl Backend for CudaBackend {
                 .arg(lse.f())
                 .arg(&s.delta)
                 .arg(&s.ints[0]);
-            b.arg(&bb).arg(&t).arg(&h).arg(&hkv).arg(&d).arg(&scale);
+            b.arg(&bb)
+                .arg(&t)
+                .arg(&h)
+                .arg(&hkv)
+                .arg(&d)
+                .arg(&scale)
+                .arg(&causal);
         });
     }
 
