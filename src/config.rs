@@ -131,6 +131,19 @@ pub struct TrainConfig {
     /// Memory available per device in GB for the memory plan (0 = detect: the GPU's memory, or
     /// the machine's RAM for the CPU backend).
     pub device_memory_gb: f64,
+    /// Data parallelism: gradient bucket size in MB (of fp32 gradients) for the overlapped
+    /// reduction.
+    pub bucket_mb: f64,
+    /// Data parallelism: seconds a rank waits for the others (rendezvous, each collective)
+    /// before it gives up with an error.
+    pub comm_timeout_s: f64,
+}
+
+impl TrainConfig {
+    /// Elements of fp32 gradient per reduction bucket (`bucket_mb`).
+    pub fn bucket_elems(&self) -> usize {
+        ((self.bucket_mb * 1e6 / 4.0) as usize).max(1)
+    }
 }
 
 impl Default for TrainConfig {
@@ -161,6 +174,8 @@ impl Default for TrainConfig {
             world_size: 1,
             zero_stage: 0,
             device_memory_gb: 0.0,
+            bucket_mb: 25.0,
+            comm_timeout_s: 600.0,
         }
     }
 }
@@ -332,6 +347,10 @@ impl Config {
         }
         if t.world_size == 0 || t.zero_stage > 1 {
             bail!("train.world_size must be positive and train.zero_stage 0 or 1");
+        }
+        let positive = |x: f64| x > 0.0 && x.is_finite();
+        if !positive(t.bucket_mb) || !positive(t.comm_timeout_s) {
+            bail!("train.bucket_mb and train.comm_timeout_s must be positive numbers");
         }
         if t.weight_decay < 0.0 || t.grad_clip < 0.0 || t.peak_tflops < 0.0 {
             bail!("train: weight_decay, grad_clip and peak_tflops must not be negative");
