@@ -352,8 +352,9 @@ fn train(a: TrainArgs) -> Result<()> {
     if cfg.model.is_none() {
         bail!("the config has no [model] section: nothing to train");
     }
-    // One rank of several processes (kiln launch, torchrun, srun)?
-    let env = crate::dist::DistEnv::from_env()?.filter(|e| e.world > 1);
+    // One rank of launched processes (kiln launch, torchrun, srun)? Then the data-parallel path
+    // runs even with one rank (which checks it against the plain run).
+    let env = crate::dist::DistEnv::from_env()?;
     if let Some(e) = &env {
         if a.ranks_as_threads {
             bail!("--ranks-as-threads runs every rank in this process; it cannot be one of {} launched ranks", e.world);
@@ -379,12 +380,15 @@ fn train(a: TrainArgs) -> Result<()> {
     if a.ranks_as_threads && a.device != Device::Cpu {
         bail!("--ranks-as-threads runs on the CPU backend only (--device cpu)");
     }
-    if let Some(w) = &cfg.world {
-        // Rank 0 builds missing data; the others wait for it at the rendezvous (which rank 0
-        // joins afterwards).
-        if lead {
-            ensure_world(w, &cfg, false, true)?;
+    // Rank 0 builds missing data; launched ranks wait for it at a barrier after the rendezvous.
+    let prepare_data = |cfg: &Config| -> Result<()> {
+        match &cfg.world {
+            Some(w) if lead => ensure_world(w, cfg, false, true),
+            _ => Ok(()),
         }
+    };
+    if env.is_none() {
+        prepare_data(&cfg)?;
     }
     let resume = match a.resume.as_deref() {
         None => None,
@@ -413,6 +417,8 @@ fn train(a: TrainArgs) -> Result<()> {
                 None => crate::train::trainer::train(&be, &cfg, resume, a.until, peak)?,
                 Some(e) => {
                     let comm = crate::dist::host::HostComm::join_tcp(e, &cfg)?;
+                    prepare_data(&cfg)?;
+                    crate::dist::Communicator::<CpuBackend<f32>>::barrier(&comm)?;
                     crate::train::trainer::train_dist(
                         &be,
                         &cfg,
@@ -424,7 +430,7 @@ fn train(a: TrainArgs) -> Result<()> {
                 }
             }
         }
-        Device::Cuda => train_cuda(&cfg, resume, a.until, env.as_ref())?,
+        Device::Cuda => train_cuda(&cfg, resume, a.until, env.as_ref(), &prepare_data)?,
     };
     if !lead {
         return Ok(());
@@ -449,6 +455,7 @@ fn train_cuda(
     resume: Option<Resume>,
     until: Option<u64>,
     env: Option<&crate::dist::DistEnv>,
+    prepare_data: &dyn Fn(&Config) -> Result<()>,
 ) -> Result<crate::train::trainer::TrainSummary> {
     let device = env.map_or(0, |e| e.local_rank);
     let be = crate::backend::cuda::CudaBackend::new(device).map_err(|e| anyhow::anyhow!(e))?;
@@ -460,6 +467,8 @@ fn train_cuda(
         None => crate::train::trainer::train(&be, cfg, resume, until, peak),
         Some(e) => {
             let comm = crate::dist::nccl::NcclComm::join(&be, e, cfg.train.comm_timeout_s)?;
+            prepare_data(cfg)?;
+            crate::dist::Communicator::<crate::backend::cuda::CudaBackend>::barrier(&comm)?;
             crate::train::trainer::train_dist(&be, cfg, resume, until, peak, Some(&comm))
         }
     }
@@ -471,6 +480,7 @@ fn train_cuda(
     _: Option<Resume>,
     _: Option<u64>,
     _: Option<&crate::dist::DistEnv>,
+    _: &dyn Fn(&Config) -> Result<()>,
 ) -> Result<crate::train::trainer::TrainSummary> {
     bail!("--device cuda: this kiln was built without CUDA; rebuild with `cargo build --release --features cuda`")
 }

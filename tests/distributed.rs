@@ -123,6 +123,12 @@ fn n_ranks_with_batch_b_match_one_rank_with_batch_n_b_with_zero1_off_and_on() {
     let reference = config(d, &[("train.out_dir", &out("ref"))]);
     let want = params_at(&reference, 6);
     let want_losses = metrics_losses(&d.join("ref"));
+    // The tolerance below is meaningful: three steps move the parameters far more than it.
+    let moved = max_rel(&load_params(&d.join("ref"), 3), &want);
+    assert!(
+        moved > 1e-2,
+        "parameters barely move ({moved:e}): the test would be weak"
+    );
     let cases = [
         ("2 ranks x 2, ZeRO-0", "2", "2", "0"),
         ("2 ranks x 2, ZeRO-1", "2", "2", "1"),
@@ -151,7 +157,6 @@ fn n_ranks_with_batch_b_match_one_rank_with_batch_n_b_with_zero1_off_and_on() {
         eprintln!("{what}: parameters after 6 steps, max relative error {err:.3e}; loss max relative error {loss_err:.3e}");
         assert!(err < 1e-4, "{what}: relative error {err:e}");
         assert!(loss_err < 1e-5, "{what}: loss relative error {loss_err:e}");
-        assert!(err > 0.0 || i > 100, "sanity: compared something");
     }
 }
 
@@ -329,6 +334,39 @@ fn kiln_launch_runs_two_cpu_processes_like_two_threads_and_stops_survivors_on_fa
     assert!(d
         .join("procs/step_000006/optimizer.rank00001.safetensors")
         .exists());
+
+    // One launched rank runs the data-parallel path (rendezvous, reducer) and matches the plain
+    // single-process run bitwise.
+    let o = run_with_deadline(
+        Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args([
+                "launch",
+                "--nproc-per-node",
+                "1",
+                "--",
+                "train",
+                "--config",
+                "c.toml",
+                "--set",
+                &format!("train.out_dir=\"{}/one\"", d.display()),
+            ])
+            .current_dir(d),
+        Duration::from_secs(300),
+    );
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("data parallel: 1 ranks"), "{err}");
+    let plain = params_at(
+        &config(
+            d,
+            &[("train.out_dir", &format!("\"{}/plain\"", d.display()))],
+        ),
+        6,
+    );
+    let one = load_params(&d.join("one"), 6);
+    for (a, b) in one.iter().zip(&plain) {
+        assert_eq!(a.data, b.data, "{}", a.name);
+    }
 
     // Rank 1 panics at step 2: the launcher stops rank 0 and fails, naming rank 1.
     let o = run_with_deadline(

@@ -311,7 +311,6 @@ pub fn train_dist<B: Backend>(
     }
     // Only rank 0 talks, logs and writes the run's files.
     let lead = rank == 0;
-    let comm = comm.filter(|_| world > 1);
     let d = &cfg.data;
     let tok = Tokenizer::from_file(&d.tokenizer, d.bos_token.as_deref(), d.eos_token.as_deref())?;
     let mcfg = resolve_model(cfg, &tok)?;
