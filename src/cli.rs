@@ -37,6 +37,9 @@ pub enum Command {
     /// Train a model. With no arguments: the embedded default (configs/tiny.toml) on the CPU,
     /// building the synthetic world's data first if it is missing.
     Train(TrainArgs),
+    /// Start one process per device on this node for data-parallel training
+    /// (`kiln launch --nproc-per-node 8 -- train --config run.toml`); stops them all when one fails.
+    Launch(LaunchArgs),
     /// Sample text from a checkpoint (KV cache; greedy, temperature, top-p).
     Generate(GenerateArgs),
     /// Time every backend operation at model shapes: GB/s or TFLOP/s against measured ceilings.
@@ -214,6 +217,30 @@ pub struct TrainArgs {
     /// Where to train: the CPU reference backend, or one GPU (a build with `--features cuda`).
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: Device,
+    /// Data parallelism in one process on the CPU: train.world_size ranks as threads over an
+    /// in-process communicator (tests the distributed path without GPUs).
+    #[arg(long)]
+    pub ranks_as_threads: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct LaunchArgs {
+    /// Processes (devices) on this node.
+    #[arg(long)]
+    pub nproc_per_node: usize,
+    /// Nodes in the run.
+    #[arg(long, default_value_t = 1)]
+    pub nnodes: usize,
+    /// This node's index (0 is the node of rank 0).
+    #[arg(long, default_value_t = 0)]
+    pub node_rank: usize,
+    /// HOST:PORT of rank 0's rendezvous, reachable from every node (default on one node: a free
+    /// local port).
+    #[arg(long)]
+    pub master: Option<String>,
+    /// The kiln command each process runs, after `--` (e.g. `-- train --config run.toml`).
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

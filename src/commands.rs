@@ -32,6 +32,13 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Prep(a) => prep_cmd(a),
         Command::Data(a) => data(a),
         Command::Train(a) => train(a),
+        Command::Launch(a) => crate::dist::launch::launch(&crate::dist::launch::LaunchPlan {
+            nproc_per_node: a.nproc_per_node,
+            nnodes: a.nnodes,
+            node_rank: a.node_rank,
+            master: a.master,
+            args: a.command,
+        }),
         Command::Generate(a) => generate(a),
         Command::Bench(a) => bench(a),
         Command::Eval(a) => eval(a),
@@ -150,6 +157,7 @@ fn plan(a: PlanArgs) -> Result<()> {
         cfg.data.seq_len,
         t.world_size,
         t.zero_stage,
+        t.bucket_elems(),
         widths,
         available,
     );
@@ -342,12 +350,47 @@ fn train(a: TrainArgs) -> Result<()> {
     if a.device == Device::Cuda && !cfg!(feature = "cuda") {
         bail!(NO_CUDA);
     }
-    let cfg = Config::load(a.config.config.as_deref(), &a.config.overrides)?;
+    let mut cfg = Config::load(a.config.config.as_deref(), &a.config.overrides)?;
     if cfg.model.is_none() {
         bail!("the config has no [model] section: nothing to train");
     }
-    if let Some(w) = &cfg.world {
-        ensure_world(w, &cfg, false, true)?;
+    // One rank of launched processes (kiln launch, torchrun, srun)? Then the data-parallel path
+    // runs even with one rank (which checks it against the plain run).
+    let env = crate::dist::DistEnv::from_env()?;
+    if let Some(e) = &env {
+        if a.ranks_as_threads {
+            bail!("--ranks-as-threads runs every rank in this process; it cannot be one of {} launched ranks", e.world);
+        }
+        if cfg.train.world_size != 1 && cfg.train.world_size != e.world {
+            bail!(
+                "train.world_size = {} but {} says the world has {} ranks",
+                cfg.train.world_size,
+                e.source,
+                e.world
+            );
+        }
+        cfg.train.world_size = e.world;
+    }
+    if env.is_none() && !a.ranks_as_threads && cfg.train.world_size > 1 {
+        bail!(
+            "train.world_size = {} but this is a single process: start the ranks with `kiln launch --nproc-per-node {}`, torchrun or srun, or add --ranks-as-threads (CPU)",
+            cfg.train.world_size,
+            cfg.train.world_size
+        );
+    }
+    let lead = env.as_ref().is_none_or(|e| e.rank == 0);
+    if a.ranks_as_threads && a.device != Device::Cpu {
+        bail!("--ranks-as-threads runs on the CPU backend only (--device cpu)");
+    }
+    // Rank 0 builds missing data; launched ranks wait for it at a barrier after the rendezvous.
+    let prepare_data = |cfg: &Config| -> Result<()> {
+        match &cfg.world {
+            Some(w) if lead => ensure_world(w, cfg, false, true),
+            _ => Ok(()),
+        }
+    };
+    if env.is_none() {
+        prepare_data(&cfg)?;
     }
     let resume = match a.resume.as_deref() {
         None => None,
@@ -358,13 +401,42 @@ fn train(a: TrainArgs) -> Result<()> {
     };
     set_threads(cfg.train.threads);
     let s = match a.device {
+        Device::Cpu if a.ranks_as_threads => {
+            eprintln!(
+                "backend: {} x {} ranks as threads",
+                crate::backend::Backend::name(&CpuBackend::<f32>::new()),
+                cfg.train.world_size
+            );
+            crate::dist::train_ranks_as_threads(&cfg, resume, a.until)?
+        }
         Device::Cpu => {
             let be = CpuBackend::<f32>::new();
-            eprintln!("backend: {}", crate::backend::Backend::name(&be));
-            crate::train::trainer::train(&be, &cfg, resume, a.until, be.nominal_peak_flops())?
+            if lead {
+                eprintln!("backend: {}", crate::backend::Backend::name(&be));
+            }
+            let peak = be.nominal_peak_flops();
+            match &env {
+                None => crate::train::trainer::train(&be, &cfg, resume, a.until, peak)?,
+                Some(e) => {
+                    let comm = crate::dist::host::HostComm::join_tcp(e, &cfg)?;
+                    prepare_data(&cfg)?;
+                    crate::dist::Communicator::<CpuBackend<f32>>::barrier(&comm)?;
+                    crate::train::trainer::train_dist(
+                        &be,
+                        &cfg,
+                        resume,
+                        a.until,
+                        peak,
+                        Some(&comm),
+                    )?
+                }
+            }
         }
-        Device::Cuda => train_cuda(&cfg, resume, a.until)?,
+        Device::Cuda => train_cuda(&cfg, resume, a.until, env.as_ref(), &prepare_data)?,
     };
+    if !lead {
+        return Ok(());
+    }
     eprintln!(
         "done: {} steps, loss {} -> {}{}, {:.3}s/step, {:.0} tokens/s; checkpoints in {}",
         s.steps_run,
@@ -384,11 +456,20 @@ fn train_cuda(
     cfg: &Config,
     resume: Option<Resume>,
     until: Option<u64>,
+    env: Option<&crate::dist::DistEnv>,
+    prepare_data: &dyn Fn(&Config) -> Result<()>,
 ) -> Result<crate::train::trainer::TrainSummary> {
-    let mut be = crate::backend::cuda::CudaBackend::new(0).map_err(|e| anyhow::anyhow!(e))?;
+    let device = env.map_or(0, |e| e.local_rank);
+    let mut be = crate::backend::cuda::CudaBackend::new(device).map_err(|e| anyhow::anyhow!(e))?;
     be.set_attention(cfg.train.attention, cfg.train.deterministic);
-    eprintln!("backend: {}", crate::backend::Backend::name(&be));
-    if let Ok(m) = crate::train::trainer::resolve_model_shape(cfg, None, false) {
+    let lead = env.is_none_or(|e| e.rank == 0);
+    if lead {
+        eprintln!("backend: {}", crate::backend::Backend::name(&be));
+    }
+    if let (true, Ok(m)) = (
+        lead,
+        crate::train::trainer::resolve_model_shape(cfg, None, false),
+    ) {
         let hd = if m.head_dim > 0 {
             m.head_dim
         } else {
@@ -409,7 +490,15 @@ fn train_cuda(
         }
     }
     let peak = be.peak_bf16_flops();
-    crate::train::trainer::train(&be, cfg, resume, until, peak)
+    match env {
+        None => crate::train::trainer::train(&be, cfg, resume, until, peak),
+        Some(e) => {
+            let comm = crate::dist::nccl::NcclComm::join(&be, e, cfg.train.comm_timeout_s)?;
+            prepare_data(cfg)?;
+            crate::dist::Communicator::<crate::backend::cuda::CudaBackend>::barrier(&comm)?;
+            crate::train::trainer::train_dist(&be, cfg, resume, until, peak, Some(&comm))
+        }
+    }
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -417,6 +506,8 @@ fn train_cuda(
     _: &Config,
     _: Option<Resume>,
     _: Option<u64>,
+    _: Option<&crate::dist::DistEnv>,
+    _: &dyn Fn(&Config) -> Result<()>,
 ) -> Result<crate::train::trainer::TrainSummary> {
     bail!("--device cuda: this kiln was built without CUDA; rebuild with `cargo build --release --features cuda`")
 }
@@ -442,7 +533,7 @@ fn experiment_world(a: ExperimentWorldArgs) -> Result<()> {
                 let be = CpuBackend::<f32>::new();
                 crate::train::trainer::train(&be, cfg, resume, None, be.nominal_peak_flops())
             }
-            Device::Cuda => train_cuda(cfg, resume, None),
+            Device::Cuda => train_cuda(cfg, resume, None, None, &|_| Ok(())),
         }
     })?;
     Ok(())

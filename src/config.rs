@@ -136,6 +136,19 @@ pub struct TrainConfig {
     pub attention: AttentionKernel,
     /// Bitwise repeatable CUDA backward: dQ without atomics (costs a second pass over the keys).
     pub deterministic: bool,
+    /// Data parallelism: gradient bucket size in MB (of fp32 gradients) for the overlapped
+    /// reduction.
+    pub bucket_mb: f64,
+    /// Data parallelism: seconds a rank waits for the others (rendezvous, each collective)
+    /// before it gives up with an error.
+    pub comm_timeout_s: f64,
+}
+
+impl TrainConfig {
+    /// Elements of fp32 gradient per reduction bucket (`bucket_mb`).
+    pub fn bucket_elems(&self) -> usize {
+        ((self.bucket_mb * 1e6 / 4.0) as usize).max(1)
+    }
 }
 
 /// `train.attention`.
@@ -177,6 +190,8 @@ impl Default for TrainConfig {
             device_memory_gb: 0.0,
             attention: AttentionKernel::Flash,
             deterministic: false,
+            bucket_mb: 25.0,
+            comm_timeout_s: 600.0,
         }
     }
 }
@@ -348,6 +363,10 @@ impl Config {
         }
         if t.world_size == 0 || t.zero_stage > 1 {
             bail!("train.world_size must be positive and train.zero_stage 0 or 1");
+        }
+        let positive = |x: f64| x > 0.0 && x.is_finite();
+        if !positive(t.bucket_mb) || !positive(t.comm_timeout_s) {
+            bail!("train.bucket_mb and train.comm_timeout_s must be positive numbers");
         }
         if t.weight_decay < 0.0 || t.grad_clip < 0.0 || t.peak_tflops < 0.0 {
             bail!("train: weight_decay, grad_clip and peak_tflops must not be negative");

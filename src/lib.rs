@@ -8,6 +8,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod data;
+pub mod dist;
 pub mod eval;
 pub mod experiment;
 pub mod fsutil;

@@ -482,6 +482,15 @@ impl Loader {
         self.cursor.sequence += 1;
     }
 
+    /// Skip the rows of other ranks up to global sequence `sequence` (data parallelism: after a
+    /// step every rank calls this with the step's end, so all ranks hold the same cursor, which
+    /// any world size can resume from). A no-op when the cursor is already there.
+    pub fn skip_to(&mut self, sequence: u64) {
+        while self.cursor.sequence < sequence {
+            self.next_row(false);
+        }
+    }
+
     /// The next micro-batch of this rank.
     pub fn next_batch(&mut self) -> Batch {
         let (b, t) = (self.opts.batch_size, self.opts.seq_len);
@@ -715,6 +724,48 @@ mod tests {
         for (g, row) in single.iter().enumerate() {
             assert_eq!(&parts[g % 3][g / 3], row, "row {g}");
         }
+    }
+
+    #[test]
+    fn skip_to_gives_every_rank_the_global_cursor_and_another_world_size_continues_the_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        write_source(dir.path(), "s0", 0, 100, 1);
+        let sp = specs(dir.path(), &[1.0]);
+        let loader = |rank: usize, world: usize| {
+            let mut o = opts(2, 30);
+            o.rank = rank;
+            o.world_size = world;
+            Loader::new(&sp, o, Split::Train, dir.path()).unwrap()
+        };
+        let rows_of = |b: &Batch| -> Vec<Vec<u32>> {
+            (0..2)
+                .map(|r| b.inputs[r * 30..(r + 1) * 30].to_vec())
+                .collect()
+        };
+        // One rank: 10 batches of 2 rows = global sequences 0..20.
+        let mut single = loader(0, 1);
+        let reference: Vec<Vec<u32>> = (0..10)
+            .flat_map(|_| rows_of(&single.next_batch()))
+            .collect();
+        // World 3 for one step (sequences 0..6), then every rank skips to 6: equal cursors.
+        let mut three: Vec<Loader> = (0..3).map(|r| loader(r, 3)).collect();
+        for l in &mut three {
+            l.next_batch();
+            l.skip_to(6);
+        }
+        assert!(three.iter().all(|l| l.cursor() == three[0].cursor()));
+        // Resume that cursor with world 4: the next batches cover sequences 6..14 exactly.
+        let cursor = three[0].cursor().clone();
+        let mut got: Vec<Vec<u32>> = Vec::new();
+        for r in 0..4 {
+            let mut l = loader(r, 4);
+            l.restore(cursor.clone()).unwrap();
+            got.extend(rows_of(&l.next_batch()));
+        }
+        let mut want = reference[6..14].to_vec();
+        got.sort();
+        want.sort();
+        assert_eq!(got, want);
     }
 
     #[test]

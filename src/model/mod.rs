@@ -88,6 +88,9 @@ pub struct Model<B: Backend> {
     pub rope_sin: B::Buf,
 }
 
+/// The backward's hook: `(group, grads)` when the gradients of a group of parameters are final.
+pub type GradsReady<'a, B> = dyn FnMut(&[usize], &mut [<B as Backend>::Buf]) + 'a;
+
 /// Standard normal samples (Box–Muller) from the project's RNG.
 fn normal(rng: &mut Rng, n: usize, std: f64) -> Vec<f32> {
     let mut out = Vec::with_capacity(n + 1);
@@ -330,6 +333,47 @@ impl<B: Backend> Model<B> {
 
     /// Backward from dlogits in `ws.logits`, accumulating into `self.grads`.
     pub fn backward(&mut self, be: &B, ws: &mut Workspace<B>, inputs: &[u32], doc_ids: &[u32]) {
+        self.backward_hooked(be, ws, inputs, doc_ids, &mut |_, _| {});
+    }
+
+    /// The groups of parameters whose gradients are final, in the order `backward_hooked`
+    /// reports them: the head (final norm, and the output projection unless tied), each layer
+    /// from the last to the first, then the embedding.
+    pub fn grad_ready_groups(&self) -> Vec<Vec<usize>> {
+        let mut groups = vec![if self.lm_head == self.embed {
+            vec![self.final_norm]
+        } else {
+            vec![self.lm_head, self.final_norm]
+        }];
+        for lp in self.layers.iter().rev() {
+            groups.push(vec![
+                lp.down,
+                lp.gate,
+                lp.up,
+                lp.post_norm,
+                lp.o,
+                lp.q,
+                lp.k,
+                lp.v,
+                lp.input_norm,
+            ]);
+        }
+        groups.push(vec![self.embed]);
+        groups
+    }
+
+    /// As [`Model::backward`], calling `ready(group, grads)` as soon as the gradients of a group
+    /// of parameters (see [`Model::grad_ready_groups`]) are final for this micro-batch, so a
+    /// data-parallel reducer can start reducing them while the backward goes on.
+    pub fn backward_hooked(
+        &mut self,
+        be: &B,
+        ws: &mut Workspace<B>,
+        inputs: &[u32],
+        doc_ids: &[u32],
+        ready: &mut GradsReady<'_, B>,
+    ) {
+        let groups = self.grad_ready_groups();
         let c = self.cfg.clone();
         let n = ws.batch * ws.seq;
         let (d, f, hd) = (c.dim, c.ffn_dim, c.head_dim);
@@ -365,6 +409,7 @@ impl<B: Backend> Model<B> {
             &ws.rstd_f,
             d,
         );
+        ready(&groups[0], g);
         for l in (0..c.n_layers).rev() {
             let lp = self.layers[l];
             let a = &ws.layers[l];
@@ -423,8 +468,10 @@ impl<B: Backend> Model<B> {
                 &a.rstd1,
                 d,
             );
+            ready(&groups[c.n_layers - l], g);
         }
         be.embedding_dw(&mut g[self.embed], &ws.dres, inputs, d);
+        ready(&groups[c.n_layers + 1], g);
     }
 
     /// One AdamW update of every parameter from its gradient and moments `m`, `v` (same order);

@@ -1,7 +1,8 @@
 //! Training checkpoints on disk: `root/step_000100/` holds `model.safetensors` (fp32 master
 //! weights, Hugging Face tensor names), `optimizer.safetensors` (`{param}.exp_avg`,
-//! `{param}.exp_avg_sq`), `state.json` (`{"step": .., ...the trainer's state...}`) and, written
-//! last, an empty `DONE` marker. A checkpoint is assembled in `root/.step_000100.tmp/`, every file
+//! `{param}.exp_avg_sq`) or, from a ZeRO-1 run, one optimizer shard per rank
+//! (`optimizer.rank00000.safetensors`, …, joined into whole tensors on load), `state.json`
+//! (`{"step": .., ...the trainer's state...}`) and, written last, an empty `DONE` marker. A checkpoint is assembled in `root/.step_000100.tmp/`, every file
 //! fsynced, the directory renamed into place, and only then marked done, so a crash leaves either
 //! a complete checkpoint or one that `list`/`latest`/`load` ignore or refuse. This module also owns
 //! the F32 safetensors reader/writer (BF16/F16 files are widened to f32 on read). It does not know
@@ -68,22 +69,71 @@ fn parse_step_dir_name(name: &str) -> Option<u64> {
 /// checkpoints (keep_last = 0 means keep all; the checkpoint just written is never pruned).
 /// Returns the checkpoint directory. Overwrites an existing step dir.
 pub fn save(root: &Path, ckpt: &Checkpoint, keep_last: usize) -> Result<PathBuf> {
-    let state = state_json(ckpt)?;
+    let tmp = begin(root, ckpt.step)?;
+    write_parts(&tmp, ckpt, true)?;
+    commit(root, ckpt.step, keep_last)
+}
+
+/// The temporary directory `root/.step_{step:06}.tmp/` a checkpoint is assembled in; with
+/// [`begin`], [`write_parts`], [`write_optimizer_shard`] and [`commit`] several ranks write one
+/// checkpoint (rank 0 begins and commits; barriers in between are the caller's).
+pub fn tmp_dir(root: &Path, step: u64) -> PathBuf {
+    root.join(format!(".{}.tmp", step_dir_name(step)))
+}
+
+/// Create the (empty) temporary directory of step `step`'s checkpoint.
+pub fn begin(root: &Path, step: u64) -> Result<PathBuf> {
     fs::create_dir_all(root)
         .map_err(|e| anyhow!("{}: cannot create checkpoint root: {e}", root.display()))?;
-
-    let name = step_dir_name(ckpt.step);
-    let dir = root.join(&name);
-    let tmp = root.join(format!(".{name}.tmp"));
-
+    let tmp = tmp_dir(root, step);
     // A crashed earlier save of this step may have left a partial temporary directory.
     remove_dir_if_exists(&tmp)?;
     fs::create_dir(&tmp).map_err(|e| anyhow!("{}: cannot create: {e}", tmp.display()))?;
+    Ok(tmp)
+}
+
+/// Write model.safetensors, state.json and (with `with_optimizer`) optimizer.safetensors into
+/// the temporary directory `tmp`.
+pub fn write_parts(tmp: &Path, ckpt: &Checkpoint, with_optimizer: bool) -> Result<()> {
+    let state = state_json(ckpt)?;
     let format_pt = HashMap::from([("format".to_string(), "pt".to_string())]);
     write_safetensors(&tmp.join(MODEL_FILE), &ckpt.model, Some(format_pt))?;
-    write_safetensors(&tmp.join(OPTIMIZER_FILE), &ckpt.optimizer, None)?;
-    write_atomic(&tmp.join(STATE_FILE), &state)?;
+    if with_optimizer {
+        write_safetensors(&tmp.join(OPTIMIZER_FILE), &ckpt.optimizer, None)?;
+    }
+    write_atomic(&tmp.join(STATE_FILE), &state)
+}
 
+/// One rank's share of a sharded optimizer (ZeRO-1): pieces (parameter name, offset within it,
+/// exp_avg, exp_avg_sq), written as `optimizer.rank{rank:05}.safetensors` with 1-D tensors
+/// `{param}.exp_avg@{offset}` and `{param}.exp_avg_sq@{offset}`. [`load`] joins the shards of all
+/// ranks back into whole tensors, so a run can resume with any world size.
+pub fn write_optimizer_shard(
+    tmp: &Path,
+    rank: usize,
+    pieces: &[(String, usize, Vec<f32>, Vec<f32>)],
+) -> Result<()> {
+    let mut tensors = Vec::with_capacity(2 * pieces.len());
+    for (name, off, m, v) in pieces {
+        for (suffix, data) in [("exp_avg", m), ("exp_avg_sq", v)] {
+            tensors.push(NamedTensor {
+                name: format!("{name}.{suffix}@{off}"),
+                shape: vec![data.len()],
+                data: data.clone(),
+            });
+        }
+    }
+    write_safetensors(&tmp.join(shard_file_name(rank)), &tensors, None)
+}
+
+fn shard_file_name(rank: usize) -> String {
+    format!("optimizer.rank{rank:05}.safetensors")
+}
+
+/// Rename the temporary directory of step `step` into place, mark it DONE, prune old ones.
+pub fn commit(root: &Path, step: u64, keep_last: usize) -> Result<PathBuf> {
+    let dir = root.join(step_dir_name(step));
+    let tmp = tmp_dir(root, step);
     // Overwrite: un-mark the old checkpoint first so a crash while deleting it never leaves a
     // half-deleted directory that still claims to be complete.
     if dir.exists() {
@@ -97,13 +147,85 @@ pub fn save(root: &Path, ckpt: &Checkpoint, keep_last: usize) -> Result<PathBuf>
     if keep_last > 0 {
         let complete = list(root)?;
         let excess = complete.len().saturating_sub(keep_last);
-        for (step, old) in complete.into_iter().take(excess) {
-            if step != ckpt.step {
+        for (s, old) in complete.into_iter().take(excess) {
+            if s != step {
                 remove_checkpoint_dir(&old)?;
             }
         }
     }
     Ok(dir)
+}
+
+/// The optimizer of a checkpoint directory: optimizer.safetensors, or the ZeRO-1 shards of every
+/// rank joined into whole `{param}.exp_avg` / `{param}.exp_avg_sq` tensors shaped like `model`'s.
+/// Also returns the number of shard files (0 for an unsharded optimizer).
+fn read_optimizer(dir: &Path, model: &[NamedTensor]) -> Result<(Vec<NamedTensor>, usize)> {
+    let whole = dir.join(OPTIMIZER_FILE);
+    if whole.exists() {
+        return Ok((read_safetensors(&whole)?, 0));
+    }
+    let mut shards = Vec::new();
+    while dir.join(shard_file_name(shards.len())).exists() {
+        shards.push(dir.join(shard_file_name(shards.len())));
+    }
+    if shards.is_empty() {
+        bail!("{}: missing file", whole.display());
+    }
+    let mut out: Vec<NamedTensor> = Vec::new();
+    let mut index: HashMap<String, (usize, Vec<bool>)> = HashMap::new();
+    for t in model {
+        for suffix in ["exp_avg", "exp_avg_sq"] {
+            let name = format!("{}.{suffix}", t.name);
+            index.insert(name.clone(), (out.len(), vec![false; t.data.len()]));
+            out.push(NamedTensor {
+                name,
+                shape: t.shape.clone(),
+                data: vec![0.0; t.data.len()],
+            });
+        }
+    }
+    for path in &shards {
+        for t in read_safetensors(path)? {
+            let parsed = t
+                .name
+                .rsplit_once('@')
+                .and_then(|(n, o)| o.parse::<usize>().ok().map(|o| (n.to_string(), o)));
+            let Some((name, off)) = parsed else {
+                bail!("{}: tensor {} is not NAME@OFFSET", path.display(), t.name);
+            };
+            let Some((i, seen)) = index.get_mut(&name) else {
+                bail!(
+                    "{}: tensor {} belongs to no parameter of model.safetensors",
+                    path.display(),
+                    t.name
+                );
+            };
+            let dst = &mut out[*i].data;
+            if off + t.data.len() > dst.len() {
+                bail!(
+                    "{}: tensor {} runs past the end of {name}",
+                    path.display(),
+                    t.name
+                );
+            }
+            dst[off..off + t.data.len()].copy_from_slice(&t.data);
+            seen[off..off + t.data.len()]
+                .iter_mut()
+                .for_each(|x| *x = true);
+        }
+    }
+    for t in &out {
+        if !index[&t.name].1.iter().all(|&x| x) {
+            bail!(
+                "{}: the {} optimizer shards do not cover all of {}: a shard file is missing",
+                dir.display(),
+                shards.len(),
+                t.name
+            );
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok((out, shards.len()))
 }
 
 /// `state.json` bytes: the caller's state object with `"step"` set.
@@ -196,7 +318,7 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
         bail!("{}: incomplete checkpoint (no DONE marker)", dir.display());
     }
     let model = read_safetensors(&dir.join(MODEL_FILE))?;
-    let optimizer = read_safetensors(&dir.join(OPTIMIZER_FILE))?;
+    let (optimizer, _shards) = read_optimizer(dir, &model)?;
 
     let path = dir.join(STATE_FILE);
     let bytes = read_file(&path)?;
@@ -581,6 +703,45 @@ mod tests {
             e.ends_with("step_000100/optimizer.safetensors: missing file"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn optimizer_shards_of_several_ranks_load_as_whole_tensors() {
+        let root = tempfile::tempdir().unwrap();
+        let ck = checkpoint(7);
+        let tmp = begin(root.path(), 7).unwrap();
+        write_parts(&tmp, &ck, false).unwrap();
+        // Every model tensor split in two pieces over two ranks, values = index (+ 0.5 for v).
+        for (rank, half) in [(0usize, 0usize), (1, 1)] {
+            let pieces: Vec<_> = ck
+                .model
+                .iter()
+                .map(|t| {
+                    let n = t.data.len();
+                    let (lo, hi) = if half == 0 { (0, n / 2) } else { (n / 2, n) };
+                    let m: Vec<f32> = (lo..hi).map(|i| i as f32).collect();
+                    let v: Vec<f32> = (lo..hi).map(|i| i as f32 + 0.5).collect();
+                    (t.name.clone(), lo, m, v)
+                })
+                .collect();
+            write_optimizer_shard(&tmp, rank, &pieces).unwrap();
+        }
+        let dir = commit(root.path(), 7, 0).unwrap();
+        let back = load(&dir).unwrap();
+        assert_eq!(back.optimizer.len(), 2 * ck.model.len());
+        for t in &back.optimizer {
+            let half = if t.name.ends_with("exp_avg_sq") {
+                0.5
+            } else {
+                0.0
+            };
+            let want: Vec<f32> = (0..t.data.len()).map(|i| i as f32 + half).collect();
+            assert_eq!(t.data, want, "{}", t.name);
+        }
+        // A missing shard is named.
+        fs::remove_file(dir.join("optimizer.rank00001.safetensors")).unwrap();
+        let e = error_of(load(&dir));
+        assert!(e.contains("do not cover all of"), "{e}");
     }
 
     #[test]

@@ -56,22 +56,28 @@ pub struct MemoryPlan {
     pub grads: f64,
     pub optimizer: f64,
     pub activations: f64,
+    /// Data parallelism's bucket slots (fp32 gradients, plus compute-precision weights under
+    /// ZeRO-1). 0 on one device.
+    pub buckets: f64,
     pub available: f64,
 }
 
 impl MemoryPlan {
     pub fn total(&self) -> f64 {
-        self.weights + self.grads + self.optimizer + self.activations
+        self.weights + self.grads + self.optimizer + self.activations + self.buckets
     }
 }
 
-/// Bytes of one step on one device: a micro-batch of `batch` × `seq` tokens.
+/// Bytes of one step on one device: a micro-batch of `batch` × `seq` tokens; with several ranks,
+/// gradient buckets of about `bucket_elems` elements.
+#[allow(clippy::too_many_arguments)]
 pub fn plan(
     m: &ModelConfig,
     batch: usize,
     seq: usize,
     world: usize,
     zero_stage: u8,
+    bucket_elems: usize,
     w: Widths,
     available: f64,
 ) -> MemoryPlan {
@@ -91,6 +97,16 @@ pub fn plan(
         grads: n * w.grads,
         optimizer: n * w.optimizer / if zero_stage >= 1 { world as f64 } else { 1.0 },
         activations: acts * w.activations,
+        buckets: if world > 1 {
+            // The reducer's ring of slots, each as large as the largest bucket (a parameter
+            // larger than the bucket size gets a bucket of its own).
+            let largest = m.params().iter().map(|p| p.numel()).max().unwrap_or(0);
+            let slot = bucket_elems.max(largest).min(m.num_params()) as f64;
+            let per = w.grads + if zero_stage >= 1 { w.activations } else { 0.0 };
+            crate::dist::reducer::RING as f64 * slot * per
+        } else {
+            0.0
+        },
         available,
     }
 }
@@ -102,16 +118,21 @@ fn gb(x: f64) -> String {
 /// Print the plan; stop with advice when it does not fit.
 pub fn check(p: &MemoryPlan, world: usize, zero_stage: u8, batch: usize) -> Result<()> {
     eprintln!(
-        "memory plan per device (world {world}, ZeRO-{zero_stage}): weights {}, gradients {}, optimizer {}, activations {} = {} of {} available",
+        "memory plan per device (world {world}, ZeRO-{zero_stage}): weights {}, gradients {}, optimizer {}, activations {}{} = {} of {} available",
         gb(p.weights),
         gb(p.grads),
         gb(p.optimizer),
         gb(p.activations),
+        if p.buckets > 0.0 {
+            format!(", reduction buckets {}", gb(p.buckets))
+        } else {
+            String::new()
+        },
         gb(p.total()),
         gb(p.available)
     );
     if p.available > 0.0 && p.total() > p.available {
-        let state = p.weights + p.grads + p.optimizer;
+        let state = p.weights + p.grads + p.optimizer + p.buckets;
         let advice = if p.weights + p.grads > p.available {
             "the weights and gradients alone do not fit one device, and kiln does not shard them yet (ZeRO-2/3): use devices with more memory or a smaller model"
         } else if state > p.available {
@@ -166,15 +187,15 @@ mod tests {
     fn llama3_8b_state_is_counted_and_zero1_shards_the_optimizer() {
         let m = llama3_8b();
         assert_eq!(m.num_params(), 8_030_261_248);
-        let p0 = plan(&m, 1, 4096, 4, 0, CUDA, 80e9);
-        let p1 = plan(&m, 1, 4096, 4, 1, CUDA, 80e9);
+        let p0 = plan(&m, 1, 4096, 4, 0, 1 << 22, CUDA, 80e9);
+        let p1 = plan(&m, 1, 4096, 4, 1, 1 << 22, CUDA, 80e9);
         assert!((p0.optimizer / p1.optimizer - 4.0).abs() < 1e-9);
         assert!((p0.weights - 6.0 * 8_030_261_248.0).abs() < 1.0);
         // 8B with fp32 master weights and gradients cannot fit one 80 GB device even with ZeRO-1.
         let e = check(&p1, 4, 1, 1).unwrap_err().to_string();
         assert!(e.contains("weights and gradients alone do not fit"), "{e}");
         // On 141 GB devices it fits with ZeRO-1 over 4 ranks at one sequence of 4096.
-        assert!(check(&plan(&m, 1, 4096, 4, 1, CUDA, 141e9), 4, 1, 1).is_ok());
+        assert!(check(&plan(&m, 1, 4096, 4, 1, 1 << 22, CUDA, 141e9), 4, 1, 1).is_ok());
     }
 
     #[test]
@@ -186,8 +207,8 @@ mod tests {
         m.n_heads = 8;
         m.n_kv_heads = 4;
         m.head_dim = 64;
-        assert!(check(&plan(&m, 8, 1024, 1, 0, CUDA, 80e9), 1, 0, 8).is_ok());
-        let e = check(&plan(&m, 512, 4096, 1, 0, CUDA, 80e9), 1, 0, 512)
+        assert!(check(&plan(&m, 8, 1024, 1, 0, 1 << 22, CUDA, 80e9), 1, 0, 8).is_ok());
+        let e = check(&plan(&m, 512, 4096, 1, 0, 1 << 22, CUDA, 80e9), 1, 0, 512)
             .unwrap_err()
             .to_string();
         assert!(e.contains("lower data.batch_size"), "{e}");

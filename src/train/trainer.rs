@@ -6,6 +6,14 @@
 //!
 //! On the CPU backend a resumed run is bitwise identical to the uninterrupted one: the checkpoint
 //! holds the fp32 parameters, both Adam moments, the step, and the data cursor.
+//!
+//! Data parallelism (`train_dist` with a communicator): every rank runs this same loop on its
+//! own share of each batch. The loss is a mean over the tokens of all ranks (token counts are
+//! summed first), the last micro-batch's backward hands finished layers to the reducer
+//! (`dist::reducer`: bucketed all-reduce, or reduce-scatter + sharded AdamW + all-gather under
+//! ZeRO-1), and after each step every rank's loader skips to the global position, so the cursor
+//! in a checkpoint is the same for all ranks and any world size can resume it. Rank 0 logs,
+//! validates, evaluates and writes the weights; with ZeRO-1 each rank writes its optimizer shard.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -19,6 +27,8 @@ use crate::backend::{AdamW, Backend, BufKind};
 use crate::config::Config;
 use crate::data::loader::{Cursor, Loader, Split};
 use crate::data::tokenizer::Tokenizer;
+use crate::dist::reducer::Reducer;
+use crate::dist::Communicator;
 use crate::model::{Model, ModelConfig, Workspace};
 use crate::train::checkpoint::{self, Checkpoint, NamedTensor};
 use crate::train::schedule::lr_at;
@@ -278,7 +288,29 @@ pub fn train<B: Backend>(
     until: Option<u64>,
     nominal_peak_flops: f64,
 ) -> Result<TrainSummary> {
+    train_dist(be, cfg, resume, until, nominal_peak_flops, None)
+}
+
+/// As [`train`], as one rank of a data-parallel group when `comm` is given (its world size must
+/// be `train.world_size`).
+pub fn train_dist<B: Backend>(
+    be: &B,
+    cfg: &Config,
+    resume: Option<Resume>,
+    until: Option<u64>,
+    nominal_peak_flops: f64,
+    comm: Option<&dyn Communicator<B>>,
+) -> Result<TrainSummary> {
     let t_cfg = &cfg.train;
+    let (rank, world) = comm.map_or((0, 1), |c| (c.rank(), c.world()));
+    if world != t_cfg.world_size {
+        bail!(
+            "train.world_size = {} but this process is one of {world} rank(s): start the ranks with `kiln launch`, torchrun or srun (or --ranks-as-threads on the CPU), or set train.world_size = {world}",
+            t_cfg.world_size
+        );
+    }
+    // Only rank 0 talks, logs and writes the run's files.
+    let lead = rank == 0;
     let d = &cfg.data;
     let tok = Tokenizer::from_file(&d.tokenizer, d.bos_token.as_deref(), d.eos_token.as_deref())?;
     let mcfg = resolve_model(cfg, &tok)?;
@@ -292,11 +324,19 @@ pub fn train<B: Backend>(
         tok.vocab_size(),
         tok.fingerprint(),
         tok.bos().or(tok.eos()),
+        rank,
+        world,
+    );
+    let mut loader = Loader::new(&d.sources, opts.clone(), Split::Train, Path::new("."))?;
+    // Validation runs on rank 0 over the whole validation split.
+    let opts = cfg.loader_options(
+        tok.vocab_size(),
+        tok.fingerprint(),
+        tok.bos().or(tok.eos()),
         0,
         1,
     );
-    let mut loader = Loader::new(&d.sources, opts.clone(), Split::Train, Path::new("."))?;
-    let mut val = if d.val_fraction > 0.0 {
+    let mut val = if d.val_fraction > 0.0 && lead {
         Some(Loader::new(
             &d.sources,
             opts,
@@ -306,8 +346,10 @@ pub fn train<B: Backend>(
     } else {
         None
     };
-    let tokens_per_step = (d.batch_size * d.seq_len * t_cfg.grad_accum) as u64;
-    eprintln!(
+    let tokens_per_step = (d.batch_size * d.seq_len * t_cfg.grad_accum * world) as u64;
+    let sequences_per_step = (d.batch_size * t_cfg.grad_accum * world) as u64;
+    if lead {
+        eprintln!(
         "model: {} layers, d={}, {} heads ({} kv), ffn {}, vocab {}: {:.2} M parameters ({:.2} M non-embedding)",
         mcfg.n_layers,
         mcfg.dim,
@@ -318,11 +360,12 @@ pub fn train<B: Backend>(
         mcfg.num_params() as f64 / 1e6,
         mcfg.num_params_non_embedding() as f64 / 1e6
     );
-    for r in loader.report(tokens_per_step * t_cfg.steps) {
-        eprintln!(
-            "data: {:<12} {:>10} tokens, weight {:.3}, {:.2} epochs over {} steps",
-            r.name, r.tokens, r.weight, r.epochs, t_cfg.steps
-        );
+        for r in loader.report(tokens_per_step * t_cfg.steps) {
+            eprintln!(
+                "data: {:<12} {:>10} tokens, weight {:.3}, {:.2} epochs over {} steps",
+                r.name, r.tokens, r.weight, r.epochs, t_cfg.steps
+            );
+        }
     }
 
     // Stop before allocating anything when the run cannot fit.
@@ -350,10 +393,14 @@ pub fn train<B: Backend>(
         d.seq_len,
         t_cfg.world_size,
         t_cfg.zero_stage,
+        t_cfg.bucket_elems(),
         widths,
         available,
     );
-    crate::train::memory::check(&plan, t_cfg.world_size, t_cfg.zero_stage, d.batch_size)?;
+    if lead {
+        crate::train::memory::check(&plan, t_cfg.world_size, t_cfg.zero_stage, d.batch_size)?;
+    }
+    let zero1 = comm.is_some() && t_cfg.zero_stage >= 1;
 
     // Model and optimizer state: fresh or from a checkpoint.
     let info = mcfg.params();
@@ -364,12 +411,12 @@ pub fn train<B: Backend>(
         skipped_steps: 0,
         tokens_seen: 0,
         cursor: loader.cursor().clone(),
-        world_size: 1,
+        world_size: world,
         tokenizer_fingerprint: Some(format!("{:016x}", tok.fingerprint())),
         config: config_text.clone(),
         config_hash: hash.clone(),
     };
-    let (mut model, mut m, mut v) = match &resume {
+    let (mut model, mut m, mut v, resumed_moments) = match &resume {
         None => {
             let model = match init_from_hf(&mcfg)? {
                 Some(dir) => {
@@ -379,15 +426,17 @@ pub fn train<B: Backend>(
                 }
                 None => Model::new(be, &mcfg, t_cfg.seed),
             };
-            let m: Vec<B::Buf> = info
+            // Under ZeRO-1 the reducer holds this rank's moments instead.
+            let full = if zero1 { 0 } else { info.len() };
+            let m: Vec<B::Buf> = info[..full]
                 .iter()
                 .map(|p| be.alloc(p.numel(), BufKind::Optim))
                 .collect();
-            let v: Vec<B::Buf> = info
+            let v: Vec<B::Buf> = info[..full]
                 .iter()
                 .map(|p| be.alloc(p.numel(), BufKind::Optim))
                 .collect();
-            (model, m, v)
+            (model, m, v, None)
         }
         Some(which) => {
             let dir = match which {
@@ -420,27 +469,70 @@ pub fn train<B: Backend>(
                 ".exp_avg_sq",
             )?;
             loader.restore(state.cursor.clone())?;
-            eprintln!("resumed from {} (step {})", dir.display(), state.step);
+            if lead {
+                eprintln!("resumed from {} (step {})", dir.display(), state.step);
+                if state.world_size != world {
+                    eprintln!(
+                        "resuming a checkpoint of world size {} with world size {world}: the optimizer state is re-split over {world} rank(s) and the data continues from the same global position",
+                        state.world_size
+                    );
+                }
+            }
+            state.world_size = world;
+            let upload = |hs: &[Vec<f32>]| -> Vec<B::Buf> {
+                if zero1 {
+                    Vec::new()
+                } else {
+                    hs.iter().map(|h| be.upload_as(h, BufKind::Optim)).collect()
+                }
+            };
+            let (m, v) = (upload(&m_host), upload(&v_host));
             (
                 Model::from_host(be, &mcfg, &params),
-                m_host
-                    .iter()
-                    .map(|h| be.upload_as(h, BufKind::Optim))
-                    .collect(),
-                v_host
-                    .iter()
-                    .map(|h| be.upload_as(h, BufKind::Optim))
-                    .collect(),
+                m,
+                v,
+                Some((m_host, v_host)),
             )
         }
     };
-    crate::fsutil::write_atomic(&out.join("config.toml"), config_text.as_bytes())?;
-    let mut metrics = Metrics::open(
-        &out.join("metrics.jsonl"),
-        state.step,
-        t_cfg.log_every,
-        t_cfg.steps,
-    )?;
+    // Data parallelism: every rank starts from rank 0's parameters; the reducer owns the buckets
+    // (and, under ZeRO-1, this rank's moments).
+    let mut reducer = match comm {
+        None => None,
+        Some(c) => {
+            for p in &mut model.params {
+                let n = be.buf_len(p);
+                c.broadcast(be, p, n, 0)?;
+            }
+            c.sync(be)?;
+            let mut r = Reducer::new(be, &model, rank, world, zero1, t_cfg.bucket_elems());
+            if let Some((mh, vh)) = &resumed_moments {
+                r.load_moments(be, mh, vh);
+            }
+            if lead {
+                eprintln!(
+                    "data parallel: {world} ranks, ZeRO-{}, {} gradient buckets of up to {} MB, reduced as the backward finishes each",
+                    u8::from(zero1),
+                    r.plan.buckets.len(),
+                    t_cfg.bucket_mb
+                );
+            }
+            Some(r)
+        }
+    };
+    drop(resumed_moments);
+    let mut global_sequence = loader.cursor().sequence;
+    let mut metrics = if lead {
+        crate::fsutil::write_atomic(&out.join("config.toml"), config_text.as_bytes())?;
+        Some(Metrics::open(
+            &out.join("metrics.jsonl"),
+            state.step,
+            t_cfg.log_every,
+            t_cfg.steps,
+        )?)
+    } else {
+        None
+    };
 
     let (b, t) = (d.batch_size, d.seq_len);
     let mut ws = model.workspace(be, b, t);
@@ -483,29 +575,61 @@ pub fn train<B: Backend>(
         ),
     };
     let last_step = until.unwrap_or(t_cfg.steps).min(t_cfg.steps);
+    let fault = FaultInjection::from_env()?;
     while state.step < last_step {
         let step = state.step + 1;
         let t0 = Instant::now();
         let batches: Vec<_> = (0..t_cfg.grad_accum).map(|_| loader.next_batch()).collect();
-        let count: u64 = batches
+        if let Some(fault) = &fault {
+            fault.check(rank, step);
+        }
+        let mut count: u64 = batches
             .iter()
             .map(|b| b.loss_mask.iter().map(|&x| x as u64).sum::<u64>())
             .sum();
+        if let Some(c) = comm {
+            // The loss is a mean over the tokens of every rank.
+            let mut x = [count as f64];
+            c.all_reduce_host(&mut x)?;
+            count = x[0] as u64;
+        }
         let scale = 1.0 / count.max(1) as f32;
         model.zero_grads(be);
         let mut loss_sum = 0.0;
-        for batch in &batches {
+        for (i, batch) in batches.iter().enumerate() {
             model.forward(be, &mut ws, &batch.inputs, &batch.doc_ids);
             loss_sum += model.loss(be, &mut ws, &batch.targets, &batch.loss_mask, scale);
-            model.backward(be, &mut ws, &batch.inputs, &batch.doc_ids);
+            match (reducer.as_mut(), comm) {
+                // The last micro-batch: reduce each bucket as soon as its layers are done.
+                (Some(r), Some(c)) if i + 1 == batches.len() => {
+                    r.begin_step();
+                    model.backward_hooked(
+                        be,
+                        &mut ws,
+                        &batch.inputs,
+                        &batch.doc_ids,
+                        &mut |group, grads| r.on_ready(be, c, group, grads),
+                    );
+                }
+                _ => model.backward(be, &mut ws, &batch.inputs, &batch.doc_ids),
+            }
+        }
+        let mut sharded_norm = None;
+        if let (Some(r), Some(c)) = (reducer.as_mut(), comm) {
+            sharded_norm = r.finish(be, c, &mut model.grads)?;
+            let mut x = [loss_sum];
+            c.all_reduce_host(&mut x)?;
+            loss_sum = x[0];
         }
         let loss = loss_sum / count.max(1) as f64;
-        let grad_norm = model
-            .grads
-            .iter()
-            .map(|g| be.sum_squares(g))
-            .sum::<f64>()
-            .sqrt();
+        let grad_norm = sharded_norm.unwrap_or_else(|| {
+            model
+                .grads
+                .iter()
+                .map(|g| be.sum_squares(g))
+                .sum::<f64>()
+                .sqrt()
+        });
         let lr = lr_at(
             t_cfg.schedule,
             step,
@@ -533,7 +657,10 @@ pub fn train<B: Backend>(
                 step: state.adam_step,
                 grad_scale: clip as f32,
             };
-            model.adamw_step(be, &mut m, &mut v, hp);
+            match (reducer.as_mut(), comm) {
+                (Some(r), Some(c)) if zero1 => r.step_zero1(be, c, &mut model, hp)?,
+                _ => model.adamw_step(be, &mut m, &mut v, hp),
+            }
         } else {
             state.bad_in_a_row += 1;
             state.skipped_steps += 1;
@@ -546,6 +673,8 @@ pub fn train<B: Backend>(
         }
         state.step = step;
         state.tokens_seen += tokens_per_step;
+        global_sequence += sequences_per_step;
+        loader.skip_to(global_sequence);
         state.cursor = loader.cursor().clone();
         let dt = t0.elapsed().as_secs_f64();
         let tps = tokens_per_step as f64 / dt.max(1e-9);
@@ -560,7 +689,7 @@ pub fn train<B: Backend>(
         };
         let eval = match (&cfg.eval, &tasks) {
             (Some(e), Some(tasks))
-                if (e.every > 0 && step % e.every == 0) || step == t_cfg.steps =>
+                if lead && ((e.every > 0 && step % e.every == 0) || step == t_cfg.steps) =>
             {
                 let mut scores = Vec::new();
                 for (name, items) in tasks {
@@ -598,7 +727,9 @@ pub fn train<B: Backend>(
             skipped: !finite,
             eval,
         };
-        metrics.write(&record, eta)?;
+        if let Some(metrics) = metrics.as_mut() {
+            metrics.write(&record, eta)?;
+        }
         summary.first_loss.get_or_insert(loss);
         summary.last_loss = Some(loss);
         if val_loss.is_some() {
@@ -607,7 +738,20 @@ pub fn train<B: Backend>(
         summary.history.push(record);
         summary.steps_run += 1;
         if (t_cfg.checkpoint_every > 0 && step % t_cfg.checkpoint_every == 0) || step == last_step {
-            save_checkpoint(be, &model, &m, &v, &state, out, t_cfg.keep_last)?;
+            match (reducer.as_mut(), comm) {
+                (Some(r), Some(c)) => save_checkpoint_dist(
+                    be,
+                    &mut model,
+                    &m,
+                    &v,
+                    &state,
+                    out,
+                    t_cfg.keep_last,
+                    c,
+                    r,
+                )?,
+                _ => save_checkpoint(be, &model, &m, &v, &state, out, t_cfg.keep_last)?,
+            }
         }
     }
     let secs = start.elapsed().as_secs_f64();
@@ -616,6 +760,49 @@ pub fn train<B: Backend>(
         summary.tokens_per_s = (summary.steps_run * tokens_per_step) as f64 / secs;
     }
     Ok(summary)
+}
+
+/// A checkpoint written by every rank: rank 0 prepares the directory and writes the weights and
+/// the state (and the whole optimizer unless it is sharded); under ZeRO-1 each rank writes its
+/// optimizer shard; rank 0 marks it DONE after a barrier.
+#[allow(clippy::too_many_arguments)]
+fn save_checkpoint_dist<B: Backend>(
+    be: &B,
+    model: &mut Model<B>,
+    m: &[B::Buf],
+    v: &[B::Buf],
+    state: &TrainState,
+    out: &Path,
+    keep_last: usize,
+    comm: &dyn Communicator<B>,
+    reducer: &mut Reducer<B>,
+) -> Result<()> {
+    let rank = comm.rank();
+    let sharded = reducer.shard.is_some();
+    reducer.gather_masters(be, comm, &mut model.params)?;
+    comm.sync(be)?;
+    if rank == 0 {
+        checkpoint::begin(out, state.step)?;
+    }
+    comm.barrier()?;
+    let tmp = checkpoint::tmp_dir(out, state.step);
+    if sharded {
+        let pieces: Vec<(String, usize, Vec<f32>, Vec<f32>)> = reducer
+            .moment_pieces(be)
+            .into_iter()
+            .map(|(p, off, mm, vv)| (model.info[p].name.clone(), off, mm, vv))
+            .collect();
+        checkpoint::write_optimizer_shard(&tmp, rank, &pieces)?;
+    }
+    if rank == 0 {
+        let ck = checkpoint_of(be, model, m, v, state, !sharded)?;
+        checkpoint::write_parts(&tmp, &ck, !sharded)?;
+    }
+    comm.barrier()?;
+    if rank == 0 {
+        checkpoint::commit(out, state.step, keep_last)?;
+    }
+    comm.barrier()
 }
 
 fn save_checkpoint<B: Backend>(
@@ -627,6 +814,22 @@ fn save_checkpoint<B: Backend>(
     out: &Path,
     keep_last: usize,
 ) -> Result<()> {
+    checkpoint::save(
+        out,
+        &checkpoint_of(be, model, m, v, state, true)?,
+        keep_last,
+    )?;
+    Ok(())
+}
+
+fn checkpoint_of<B: Backend>(
+    be: &B,
+    model: &Model<B>,
+    m: &[B::Buf],
+    v: &[B::Buf],
+    state: &TrainState,
+    with_optimizer: bool,
+) -> Result<Checkpoint> {
     let named = |suffix: &str, bufs: &[B::Buf]| -> Vec<NamedTensor> {
         model
             .info
@@ -639,16 +842,46 @@ fn save_checkpoint<B: Backend>(
             })
             .collect()
     };
-    let mut optimizer = named(".exp_avg", m);
-    optimizer.extend(named(".exp_avg_sq", v));
-    let ck = Checkpoint {
+    let mut optimizer = Vec::new();
+    if with_optimizer {
+        optimizer = named(".exp_avg", m);
+        optimizer.extend(named(".exp_avg_sq", v));
+    }
+    Ok(Checkpoint {
         step: state.step,
         model: named("", &model.params),
         optimizer,
         state: serde_json::to_value(state)?,
-    };
-    checkpoint::save(out, &ck, keep_last)?;
-    Ok(())
+    })
+}
+
+/// Fault injection for the tests of failure handling: `KILN_FAULT=panic@RANK:STEP` makes that
+/// rank panic at the start of that step (as a crash would).
+struct FaultInjection {
+    rank: usize,
+    step: u64,
+}
+
+impl FaultInjection {
+    fn from_env() -> Result<Option<Self>> {
+        let Ok(v) = std::env::var("KILN_FAULT") else {
+            return Ok(None);
+        };
+        let parsed = v.strip_prefix("panic@").and_then(|rs| {
+            let (r, s) = rs.split_once(':')?;
+            Some((r.parse().ok()?, s.parse().ok()?))
+        });
+        match parsed {
+            Some((rank, step)) => Ok(Some(FaultInjection { rank, step })),
+            None => bail!("KILN_FAULT={v:?}: expected panic@RANK:STEP"),
+        }
+    }
+
+    fn check(&self, rank: usize, step: u64) {
+        if rank == self.rank && step == self.step {
+            panic!("KILN_FAULT: rank {rank} panics at step {step} on purpose");
+        }
+    }
 }
 
 /// Pick tensors `{name}{suffix}` in parameter order, checking every shape.

@@ -39,6 +39,12 @@ pub struct CudaBuf {
 }
 
 impl CudaBuf {
+    /// The fp32 and bf16 storage, where the buffer has them (communicators reduce both in place).
+    pub(crate) fn storages_mut(
+        &mut self,
+    ) -> (Option<&mut CudaSlice<f32>>, Option<&mut CudaSlice<bf16>>) {
+        (self.f32.as_mut(), self.bf16.as_mut())
+    }
     fn h(&self) -> &CudaSlice<bf16> {
         self.bf16
             .as_ref()
@@ -325,6 +331,16 @@ impl CudaBackend {
         } else {
             AttentionKernel::Reference
         }
+    }
+
+    /// The device's context (communicators create their streams in it).
+    pub(crate) fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// The compute stream every kernel of this backend runs on.
+    pub(crate) fn compute_stream(&self) -> &Arc<CudaStream> {
+        &self.stream
     }
 
     pub fn device_name(&self) -> String {

@@ -1,0 +1,254 @@
+//! Data parallelism: the communicator boundary, where a process learns its rank, the TCP
+//! rendezvous, the launcher, and the gradient reducer with ZeRO-1.
+//!
+//! * [`Communicator`]: the collectives the trainer needs (all-reduce, reduce-scatter, all-gather,
+//!   broadcast, barrier, and a small host all-reduce for token counts and norms), in place on a
+//!   backend's buffers. Implementations: NCCL for the CUDA backend (`nccl.rs`, on its own stream,
+//!   ordered against compute with events) and [`host::HostComm`] for the CPU backend, whose ranks
+//!   are threads of one process (CI) or processes joined over TCP (`kiln launch` on a CPU).
+//! * [`DistEnv`]: rank, world size, local rank and the rendezvous address, from `kiln launch`'s,
+//!   torchrun's or SLURM's environment variables.
+//! * `rendezvous.rs`: rank 0 listens, every other rank connects; rank 0 hands out the NCCL id.
+//! * `launch.rs`: `kiln launch` starts one process per device and stops them all when one fails.
+//! * `reducer.rs`: gradients in buckets reduced as their layers finish backward; ZeRO-1.
+//!
+//! It does not know about models beyond parameter indices and the backward's ready groups.
+
+pub mod host;
+pub mod launch;
+#[cfg(feature = "cuda")]
+pub mod nccl;
+pub mod reducer;
+pub mod rendezvous;
+
+use anyhow::{bail, Result};
+
+use crate::backend::Backend;
+
+/// Collectives over the ranks of one data-parallel group, in place on backend buffers. Every
+/// rank must call the same collectives in the same order. A call may only queue the work (NCCL):
+/// [`Communicator::wait`] makes the backend's compute wait for everything queued and surfaces
+/// errors. No call waits forever: a rank that fails or stops answering turns into an error on
+/// the others within the communicator's timeout.
+///
+/// Buffers are reduced in every storage they have: f32, and bf16 where a backend keeps a bf16
+/// copy (CUDA parameters), so an all-gather of parameters moves both the fp32 master and the
+/// compute copy.
+pub trait Communicator<B: Backend>: Send + Sync {
+    fn rank(&self) -> usize;
+    fn world(&self) -> usize;
+    /// buf[..len] = Σ over ranks of buf[..len].
+    fn all_reduce(&self, be: &B, buf: &mut B::Buf, len: usize) -> Result<()>;
+    /// len = world·s: afterwards buf[rank·s..(rank+1)·s] holds the sum over ranks of that slice
+    /// (the rest of buf[..len] is unspecified).
+    fn reduce_scatter(&self, be: &B, buf: &mut B::Buf, len: usize) -> Result<()>;
+    /// len = world·s: afterwards every rank's buf holds, in each slice r of buf[..len], rank r's
+    /// slice r.
+    fn all_gather(&self, be: &B, buf: &mut B::Buf, len: usize) -> Result<()>;
+    /// Every rank's buf[..len] becomes `root`'s.
+    fn broadcast(&self, be: &B, buf: &mut B::Buf, len: usize, root: usize) -> Result<()>;
+    /// Sum host numbers over ranks (token counts, loss sums, squared norms). Blocking.
+    fn all_reduce_host(&self, x: &mut [f64]) -> Result<()>;
+    /// Every rank reaches this point before any leaves it.
+    fn barrier(&self) -> Result<()>;
+    /// Make the backend's compute wait for the collectives queued so far, without blocking the
+    /// host (NCCL: an event); errors already known come back here.
+    fn wait(&self, be: &B) -> Result<()>;
+    /// As `wait`, and block the host until the queued collectives are done, failing after the
+    /// timeout (call before the host reads anything that depends on them).
+    fn sync(&self, be: &B) -> Result<()>;
+}
+
+/// Data-parallel training on the CPU backend with `train.world_size` ranks as threads of this
+/// process, over an in-process communicator: the same bucketing, sharding and checkpoint code as
+/// a multi-process run. Returns rank 0's summary; when a rank fails, the others stop with an
+/// error and the failing rank's error (or panic) is returned.
+pub fn train_ranks_as_threads(
+    cfg: &crate::config::Config,
+    resume: Option<crate::train::trainer::Resume>,
+    until: Option<u64>,
+) -> Result<crate::train::trainer::TrainSummary> {
+    use crate::backend::cpu::CpuBackend;
+    let world = cfg.train.world_size;
+    let timeout = std::time::Duration::from_secs_f64(cfg.train.comm_timeout_s);
+    let group = host::thread_group(world, timeout);
+    let results: Vec<std::thread::Result<Result<crate::train::trainer::TrainSummary>>> =
+        std::thread::scope(|s| {
+            let handles: Vec<_> = group
+                .into_iter()
+                .map(|ex| {
+                    let resume = resume.clone();
+                    s.spawn(move || {
+                        let be = CpuBackend::<f32>::new();
+                        let comm = host::HostComm::new(Box::new(ex));
+                        let peak = be.nominal_peak_flops();
+                        crate::train::trainer::train_dist(
+                            &be,
+                            cfg,
+                            resume,
+                            until,
+                            peak,
+                            Some(&comm),
+                        )
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join()).collect()
+        });
+    // Report the root cause: a panic first, then the first error that is not another rank's echo.
+    let mut first_err: Option<(bool, anyhow::Error)> = None;
+    let mut summary = None;
+    for (rank, r) in results.into_iter().enumerate() {
+        match r {
+            Err(p) => {
+                let msg = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "unknown panic".into());
+                bail!("rank {rank} panicked: {msg}");
+            }
+            Ok(Err(e)) => {
+                let echo = e.to_string().contains("stopping");
+                match &first_err {
+                    Some((was_echo, _)) if !*was_echo || echo => {}
+                    _ => first_err = Some((echo, e.context(format!("rank {rank}")))),
+                }
+            }
+            Ok(Ok(s)) if rank == 0 => summary = Some(s),
+            Ok(Ok(_)) => {}
+        }
+    }
+    match (first_err, summary) {
+        (Some((_, e)), _) => Err(e),
+        (None, Some(s)) => Ok(s),
+        (None, None) => bail!("internal: rank 0 returned no summary"),
+    }
+}
+
+/// Where this process sits in a data-parallel run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DistEnv {
+    pub rank: usize,
+    pub world: usize,
+    /// Rank within the node: the GPU this process uses.
+    pub local_rank: usize,
+    /// Rendezvous address of rank 0 (`HOST:PORT`).
+    pub master: String,
+    /// Which variables it came from, for the start-up line.
+    pub source: &'static str,
+}
+
+/// The rendezvous port when none is given (torchrun's default).
+pub const DEFAULT_PORT: u16 = 29500;
+
+impl DistEnv {
+    /// Read the process's place from `kiln launch` / torchrun variables (`RANK`, `WORLD_SIZE`,
+    /// `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`), else SLURM's (`SLURM_PROCID`,
+    /// `SLURM_NTASKS`, `SLURM_LOCALID`, with `MASTER_ADDR` or `SLURM_LAUNCH_NODE_IPADDR`). None
+    /// when neither is set (a single-process run).
+    pub fn from_env() -> Result<Option<DistEnv>> {
+        Self::from_vars(|k| std::env::var(k).ok())
+    }
+
+    /// As [`DistEnv::from_env`] over any variable lookup (tests).
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Option<DistEnv>> {
+        let num = |name: &str| -> Result<Option<usize>> {
+            match var(name) {
+                None => Ok(None),
+                Some(v) => match v.trim().parse::<usize>() {
+                    Ok(n) => Ok(Some(n)),
+                    Err(_) => bail!("environment variable {name}={v:?} is not a whole number"),
+                },
+            }
+        };
+        let (rank, world, local, source) = if var("WORLD_SIZE").is_some() || var("RANK").is_some() {
+            let (Some(rank), Some(world)) = (num("RANK")?, num("WORLD_SIZE")?) else {
+                bail!(
+                    "RANK and WORLD_SIZE must be set together (torchrun / kiln launch variables)"
+                );
+            };
+            let local = num("LOCAL_RANK")?.unwrap_or(rank);
+            (rank, world, local, "RANK/WORLD_SIZE")
+        } else if var("SLURM_PROCID").is_some() && var("SLURM_NTASKS").is_some() {
+            let rank = num("SLURM_PROCID")?.unwrap_or(0);
+            let world = num("SLURM_NTASKS")?.unwrap_or(1);
+            let local = num("SLURM_LOCALID")?.unwrap_or(0);
+            (rank, world, local, "SLURM")
+        } else {
+            return Ok(None);
+        };
+        if world == 0 || rank >= world {
+            bail!("rank {rank} is not below world size {world} ({source} variables)");
+        }
+        let host = var("MASTER_ADDR")
+            .or_else(|| var("SLURM_LAUNCH_NODE_IPADDR"))
+            .unwrap_or_else(|| "127.0.0.1".into());
+        let port = match var("MASTER_PORT") {
+            None => DEFAULT_PORT,
+            Some(p) => match p.trim().parse::<u16>() {
+                Ok(p) if p > 0 => p,
+                _ => bail!("environment variable MASTER_PORT={p:?} is not a port number"),
+            },
+        };
+        Ok(Some(DistEnv {
+            rank,
+            world,
+            local_rank: local,
+            master: format!("{host}:{port}"),
+            source,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> Result<Option<DistEnv>> {
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        DistEnv::from_vars(|k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn torchrun_and_slurm_variables_are_read_and_bad_ones_named() {
+        assert_eq!(env(&[]).unwrap(), None);
+        let e = env(&[
+            ("RANK", "1"),
+            ("WORLD_SIZE", "4"),
+            ("LOCAL_RANK", "1"),
+            ("MASTER_ADDR", "node7"),
+            ("MASTER_PORT", "1234"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (e.rank, e.world, e.local_rank, e.master.as_str()),
+            (1, 4, 1, "node7:1234")
+        );
+        let e = env(&[
+            ("SLURM_PROCID", "5"),
+            ("SLURM_NTASKS", "8"),
+            ("SLURM_LOCALID", "1"),
+            ("SLURM_LAUNCH_NODE_IPADDR", "10.0.0.2"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (e.rank, e.world, e.local_rank, e.master.as_str()),
+            (5, 8, 1, "10.0.0.2:29500")
+        );
+        let err = env(&[("RANK", "4"), ("WORLD_SIZE", "4")]).unwrap_err();
+        assert!(err.to_string().contains("rank 4 is not below world size 4"));
+        let err = env(&[("RANK", "x"), ("WORLD_SIZE", "4")]).unwrap_err();
+        assert!(err.to_string().contains("RANK=\"x\""), "{err}");
+        let err = env(&[("RANK", "0")]).unwrap_err();
+        assert!(err.to_string().contains("set together"), "{err}");
+        let err = env(&[("RANK", "0"), ("WORLD_SIZE", "2"), ("MASTER_PORT", "http")]).unwrap_err();
+        assert!(err.to_string().contains("MASTER_PORT"), "{err}");
+    }
+}

@@ -1,0 +1,461 @@
+//! Data parallelism without GPUs, on the CPU backend: N ranks × micro-batch b train to the same
+//! parameters as 1 rank × N·b (f32 tolerance), with ZeRO-1 off and on; resuming a ZeRO-1 run with
+//! the same world size is bitwise exact, and with another world size re-splits the optimizer; a
+//! rank that panics stops the others with an error instead of a hang; `kiln launch` runs two CPU
+//! processes over the TCP rendezvous and stops the survivors when one fails.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{kiln, rel_err, stderr};
+
+use kiln::config::Config;
+use kiln::train::checkpoint;
+
+fn config(dir: &Path, extra: &[(&str, &str)]) -> Config {
+    let d = dir.display();
+    let text = format!(
+        r#"
+[world]
+dir = "{d}/w"
+people = 120
+bios_per_person = 2
+vocab_size = 500
+
+[data]
+tokenizer = "{d}/w/tokenizer.json"
+seq_len = 32
+batch_size = 4
+val_fraction = 0.0
+
+[[data.sources]]
+name = "raw"
+path = "{d}/w/shards/raw_*.kiln"
+weight = 0.8
+
+[[data.sources]]
+name = "augmented"
+path = "{d}/w/shards/augmented_*.kiln"
+weight = 0.2
+
+[model]
+dim = 32
+n_layers = 2
+n_heads = 4
+n_kv_heads = 2
+ffn_dim = 64
+max_seq_len = 32
+tie_embeddings = false
+
+[train]
+steps = 6
+grad_accum = 2
+lr = 1e-2
+warmup_steps = 1
+log_every = 100
+checkpoint_every = 3
+keep_last = 0
+threads = 1
+bucket_mb = 0.01
+comm_timeout_s = 60
+out_dir = "{d}/run"
+"#
+    );
+    let overrides: Vec<String> = extra.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    Config::parse("test", &text, &overrides).unwrap()
+}
+
+fn world_ready(dir: &Path) {
+    let cfg = config(dir, &[]);
+    kiln::commands::ensure_world(cfg.world.as_ref().unwrap(), &cfg, false, true).unwrap();
+}
+
+/// Train `cfg` (threads when world_size > 1) and return the parameters of step `step`.
+fn params_at(cfg: &Config, step: u64) -> Vec<checkpoint::NamedTensor> {
+    if cfg.train.world_size > 1 {
+        kiln::dist::train_ranks_as_threads(cfg, None, None).unwrap();
+    } else {
+        let be = kiln::backend::cpu::CpuBackend::<f32>::new();
+        kiln::train::trainer::train(&be, cfg, None, None, 0.0).unwrap();
+    }
+    load_params(&cfg.train.out_dir, step)
+}
+
+fn load_params(out: &Path, step: u64) -> Vec<checkpoint::NamedTensor> {
+    checkpoint::load(&out.join(format!("step_{step:06}")))
+        .unwrap()
+        .model
+}
+
+/// max over tensors of ‖a − b‖ / ‖b‖.
+fn max_rel(a: &[checkpoint::NamedTensor], b: &[checkpoint::NamedTensor]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            assert_eq!(x.name, y.name);
+            rel_err(&x.data, &y.data)
+        })
+        .fold(0.0, f64::max)
+}
+
+fn metrics_losses(out: &Path) -> Vec<f64> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn n_ranks_with_batch_b_match_one_rank_with_batch_n_b_with_zero1_off_and_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    world_ready(d);
+    let out = |name: &str| format!("\"{}/{name}\"", d.display());
+    // The reference: one rank, micro-batch 4, two micro-batches per step.
+    let reference = config(d, &[("train.out_dir", &out("ref"))]);
+    let want = params_at(&reference, 6);
+    let want_losses = metrics_losses(&d.join("ref"));
+    // The tolerance below is meaningful: three steps move the parameters far more than it.
+    let moved = max_rel(&load_params(&d.join("ref"), 3), &want);
+    assert!(
+        moved > 1e-2,
+        "parameters barely move ({moved:e}): the test would be weak"
+    );
+    let cases = [
+        ("2 ranks x 2, ZeRO-0", "2", "2", "0"),
+        ("2 ranks x 2, ZeRO-1", "2", "2", "1"),
+        ("4 ranks x 1, ZeRO-1", "4", "1", "1"),
+        ("4 ranks x 1, ZeRO-0", "4", "1", "0"),
+    ];
+    for (i, (what, world, batch, zero)) in cases.iter().enumerate() {
+        let name = format!("dp{i}");
+        let cfg = config(
+            d,
+            &[
+                ("train.out_dir", &out(&name)),
+                ("train.world_size", world),
+                ("data.batch_size", batch),
+                ("train.zero_stage", zero),
+            ],
+        );
+        let got = params_at(&cfg, 6);
+        let err = max_rel(&got, &want);
+        let losses = metrics_losses(&d.join(&name));
+        let loss_err = losses
+            .iter()
+            .zip(&want_losses)
+            .map(|(a, b)| ((a - b) / b).abs())
+            .fold(0.0, f64::max);
+        eprintln!("{what}: parameters after 6 steps, max relative error {err:.3e}; loss max relative error {loss_err:.3e}");
+        assert!(err < 1e-4, "{what}: relative error {err:e}");
+        assert!(loss_err < 1e-5, "{what}: loss relative error {loss_err:e}");
+    }
+}
+
+#[test]
+fn zero1_resume_is_exact_with_the_same_world_size_and_resplits_with_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    world_ready(d);
+    let out = |name: &str| format!("\"{}/{name}\"", d.display());
+    let set = |name: &str, world: &str, batch: &str| {
+        config(
+            d,
+            &[
+                ("train.out_dir", &out(name)),
+                ("train.world_size", world),
+                ("data.batch_size", batch),
+                ("train.zero_stage", "1"),
+            ],
+        )
+    };
+    let full = set("full", "2", "2");
+    let want = params_at(&full, 6);
+    // Stop at step 3 and resume with the same world size: bitwise identical.
+    let part = set("part", "2", "2");
+    kiln::dist::train_ranks_as_threads(&part, None, Some(3)).unwrap();
+    let ck = checkpoint::load(&d.join("part/step_000003")).unwrap();
+    assert!(d
+        .join("part/step_000003/optimizer.rank00001.safetensors")
+        .exists());
+    assert!(!d.join("part/step_000003/optimizer.safetensors").exists());
+    assert_eq!(ck.state["world_size"], 2);
+    kiln::dist::train_ranks_as_threads(&part, Some(kiln::train::trainer::Resume::Latest), None)
+        .unwrap();
+    let got = load_params(&d.join("part"), 6);
+    for (a, b) in got.iter().zip(&want) {
+        let same = a
+            .data
+            .iter()
+            .zip(&b.data)
+            .all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(
+            same,
+            "{} differs after resuming with the same world size",
+            a.name
+        );
+    }
+    // Resume the world-2 checkpoint of step 3 with 4 ranks of batch 1 (same global batch):
+    // the optimizer shards are re-split; the result matches within f32 tolerance.
+    let copy = d.join("four");
+    std::fs::create_dir_all(&copy).unwrap();
+    let src = d.join("part/step_000003");
+    let dst = copy.join("step_000003");
+    std::fs::create_dir_all(&dst).unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+    }
+    let four = set("four", "4", "1");
+    kiln::dist::train_ranks_as_threads(&four, Some(kiln::train::trainer::Resume::Step(3)), None)
+        .unwrap();
+    let got = load_params(&copy, 6);
+    let err = max_rel(&got, &want);
+    eprintln!("resumed world 2 -> 4 (ZeRO-1): max relative error {err:.3e} against the uninterrupted world-2 run");
+    assert!(err < 1e-4, "relative error {err:e}");
+    assert!(copy
+        .join("step_000006/optimizer.rank00003.safetensors")
+        .exists());
+}
+
+/// Run `cmd` with a deadline; kill it and fail the test if it does not finish.
+fn run_with_deadline(cmd: &mut Command, limit: Duration) -> std::process::Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            let o = child.wait_with_output().unwrap();
+            panic!(
+                "hung for {limit:?}; stderr: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn write_config(d: &Path) -> std::path::PathBuf {
+    let cfg = config(d, &[]);
+    let path = d.join("c.toml");
+    std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
+    path
+}
+
+#[test]
+fn a_rank_that_panics_stops_the_other_threads_with_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    world_ready(d);
+    write_config(d);
+    let o = run_with_deadline(
+        Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args([
+                "train",
+                "--config",
+                "c.toml",
+                "--set",
+                "train.world_size=3",
+                "--set",
+                "data.batch_size=1",
+                "--ranks-as-threads",
+            ])
+            .env("KILN_FAULT", "panic@1:2")
+            .current_dir(d),
+        Duration::from_secs(120),
+    );
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    let last = err.lines().rfind(|l| l.starts_with("error:")).unwrap_or("");
+    assert!(
+        last.contains("rank 1 panicked") && last.contains("on purpose"),
+        "{err}"
+    );
+}
+
+#[test]
+fn kiln_launch_runs_two_cpu_processes_like_two_threads_and_stops_survivors_on_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    world_ready(d);
+    write_config(d);
+    // Two processes over the TCP rendezvous (ZeRO-1) ...
+    let o = run_with_deadline(
+        Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args([
+                "launch",
+                "--nproc-per-node",
+                "2",
+                "--",
+                "train",
+                "--config",
+                "c.toml",
+                "--set",
+                &format!("train.out_dir=\"{}/procs\"", d.display()),
+                "--set",
+                "data.batch_size=2",
+                "--set",
+                "train.zero_stage=1",
+            ])
+            .current_dir(d),
+        Duration::from_secs(300),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    // ... give bitwise the parameters of two threads (both sum in f64 in rank order).
+    let threads = config(
+        d,
+        &[
+            ("train.out_dir", &format!("\"{}/threads\"", d.display())),
+            ("train.world_size", "2"),
+            ("data.batch_size", "2"),
+            ("train.zero_stage", "1"),
+        ],
+    );
+    let want = params_at(&threads, 6);
+    let got = load_params(&d.join("procs"), 6);
+    for (a, b) in got.iter().zip(&want) {
+        assert_eq!(a.data, b.data, "{}", a.name);
+    }
+    assert!(d
+        .join("procs/step_000006/optimizer.rank00001.safetensors")
+        .exists());
+
+    // One launched rank runs the data-parallel path (rendezvous, reducer) and matches the plain
+    // single-process run bitwise.
+    let o = run_with_deadline(
+        Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args([
+                "launch",
+                "--nproc-per-node",
+                "1",
+                "--",
+                "train",
+                "--config",
+                "c.toml",
+                "--set",
+                &format!("train.out_dir=\"{}/one\"", d.display()),
+            ])
+            .current_dir(d),
+        Duration::from_secs(300),
+    );
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("data parallel: 1 ranks"), "{err}");
+    let plain = params_at(
+        &config(
+            d,
+            &[("train.out_dir", &format!("\"{}/plain\"", d.display()))],
+        ),
+        6,
+    );
+    let one = load_params(&d.join("one"), 6);
+    for (a, b) in one.iter().zip(&plain) {
+        assert_eq!(a.data, b.data, "{}", a.name);
+    }
+
+    // Rank 1 panics at step 2: the launcher stops rank 0 and fails, naming rank 1.
+    let o = run_with_deadline(
+        Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args([
+                "launch",
+                "--nproc-per-node",
+                "2",
+                "--",
+                "train",
+                "--config",
+                "c.toml",
+                "--set",
+                &format!("train.out_dir=\"{}/fail\"", d.display()),
+                "--set",
+                "data.batch_size=2",
+            ])
+            .env("KILN_FAULT", "panic@1:2")
+            .current_dir(d),
+        Duration::from_secs(120),
+    );
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    let last = err.lines().rfind(|l| l.starts_with("error:")).unwrap_or("");
+    assert!(last.contains("rank 1 failed"), "{err}");
+
+    // A config that disagrees with the launcher's world size is one clear line.
+    let o = kiln(
+        &[
+            "launch",
+            "--nproc-per-node",
+            "2",
+            "--",
+            "train",
+            "--config",
+            "c.toml",
+            "--set",
+            "train.world_size=3",
+        ],
+        d,
+    );
+    let err = stderr(&o);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("train.world_size = 3 but RANK/WORLD_SIZE says the world has 2 ranks"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_distributed_input_is_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let o = kiln(&["launch", "--nproc-per-node", "0", "--", "train"], d);
+    common::assert_clean_error(&o, &["--nproc-per-node"]);
+    let o = kiln(
+        &[
+            "launch",
+            "--nproc-per-node",
+            "2",
+            "--nnodes",
+            "2",
+            "--",
+            "train",
+        ],
+        d,
+    );
+    common::assert_clean_error(&o, &["--master HOST:PORT"]);
+    let o = kiln(
+        &[
+            "launch",
+            "--nproc-per-node",
+            "1",
+            "--master",
+            "nohost",
+            "--",
+            "train",
+        ],
+        d,
+    );
+    common::assert_clean_error(&o, &["expected HOST:PORT"]);
+    let o = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["train"])
+        .env("RANK", "0")
+        .env("WORLD_SIZE", "two")
+        .current_dir(d)
+        .output()
+        .unwrap();
+    common::assert_clean_error(&o, &["WORLD_SIZE=\"two\""]);
+    let o = kiln(&["train", "--set", "train.world_size=2"], d);
+    common::assert_clean_error(&o, &["train.world_size = 2", "kiln launch"]);
+}
