@@ -11,9 +11,14 @@ GB/s or TFLOP/s with its fraction of the torch-measured ceiling.
 
   python scripts/compare_torch.py --kiln target/release/kiln --device cuda [--preset llama3-8b]
   python scripts/compare_torch.py --kiln target/release/kiln --device cpu --preset tiny
+  python scripts/compare_torch.py --kiln target/release/kiln --device cuda --attention [--seqs 512,4096]
+The last form runs `kiln bench attention` and torch's SDPA (flash backend on CUDA) on the same
+shapes (B×T = 16384 tokens, heads·D = 2048, causal and not) and prints both TFLOP/s and the
+ratio; rows with document masks have no SDPA equivalent and show kiln only.
 On the GPU machine run it through scripts/cuda-env.sh so kiln finds the CUDA libraries.
 """
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -122,6 +127,59 @@ def torch_times(s, device, iters):
     return out, copy_gb_s, gemm_tflop_s
 
 
+def sdpa_times(row, device, iters):
+    """Forward and backward milliseconds of SDPA on a kiln attention-bench row (MHA)."""
+    dt = torch.bfloat16 if device == "cuda" else torch.float32
+    b, t, h, d = row["batch"], row["seq"], row["heads"], row["head_dim"]
+    g = torch.Generator(device=device).manual_seed(0)
+    # kiln's [B, T, H, D] layout, viewed as SDPA's [B, H, T, D]
+    mk = lambda: torch.randn(b, t, h, d, generator=g, device=device, dtype=torch.float32).to(dt).transpose(1, 2)
+    q, k, v, do = mk(), mk(), mk(), mk()
+    ctx = contextlib.nullcontext()
+    if device == "cuda":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        ctx = sdpa_kernel([SDPBackend.FLASH_ATTENTION])
+    with ctx:
+        fwd = timed(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=row["causal"]), device, iters)
+        qr, kr, vr = (z.detach().requires_grad_(True) for z in (q, k, v))
+
+        def both():
+            F.scaled_dot_product_attention(qr, kr, vr, is_causal=row["causal"]).backward(do)
+
+        total = timed(both, device, iters)
+    return fwd, total - fwd
+
+
+def attention_main(a):
+    env = dict(os.environ)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "attn.json")
+        cmd = [a.kiln, "bench", "attention", "--device", a.device, "--iters", str(a.iters), "--json", path]
+        if a.seqs:
+            cmd += ["--seqs", a.seqs]
+        if a.tokens:
+            cmd += ["--tokens", str(a.tokens)]
+        print("$", " ".join(cmd), file=sys.stderr)
+        subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+        kiln = json.load(open(path))
+    dev = torch.cuda.get_device_name() if a.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"device: {dev}; torch {torch.__version__}; kiln: {kiln['backend']}")
+    print("TFLOP/s count allowed query-key pairs only (causal: half); backward = 2.5 × forward FLOPs.\n")
+    print("| B×T | H×D | mask | kiln fwd | torch fwd | fwd ratio | kiln bwd | torch bwd | bwd ratio | kiln fwd+bwd | torch fwd+bwd | fwd+bwd ratio |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in kiln["rows"]:
+        mask = "none" if not r["causal"] else ("causal" if not r["docs"] else f"causal, {len(r['docs'])} docs/row")
+        head = f"| {r['batch']}×{r['seq']} | {r['heads']}×{r['head_dim']} | {mask} "
+        kf, kb, kt = r["fwd_tflop_s"], r["bwd_tflop_s"], r["total_tflop_s"]
+        if r["docs"]:
+            print(head + f"| {kf:.1f} | - | - | {kb:.1f} | - | - | {kt:.1f} | - | - |")
+            continue
+        tf_ms, tb_ms = sdpa_times(r, a.device, a.iters)
+        flops = r["fwd_tflop_s"] * r["fwd_ms"] * 1e9  # forward FLOPs
+        tf, tb, tt = flops / tf_ms / 1e9, 2.5 * flops / tb_ms / 1e9, 3.5 * flops / (tf_ms + tb_ms) / 1e9
+        print(head + f"| {kf:.1f} | {tf:.1f} | {kf / tf:.2f} | {kb:.1f} | {tb:.1f} | {kb / tb:.2f} | {kt:.1f} | {tt:.1f} | {kt / tt:.2f} |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kiln", default="target/release/kiln")
@@ -129,7 +187,14 @@ def main():
     ap.add_argument("--preset", choices=list(PRESETS), default=None)
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--threads", type=int, default=None, help="CPU threads for both (default: all)")
+    ap.add_argument("--attention", action="store_true", help="attention sweep vs SDPA instead of the per-op table")
+    ap.add_argument("--seqs", default=None, help="--attention: sequence lengths, comma-separated")
+    ap.add_argument("--tokens", type=int, default=None, help="--attention: B×T (default 16384)")
     a = ap.parse_args()
+    if a.attention:
+        if a.threads:
+            torch.set_num_threads(a.threads)
+        return attention_main(a)
     preset = a.preset or ("llama3-8b" if a.device == "cuda" else "tiny")
     s = PRESETS[preset]
     env = dict(os.environ)

@@ -179,8 +179,19 @@ pub struct ConvertArgs {
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
+    /// `ops` (default): every backend operation at a model's shapes. `attention`: attention
+    /// forward and backward over sequence lengths, head dims 64/128, causal, not causal, and
+    /// causal with mixed-length documents, at a fixed token count (default 16384).
+    #[arg(value_enum, default_value = "ops")]
+    pub what: BenchWhat,
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: Device,
+    /// `bench attention`: sequence lengths (comma-separated; default 512,1024,…,16384).
+    #[arg(long, value_delimiter = ',')]
+    pub seqs: Vec<usize>,
+    /// `bench attention`: head dims (comma-separated; default 64,128).
+    #[arg(long, value_delimiter = ',')]
+    pub head_dims: Vec<usize>,
     /// Shapes: the embedded default's model, or one Llama-3-8B layer (default: tiny on the CPU,
     /// llama3-8b on CUDA).
     #[arg(long, value_enum)]
@@ -194,6 +205,12 @@ pub struct BenchArgs {
     /// Also write the report as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchWhat {
+    Ops,
+    Attention,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

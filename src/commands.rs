@@ -295,6 +295,9 @@ fn convert(a: ConvertArgs) -> Result<()> {
 
 fn bench(a: BenchArgs) -> Result<()> {
     use crate::bench::{render, run, BenchShape};
+    if a.what == crate::cli::BenchWhat::Attention {
+        return bench_attention(a);
+    }
     let preset = a.preset.unwrap_or(if a.device == Device::Cuda {
         BenchPreset::Llama3_8b
     } else {
@@ -322,6 +325,64 @@ fn bench(a: BenchArgs) -> Result<()> {
         crate::fsutil::write_atomic(&path, serde_json::to_string_pretty(&report)?.as_bytes())?;
     }
     Ok(())
+}
+
+fn bench_attention(a: BenchArgs) -> Result<()> {
+    let tokens = a.tokens.unwrap_or(16384);
+    let seqs = if a.seqs.is_empty() {
+        vec![512, 1024, 2048, 4096, 8192, 16384]
+    } else {
+        a.seqs.clone()
+    };
+    let head_dims = if a.head_dims.is_empty() {
+        vec![64, 128]
+    } else {
+        a.head_dims.clone()
+    };
+    if let Some(s) = seqs.iter().find(|&&s| s == 0 || tokens % s != 0) {
+        bail!("--seqs: {s} does not divide the token count {tokens}");
+    }
+    if let Some(d) = head_dims.iter().find(|&&d| d == 0 || 2048 % d != 0) {
+        bail!("--head-dims: {d} does not divide the width 2048");
+    }
+    let (backend, rows) = match a.device {
+        Device::Cpu => {
+            let be = CpuBackend::<f32>::new();
+            (
+                crate::backend::Backend::name(&be),
+                crate::bench::attention_sweep(&be, tokens, &seqs, &head_dims, a.iters),
+            )
+        }
+        Device::Cuda => bench_attention_cuda(tokens, &seqs, &head_dims, a.iters)?,
+    };
+    println!("{}", crate::bench::render_attention(&backend, &rows));
+    if let Some(path) = a.json {
+        let v = serde_json::json!({ "backend": backend, "rows": rows });
+        crate::fsutil::write_atomic(&path, serde_json::to_string_pretty(&v)?.as_bytes())?;
+    }
+    Ok(())
+}
+
+#[cfg(feature = "cuda")]
+fn bench_attention_cuda(
+    tokens: usize,
+    seqs: &[usize],
+    head_dims: &[usize],
+    iters: usize,
+) -> Result<(String, Vec<crate::bench::AttnBenchRow>)> {
+    let be = crate::backend::cuda::CudaBackend::new(0).map_err(|e| anyhow::anyhow!(e))?;
+    let rows = crate::bench::attention_sweep(&be, tokens, seqs, head_dims, iters);
+    Ok((crate::backend::Backend::name(&be), rows))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn bench_attention_cuda(
+    _: usize,
+    _: &[usize],
+    _: &[usize],
+    _: usize,
+) -> Result<(String, Vec<crate::bench::AttnBenchRow>)> {
+    bail!(NO_CUDA)
 }
 
 #[cfg(feature = "cuda")]

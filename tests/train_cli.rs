@@ -360,6 +360,42 @@ fn bench_prints_every_operation_against_measured_ceilings() {
         &kiln(&["bench", "--tokens", "100"], d),
         &["--tokens 100", "multiple of the sequence length 256"],
     );
+
+    // The attention sweep: causal, not causal, and causal with mixed documents per shape.
+    let o = kiln(
+        &[
+            "bench",
+            "attention",
+            "--tokens",
+            "128",
+            "--seqs",
+            "64,128",
+            "--head-dims",
+            "64",
+            "--iters",
+            "1",
+            "--json",
+            "attn.json",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = String::from_utf8_lossy(&o.stdout);
+    for row in ["| 2×64 | 32×64 | causal |", "| 1×128 | 32×64 | none |"] {
+        assert!(table.contains(row), "{row} missing: {table}");
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("attn.json")).unwrap()).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 6);
+    assert!(rows
+        .iter()
+        .all(|r| r["fwd_tflop_s"].as_f64().unwrap() > 0.0 && r["bwd_ms"].as_f64().unwrap() > 0.0));
+    assert!(rows[2]["docs"].as_array().unwrap().len() > 1);
+    assert_clean_error(
+        &kiln(&["bench", "attention", "--seqs", "300"], d),
+        &["--seqs", "300", "16384"],
+    );
 }
 
 #[test]

@@ -419,3 +419,162 @@ pub fn render(r: &BenchReport) -> String {
     }
     out
 }
+
+/// One shape of `kiln bench attention`.
+#[derive(Clone, Debug, Serialize)]
+pub struct AttnBenchRow {
+    pub batch: usize,
+    pub seq: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub causal: bool,
+    /// Document lengths of every row (one document when empty).
+    pub docs: Vec<usize>,
+    pub fwd_ms: f64,
+    pub bwd_ms: f64,
+    /// Useful FLOPs (allowed query-key pairs only): forward 4·H·D per pair, backward 2.5×.
+    pub fwd_tflop_s: f64,
+    pub bwd_tflop_s: f64,
+    pub total_tflop_s: f64,
+}
+
+/// Mixed document lengths filling a row of `seq` tokens: 1/2, 1/4, 1/8 … of the row, the last
+/// taking the rest.
+pub fn mixed_docs(seq: usize) -> Vec<usize> {
+    let mut lens = Vec::new();
+    let mut left = seq;
+    let mut next = seq / 2;
+    while left > 0 {
+        let l = next.clamp(1, left);
+        lens.push(l);
+        left -= l;
+        next = (next / 2).max(16);
+    }
+    lens
+}
+
+/// Time attention forward and backward at `tokens` = batch·seq for every sequence length in
+/// `seqs`, head dims in `head_dims` (heads = 2048 / head_dim, as many KV heads), causal and not,
+/// and causal with mixed-length documents.
+pub fn attention_sweep<B: Backend>(
+    be: &B,
+    tokens: usize,
+    seqs: &[usize],
+    head_dims: &[usize],
+    iters: usize,
+) -> Vec<AttnBenchRow> {
+    let mut rows = Vec::new();
+    for &hd in head_dims {
+        for &seq in seqs {
+            if seq == 0 || tokens % seq != 0 {
+                continue;
+            }
+            for (causal, docs) in [(true, vec![]), (false, vec![]), (true, mixed_docs(seq))] {
+                let heads = (2048 / hd).max(1);
+                let a = AttnShape {
+                    batch: tokens / seq,
+                    seq,
+                    heads,
+                    kv_heads: heads,
+                    head_dim: hd,
+                    causal,
+                };
+                rows.push(attention_case(be, a, &docs, iters));
+            }
+        }
+    }
+    rows
+}
+
+fn attention_case<B: Backend>(be: &B, a: AttnShape, docs: &[usize], iters: usize) -> AttnBenchRow {
+    let n = a.batch * a.seq;
+    let (qd, kvd) = (a.heads * a.head_dim, a.kv_heads * a.head_dim);
+    let up = |len: usize, seed: u64| be.upload_as(&random(len, seed, 1.0), BufKind::Act);
+    let (q, k, v, dout) = (up(n * qd, 1), up(n * kvd, 2), up(n * kvd, 3), up(n * qd, 4));
+    let mut ids = Vec::with_capacity(n);
+    for _ in 0..a.batch {
+        if docs.is_empty() {
+            ids.extend(std::iter::repeat_n(0u32, a.seq));
+        } else {
+            for (d, &l) in docs.iter().enumerate() {
+                ids.extend(std::iter::repeat_n(d as u32, l));
+            }
+        }
+    }
+    let lens: Vec<usize> = if docs.is_empty() {
+        vec![a.seq]
+    } else {
+        docs.to_vec()
+    };
+    let pairs: f64 = lens
+        .iter()
+        .map(|&l| {
+            let l = l as f64;
+            if a.causal {
+                l * (l + 1.0) / 2.0
+            } else {
+                l * l
+            }
+        })
+        .sum::<f64>()
+        * a.batch as f64;
+    let fwd_flops = 4.0 * (a.heads * a.head_dim) as f64 * pairs;
+    let mut out = be.alloc(n * qd, BufKind::Act);
+    let mut lse = be.alloc(a.batch * a.heads * a.seq, BufKind::Stat);
+    let fwd_ms = time_ms(be, iters, || {
+        be.attention(&mut out, &mut lse, &q, &k, &v, &ids, a)
+    });
+    let (mut dq, mut dk, mut dv) = (
+        be.alloc(n * qd, BufKind::Act),
+        be.alloc(n * kvd, BufKind::Act),
+        be.alloc(n * kvd, BufKind::Act),
+    );
+    let bwd_ms = time_ms(be, iters, || {
+        be.attention_bwd(
+            &mut dq, &mut dk, &mut dv, &dout, &out, &lse, &q, &k, &v, &ids, a,
+        )
+    });
+    AttnBenchRow {
+        batch: a.batch,
+        seq: a.seq,
+        heads: a.heads,
+        kv_heads: a.kv_heads,
+        head_dim: a.head_dim,
+        causal: a.causal,
+        docs: docs.to_vec(),
+        fwd_ms,
+        bwd_ms,
+        fwd_tflop_s: fwd_flops / fwd_ms / 1e9,
+        bwd_tflop_s: 2.5 * fwd_flops / bwd_ms / 1e9,
+        total_tflop_s: 3.5 * fwd_flops / (fwd_ms + bwd_ms) / 1e9,
+    }
+}
+
+/// `kiln bench attention` as a markdown table.
+pub fn render_attention(backend: &str, rows: &[AttnBenchRow]) -> String {
+    let mut out = format!(
+        "backend: {backend}\n\n| B×T | H×D | mask | fwd ms | fwd TFLOP/s | bwd ms | bwd TFLOP/s | fwd+bwd TFLOP/s |\n|---|---|---|---:|---:|---:|---:|---:|\n"
+    );
+    for r in rows {
+        let mask = match (r.causal, r.docs.len()) {
+            (true, 0) => "causal".to_string(),
+            (false, _) => "none".to_string(),
+            (true, n) => format!("causal, {n} docs/row"),
+        };
+        out.push_str(&format!(
+            "| {}×{} | {}×{} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |\n",
+            r.batch,
+            r.seq,
+            r.heads,
+            r.head_dim,
+            mask,
+            r.fwd_ms,
+            r.fwd_tflop_s,
+            r.bwd_ms,
+            r.bwd_tflop_s,
+            r.total_tflop_s
+        ));
+    }
+    out
+}
