@@ -653,7 +653,7 @@ pub fn ensure_world(w: &WorldSection, cfg: &Config, force: bool, with_prep: bool
             t.elapsed().as_secs_f64()
         );
     }
-    if force || !dir.join("tasks/heldout_mc.jsonl").exists() {
+    if force || !dir.join("tasks/heldout_cloze.jsonl").exists() {
         write_world_tasks(dir)?;
     }
     if !with_prep {
@@ -705,24 +705,43 @@ pub fn ensure_world(w: &WorldSection, cfg: &Config, force: bool, with_prep: bool
 }
 
 /// The world's question-answer items as task files `kiln eval` reads: multiple choice and
-/// completion, for the held-out people and the training people.
+/// completion, for the held-out people and the training people; and, for the held-out people,
+/// `heldout_cloze.jsonl`: the same facts and options as multiple choice after a biography-style
+/// prefix ("Ada Lee was born in"), which probes whether a model stored a fact independently of
+/// whether it can answer a question about it.
 fn write_world_tasks(dir: &Path) -> Result<()> {
     let tasks = dir.join("tasks");
     std::fs::create_dir_all(&tasks)?;
     for (src, name) in [("eval.jsonl", "heldout"), ("eval_train.jsonl", "train")] {
-        let (mut mc, mut qa) = (String::new(), String::new());
-        for_each_line(&dir.join(src), |n, line| {
+        let (mut mc, mut qa, mut cloze) = (String::new(), String::new(), String::new());
+        let path = dir.join(src);
+        for_each_line(&path, |n, line| {
             let v: serde_json::Value = serde_json::from_str(line)
-                .map_err(|e| anyhow::anyhow!("{}:{n}: {e}", dir.join(src).display()))?;
+                .map_err(|e| anyhow::anyhow!("{}:{n}: {e}", path.display()))?;
             let input = format!("Question: {}\nAnswer:", v["q"].as_str().unwrap_or_default());
             mc.push_str(&serde_json::json!({ "input": input, "options": v["options"], "gold_index": v["answer_index"] }).to_string());
             mc.push('\n');
             qa.push_str(&serde_json::json!({ "input": input, "answer": v["a"] }).to_string());
             qa.push('\n');
+            let person = v["person"].as_str().unwrap_or_default();
+            let prefix = match v["attribute"].as_str().unwrap_or_default() {
+                "birth_date" => "was born on",
+                "birth_city" => "was born in",
+                "university" => "studied at",
+                "major" => "majored in",
+                "employer" => "works for",
+                "employer_city" => "works in the city of",
+                other => bail!("{}:{n}: unknown attribute {other:?}", path.display()),
+            };
+            cloze.push_str(&serde_json::json!({ "input": format!("{person} {prefix}"), "options": v["options"], "gold_index": v["answer_index"] }).to_string());
+            cloze.push('\n');
             Ok(())
         })?;
         crate::fsutil::write_atomic(&tasks.join(format!("{name}_mc.jsonl")), mc.as_bytes())?;
         crate::fsutil::write_atomic(&tasks.join(format!("{name}_qa.jsonl")), qa.as_bytes())?;
+        if name == "heldout" {
+            crate::fsutil::write_atomic(&tasks.join("heldout_cloze.jsonl"), cloze.as_bytes())?;
+        }
     }
     Ok(())
 }

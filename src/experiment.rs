@@ -58,9 +58,11 @@ pub struct Results {
     pub eval_seconds: f64,
 }
 
-/// The task files every arm is scored on: held-out people first (the experiment's point), then
-/// the training people's questions.
-const TASKS: [&str; 3] = ["heldout_qa", "heldout_mc", "train_qa"];
+/// The task files every arm is scored on: held-out people first (the experiment's point:
+/// questions answered, questions as multiple choice, and the same facts as multiple choice after a
+/// biography-style prefix — stored knowledge, whatever the question format), then the training
+/// people's questions.
+const TASKS: [&str; 4] = ["heldout_qa", "heldout_mc", "heldout_cloze", "train_qa"];
 
 /// Trains one arm from scratch (`None`) or from its newest checkpoint.
 type Trainer<'a> =
@@ -304,14 +306,15 @@ pub fn table(r: &Results) -> String {
     let pct = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{:.1}%", 100.0 * v));
     let find = |arm: &ArmResult, task: &str| arm.tasks.iter().find(|t| t.task == task).cloned();
     let mut s = String::new();
-    s.push_str("| run | tokens | train time | final loss | held-out QA exact match | held-out QA F1 | held-out MC accuracy | training-people QA exact match |\n");
-    s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    s.push_str("| run | tokens | train time | final loss | held-out QA exact match | held-out QA F1 | held-out MC accuracy | held-out facts, biography-style MC | training-people QA exact match |\n");
+    s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for a in &r.arms {
         let qa = find(a, "heldout_qa");
         let mc = find(a, "heldout_mc");
+        let cl = find(a, "heldout_cloze");
         let tr = find(a, "train_qa");
         s.push_str(&format!(
-            "| {} | {:.2} M | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {:.2} M | {} | {} | {} | {} | {} | {} | {} |\n",
             a.name,
             a.tokens as f64 / 1e6,
             if a.train_seconds > 0.0 {
@@ -323,6 +326,7 @@ pub fn table(r: &Results) -> String {
             pct(qa.as_ref().and_then(|t| t.exact_match)),
             pct(qa.as_ref().and_then(|t| t.f1)),
             pct(mc.as_ref().and_then(|t| t.acc_mean_token)),
+            pct(cl.as_ref().and_then(|t| t.acc_mean_token)),
             pct(tr.as_ref().and_then(|t| t.exact_match)),
         ));
     }

@@ -860,7 +860,10 @@ fn experiment_world_trains_both_arms_scores_them_and_reuses_finished_runs() {
             .iter()
             .map(|t| t["task"].as_str().unwrap())
             .collect();
-        assert_eq!(tasks, ["heldout_qa", "heldout_mc", "train_qa"]);
+        assert_eq!(
+            tasks,
+            ["heldout_qa", "heldout_mc", "heldout_cloze", "train_qa"]
+        );
         assert_eq!(arm["tasks"][0]["items"], 5);
         let em = arm["tasks"][0]["exact_match"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&em));
