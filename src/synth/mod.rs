@@ -140,10 +140,7 @@ fn index_input(path: &Path, report: &mut dyn FnMut(String)) -> Result<(Vec<LineR
         let problem = match std::str::from_utf8(&buf) {
             Err(_) => Some("not valid UTF-8".to_string()),
             Ok(s) if s.trim().is_empty() => continue,
-            Ok(s) => match text_of(s) {
-                Ok(_) => None,
-                Err(e) => Some(e),
-            },
+            Ok(s) => text_of(s).err(),
         };
         match problem {
             None => valid.push(LineRef {

@@ -96,7 +96,9 @@ struct Scratch {
     partials: CudaSlice<f32>,
     delta: CudaSlice<f32>,
     /// attention_decode's per-split partials: m, l [N·H·splits] and acc [N·H·splits·D].
-    decode: CudaSlice<f32>,
+    decode_m: CudaSlice<f32>,
+    decode_l: CudaSlice<f32>,
+    decode_acc: CudaSlice<f32>,
 }
 
 pub struct CudaBackend {
@@ -213,7 +215,9 @@ impl CudaBackend {
                 .map_err(|e| format!("CUDA allocation: {e:?}"))?,
             partials: z(SUMSQ_BLOCKS)?,
             delta: z(1)?,
-            decode: z(1)?,
+            decode_m: z(1)?,
+            decode_l: z(1)?,
+            decode_acc: z(1)?,
         };
         Ok(CudaBackend {
             ctx,
@@ -840,22 +844,29 @@ impl Backend for CudaBackend {
         let splits = longest.div_ceil(DECODE_CHUNK);
         let rows = n * a.heads * splits;
         let mut s = self.scratch.lock().expect("scratch");
-        let need = rows * (2 + a.head_dim);
-        if s.decode.len() < need {
-            s.decode = self
-                .stream
-                .alloc_zeros::<f32>(need.next_power_of_two())
-                .expect("CUDA allocation");
-        }
+        let grow = |buf: &mut CudaSlice<f32>, need: usize| {
+            if buf.len() < need {
+                *buf = self
+                    .stream
+                    .alloc_zeros::<f32>(need.next_power_of_two())
+                    .expect("CUDA allocation");
+            }
+        };
+        grow(&mut s.decode_m, rows);
+        grow(&mut s.decode_l, rows);
+        grow(&mut s.decode_acc, rows * a.head_dim);
         self.ints(&mut s, 0, slots);
         self.ints(&mut s, 1, lens);
         let scale = 1.0 / (a.head_dim as f32).sqrt();
         let (n_i32, h_i32, hkv_i32, d_i32) = (i(n), i(a.heads), i(a.kv_heads), i(a.head_dim));
         let (max_len_i32, chunk_i32, splits_i32) = (i(max_len), i(DECODE_CHUNK), i(splits));
-        let Scratch { ints, decode, .. } = &mut *s;
-        let (mut pm, rest) = decode.split_at_mut(rows);
-        let (mut pl, rest) = rest.split_at_mut(rows);
-        let mut pacc = rest.slice_mut(0..rows * a.head_dim);
+        let Scratch {
+            ints,
+            decode_m: pm,
+            decode_l: pl,
+            decode_acc: pacc,
+            ..
+        } = &mut *s;
         let cfg = LaunchConfig {
             grid_dim: ((n * a.heads) as u32, splits as u32, 1),
             block_dim: (128, 1, 1),
@@ -866,9 +877,9 @@ impl Backend for CudaBackend {
             &self.k.attention_decode_partial,
             cfg,
             |b| {
-                b.arg(&mut pm)
-                    .arg(&mut pl)
-                    .arg(&mut pacc)
+                b.arg(&mut *pm)
+                    .arg(&mut *pl)
+                    .arg(&mut *pacc)
                     .arg(q.h())
                     .arg(k_cache.h())
                     .arg(v_cache.h())
@@ -895,9 +906,9 @@ impl Backend for CudaBackend {
             cfg,
             |b| {
                 b.arg(out.h_mut())
-                    .arg(&pm)
-                    .arg(&pl)
-                    .arg(&pacc)
+                    .arg(&*pm)
+                    .arg(&*pl)
+                    .arg(&*pacc)
                     .arg(&n_i32)
                     .arg(&h_i32)
                     .arg(&d_i32)
