@@ -8,7 +8,10 @@ DIR/<case>/hf, and writes for a fixed batch (B=2, T=16) DIR/<case>/batch.json
 `logits` [B,T,V], `loss` [1] = mean cross-entropy of logits vs targets over all B*T positions
 (no shift; kiln's convention), and `grad.<name>` for every entry of model.named_parameters()
 (tied models list only model.embed_tokens.weight; its grad includes the lm_head part).
-DIR/cases.json lists the cases.
+DIR/cases.json lists the cases. Each case also gets DIR/<case>/generate.json: {"prompts": [[..]],
+"generated": [[..]], "min_margin": x} — GEN_NEW greedy tokens from `model.generate` (KV cache, no
+EOS) after prompts of different lengths, and the smallest gap between the top two logits over all
+steps (how close the references came to a tie).
 
 `check-export` loads DIR/<case>/export (a directory kiln wrote) with transformers for every case
 that has one, fails on missing/unexpected keys, and compares its logits on the case's batch with
@@ -30,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
 B, T = 2, 16
+GEN_LENGTHS, GEN_NEW = [1, 3, 5, 8, 11, 12], 16  # prompt + new <= 28 < the Mistral case's window of 32
 COMMON = dict(vocab_size=300, hidden_size=64, num_hidden_layers=2, intermediate_size=96,
               max_position_embeddings=64, initializer_range=0.1, rms_norm_eps=1e-5,
               attn_implementation="eager")
@@ -83,11 +87,38 @@ def make(out):
         save_file(ref, os.path.join(d, "reference.safetensors"))
         with open(os.path.join(d, "batch.json"), "w") as f:
             json.dump({"input_ids": ids.tolist(), "targets": tgt.tolist()}, f)
+        write_generation(model, cfg, d, seed)
         print(f"{case}: logits [{logits.min().item():.3f}, {logits.max().item():.3f}] std "
               f"{logits.std().item():.3f}  loss {loss.item():.6f} (uniform {torch.log(torch.tensor(cfg.vocab_size * 1.0)).item():.3f})"
               f"  {len(ref) - 2} grads")
     with open(os.path.join(out, "cases.json"), "w") as f:
         json.dump(list(CASES), f)
+
+
+def write_generation(model, cfg, d, seed):
+    """Greedy continuations with transformers' generate (its KV cache), EOS disabled."""
+    # generate() asks whether the model is FSDP-wrapped by importing torch.distributed.fsdp, which
+    # fails on Debian's torch 1.13 under Python 3.11 (a dataclass with a mutable default); these
+    # models are not, so answer directly.
+    import transformers.generation.utils as gen_utils
+    gen_utils.is_fsdp_managed_module = lambda module: False
+    g = torch.Generator().manual_seed(3000 + seed)
+    model.eval()
+    model.generation_config.eos_token_id = None
+    prompts, generated, margin = [], [], float("inf")
+    with torch.no_grad():
+        for n in GEN_LENGTHS:
+            ids = torch.randint(0, cfg.vocab_size, (1, n), generator=g)
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=GEN_NEW,
+                                 do_sample=False, pad_token_id=0, output_scores=True,
+                                 return_dict_in_generate=True)
+            prompts.append(ids[0].tolist())
+            generated.append(out.sequences[0, n:].tolist())
+            for s in out.scores:
+                top = torch.topk(s[0].float(), 2).values
+                margin = min(margin, (top[0] - top[1]).item())
+    with open(os.path.join(d, "generate.json"), "w") as f:
+        json.dump({"prompts": prompts, "generated": generated, "min_margin": margin}, f)
 
 
 def export_dtypes(path):

@@ -42,6 +42,9 @@ pub enum Command {
     Launch(LaunchArgs),
     /// Sample text from a checkpoint (KV cache; greedy, temperature, top-p).
     Generate(GenerateArgs),
+    /// Synthesize instruction-response pairs for raw texts with an instruction synthesizer
+    /// (multi-round chains, batched KV-cache generation); resumable: rerun the same command.
+    Synth(SynthArgs),
     /// Time every backend operation at model shapes: GB/s or TFLOP/s against measured ceilings.
     Bench(BenchArgs),
     /// Score a checkpoint on task files (multiple choice, completion) and held-out shards.
@@ -94,6 +97,48 @@ pub struct ExperimentWorldArgs {
     /// Where to train (evaluation runs on the CPU).
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: Device,
+}
+
+#[derive(Args, Debug)]
+pub struct SynthArgs {
+    /// The synthesizer: a Hugging Face directory (config.json, safetensors, tokenizer.json) or a
+    /// kiln run/checkpoint directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Raw texts: JSONL with a "text" field per line.
+    #[arg(long, short)]
+    pub input: PathBuf,
+    /// Augmented records (JSONL, for `kiln prep --kind augmented`); OUT.progress.json beside it.
+    #[arg(long, short)]
+    pub out: PathBuf,
+    /// Synthesis rounds (chains of up to this many texts): 2 for general corpora, 3 for domain
+    /// corpora (the paper).
+    #[arg(long, default_value_t = 2)]
+    pub rounds: usize,
+    /// New tokens per text at most.
+    #[arg(long, default_value_t = 400)]
+    pub max_new_tokens: usize,
+    /// Tokens of prompt plus generation (default 4096, or the model's limit when smaller).
+    #[arg(long)]
+    pub context: Option<usize>,
+    /// Sequences decoded together (KV cache slots).
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Most prompt tokens prefilled in one pass (at least the context).
+    #[arg(long, default_value_t = 4096)]
+    pub prefill_tokens: usize,
+    /// 0 = greedy (the paper).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: Device,
+    /// CPU threads (default: all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
 }
 
 #[derive(Args, Debug)]

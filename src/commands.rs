@@ -12,7 +12,7 @@ use crate::backend::cpu::CpuBackend;
 use crate::cli::{
     BenchArgs, BenchPreset, Cli, Command, ConvertArgs, DataArgs, Device, EvalArgs,
     ExperimentCommand, ExperimentWorldArgs, ExportArgs, ExportDtype, GenerateArgs, PlanArgs,
-    PrepArgs, TokenizerCommand, TrainArgs, WorldArgs,
+    PrepArgs, SynthArgs, TokenizerCommand, TrainArgs, WorldArgs,
 };
 use crate::config::{Config, WorldSection};
 use crate::data::loader::{Loader, Split};
@@ -40,6 +40,7 @@ pub fn run(cli: Cli) -> Result<()> {
             args: a.command,
         }),
         Command::Generate(a) => generate(a),
+        Command::Synth(a) => synth(a),
         Command::Bench(a) => bench(a),
         Command::Eval(a) => eval(a),
         Command::Plan(a) => plan(a),
@@ -619,6 +620,176 @@ fn generate(a: GenerateArgs) -> Result<()> {
         println!("{}{}", prompt, tok.decode(&out, true)?);
     }
     Ok(())
+}
+
+/// A model to generate with: its config, parameters, tokenizer and a name for progress files.
+struct GenerationModel {
+    mcfg: crate::model::ModelConfig,
+    params: Vec<Vec<f32>>,
+    tok: Tokenizer,
+    id: String,
+}
+
+/// A Hugging Face directory (config.json + safetensors + tokenizer.json) or a kiln checkpoint.
+fn open_generation_model(dir: &Path) -> Result<GenerationModel> {
+    if dir.join("config.json").exists() {
+        let tok_path = dir.join("tokenizer.json");
+        if !tok_path.exists() {
+            bail!(
+                "{}: no tokenizer.json beside config.json (kiln needs the fast tokenizer file)",
+                dir.display()
+            );
+        }
+        let tok = Tokenizer::from_file(&tok_path, None, None)?;
+        let (mcfg, params) = crate::hf::load(dir, Some(tok.vocab_size() as usize))?;
+        let id = format!("hf:{}", dir.display());
+        return Ok(GenerationModel {
+            mcfg,
+            params,
+            tok,
+            id,
+        });
+    }
+    let c = open_checkpoint(dir)?;
+    Ok(GenerationModel {
+        id: format!("{} (step {})", c.dir.display(), c.step),
+        mcfg: c.mcfg,
+        params: c.params,
+        tok: c.tok,
+    })
+}
+
+fn synth(a: SynthArgs) -> Result<()> {
+    if a.device == Device::Cuda && !cfg!(feature = "cuda") {
+        bail!(NO_CUDA);
+    }
+    if !a.input.exists() {
+        bail!("{}: no such input file", a.input.display());
+    }
+    set_threads(a.threads);
+    let m = open_generation_model(&a.model)?;
+    let limit = m
+        .mcfg
+        .max_seq_len
+        .min(m.mcfg.sliding_window.unwrap_or(usize::MAX));
+    let context = match a.context {
+        Some(c) => c,
+        None => 4096.min(limit),
+    };
+    let opts = crate::synth::SynthOptions {
+        input: a.input.clone(),
+        out: a.out.clone(),
+        rounds: a.rounds,
+        max_new_tokens: a.max_new_tokens,
+        context,
+        sampling: Sampling {
+            temperature: a.temperature,
+            top_p: a.top_p,
+            seed: a.seed,
+        },
+        model_id: m.id.clone(),
+        progress_bar: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        save_every_s: 2.0,
+        // Testing hook (tests/synth_cli.rs): stop as if killed after this many output bytes.
+        stop_after_bytes: std::env::var("KILN_SYNTH_STOP_AFTER_BYTES")
+            .ok()
+            .and_then(|v| v.parse().ok()),
+    };
+    let limits = crate::model::batched::GenLimits {
+        slots: a.batch,
+        context,
+        prefill_tokens: a.prefill_tokens,
+        continuous: true,
+    };
+    eprintln!(
+        "synthesizer {}: {} layers, d={}, vocab {}; {} round(s), {} new tokens, context {}, {}",
+        m.id,
+        m.mcfg.n_layers,
+        m.mcfg.dim,
+        m.mcfg.vocab_size,
+        a.rounds,
+        a.max_new_tokens,
+        context,
+        if a.temperature > 0.0 {
+            format!("sampling T={} top-p {}", a.temperature, a.top_p)
+        } else {
+            "greedy".to_string()
+        }
+    );
+    let s = match a.device {
+        Device::Cpu => synth_on(&CpuBackend::<f32>::new(), m, limits, &opts)?,
+        Device::Cuda => synth_cuda(m, limits, &opts)?,
+    };
+    eprintln!(
+        "synth: {} texts in {} chains -> {} records, {} pairs ({:.2} per text), {} few-shot prompts, {} too long, {} bad line(s); {} tokens generated in {:.1}s{} -> {}",
+        s.texts,
+        s.chains,
+        s.records,
+        s.pairs,
+        s.pairs as f64 / s.records.max(1) as f64,
+        s.few_shot,
+        s.too_long,
+        s.bad_lines,
+        s.generated_tokens,
+        s.seconds,
+        if s.resumed_chains > 0 {
+            format!(" (resumed after {} chains)", s.resumed_chains)
+        } else {
+            String::new()
+        },
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn synth_on<B: crate::backend::Backend>(
+    be: &B,
+    m: GenerationModel,
+    limits: crate::model::batched::GenLimits,
+    opts: &crate::synth::SynthOptions,
+) -> Result<crate::synth::SynthStats> {
+    use crate::backend::BufKind;
+    use crate::model::batched::{Engine, GenPlan};
+    let act = be.elem_bytes(BufKind::Act);
+    let plan = GenPlan::new(&m.mcfg, &limits, act, act);
+    eprintln!("{}", plan.describe(&limits));
+    if let Some(mem) = be.device_memory_bytes() {
+        if plan.total() > 0.9 * mem {
+            let per_slot = plan.kv_cache / limits.slots as f64;
+            let room = 0.9 * mem - plan.weights - plan.activations;
+            bail!(
+                "the generation plan needs {:.1} GB but the device has {:.1} GB: lower --batch (about {} slots fit) or --prefill-tokens",
+                plan.total() / 1e9,
+                mem / 1e9,
+                (room / per_slot).floor().max(0.0)
+            );
+        }
+    }
+    let model = Model::for_inference(be, &m.mcfg, &m.params);
+    drop(m.params);
+    let stop: Vec<u32> = m.tok.eos().into_iter().collect();
+    let mut engine = Engine::new(be, &model, limits, stop)?;
+    crate::synth::synthesize(&mut engine, &m.tok, opts)
+}
+
+#[cfg(feature = "cuda")]
+fn synth_cuda(
+    m: GenerationModel,
+    limits: crate::model::batched::GenLimits,
+    opts: &crate::synth::SynthOptions,
+) -> Result<crate::synth::SynthStats> {
+    let be = crate::backend::cuda::CudaBackend::new(0).map_err(|e| anyhow::anyhow!(e))?;
+    eprintln!("backend: {}", crate::backend::Backend::name(&be));
+    synth_on(&be, m, limits, opts)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn synth_cuda(
+    _: GenerationModel,
+    _: crate::model::batched::GenLimits,
+    _: &crate::synth::SynthOptions,
+) -> Result<crate::synth::SynthStats> {
+    bail!(NO_CUDA)
 }
 
 fn world(a: WorldArgs) -> Result<()> {

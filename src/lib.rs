@@ -15,4 +15,5 @@ pub mod fsutil;
 pub mod hf;
 pub mod model;
 pub mod plot;
+pub mod synth;
 pub mod train;

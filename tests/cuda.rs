@@ -672,3 +672,57 @@ fn flash_attention_deterministic_backward_is_bitwise_repeatable() {
         }
     }
 }
+
+#[test]
+fn kv_write_and_split_decode_attention_match_cpu() {
+    let Some(gpu) = device() else { return };
+    let cpu = CpuBackend::<f32>::new();
+    // 5 sequences in slots of a 6-slot cache of 700 positions, lengths from 1 to 650: 1 to 3
+    // splits of 256 keys; GQA 8 heads over 2 kv heads, D = 64.
+    let (slots_total, max_len, hkv, h, d) = (6usize, 700usize, 2usize, 8usize, 64usize);
+    let w = hkv * d;
+    let slots = [4u32, 0, 5, 2, 1];
+    let lens = [650u32, 1, 256, 257, 90];
+    let n = slots.len();
+    let cache_len = slots_total * max_len * w;
+    let kc = bf16_round(&random(cache_len, 11, 1.0));
+    let vc = bf16_round(&random(cache_len, 12, 1.0));
+    // kv_write: each sequence's newest key (position len − 1) written over the random cache.
+    let new_k = bf16_round(&random(n * w, 13, 1.0));
+    let positions: Vec<u32> = lens.iter().map(|&l| l - 1).collect();
+    let mut gk = gpu.upload_as(&kc, BufKind::Act);
+    gpu.kv_write(
+        &mut gk,
+        &gpu.upload_as(&new_k, BufKind::Act),
+        &slots,
+        &positions,
+        max_len,
+    );
+    let mut ck = kc.clone();
+    cpu.kv_write(&mut ck, &new_k, &slots, &positions, max_len);
+    assert_eq!(gpu.download(&gk), ck, "kv_write moves bf16 values exactly");
+
+    let q = bf16_round(&random(n * h * d, 14, 1.0));
+    let s = AttnShape {
+        batch: n,
+        seq: 1,
+        heads: h,
+        kv_heads: hkv,
+        head_dim: d,
+        causal: true,
+    };
+    let mut out = poisoned(&gpu, q.len(), BufKind::Act);
+    gpu.attention_decode(
+        &mut out,
+        &gpu.upload_as(&q, BufKind::Act),
+        &gk,
+        &gpu.upload_as(&vc, BufKind::Act),
+        &slots,
+        &lens,
+        max_len,
+        s,
+    );
+    let mut want = cpu.zeros(q.len());
+    cpu.attention_decode(&mut want, &q, &ck, &vc, &slots, &lens, max_len, s);
+    assert_close("attention_decode", &gpu.download(&out), &want, 1e-2);
+}

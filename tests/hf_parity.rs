@@ -6,6 +6,10 @@
 //! for logits and loss, ≤ 1e-3 for gradients), then exports each model back (fp32) to
 //! `DIR/<case>/export` for `scripts/hf_parity.py check-export`, which reloads it in transformers.
 //! `.ci/run` runs all three steps. Without `KILN_HF_PARITY_DIR` the test says it is skipped.
+//!
+//! Generation: for each case, kiln's greedy tokens after prompts of different lengths must equal
+//! transformers' `generate` token for token, from the batched engine run unbatched (one slot),
+//! batched with continuous batching, and in static batches, and from `Model::generate`.
 
 use std::io::Write;
 use std::path::Path;
@@ -144,5 +148,87 @@ fn kiln_matches_transformers_logits_loss_and_gradients() {
         for line in check_case(&root.join(&case)) {
             let _ = writeln!(std::io::stderr(), "{line}");
         }
+    }
+}
+
+fn check_generation(dir: &Path) -> String {
+    use kiln::model::batched::{Engine, GenLimits, Request};
+    use kiln::model::generate::Sampling;
+    let case = dir.file_name().unwrap().to_string_lossy().into_owned();
+    let (cfg, host) = kiln::hf::load(&dir.join("hf"), None).unwrap();
+    let g: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("generate.json")).unwrap()).unwrap();
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    };
+    let prompts: Vec<Vec<u32>> = g["prompts"].as_array().unwrap().iter().map(ids).collect();
+    let want: Vec<Vec<u32>> = g["generated"].as_array().unwrap().iter().map(ids).collect();
+    let be = CpuBackend::<f32>::new();
+    let model = Model::for_inference(&be, &cfg, &host);
+    let context = cfg
+        .sliding_window
+        .unwrap_or(cfg.max_seq_len)
+        .min(cfg.max_seq_len);
+    for (slots, continuous) in [(1, true), (3, true), (3, false), (8, true)] {
+        let limits = GenLimits {
+            slots,
+            context,
+            prefill_tokens: 16,
+            continuous,
+        };
+        let mut e = Engine::new(&be, &model, limits, vec![]).unwrap();
+        for (i, p) in prompts.iter().enumerate() {
+            e.submit(Request {
+                id: i as u64,
+                prompt: p.clone(),
+                max_new: want[i].len(),
+                sampling: Sampling::default(),
+            })
+            .unwrap();
+        }
+        let mut got = e.run_all();
+        got.sort_by_key(|f| f.id);
+        for (f, w) in got.iter().zip(&want) {
+            assert_eq!(
+                &f.tokens, w,
+                "{case}: prompt {} ({slots} slots, continuous {continuous}) differs from transformers",
+                f.id
+            );
+        }
+    }
+    let reference = Model::from_host(&be, &cfg, &host);
+    for (p, w) in prompts.iter().zip(&want) {
+        let got = reference.generate(&be, p, w.len(), &[], Sampling::default());
+        assert_eq!(&got, w, "{case}: Model::generate differs from transformers");
+    }
+    format!(
+        "{case}: greedy generation equals transformers generate: {} prompts (lengths {:?}) x {} tokens, batched/unbatched/static; smallest top-2 logit gap {:.1e}",
+        prompts.len(),
+        prompts.iter().map(Vec::len).collect::<Vec<_>>(),
+        want[0].len(),
+        g["min_margin"].as_f64().unwrap_or(f64::NAN)
+    )
+}
+
+#[test]
+fn greedy_generation_matches_transformers_generate_batched_and_unbatched() {
+    let Ok(root) = std::env::var("KILN_HF_PARITY_DIR") else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED hf generation parity: set KILN_HF_PARITY_DIR (made by scripts/hf_parity.py make)"
+        );
+        return;
+    };
+    let root = Path::new(&root);
+    let cases: Vec<String> =
+        serde_json::from_str(&std::fs::read_to_string(root.join("cases.json")).unwrap()).unwrap();
+    assert!(!cases.is_empty());
+    for case in cases {
+        let line = check_generation(&root.join(&case));
+        let _ = writeln!(std::io::stderr(), "{line}");
     }
 }

@@ -658,6 +658,28 @@ fn paper_recipes_parse_match_their_vanilla_twins_and_print_a_memory_plan() {
 }
 
 #[test]
+fn synthesizer_sft_recipe_parses_and_its_memory_plan_fits() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let c =
+        kiln::config::Config::load(Some(&root.join("configs/synthesizer-sft.toml")), &[]).unwrap();
+    let m = c.model.as_ref().unwrap();
+    assert_eq!(m.init_from.as_deref(), Some("hf:models/Mistral-7B-v0.1"));
+    assert_eq!((m.sliding_window, c.data.seq_len), (Some(4096), 4096));
+    assert_eq!(
+        c.data.batch_size * c.data.seq_len * c.train.grad_accum * c.train.world_size,
+        262_144
+    );
+    let o = kiln(&["plan", "--config", "configs/synthesizer-sft.toml"], root);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("7.24 B parameters"), "{err}");
+    assert!(
+        err.contains("memory plan per device (world 8, ZeRO-1)"),
+        "{err}"
+    );
+}
+
+#[test]
 fn eval_scores_a_trained_checkpoint_on_world_tasks_and_held_out_shards() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

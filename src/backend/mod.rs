@@ -128,6 +128,21 @@ pub trait Backend: Send + Sync {
         n: usize,
     );
 
+    /// y[m, n] = x[m, k] · w[n, k]ᵀ (overwrite), each row computed on its own: a row's result
+    /// has the same bits whatever m is and whichever rows share the call. Batched generation uses
+    /// it, so that a sequence's tokens do not depend on its batch-mates (batched = unbatched,
+    /// resumed = uninterrupted). The CPU backend guarantees this; a GPU backend may route it to
+    /// its ordinary GEMM and document that it does not.
+    fn matmul_rowwise(
+        &self,
+        y: &mut Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        m: usize,
+        k: usize,
+        n: usize,
+    );
+
     // ---- embedding ------------------------------------------------------------------------
     /// out[N, d] = table[ids[i], :]
     fn embedding(&self, out: &mut Self::Buf, table: &Self::Buf, ids: &[u32], d: usize);
@@ -225,6 +240,32 @@ pub trait Backend: Send + Sync {
         v_cache: &Self::Buf,
         max_len: usize,
         past: usize,
+        s: AttnShape,
+    );
+
+    /// Write rows of `src` [N, W] into a KV cache [S, max_len, W]: row i goes to slot
+    /// `slots[i]`, position `positions[i]` (every slot < S, every position < max_len).
+    fn kv_write(
+        &self,
+        cache: &mut Self::Buf,
+        src: &Self::Buf,
+        slots: &[u32],
+        positions: &[u32],
+        max_len: usize,
+    );
+    /// Decode attention, one query per sequence: q [N, H, D] (s.batch = N, s.seq = 1); sequence
+    /// i lives in cache slot `slots[i]` of k_cache/v_cache [S, max_len, Hkv, D] and attends its
+    /// keys 0..lens[i] (its new key already written). Writes out [N, H, D].
+    #[allow(clippy::too_many_arguments)]
+    fn attention_decode(
+        &self,
+        out: &mut Self::Buf,
+        q: &Self::Buf,
+        k_cache: &Self::Buf,
+        v_cache: &Self::Buf,
+        slots: &[u32],
+        lens: &[u32],
+        max_len: usize,
         s: AttnShape,
     );
 

@@ -136,6 +136,8 @@ type Doc = (Vec<u32>, Option<Vec<bool>>);
 
 #[derive(Deserialize)]
 struct FinetuneRecord {
+    /// `context` is the field name of the authors' fine-tuning collection.
+    #[serde(alias = "context")]
     text: String,
     #[serde(default)]
     pairs: Vec<Pair>,

@@ -11,6 +11,7 @@
 //! micro-batch shape (B, T); `forward_backward` allocates nothing.
 //! Generation with a KV cache lives in `generate.rs`.
 
+pub mod batched;
 pub mod config;
 pub mod generate;
 
@@ -130,16 +131,26 @@ impl<B: Backend> Model<B> {
 
     /// A model from host tensors in `cfg.params()` order (checkpoints, imports).
     pub fn from_host(backend: &B, cfg: &ModelConfig, host: &[Vec<f32>]) -> Self {
+        Self::from_host_as(backend, cfg, host, BufKind::Param, true)
+    }
+
+    fn from_host_as(
+        backend: &B,
+        cfg: &ModelConfig,
+        host: &[Vec<f32>],
+        kind: BufKind,
+        with_grads: bool,
+    ) -> Self {
         let info = cfg.params();
         assert_eq!(host.len(), info.len(), "tensor count");
-        let params: Vec<B::Buf> = host
-            .iter()
-            .map(|h| backend.upload_as(h, BufKind::Param))
-            .collect();
-        let grads = info
-            .iter()
-            .map(|p| backend.alloc(p.numel(), BufKind::Grad))
-            .collect();
+        let params: Vec<B::Buf> = host.iter().map(|h| backend.upload_as(h, kind)).collect();
+        let grads = if with_grads {
+            info.iter()
+                .map(|p| backend.alloc(p.numel(), BufKind::Grad))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let index = |name: &str| {
             info.iter()
                 .position(|p| p.name == name)
@@ -181,6 +192,12 @@ impl<B: Backend> Model<B> {
             rope_cos: backend.upload_as(&cos, BufKind::Stat),
             rope_sin: backend.upload_as(&sin, BufKind::Stat),
         }
+    }
+
+    /// A model for generation only: parameters stored as activations (bf16 alone on the GPU, no
+    /// fp32 master copy) and no gradients.
+    pub fn for_inference(backend: &B, cfg: &ModelConfig, host: &[Vec<f32>]) -> Self {
+        Self::from_host_as(backend, cfg, host, BufKind::Act, false)
     }
 
     /// Parameters as host tensors, in `info` order.

@@ -279,6 +279,44 @@ pub fn matmul<T: Float>(y: &mut [T], x: &[T], w: &[T], m: usize, k: usize, n: us
     gemm_strided(m, n, k, y, n, false, x, k, 1, w, 1, k);
 }
 
+/// Rows per task of `matmul_rowwise`.
+const ROWWISE_ROWS: usize = 8;
+/// Columns per task of `matmul_rowwise` (a block of w rows stays in cache for the task's rows).
+const ROWWISE_COLS: usize = 128;
+
+/// y[m, n] = x[m, k] · w[n, k]ᵀ with every element one `dot` (a fixed summation order), so a
+/// row's result does not depend on m or on the other rows (unlike the `gemm` crate, whose
+/// kernels differ by shape). Parallel over blocks of rows × columns.
+pub fn matmul_rowwise<T: Float>(y: &mut [T], x: &[T], w: &[T], m: usize, k: usize, n: usize) {
+    assert_eq!(y.len(), m * n, "matmul_rowwise: y");
+    assert_eq!(x.len(), m * k, "matmul_rowwise: x");
+    assert_eq!(w.len(), n * k, "matmul_rowwise: w");
+    let (rb, cb) = (m.div_ceil(ROWWISE_ROWS), n.div_ceil(ROWWISE_COLS));
+    let block = |t: usize| -> Vec<T> {
+        let (r0, c0) = ((t / cb) * ROWWISE_ROWS, (t % cb) * ROWWISE_COLS);
+        let (r1, c1) = ((r0 + ROWWISE_ROWS).min(m), (c0 + ROWWISE_COLS).min(n));
+        let mut out = Vec::with_capacity((r1 - r0) * (c1 - c0));
+        for r in r0..r1 {
+            let xr = &x[r * k..(r + 1) * k];
+            out.extend((c0..c1).map(|c| dot(xr, &w[c * k..(c + 1) * k])));
+        }
+        out
+    };
+    let blocks: Vec<Vec<T>> = if m * n * k >= MATMUL_PAR_FLOPS / 2 {
+        (0..rb * cb).into_par_iter().map(block).collect()
+    } else {
+        (0..rb * cb).map(block).collect()
+    };
+    for (t, b) in blocks.iter().enumerate() {
+        let (r0, c0) = ((t / cb) * ROWWISE_ROWS, (t % cb) * ROWWISE_COLS);
+        let width = (c0 + ROWWISE_COLS).min(n) - c0;
+        for (i, row) in b.chunks(width).enumerate() {
+            let o = (r0 + i) * n + c0;
+            y[o..o + width].copy_from_slice(row);
+        }
+    }
+}
+
 /// dx[m, k] (= or +=) dy[m, n] · w[n, k]
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_dx<T: Float>(
@@ -740,6 +778,89 @@ pub fn attention_cached<T: Float>(
     });
 }
 
+/// Rows of src [N, W] into cache [S, max_len, W] at (slots[i], positions[i]).
+pub fn kv_write<T: Float>(
+    cache: &mut [T],
+    src: &[T],
+    slots: &[u32],
+    positions: &[u32],
+    max_len: usize,
+) {
+    let n = slots.len();
+    assert_eq!(positions.len(), n, "kv_write: positions");
+    if n == 0 {
+        return;
+    }
+    assert_eq!(src.len() % n, 0, "kv_write: src");
+    let w = src.len() / n;
+    let slots_total = cache.len() / (max_len * w).max(1);
+    for (i, row) in src.chunks(w).enumerate() {
+        let (s, p) = (slots[i] as usize, positions[i] as usize);
+        assert!(
+            s < slots_total && p < max_len,
+            "kv_write: slot {s} position {p} outside the cache [{slots_total}, {max_len}]"
+        );
+        let o = (s * max_len + p) * w;
+        cache[o..o + w].copy_from_slice(row);
+    }
+}
+
+/// Decode attention (see `Backend::attention_decode`): q [N, H, D]; sequence i reads keys
+/// 0..lens[i] of cache slot slots[i] in k_cache/v_cache [S, max_len, Hkv, D]; out [N, H, D].
+/// Parallel over (i, h); each is the two-pass softmax of `attention_cached`, so a sequence's
+/// result does not depend on the other sequences of the call.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_decode<T: Float>(
+    out: &mut [T],
+    q: &[T],
+    k_cache: &[T],
+    v_cache: &[T],
+    slots: &[u32],
+    lens: &[u32],
+    max_len: usize,
+    s: AttnShape,
+) {
+    let (tq, h, hkv, dd, group) = attn_dims(s);
+    let n = s.batch;
+    assert_eq!(tq, 1, "attention_decode: one query per sequence");
+    assert_eq!(slots.len(), n, "attention_decode: slots");
+    assert_eq!(lens.len(), n, "attention_decode: lens");
+    assert_eq!(q.len(), n * h * dd, "attention_decode: q");
+    assert_eq!(out.len(), q.len(), "attention_decode: out");
+    assert_eq!(v_cache.len(), k_cache.len(), "attention_decode: v_cache");
+    let slots_total = k_cache.len() / (max_len * hkv * dd).max(1);
+    for (&sl, &len) in slots.iter().zip(lens) {
+        assert!(
+            (sl as usize) < slots_total && len >= 1 && len as usize <= max_len,
+            "attention_decode: slot {sl} length {len} outside the cache [{slots_total}, {max_len}]"
+        );
+    }
+    let scale = T::from_f64(1.0 / (dd as f64).sqrt());
+    let work = lens.iter().map(|&l| l as usize).max().unwrap_or(0) * dd * 2;
+    map_rows_mut(out, dd, work, |ih, o| {
+        let (i, hi) = (ih / h, ih % h);
+        let g = hi / group;
+        let (slot, n_keys) = (slots[i] as usize, lens[i] as usize);
+        let row = |j: usize| ((slot * max_len + j) * hkv + g) * dd;
+        let qi = &q[ih * dd..(ih + 1) * dd];
+        let mut scores = vec![T::ZERO; n_keys];
+        let mut m = T::NEG_INFINITY;
+        for (j, sj) in scores.iter_mut().enumerate() {
+            *sj = dot(qi, &k_cache[row(j)..row(j) + dd]) * scale;
+            m = m.max(*sj);
+        }
+        o.fill(T::ZERO);
+        let mut l = T::ZERO;
+        for (j, &sj) in scores.iter().enumerate() {
+            let p = (sj - m).exp();
+            l += p;
+            axpy(o, p, &v_cache[row(j)..row(j) + dd]);
+        }
+        let inv = T::ONE / l;
+        o.iter_mut().for_each(|x| *x *= inv);
+    });
+}
+
 // ---- SwiGLU -------------------------------------------------------------------------------------
 
 #[inline]
@@ -999,6 +1120,9 @@ impl<T: Float> Backend for CpuBackend<T> {
     fn matmul(&self, y: &mut Vec<T>, x: &Vec<T>, w: &Vec<T>, m: usize, k: usize, n: usize) {
         matmul(y, x, w, m, k, n);
     }
+    fn matmul_rowwise(&self, y: &mut Vec<T>, x: &Vec<T>, w: &Vec<T>, m: usize, k: usize, n: usize) {
+        matmul_rowwise(y, x, w, m, k, n);
+    }
     fn matmul_dx(
         &self,
         dx: &mut Vec<T>,
@@ -1108,6 +1232,31 @@ impl<T: Float> Backend for CpuBackend<T> {
         s: AttnShape,
     ) {
         attention_cached(out, q, k_cache, v_cache, max_len, past, s);
+    }
+
+    fn kv_write(
+        &self,
+        cache: &mut Vec<T>,
+        src: &Vec<T>,
+        slots: &[u32],
+        positions: &[u32],
+        max_len: usize,
+    ) {
+        kv_write(cache, src, slots, positions, max_len);
+    }
+
+    fn attention_decode(
+        &self,
+        out: &mut Vec<T>,
+        q: &Vec<T>,
+        k_cache: &Vec<T>,
+        v_cache: &Vec<T>,
+        slots: &[u32],
+        lens: &[u32],
+        max_len: usize,
+        s: AttnShape,
+    ) {
+        attention_decode(out, q, k_cache, v_cache, slots, lens, max_len, s);
     }
 
     fn swiglu(&self, out: &mut Vec<T>, gate: &Vec<T>, up: &Vec<T>) {

@@ -899,3 +899,74 @@ fn adamw_matches_pytorch_reference() {
         assert_close("adamw f32 v", &to_f64(&v32), &vr, F32_BOUND);
     }
 }
+
+#[test]
+fn matmul_rowwise_matches_matmul_and_rows_do_not_depend_on_the_batch() {
+    let mut rng = Rng::new(21);
+    let (m, k, n) = (19, 150, 300);
+    let x = to_f32(&rng.vec(m * k));
+    let w = to_f32(&rng.vec(n * k));
+    let mut y = poisoned32(m * n);
+    matmul_rowwise(&mut y, &x, &w, m, k, n);
+    let mut g = poisoned32(m * n);
+    matmul(&mut g, &x, &w, m, k, n);
+    assert!(rel_err(&to_f64(&y), &to_f64(&g)) < 1e-6);
+    // Every row alone, and rows 5..12 as their own batch, give the same bits.
+    for r in 0..m {
+        let mut one = poisoned32(n);
+        matmul_rowwise(&mut one, &x[r * k..(r + 1) * k], &w, 1, k, n);
+        assert_eq!(one[..], y[r * n..(r + 1) * n], "row {r}");
+    }
+    let mut mid = poisoned32(7 * n);
+    matmul_rowwise(&mut mid, &x[5 * k..12 * k], &w, 7, k, n);
+    assert_eq!(mid[..], y[5 * n..12 * n]);
+}
+
+#[test]
+fn decode_attention_equals_cached_attention_per_sequence() {
+    let mut rng = Rng::new(22);
+    let (slots_total, max_len, hkv, h, d) = (4usize, 40usize, 2usize, 4usize, 8usize);
+    let w = hkv * d;
+    let kc = to_f32(&rng.vec(slots_total * max_len * w));
+    let vc = to_f32(&rng.vec(slots_total * max_len * w));
+    let (slots, lens) = ([3u32, 0, 2], [40u32, 1, 17]);
+    let q = to_f32(&rng.vec(3 * h * d));
+    let s = AttnShape {
+        batch: 3,
+        seq: 1,
+        heads: h,
+        kv_heads: hkv,
+        head_dim: d,
+        causal: true,
+    };
+    let mut out = poisoned32(q.len());
+    attention_decode(&mut out, &q, &kc, &vc, &slots, &lens, max_len, s);
+    for i in 0..3 {
+        let sl = slots[i] as usize;
+        let range = sl * max_len * w..(sl + 1) * max_len * w;
+        let mut one = poisoned32(h * d);
+        let s1 = AttnShape { batch: 1, ..s };
+        let qi = &q[i * h * d..(i + 1) * h * d];
+        let past = lens[i] as usize - 1;
+        attention_cached(
+            &mut one,
+            qi,
+            &kc[range.clone()],
+            &vc[range],
+            max_len,
+            past,
+            s1,
+        );
+        assert_eq!(one[..], out[i * h * d..(i + 1) * h * d], "sequence {i}");
+    }
+    // kv_write puts row i at (slot, position).
+    let mut cache = vec![0f32; slots_total * max_len * w];
+    let src = to_f32(&rng.vec(2 * w));
+    kv_write(&mut cache, &src, &[1, 3], &[5, 39], max_len);
+    assert_eq!(cache[(max_len + 5) * w..(max_len + 6) * w], src[..w]);
+    assert_eq!(
+        cache[(3 * max_len + 39) * w..(3 * max_len + 40) * w],
+        src[w..]
+    );
+    assert_eq!(cache.iter().filter(|&&x| x != 0.0).count(), 2 * w);
+}

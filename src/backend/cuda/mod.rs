@@ -96,6 +96,9 @@ struct Kernels {
     flash_bwd_dq: [CudaFunction; 2],
     flash_bwd_pre: CudaFunction,
     flash_dq_convert: CudaFunction,
+    kv_write: CudaFunction,
+    attention_decode_partial: CudaFunction,
+    attention_decode_combine: CudaFunction,
 }
 
 /// Dynamic shared memory of the flash kernels (kernels/flash_attention.cu) at head dim `d`.
@@ -128,6 +131,10 @@ struct Scratch {
     delta: CudaSlice<f32>,
     /// fp32 dQ accumulator of the flash backward.
     dq_acc: CudaSlice<f32>,
+    /// attention_decode's per-split partials: m, l [N·H·splits] and acc [N·H·splits·D].
+    decode_m: CudaSlice<f32>,
+    decode_l: CudaSlice<f32>,
+    decode_acc: CudaSlice<f32>,
 }
 
 pub struct CudaBackend {
@@ -142,6 +149,8 @@ pub struct CudaBackend {
 
 /// Rows per block in rmsnorm_bwd (its dw partials are reduced in a second, ordered pass).
 const RMSNORM_BWD_ROWS: usize = 32;
+/// Keys per split of attention_decode (fixed, so results do not depend on the batch).
+const DECODE_CHUNK: usize = 256;
 /// Blocks of sum_squares_f32; the host adds their partials in f64.
 const SUMSQ_BLOCKS: usize = 1024;
 
@@ -240,6 +249,7 @@ impl CudaBackend {
         let ew = load("elementwise", fatbins::ELEMENTWISE)?;
         let attn = load("attention", fatbins::ATTENTION)?;
         let flash = load("flash_attention", fatbins::FLASH_ATTENTION)?;
+        let decode = load("decode", fatbins::DECODE)?;
         let f = |m: &Arc<cudarc::driver::CudaModule>, name: &str| {
             m.load_function(name)
                 .map_err(|e| format!("kernel {name}: {e:?}"))
@@ -276,6 +286,9 @@ impl CudaBackend {
             ],
             flash_bwd_pre: f(&flash, "flash_bwd_pre")?,
             flash_dq_convert: f(&flash, "flash_dq_convert")?,
+            kv_write: f(&decode, "kv_write")?,
+            attention_decode_partial: f(&decode, "attention_decode_partial")?,
+            attention_decode_combine: f(&decode, "attention_decode_combine")?,
         };
         // Above 48 KiB of dynamic shared memory a kernel must opt in.
         for (funcs, kind) in [
@@ -305,6 +318,9 @@ impl CudaBackend {
             partials: z(SUMSQ_BLOCKS)?,
             delta: z(1)?,
             dq_acc: z(1)?,
+            decode_m: z(1)?,
+            decode_l: z(1)?,
+            decode_acc: z(1)?,
         };
         Ok(CudaBackend {
             ctx,
@@ -694,6 +710,20 @@ impl Backend for CudaBackend {
         self.gemm_run(&Gemm::forward(m, k, n), w.h(), x.h(), py);
     }
 
+    /// cuBLASLt picks its algorithm by shape, so on the GPU this is the ordinary GEMM and a row's
+    /// result may change (in its last bf16 bits) with the batch it is computed in.
+    fn matmul_rowwise(
+        &self,
+        y: &mut CudaBuf,
+        x: &CudaBuf,
+        w: &CudaBuf,
+        m: usize,
+        k: usize,
+        n: usize,
+    ) {
+        self.matmul(y, x, w, m, k, n);
+    }
+
     fn matmul_dx(
         &self,
         dx: &mut CudaBuf,
@@ -1055,6 +1085,142 @@ impl Backend for CudaBackend {
                 .arg(&past_i32)
                 .arg(&scale);
         });
+    }
+
+    fn kv_write(
+        &self,
+        cache: &mut CudaBuf,
+        src: &CudaBuf,
+        slots: &[u32],
+        positions: &[u32],
+        max_len: usize,
+    ) {
+        let n = slots.len();
+        assert_eq!(positions.len(), n, "kv_write: positions");
+        if n == 0 {
+            return;
+        }
+        assert_eq!(src.len % n, 0, "kv_write: src");
+        let w = src.len / n;
+        let total_slots = cache.len / (max_len * w).max(1);
+        assert!(
+            slots.iter().all(|&s| (s as usize) < total_slots)
+                && positions.iter().all(|&p| (p as usize) < max_len),
+            "kv_write: slot or position outside the cache"
+        );
+        let mut s = self.scratch.lock().expect("scratch");
+        self.ints(&mut s, 0, slots);
+        self.ints(&mut s, 1, positions);
+        let (n_i32, w_i32, max_len_i32) = (i(n), i(w), i(max_len));
+        self.launch("kv_write", &self.k.kv_write, grid(n * w), |b| {
+            b.arg(cache.h_mut())
+                .arg(src.h())
+                .arg(&s.ints[0])
+                .arg(&s.ints[1])
+                .arg(&n_i32)
+                .arg(&w_i32)
+                .arg(&max_len_i32);
+        });
+    }
+
+    fn attention_decode(
+        &self,
+        out: &mut CudaBuf,
+        q: &CudaBuf,
+        k_cache: &CudaBuf,
+        v_cache: &CudaBuf,
+        slots: &[u32],
+        lens: &[u32],
+        max_len: usize,
+        a: AttnShape,
+    ) {
+        let n = a.batch;
+        assert_eq!(a.seq, 1, "attention_decode: one query per sequence");
+        assert!(a.head_dim <= 256, "attention_decode: head_dim > 256");
+        assert_eq!(
+            (slots.len(), lens.len()),
+            (n, n),
+            "attention_decode: slots/lens"
+        );
+        assert!(
+            lens.iter().all(|&l| l >= 1 && l as usize <= max_len),
+            "attention_decode: a length outside 1..=max_len"
+        );
+        let longest = lens.iter().copied().max().unwrap_or(1) as usize;
+        let splits = longest.div_ceil(DECODE_CHUNK);
+        let rows = n * a.heads * splits;
+        let mut s = self.scratch.lock().expect("scratch");
+        let grow = |buf: &mut CudaSlice<f32>, need: usize| {
+            if buf.len() < need {
+                *buf = self
+                    .stream
+                    .alloc_zeros::<f32>(need.next_power_of_two())
+                    .expect("CUDA allocation");
+            }
+        };
+        grow(&mut s.decode_m, rows);
+        grow(&mut s.decode_l, rows);
+        grow(&mut s.decode_acc, rows * a.head_dim);
+        self.ints(&mut s, 0, slots);
+        self.ints(&mut s, 1, lens);
+        let scale = 1.0 / (a.head_dim as f32).sqrt();
+        let (n_i32, h_i32, hkv_i32, d_i32) = (i(n), i(a.heads), i(a.kv_heads), i(a.head_dim));
+        let (max_len_i32, chunk_i32, splits_i32) = (i(max_len), i(DECODE_CHUNK), i(splits));
+        let Scratch {
+            ints,
+            decode_m: pm,
+            decode_l: pl,
+            decode_acc: pacc,
+            ..
+        } = &mut *s;
+        let cfg = LaunchConfig {
+            grid_dim: ((n * a.heads) as u32, splits as u32, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: (DECODE_CHUNK * 4) as u32,
+        };
+        self.launch(
+            "attention_decode_partial",
+            &self.k.attention_decode_partial,
+            cfg,
+            |b| {
+                b.arg(&mut *pm)
+                    .arg(&mut *pl)
+                    .arg(&mut *pacc)
+                    .arg(q.h())
+                    .arg(k_cache.h())
+                    .arg(v_cache.h())
+                    .arg(&ints[0])
+                    .arg(&ints[1]);
+                b.arg(&n_i32)
+                    .arg(&h_i32)
+                    .arg(&hkv_i32)
+                    .arg(&d_i32)
+                    .arg(&max_len_i32)
+                    .arg(&chunk_i32)
+                    .arg(&splits_i32)
+                    .arg(&scale);
+            },
+        );
+        let cfg = LaunchConfig {
+            grid_dim: ((n * a.heads) as u32, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        self.launch(
+            "attention_decode_combine",
+            &self.k.attention_decode_combine,
+            cfg,
+            |b| {
+                b.arg(out.h_mut())
+                    .arg(&*pm)
+                    .arg(&*pl)
+                    .arg(&*pacc)
+                    .arg(&n_i32)
+                    .arg(&h_i32)
+                    .arg(&d_i32)
+                    .arg(&splits_i32);
+            },
+        );
     }
 
     fn swiglu(&self, out: &mut CudaBuf, gate: &CudaBuf, up: &CudaBuf) {

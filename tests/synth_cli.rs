@@ -1,0 +1,329 @@
+//! `kiln synth` end to end through the binary, on a Hugging Face directory kiln writes itself: a
+//! one-layer Llama whose layers are identities and whose output head maps each token to a fixed
+//! successor, so that greedy decoding after any prompt writes `<QUE> Who is it? <ANS> Ada.
+//! </END>` then EOS — a deterministic stand-in synthesizer. Checks the records and their chains,
+//! that `kiln prep --kind augmented` reads them, that runs stopped at arbitrary output bytes (and
+//! killed with SIGKILL) and restarted give the uninterrupted file, and the one-line errors.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+mod common;
+
+use common::{assert_clean_error, kiln, stderr};
+use kiln::data::rng::Rng;
+use kiln::data::synth_format::context_block;
+use kiln::data::tokenizer::{train_byte_level_bpe, Tokenizer};
+use kiln::model::ModelConfig;
+use kiln::train::checkpoint::NamedTensor;
+
+/// What the stand-in writes (no spaces around the markers, so that no token repeats).
+const OUTPUT: &str = "<QUE>Who is it?<ANS>Ada.</END>";
+
+fn texts(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            format!(
+                "Ada number {i} was born in {}. {}",
+                1800 + i,
+                "She wrote notes. ".repeat(i % 7)
+            )
+        })
+        .collect()
+}
+
+/// Tokenizer + stand-in synthesizer in `dir/model`.
+fn make_model(dir: &Path) -> PathBuf {
+    let model = dir.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    let corpus: Vec<String> = texts(50)
+        .into_iter()
+        .map(|t| format!("<s>{}{OUTPUT}</s>", context_block(&t)))
+        .collect();
+    let tok_path = model.join("tokenizer.json");
+    train_byte_level_bpe(corpus.iter().map(String::as_str), 420, &tok_path).unwrap();
+    // The synthesizer's markers as added tokens, one id each.
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&tok_path).unwrap()).unwrap();
+    let next = json["model"]["vocab"].as_object().unwrap().len();
+    for (i, m) in ["<CON>", "</CON>", "<QUE>", "<ANS>", "</END>"]
+        .iter()
+        .enumerate()
+    {
+        json["added_tokens"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({
+                "id": next + i, "content": m, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": false
+            }));
+    }
+    std::fs::write(&tok_path, json.to_string()).unwrap();
+    let tok = Tokenizer::from_file(&tok_path, None, None).unwrap();
+    let (bos, eos) = (tok.bos().unwrap(), tok.eos().unwrap());
+    // The chain of successors: prompt's last token → the output's tokens → EOS.
+    let mut prompt = vec![bos];
+    tok.encode_into(&context_block("Anything at all."), &mut prompt)
+        .unwrap();
+    let mut chain = vec![*prompt.last().unwrap()];
+    chain.extend(tok.encode(OUTPUT).unwrap());
+    chain.push(eos);
+    let mut seen = chain.clone();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(
+        seen.len(),
+        chain.len(),
+        "successor chain needs distinct tokens: {chain:?}"
+    );
+
+    let mut cfg: ModelConfig = toml::from_str(
+        "dim = 64\nn_layers = 1\nn_heads = 4\nn_kv_heads = 2\nffn_dim = 96\nmax_seq_len = 1024\n",
+    )
+    .unwrap();
+    cfg.resolve(tok.vocab_size() as usize).unwrap();
+    let (v, d) = (cfg.vocab_size, cfg.dim);
+    let mut rng = Rng::new(1);
+    let mut normal = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                let (u1, u2) = (rng.f64().max(1e-300), rng.f64());
+                ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+            })
+            .collect()
+    };
+    let embed = normal(v * d);
+    let mut head = vec![0f32; v * d];
+    for w in chain.windows(2) {
+        let (from, to) = (w[0] as usize, w[1] as usize);
+        for j in 0..d {
+            head[to * d + j] = 10.0 * embed[from * d + j];
+        }
+    }
+    let tensors: Vec<NamedTensor> = cfg
+        .params()
+        .into_iter()
+        .map(|p| {
+            let n = p.numel();
+            let data = match p.name.as_str() {
+                "model.embed_tokens.weight" => embed.clone(),
+                "lm_head.weight" => head.clone(),
+                // Layers add nothing to the residual stream: the last token alone decides.
+                s if s.ends_with("o_proj.weight") || s.ends_with("down_proj.weight") => {
+                    vec![0.0; n]
+                }
+                _ if p.shape.len() == 1 => vec![1.0; n],
+                _ => normal(n).iter().map(|x| 0.1 * x).collect(),
+            };
+            NamedTensor {
+                name: p.name,
+                shape: p.shape,
+                data,
+            }
+        })
+        .collect();
+    let opts = kiln::hf::ExportOptions {
+        bf16: false,
+        shard_bytes: 1 << 30,
+        tokenizer: Some(model.join("tokenizer.json")),
+        bos_token_id: Some(bos),
+        eos_token_id: Some(eos),
+    };
+    kiln::hf::export(&model, &cfg, &tensors, &opts).unwrap();
+    model
+}
+
+fn write_input(dir: &Path, n: usize) -> PathBuf {
+    let mut body = String::new();
+    for (i, t) in texts(n).iter().enumerate() {
+        if i == 3 {
+            body.push_str("{\"text\": \n");
+        }
+        body.push_str(&serde_json::json!({ "text": t, "id": i }).to_string());
+        body.push('\n');
+    }
+    let p = dir.join("raw.jsonl");
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+/// `kiln synth` on the stand-in: 24 new tokens, a context of 256 and a batch of 3 unless `extra`
+/// sets them.
+fn synth_args<'a>(out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec![
+        "synth",
+        "--model",
+        "model",
+        "--input",
+        "raw.jsonl",
+        "--out",
+        out,
+        "--max-new-tokens",
+        "24",
+    ];
+    for (flag, default) in [("--context", "256"), ("--batch", "3")] {
+        if !extra.contains(&flag) {
+            a.extend([flag, default]);
+        }
+    }
+    a.extend_from_slice(extra);
+    a
+}
+
+#[test]
+fn synth_writes_chained_records_that_prep_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_model(d);
+    write_input(d, 9);
+    let o = kiln(&synth_args("aug.jsonl", &[]), d);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("raw.jsonl:4: invalid JSON"), "{err}");
+    assert!(err.contains("generation memory plan: weights"), "{err}");
+    assert!(
+        err.contains("9 texts in 5 chains -> 9 records, 9 pairs"),
+        "{err}"
+    );
+    let recs: Vec<serde_json::Value> = std::fs::read_to_string(d.join("aug.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // 9 texts, 2 rounds: chains of texts (0, 5), (1, 6), (2, 7), (3, 8), (4); every text gets the
+    // pair, and each second text is prompted after the first and linked to it.
+    let order = [0, 5, 1, 6, 2, 7, 3, 8, 4];
+    let all = texts(9);
+    for (r, &i) in recs.iter().zip(&order) {
+        assert_eq!(r["text"], all[i]);
+        assert_eq!(
+            r["pairs"],
+            serde_json::json!([{"q": "Who is it?", "a": "Ada."}])
+        );
+    }
+    let chains: Vec<u64> = recs.iter().map(|r| r["chain"].as_u64().unwrap()).collect();
+    assert_eq!(chains, vec![0, 0, 2, 2, 4, 4, 6, 6, 8]);
+    assert!(err.contains("4 few-shot prompts"), "{err}");
+    let o = kiln(
+        &[
+            "prep",
+            "--tokenizer",
+            "model/tokenizer.json",
+            "--input",
+            "aug.jsonl",
+            "--kind",
+            "augmented",
+            "--out",
+            "shards",
+            "--name",
+            "aug",
+        ],
+        d,
+    );
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    // Linked records render into one document each: 5 chains.
+    assert!(err.contains("9 lines, 5 documents"), "{err}");
+}
+
+#[test]
+fn stopped_or_killed_and_restarted_synth_gives_the_uninterrupted_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_model(d);
+    write_input(d, 120);
+    let o = kiln(&synth_args("full.jsonl", &[]), d);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let full = std::fs::read(d.join("full.jsonl")).unwrap();
+    // Stopped at arbitrary bytes (mid-line included) by the testing hook, then restarted.
+    let mut rng = Rng::new(3);
+    for _ in 0..3 {
+        let at = 1 + rng.below(full.len() as u64 - 1);
+        let o = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(synth_args("cut.jsonl", &[]))
+            .env("KILN_SYNTH_STOP_AFTER_BYTES", at.to_string())
+            .current_dir(d)
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        assert!(std::fs::metadata(d.join("cut.jsonl")).unwrap().len() > 0);
+    }
+    let o = kiln(&synth_args("cut.jsonl", &[]), d);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read(d.join("cut.jsonl")).unwrap(), full);
+    // SIGKILL at random moments.
+    let mut killed = 0;
+    for _ in 0..4 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(synth_args("kill.jsonl", &["--batch", "1"]))
+            .current_dir(d)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let wait_ms = 20 + rng.below(300);
+        std::thread::sleep(std::time::Duration::from_millis(wait_ms));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            killed += 1;
+        }
+        child.wait().unwrap();
+    }
+    eprintln!("SIGKILLed {killed} of 4 runs before they finished");
+    let o = kiln(&synth_args("kill.jsonl", &["--batch", "1"]), d);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read(d.join("kill.jsonl")).unwrap(),
+        full,
+        "after {killed} kills"
+    );
+}
+
+#[test]
+fn synth_bad_input_gives_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_model(d);
+    write_input(d, 4);
+    let o = kiln(
+        &[
+            "synth",
+            "--model",
+            "model",
+            "--input",
+            "missing.jsonl",
+            "--out",
+            "o.jsonl",
+        ],
+        d,
+    );
+    assert_clean_error(&o, &["missing.jsonl: no such input file"]);
+    let o = kiln(
+        &[
+            "synth",
+            "--model",
+            "nowhere",
+            "--input",
+            "raw.jsonl",
+            "--out",
+            "o.jsonl",
+        ],
+        d,
+    );
+    assert_clean_error(&o, &["nowhere"]);
+    let o = kiln(&synth_args("o.jsonl", &["--context", "4096"]), d);
+    assert_clean_error(
+        &o,
+        &["context 4096 is longer than the model's 1024 positions"],
+    );
+    let o = kiln(&synth_args("o.jsonl", &[]), d);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = kiln(&synth_args("o.jsonl", &["--rounds", "3"]), d);
+    assert_clean_error(&o, &["o.jsonl.progress.json", "rounds = 2"]);
+    std::fs::write(d.join("taken.jsonl"), "precious\n").unwrap();
+    let o = kiln(&synth_args("taken.jsonl", &[]), d);
+    assert_clean_error(&o, &["taken.jsonl: exists and has no progress file"]);
+    assert_eq!(
+        std::fs::read_to_string(d.join("taken.jsonl")).unwrap(),
+        "precious\n"
+    );
+}
