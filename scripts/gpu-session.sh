@@ -4,14 +4,16 @@
 #   scripts/gpu-session.sh OUT [kiln binary] [cuda test binary]
 #   STEPS="cuda-tests compare-attention" scripts/gpu-session.sh OUT     # a subset
 #
-# All steps together may take up to 18 minutes: a device call is limited to 10, so split them over
-# two calls with STEPS (e.g. "nvidia-smi compare-ops cuda-tests", then the rest).
+# All steps together may take up to 26 minutes: a device call is limited to 10, so split them over
+# three calls with STEPS (e.g. "nvidia-smi compare-ops cuda-tests", "compare-attention
+# compare-generate", then the training steps).
 # Defaults: .device/kiln and .device/cuda-tests (built and stripped on a machine with Rust; see
 # docs/CUDA.md). Each step runs under its own time limit and the script goes on when one fails;
 # OUT/summary.txt lists every step with its exit status and seconds. Steps, in order of value:
 #   1. nvidia-smi and the ceilings (copy GB/s, torch.matmul TFLOP/s) with every op vs PyTorch
 #   2. the CUDA test binary (KILN_REQUIRE_CUDA=1: a missing device fails)
-#   3. flash attention vs SDPA (kiln bench attention and compare_torch.py --attention)
+#   3. flash attention vs SDPA (kiln bench attention and compare_torch.py --attention), and
+#      batched generation of a Mistral-7B-shaped model vs transformers (compare_generate.py)
 #   4. training on the GPU: the tiny run with flash and with reference attention, and the same
 #      run launched through NCCL at world size 1 (its throughput against the plain run)
 set -uo pipefail
@@ -24,7 +26,7 @@ mkdir -p "$out"
 summary="$out/summary.txt"
 : >"$summary"
 
-want=" ${STEPS:-nvidia-smi compare-ops cuda-tests compare-attention train-flash train-reference launch-nccl-1} "
+want=" ${STEPS:-nvidia-smi compare-ops cuda-tests compare-attention compare-generate train-flash train-reference launch-nccl-1} "
 
 step() { # step NAME LIMIT_S CMD...
   local name=$1 limit=$2
@@ -43,6 +45,7 @@ step nvidia-smi 30 nvidia-smi
 step compare-ops 180 "$cenv" "$py" "$here/compare_torch.py" --kiln "$kiln" --device cuda
 step cuda-tests 300 env KILN_REQUIRE_CUDA=1 "$cenv" "$tests" --test-threads=1 --nocapture
 step compare-attention 240 "$cenv" "$py" "$here/compare_torch.py" --kiln "$kiln" --device cuda --attention --iters 5
+step compare-generate 480 "$cenv" "$py" "$here/compare_generate.py" --kiln "$kiln" --device cuda
 
 work=$(mktemp -d)
 # The embedded default's data with a model whose head dim (64) the flash kernels take.

@@ -226,7 +226,8 @@ pub struct ConvertArgs {
 pub struct BenchArgs {
     /// `ops` (default): every backend operation at a model's shapes. `attention`: attention
     /// forward and backward over sequence lengths, head dims 64/128, causal, not causal, and
-    /// causal with mixed-length documents, at a fixed token count (default 16384).
+    /// causal with mixed-length documents, at a fixed token count (default 16384). `generate`:
+    /// batched generation with random weights (preset mistral-7b on CUDA, tiny on the CPU).
     #[arg(value_enum, default_value = "ops")]
     pub what: BenchWhat,
     #[arg(long, value_enum, default_value = "cpu")]
@@ -237,6 +238,15 @@ pub struct BenchArgs {
     /// `bench attention`: head dims (comma-separated; default 64,128).
     #[arg(long, value_delimiter = ',')]
     pub head_dims: Vec<usize>,
+    /// `bench generate`: batch sizes (comma-separated; default 1,32,128).
+    #[arg(long, value_delimiter = ',')]
+    pub batches: Vec<usize>,
+    /// `bench generate`: prompt tokens per sequence.
+    #[arg(long, default_value_t = 1024)]
+    pub prompt_len: usize,
+    /// `bench generate`: new tokens per sequence (no stop token: every sequence runs to it).
+    #[arg(long, default_value_t = 400)]
+    pub new_tokens: usize,
     /// Shapes: the embedded default's model, or one Llama-3-8B layer (default: tiny on the CPU,
     /// llama3-8b on CUDA).
     #[arg(long, value_enum)]
@@ -256,12 +266,16 @@ pub struct BenchArgs {
 pub enum BenchWhat {
     Ops,
     Attention,
+    /// Generated tokens/s of the batched engine (random weights) at several batch sizes.
+    Generate,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum BenchPreset {
     Tiny,
     Llama3_8b,
+    /// `bench generate` only: the Mistral-7B shape (the instruction synthesizer's).
+    Mistral7b,
 }
 
 #[derive(Args, Debug)]

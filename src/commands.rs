@@ -299,6 +299,9 @@ fn bench(a: BenchArgs) -> Result<()> {
     if a.what == crate::cli::BenchWhat::Attention {
         return bench_attention(a);
     }
+    if a.what == crate::cli::BenchWhat::Generate {
+        return bench_generate(a);
+    }
     let preset = a.preset.unwrap_or(if a.device == Device::Cuda {
         BenchPreset::Llama3_8b
     } else {
@@ -307,6 +310,7 @@ fn bench(a: BenchArgs) -> Result<()> {
     let mut shape = match preset {
         BenchPreset::Tiny => BenchShape::tiny(),
         BenchPreset::Llama3_8b => BenchShape::llama3_8b(),
+        BenchPreset::Mistral7b => bail!("--preset mistral-7b is for `kiln bench generate`"),
     };
     if let Some(n) = a.tokens {
         if n == 0 || n % shape.seq != 0 {
@@ -326,6 +330,94 @@ fn bench(a: BenchArgs) -> Result<()> {
         crate::fsutil::write_atomic(&path, serde_json::to_string_pretty(&report)?.as_bytes())?;
     }
     Ok(())
+}
+
+/// The model shape of a `bench generate` preset.
+fn generate_preset(p: BenchPreset) -> Result<crate::model::ModelConfig> {
+    let text = match p {
+        BenchPreset::Tiny => {
+            "dim = 128\nn_layers = 4\nn_heads = 4\nn_kv_heads = 2\nffn_dim = 352\nvocab_size = 2048\ntie_embeddings = true\nmax_seq_len = 4096\n"
+        }
+        BenchPreset::Mistral7b => {
+            "dim = 4096\nn_layers = 32\nn_heads = 32\nn_kv_heads = 8\nffn_dim = 14336\nvocab_size = 32000\nrope_theta = 1000000.0\nmax_seq_len = 32768\n"
+        }
+        BenchPreset::Llama3_8b => {
+            "dim = 4096\nn_layers = 32\nn_heads = 32\nn_kv_heads = 8\nffn_dim = 14336\nvocab_size = 128256\nrope_theta = 500000.0\nmax_seq_len = 8192\n"
+        }
+    };
+    let mut m: crate::model::ModelConfig = toml::from_str(text)?;
+    let v = m.vocab_size;
+    m.resolve(v)?;
+    Ok(m)
+}
+
+fn bench_generate(a: BenchArgs) -> Result<()> {
+    let preset = a.preset.unwrap_or(if a.device == Device::Cuda {
+        BenchPreset::Mistral7b
+    } else {
+        BenchPreset::Tiny
+    });
+    let mcfg = generate_preset(preset)?;
+    let batches = if a.batches.is_empty() {
+        vec![1, 32, 128]
+    } else {
+        a.batches.clone()
+    };
+    if batches.contains(&0) || a.prompt_len == 0 || a.new_tokens == 0 {
+        bail!("--batches, --prompt-len and --new-tokens must be positive");
+    }
+    if a.prompt_len + a.new_tokens > mcfg.max_seq_len {
+        bail!(
+            "--prompt-len {} + --new-tokens {} exceeds the model's {} positions",
+            a.prompt_len,
+            a.new_tokens,
+            mcfg.max_seq_len
+        );
+    }
+    eprintln!(
+        "model: {:?} shape, {:.2} B parameters, random weights",
+        preset,
+        mcfg.num_params() as f64 / 1e9
+    );
+    let (backend, copy, rows) = match a.device {
+        Device::Cpu => {
+            let be = CpuBackend::<f32>::new();
+            let (copy, rows) =
+                crate::bench::generate_sweep(&be, &mcfg, &batches, a.prompt_len, a.new_tokens)?;
+            (crate::backend::Backend::name(&be), copy, rows)
+        }
+        Device::Cuda => bench_generate_cuda(&mcfg, &batches, a.prompt_len, a.new_tokens)?,
+    };
+    println!("{}", crate::bench::render_generate(&backend, copy, &rows));
+    if let Some(path) = a.json {
+        let v = serde_json::json!({ "backend": backend, "copy_gb_s": copy, "rows": rows });
+        crate::fsutil::write_atomic(&path, serde_json::to_string_pretty(&v)?.as_bytes())?;
+    }
+    Ok(())
+}
+
+type GenBench = (String, f64, Vec<crate::bench::GenBenchRow>);
+
+#[cfg(feature = "cuda")]
+fn bench_generate_cuda(
+    mcfg: &crate::model::ModelConfig,
+    batches: &[usize],
+    prompt_len: usize,
+    new_tokens: usize,
+) -> Result<GenBench> {
+    let be = crate::backend::cuda::CudaBackend::new(0).map_err(|e| anyhow::anyhow!(e))?;
+    let (copy, rows) = crate::bench::generate_sweep(&be, mcfg, batches, prompt_len, new_tokens)?;
+    Ok((crate::backend::Backend::name(&be), copy, rows))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn bench_generate_cuda(
+    _: &crate::model::ModelConfig,
+    _: &[usize],
+    _: usize,
+    _: usize,
+) -> Result<GenBench> {
+    bail!(NO_CUDA)
 }
 
 fn bench_attention(a: BenchArgs) -> Result<()> {

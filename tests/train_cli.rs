@@ -396,6 +396,47 @@ fn bench_prints_every_operation_against_measured_ceilings() {
         &kiln(&["bench", "attention", "--seqs", "300"], d),
         &["--seqs", "300", "16384"],
     );
+
+    // Batched generation throughput: every sequence runs to the token limit.
+    let o = kiln(
+        &[
+            "bench",
+            "generate",
+            "--batches",
+            "1,3",
+            "--prompt-len",
+            "20",
+            "--new-tokens",
+            "6",
+            "--json",
+            "gen.json",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("gen.json")).unwrap()).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for (r, batch) in rows.iter().zip([1, 3]) {
+        assert_eq!(r["batch"], batch);
+        assert!(r["tokens_per_s"].as_f64().unwrap() > 0.0);
+        assert!(r["decode_step_ms"].as_f64().unwrap() > 0.0);
+    }
+    assert_clean_error(
+        &kiln(
+            &[
+                "bench",
+                "generate",
+                "--prompt-len",
+                "4000",
+                "--new-tokens",
+                "400",
+            ],
+            d,
+        ),
+        &["exceeds the model's 4096 positions"],
+    );
 }
 
 #[test]

@@ -578,3 +578,143 @@ pub fn render_attention(backend: &str, rows: &[AttnBenchRow]) -> String {
     }
     out
 }
+
+/// One batch size of `kiln bench generate`.
+#[derive(Clone, Debug, Serialize)]
+pub struct GenBenchRow {
+    pub batch: usize,
+    pub prompt_len: usize,
+    pub new_tokens: usize,
+    /// Whole run: prefill of every prompt and all decode steps.
+    pub total_s: f64,
+    /// Generated tokens per second over the whole run (what `generate` users see).
+    pub tokens_per_s: f64,
+    /// Median wall time of one decode step of the full batch (after every prompt is admitted).
+    pub decode_step_ms: f64,
+    /// Bytes one decode step must read at least: the weights once and the KV cache at the
+    /// midpoint of generation.
+    pub step_bytes: f64,
+    /// decode_step_ms ÷ (step_bytes at the measured copy bandwidth): 1.0 is the memory bound.
+    pub of_memory_bound: f64,
+}
+
+/// Random weights for `cfg` without drawing one number per parameter: every tensor tiles one
+/// block of normal values (enough for a throughput measurement; the text is meaningless).
+pub fn tiled_random_weights(cfg: &crate::model::ModelConfig, seed: u64) -> Vec<Vec<f32>> {
+    let mut rng = Rng::new(seed);
+    let block: Vec<f32> = (0..(1 << 20) + 7)
+        .map(|_| (rng.f64() as f32 * 2.0 - 1.0) * cfg.init_std as f32 * 1.7)
+        .collect();
+    cfg.params()
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            if p.shape.len() == 1 {
+                vec![1.0; p.numel()]
+            } else {
+                block
+                    .iter()
+                    .copied()
+                    .cycle()
+                    .skip(i * 977)
+                    .take(p.numel())
+                    .collect()
+            }
+        })
+        .collect()
+}
+
+/// Generated tokens/s of the batched engine with random weights: for each batch size, `batch`
+/// random prompts of `prompt_len` tokens, `new_tokens` each (no stop token, so every sequence runs
+/// to the limit), continuous batching with every prompt admitted at once.
+pub fn generate_sweep<B: Backend>(
+    be: &B,
+    cfg: &crate::model::ModelConfig,
+    batches: &[usize],
+    prompt_len: usize,
+    new_tokens: usize,
+) -> anyhow::Result<(f64, Vec<GenBenchRow>)> {
+    use crate::model::batched::{Engine, GenLimits, Request};
+    let copy_gb_s = {
+        let len = 64usize << 20;
+        let src = be.alloc(len, BufKind::Act);
+        let mut dst = be.alloc(len, BufKind::Act);
+        let ms = time_ms(be, 5, || be.copy(&mut dst, &src));
+        2.0 * len as f64 * be.elem_bytes(BufKind::Act) as f64 / ms / 1e6
+    };
+    let model = crate::model::Model::for_inference(be, cfg, &tiled_random_weights(cfg, 1));
+    let act = be.elem_bytes(BufKind::Act) as f64;
+    let weight_bytes = cfg.num_params() as f64 * act;
+    let mut rng = Rng::new(2);
+    let mut rows = Vec::new();
+    for &batch in batches {
+        let limits = GenLimits {
+            slots: batch,
+            context: prompt_len + new_tokens,
+            prefill_tokens: (batch * prompt_len).min(16384).max(prompt_len),
+            continuous: true,
+        };
+        let mut engine = Engine::new(be, &model, limits, Vec::new())?;
+        for id in 0..batch {
+            let prompt = (0..prompt_len)
+                .map(|_| (rng.next_u64() % cfg.vocab_size as u64) as u32)
+                .collect();
+            engine.submit(Request {
+                id: id as u64,
+                prompt,
+                max_new: new_tokens,
+                sampling: Default::default(),
+            })?;
+        }
+        let start = std::time::Instant::now();
+        let mut steps = Vec::new();
+        while !engine.is_idle() {
+            // A pure decode step: nobody waits to be admitted and the whole batch runs.
+            let decode_only = engine.pending() == engine.active() && engine.active() == batch;
+            let t = std::time::Instant::now();
+            engine.step();
+            be.synchronize();
+            if decode_only {
+                steps.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        let total_s = start.elapsed().as_secs_f64();
+        steps.sort_by(f64::total_cmp);
+        let decode_step_ms = steps.get(steps.len() / 2).copied().unwrap_or(f64::NAN);
+        let kv_per_token = 2.0 * (cfg.n_layers * cfg.n_kv_heads * cfg.head_dim) as f64 * act;
+        let step_bytes =
+            weight_bytes + batch as f64 * (prompt_len + new_tokens / 2) as f64 * kv_per_token;
+        rows.push(GenBenchRow {
+            batch,
+            prompt_len,
+            new_tokens,
+            total_s,
+            tokens_per_s: (batch * new_tokens) as f64 / total_s,
+            decode_step_ms,
+            step_bytes,
+            of_memory_bound: decode_step_ms / (step_bytes / copy_gb_s / 1e6),
+        });
+    }
+    Ok((copy_gb_s, rows))
+}
+
+/// `kiln bench generate` as a markdown table.
+pub fn render_generate(backend: &str, copy_gb_s: f64, rows: &[GenBenchRow]) -> String {
+    let mut out = format!(
+        "backend: {backend}\nceiling: copy {copy_gb_s:.1} GB/s (measured); a decode step must read the weights once and the KV cache\n\n| batch | prompt | new | total s | generated tokens/s | decode step ms | bytes/step | step ÷ memory bound |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "| {} | {} | {} | {:.2} | {:.1} | {:.3} | {:.2} GB | {:.2}× |\n",
+            r.batch,
+            r.prompt_len,
+            r.new_tokens,
+            r.total_s,
+            r.tokens_per_s,
+            r.decode_step_ms,
+            r.step_bytes / 1e9,
+            r.of_memory_bound
+        ));
+    }
+    out
+}
