@@ -902,7 +902,30 @@ pub fn ensure_world(w: &WorldSection, cfg: &Config, force: bool, with_prep: bool
         train_fraction: 0.5,
     };
     wc.validate().map_err(|e| anyhow::anyhow!("[world]: {e}"))?;
-    if force || !dir.join("world.json").exists() {
+    let manifest = dir.join("world.json");
+    if !force && manifest.exists() {
+        // An existing world must be the one asked for: its files, tokenizer and shards are reused.
+        let text = std::fs::read_to_string(&manifest)
+            .with_context(|| format!("{}: cannot read", manifest.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}: not valid JSON: {e}", manifest.display()))?;
+        let have: WorldConfig = serde_json::from_value(v["config"].clone()).map_err(|e| {
+            anyhow::anyhow!("{}: not a kiln world manifest: {e}", manifest.display())
+        })?;
+        if have != wc {
+            bail!(
+                "{} holds a world of {} people × {} biographies (seed {}), but the config asks for {} × {} (seed {}): choose another world.dir, or regenerate it with `kiln world --force`",
+                dir.display(),
+                have.people,
+                have.bios_per_person,
+                have.seed,
+                wc.people,
+                wc.bios_per_person,
+                wc.seed
+            );
+        }
+    }
+    if force || !manifest.exists() {
         let t = Instant::now();
         let s = write_world(&wc, dir)
             .with_context(|| format!("{}: cannot write the world", dir.display()))?;

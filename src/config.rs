@@ -314,8 +314,40 @@ impl Config {
                 anyhow::anyhow!("{name} (with --set overrides){at}: {}", e.message().trim())
             })?
         };
+        let mut cfg = cfg;
+        cfg.expand_world_dir()
+            .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
         cfg.validate().map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
         Ok(cfg)
+    }
+
+    /// `{world}` in `data.tokenizer`, a source's `path` or an `[eval]` task file stands for
+    /// `world.dir`, so that a config's paths follow its world when `--set world.dir=…` moves it.
+    fn expand_world_dir(&mut self) -> Result<()> {
+        const KEY: &str = "{world}";
+        let mut paths: Vec<String> = vec![self.data.tokenizer.to_string_lossy().into_owned()];
+        paths.extend(self.data.sources.iter().map(|s| s.path.clone()));
+        if let Some(e) = &self.eval {
+            paths.extend(e.tasks.iter().map(|t| t.to_string_lossy().into_owned()));
+        }
+        if !paths.iter().any(|p| p.contains(KEY)) {
+            return Ok(());
+        }
+        let Some(w) = &self.world else {
+            bail!("a path uses {KEY}, but the config has no [world] section");
+        };
+        let dir = w.dir.to_string_lossy().into_owned();
+        let expand = |p: &str| p.replace(KEY, &dir);
+        self.data.tokenizer = expand(&self.data.tokenizer.to_string_lossy()).into();
+        for s in &mut self.data.sources {
+            s.path = expand(&s.path);
+        }
+        if let Some(e) = &mut self.eval {
+            for t in &mut e.tasks {
+                *t = expand(&t.to_string_lossy()).into();
+            }
+        }
+        Ok(())
     }
 
     pub fn validate(&self) -> Result<()> {

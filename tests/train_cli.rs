@@ -955,6 +955,26 @@ fn experiment_world_trains_both_arms_scores_them_and_reuses_finished_runs() {
     let o = kiln(&other, d);
     assert_clean_error(&o, &["exp/vanilla", "different config"]);
 
+    // A world directory holds one world: asking for another there is refused, and moving
+    // world.dir moves every {world} path of the configs with it.
+    let mut other = args.clone();
+    other.extend(["--set", "world.people=31"]);
+    assert_clean_error(
+        &kiln(&other, d),
+        &["data/world-exp holds a world of 30 people", "31"],
+    );
+    let mut moved = vec!["experiment", "world", "--out", "exp31", "--max-items", "2"];
+    moved.extend(small);
+    moved.extend(["--set", "world.people=31", "--set", "world.dir=\"w31\""]);
+    let o = kiln(&moved, d);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(d.join("w31/tokenizer.json").exists() && d.join("w31/shards").is_dir());
+    let cfg31 = std::fs::read_to_string(d.join("exp31/ipt/config.toml")).unwrap();
+    assert!(
+        cfg31.contains("w31/shards/augmented_") && !cfg31.contains("{world}"),
+        "{cfg31}"
+    );
+
     // Arms that differ in more than their data are not a controlled comparison.
     let vanilla = include_str!("../configs/world-vanilla.toml");
     assert!(vanilla.contains("lr = 2e-3"));
