@@ -159,6 +159,7 @@ fn plan(a: PlanArgs) -> Result<()> {
         t.world_size,
         t.zero_stage,
         t.bucket_elems(),
+        t.recompute,
         widths,
         available,
     );

@@ -37,7 +37,7 @@ pub struct LayerParams {
 pub struct LayerActs<B: Backend> {
     pub x: B::Buf,     // (N, d)  layer input (residual stream)
     pub rstd1: B::Buf, // (N)
-    pub xn1: B::Buf,   // (N, d)  input_layernorm(x)
+    pub xn1: B::Buf,   // (N, d)  input_layernorm(x); empty when recomputed
     pub q: B::Buf,     // (N, H·D) after RoPE
     pub k: B::Buf,     // (N, Hkv·D) after RoPE
     pub v: B::Buf,     // (N, Hkv·D)
@@ -45,10 +45,10 @@ pub struct LayerActs<B: Backend> {
     pub lse: B::Buf,   // (B, H, T)
     pub h: B::Buf,     // (N, d)  x + o_proj(att)
     pub rstd2: B::Buf, // (N)
-    pub xn2: B::Buf,   // (N, d)
+    pub xn2: B::Buf,   // (N, d)  post_attention_layernorm(h); empty when recomputed
     pub gate: B::Buf,  // (N, F)
     pub up: B::Buf,    // (N, F)
-    pub act: B::Buf,   // (N, F)  silu(gate) ⊙ up
+    pub act: B::Buf,   // (N, F)  silu(gate) ⊙ up; empty when recomputed
 }
 
 /// Scratch for one micro-batch shape.
@@ -71,6 +71,12 @@ pub struct Workspace<B: Backend> {
     pub dup: B::Buf,   // (N, F)
     pub dact: B::Buf,  // (N, F)
     pub positions: Vec<u32>,
+    /// `train.recompute`: the layers keep no xn1, xn2 or act; the forward writes them into the
+    /// shared scratch below and the backward rebuilds them there from x, h, gate and up.
+    pub recompute: bool,
+    pub rc_xn: B::Buf,   // (N, d) when recomputing, else empty
+    pub rc_rstd: B::Buf, // (N)
+    pub rc_act: B::Buf,  // (N, F)
 }
 
 pub struct Model<B: Backend> {
@@ -206,17 +212,30 @@ impl<B: Backend> Model<B> {
     }
 
     pub fn workspace(&self, backend: &B, batch: usize, seq: usize) -> Workspace<B> {
+        self.workspace_with(backend, batch, seq, false)
+    }
+
+    /// As [`Model::workspace`], recomputing the norms and SwiGLU in the backward when `recompute`.
+    pub fn workspace_with(
+        &self,
+        backend: &B,
+        batch: usize,
+        seq: usize,
+        recompute: bool,
+    ) -> Workspace<B> {
         let c = &self.cfg;
         let n = batch * seq;
         let (d, f) = (c.dim, c.ffn_dim);
         let (qd, kvd) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
         let z = |len: usize| backend.alloc(len, BufKind::Act);
         let stat = |len: usize| backend.alloc(len, BufKind::Stat);
+        // Kept per layer unless recomputed.
+        let kept = |len: usize| z(if recompute { 0 } else { len });
         let layers = (0..c.n_layers)
             .map(|_| LayerActs {
                 x: z(n * d),
                 rstd1: stat(n),
-                xn1: z(n * d),
+                xn1: kept(n * d),
                 q: z(n * qd),
                 k: z(n * kvd),
                 v: z(n * kvd),
@@ -224,10 +243,10 @@ impl<B: Backend> Model<B> {
                 lse: stat(batch * c.n_heads * seq),
                 h: z(n * d),
                 rstd2: stat(n),
-                xn2: z(n * d),
+                xn2: kept(n * d),
                 gate: z(n * f),
                 up: z(n * f),
-                act: z(n * f),
+                act: kept(n * f),
             })
             .collect();
         Workspace {
@@ -248,6 +267,10 @@ impl<B: Backend> Model<B> {
             dup: z(n * f),
             dact: z(n * f),
             positions: (0..n).map(|i| (i % seq) as u32).collect(),
+            recompute,
+            rc_xn: z(if recompute { n * d } else { 0 }),
+            rc_rstd: stat(if recompute { n } else { 0 }),
+            rc_act: z(if recompute { n * f } else { 0 }),
         }
     }
 
@@ -282,10 +305,15 @@ impl<B: Backend> Model<B> {
             let lp = self.layers[l];
             let (done, rest) = ws.layers.split_at_mut(l + 1);
             let a = &mut done[l];
-            be.rmsnorm(&mut a.xn1, &mut a.rstd1, &a.x, &p[lp.input_norm], d, eps);
-            be.matmul(&mut a.q, &a.xn1, &p[lp.q], n, d, qd);
-            be.matmul(&mut a.k, &a.xn1, &p[lp.k], n, d, kvd);
-            be.matmul(&mut a.v, &a.xn1, &p[lp.v], n, d, kvd);
+            let xn1 = if ws.recompute {
+                &mut ws.rc_xn
+            } else {
+                &mut a.xn1
+            };
+            be.rmsnorm(xn1, &mut a.rstd1, &a.x, &p[lp.input_norm], d, eps);
+            be.matmul(&mut a.q, xn1, &p[lp.q], n, d, qd);
+            be.matmul(&mut a.k, xn1, &p[lp.k], n, d, kvd);
+            be.matmul(&mut a.v, xn1, &p[lp.v], n, d, kvd);
             be.rope(
                 &mut a.q,
                 &ws.positions,
@@ -306,16 +334,26 @@ impl<B: Backend> Model<B> {
             // h = x + att · Woᵀ
             be.matmul(&mut a.h, &a.att, &p[lp.o], n, qd, d);
             be.add_assign(&mut a.h, &a.x);
-            be.rmsnorm(&mut a.xn2, &mut a.rstd2, &a.h, &p[lp.post_norm], d, eps);
-            be.matmul(&mut a.gate, &a.xn2, &p[lp.gate], n, d, f);
-            be.matmul(&mut a.up, &a.xn2, &p[lp.up], n, d, f);
-            be.swiglu(&mut a.act, &a.gate, &a.up);
+            let xn2 = if ws.recompute {
+                &mut ws.rc_xn
+            } else {
+                &mut a.xn2
+            };
+            be.rmsnorm(xn2, &mut a.rstd2, &a.h, &p[lp.post_norm], d, eps);
+            be.matmul(&mut a.gate, xn2, &p[lp.gate], n, d, f);
+            be.matmul(&mut a.up, xn2, &p[lp.up], n, d, f);
+            let act = if ws.recompute {
+                &mut ws.rc_act
+            } else {
+                &mut a.act
+            };
+            be.swiglu(act, &a.gate, &a.up);
             // next x = h + act · Wdownᵀ
             let next = match rest.first_mut() {
                 Some(nl) => &mut nl.x,
                 None => &mut ws.x_final,
             };
-            be.matmul(next, &a.act, &p[lp.down], n, f, d);
+            be.matmul(next, act, &p[lp.down], n, f, d);
             be.add_assign(next, &a.h);
         }
         be.rmsnorm(
@@ -430,12 +468,33 @@ impl<B: Backend> Model<B> {
         for l in (0..c.n_layers).rev() {
             let lp = self.layers[l];
             let a = &ws.layers[l];
+            let eps = c.norm_eps as f32;
+            // Rebuild what the forward did not keep (the same operations on the same inputs).
+            let act = if ws.recompute {
+                be.swiglu(&mut ws.rc_act, &a.gate, &a.up);
+                &ws.rc_act
+            } else {
+                &a.act
+            };
             // x_next = h + act · Wdownᵀ   (dres holds ∂L/∂x_next, which is also ∂L/∂h so far)
-            be.matmul_dw(&mut g[lp.down], &ws.dres, &a.act, n, f, d);
+            be.matmul_dw(&mut g[lp.down], &ws.dres, act, n, f, d);
             be.matmul_dx(&mut ws.dact, &ws.dres, &p[lp.down], n, f, d, false);
             be.swiglu_bwd(&mut ws.dgate, &mut ws.dup, &ws.dact, &a.gate, &a.up);
-            be.matmul_dw(&mut g[lp.gate], &ws.dgate, &a.xn2, n, d, f);
-            be.matmul_dw(&mut g[lp.up], &ws.dup, &a.xn2, n, d, f);
+            let xn2 = if ws.recompute {
+                be.rmsnorm(
+                    &mut ws.rc_xn,
+                    &mut ws.rc_rstd,
+                    &a.h,
+                    &p[lp.post_norm],
+                    d,
+                    eps,
+                );
+                &ws.rc_xn
+            } else {
+                &a.xn2
+            };
+            be.matmul_dw(&mut g[lp.gate], &ws.dgate, xn2, n, d, f);
+            be.matmul_dw(&mut g[lp.up], &ws.dup, xn2, n, d, f);
             be.matmul_dx(&mut ws.dxn, &ws.dgate, &p[lp.gate], n, d, f, false);
             be.matmul_dx(&mut ws.dxn, &ws.dup, &p[lp.up], n, d, f, true);
             be.rmsnorm_bwd(
@@ -470,9 +529,22 @@ impl<B: Backend> Model<B> {
                 &self.rope_cos,
                 &self.rope_sin,
             );
-            be.matmul_dw(&mut g[lp.q], &ws.dq, &a.xn1, n, d, qd);
-            be.matmul_dw(&mut g[lp.k], &ws.dk, &a.xn1, n, d, kvd);
-            be.matmul_dw(&mut g[lp.v], &ws.dv, &a.xn1, n, d, kvd);
+            let xn1 = if ws.recompute {
+                be.rmsnorm(
+                    &mut ws.rc_xn,
+                    &mut ws.rc_rstd,
+                    &a.x,
+                    &p[lp.input_norm],
+                    d,
+                    eps,
+                );
+                &ws.rc_xn
+            } else {
+                &a.xn1
+            };
+            be.matmul_dw(&mut g[lp.q], &ws.dq, xn1, n, d, qd);
+            be.matmul_dw(&mut g[lp.k], &ws.dk, xn1, n, d, kvd);
+            be.matmul_dw(&mut g[lp.v], &ws.dv, xn1, n, d, kvd);
             be.matmul_dx(&mut ws.dxn, &ws.dq, &p[lp.q], n, d, qd, false);
             be.matmul_dx(&mut ws.dxn, &ws.dk, &p[lp.k], n, d, kvd, true);
             be.matmul_dx(&mut ws.dxn, &ws.dv, &p[lp.v], n, d, kvd, true);

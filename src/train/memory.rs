@@ -78,6 +78,7 @@ pub fn plan(
     world: usize,
     zero_stage: u8,
     bucket_elems: usize,
+    recompute: bool,
     w: Widths,
     available: f64,
 ) -> MemoryPlan {
@@ -90,8 +91,16 @@ pub fn plan(
     );
     // Saved per layer and token: x, xn1, q, k, v, att, h, xn2, gate, up, act (model/mod.rs LayerActs).
     let per_layer = 4.0 * d + 2.0 * qd + 2.0 * kvd + 3.0 * f;
+    // With `train.recompute`, xn1, xn2 and act are rebuilt in the backward from one shared
+    // scratch (xn, rstd, act) instead.
+    let (saved, scratch) = if recompute {
+        (per_layer - 2.0 * d - f, d + 1.0 + f)
+    } else {
+        (per_layer, 0.0)
+    };
     // Plus the final norm, the logits (which hold their gradient) and one layer of gradient scratch.
-    let acts = tokens * (m.n_layers as f64 * per_layer + 2.0 * d + m.vocab_size as f64 + per_layer);
+    let acts =
+        tokens * (m.n_layers as f64 * saved + 2.0 * d + m.vocab_size as f64 + per_layer + scratch);
     MemoryPlan {
         weights: n * w.weights,
         grads: n * w.grads,
@@ -184,18 +193,36 @@ mod tests {
     };
 
     #[test]
+    fn recomputation_drops_the_norm_and_swiglu_activations() {
+        let m = llama3_8b();
+        let keep = plan(&m, 1, 4096, 1, 0, 1 << 22, false, CUDA, 80e9);
+        let rc = plan(&m, 1, 4096, 1, 0, 1 << 22, true, CUDA, 80e9);
+        // (2·d + F) values per token and layer fewer, (d + 1 + F) of shared scratch more
+        let per_token = (32.0 * (2.0 * 4096.0 + 14336.0) - (4096.0 + 1.0 + 14336.0)) * 2.0;
+        let saved = keep.activations - rc.activations;
+        assert!((saved - 4096.0 * per_token).abs() < 1.0, "{saved}");
+        assert_eq!(keep.weights, rc.weights);
+    }
+
+    #[test]
     fn llama3_8b_state_is_counted_and_zero1_shards_the_optimizer() {
         let m = llama3_8b();
         assert_eq!(m.num_params(), 8_030_261_248);
-        let p0 = plan(&m, 1, 4096, 4, 0, 1 << 22, CUDA, 80e9);
-        let p1 = plan(&m, 1, 4096, 4, 1, 1 << 22, CUDA, 80e9);
+        let p0 = plan(&m, 1, 4096, 4, 0, 1 << 22, false, CUDA, 80e9);
+        let p1 = plan(&m, 1, 4096, 4, 1, 1 << 22, false, CUDA, 80e9);
         assert!((p0.optimizer / p1.optimizer - 4.0).abs() < 1e-9);
         assert!((p0.weights - 6.0 * 8_030_261_248.0).abs() < 1.0);
         // 8B with fp32 master weights and gradients cannot fit one 80 GB device even with ZeRO-1.
         let e = check(&p1, 4, 1, 1).unwrap_err().to_string();
         assert!(e.contains("weights and gradients alone do not fit"), "{e}");
         // On 141 GB devices it fits with ZeRO-1 over 4 ranks at one sequence of 4096.
-        assert!(check(&plan(&m, 1, 4096, 4, 1, 1 << 22, CUDA, 141e9), 4, 1, 1).is_ok());
+        assert!(check(
+            &plan(&m, 1, 4096, 4, 1, 1 << 22, false, CUDA, 141e9),
+            4,
+            1,
+            1
+        )
+        .is_ok());
     }
 
     #[test]
@@ -207,10 +234,21 @@ mod tests {
         m.n_heads = 8;
         m.n_kv_heads = 4;
         m.head_dim = 64;
-        assert!(check(&plan(&m, 8, 1024, 1, 0, 1 << 22, CUDA, 80e9), 1, 0, 8).is_ok());
-        let e = check(&plan(&m, 512, 4096, 1, 0, 1 << 22, CUDA, 80e9), 1, 0, 512)
-            .unwrap_err()
-            .to_string();
+        assert!(check(
+            &plan(&m, 8, 1024, 1, 0, 1 << 22, false, CUDA, 80e9),
+            1,
+            0,
+            8
+        )
+        .is_ok());
+        let e = check(
+            &plan(&m, 512, 4096, 1, 0, 1 << 22, false, CUDA, 80e9),
+            1,
+            0,
+            512,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("lower data.batch_size"), "{e}");
     }
 }

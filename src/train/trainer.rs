@@ -394,6 +394,7 @@ pub fn train_dist<B: Backend>(
         t_cfg.world_size,
         t_cfg.zero_stage,
         t_cfg.bucket_elems(),
+        t_cfg.recompute,
         widths,
         available,
     );
@@ -535,7 +536,7 @@ pub fn train_dist<B: Backend>(
     };
 
     let (b, t) = (d.batch_size, d.seq_len);
-    let mut ws = model.workspace(be, b, t);
+    let mut ws = model.workspace_with(be, b, t, t_cfg.recompute);
     let peak = if t_cfg.peak_tflops > 0.0 {
         t_cfg.peak_tflops * 1e12
     } else {
