@@ -530,7 +530,10 @@ fn attn_dims(s: AttnShape) -> (usize, usize, usize, usize, usize) {
     (s.seq, s.heads, s.kv_heads, s.head_dim, s.heads / s.kv_heads)
 }
 
-/// Copies kv head `g` of batch row `b` of a [B, T, Hkv, D] tensor into a contiguous [T, D].
+/// Query rows per block of the CPU attention (its S and P blocks are ATTN_QBLOCK × T).
+const ATTN_QBLOCK: usize = 64;
+
+/// Copies head `g` of batch row `b` of a [B, T, heads, D] tensor into a contiguous [T, D].
 fn gather_head<T: Float>(
     src: &[T],
     b: usize,
@@ -579,35 +582,72 @@ pub fn attention<T: Float>(
         let g = hi / group;
         let kb = gather_head(k, bi, g, tt, hkv, dd);
         let vb = gather_head(v, bi, g, tt, hkv, dd);
+        let qb = gather_head(q, bi, hi, tt, h, dd);
         let docs = &doc_ids[bi * tt..(bi + 1) * tt];
-        let mut scores = vec![T::ZERO; tt];
         let mut lse_bh = vec![T::ZERO; tt];
-        for t in 0..tt {
-            let qo = ((bi * tt + t) * h + hi) * dd;
-            let qt = &q[qo..qo + dd];
-            let n_keys = if s.causal { t + 1 } else { tt };
-            let mut m = T::NEG_INFINITY;
-            for (j, sj) in scores[..n_keys].iter_mut().enumerate() {
-                *sj = if docs[j] == docs[t] {
-                    dot(qt, &kb[j * dd..(j + 1) * dd]) * scale
-                } else {
-                    T::NEG_INFINITY
-                };
-                m = m.max(*sj);
-            }
-            let o = &mut tile[t * dd..(t + 1) * dd];
-            let mut l = T::ZERO;
-            for (j, &sj) in scores[..n_keys].iter().enumerate() {
-                if sj == T::NEG_INFINITY {
-                    continue; // another document
+        // Blocks of query rows: S = Q·Kᵀ by GEMM (only the keys a causal block can see), the
+        // masked softmax row by row, then O = P·V by GEMM.
+        let mut sb = vec![T::ZERO; ATTN_QBLOCK.min(tt) * tt];
+        for q0 in (0..tt).step_by(ATTN_QBLOCK) {
+            let q1 = (q0 + ATTN_QBLOCK).min(tt);
+            let kend = if s.causal { q1 } else { tt };
+            let rows = q1 - q0;
+            let sblk = &mut sb[..rows * kend];
+            gemm_strided(
+                rows,
+                kend,
+                dd,
+                sblk,
+                kend,
+                false,
+                &qb[q0 * dd..],
+                dd,
+                1,
+                &kb,
+                1,
+                dd,
+            );
+            for (r, row) in sblk.chunks_mut(kend).enumerate() {
+                let t = q0 + r;
+                let n_keys = if s.causal { t + 1 } else { tt };
+                let mut m = T::NEG_INFINITY;
+                for (j, sj) in row[..n_keys].iter_mut().enumerate() {
+                    *sj = if docs[j] == docs[t] {
+                        *sj * scale
+                    } else {
+                        T::NEG_INFINITY
+                    };
+                    m = m.max(*sj);
                 }
-                let p = (sj - m).exp();
-                l += p;
-                axpy(o, p, &vb[j * dd..(j + 1) * dd]);
+                let mut l = T::ZERO;
+                for sj in row[..n_keys].iter_mut() {
+                    // another document: probability 0
+                    *sj = if *sj == T::NEG_INFINITY {
+                        T::ZERO
+                    } else {
+                        (*sj - m).exp()
+                    };
+                    l += *sj;
+                }
+                let inv = T::ONE / l;
+                row[..n_keys].iter_mut().for_each(|p| *p *= inv);
+                row[n_keys..].fill(T::ZERO); // causal: keys after t
+                lse_bh[t] = m + l.ln();
             }
-            let inv = T::ONE / l;
-            o.iter_mut().for_each(|x| *x *= inv);
-            lse_bh[t] = m + l.ln();
+            gemm_strided(
+                rows,
+                dd,
+                kend,
+                &mut tile[q0 * dd..],
+                dd,
+                false,
+                sblk,
+                kend,
+                1,
+                &vb,
+                dd,
+                1,
+            );
         }
         lse_bh
     });
@@ -667,24 +707,55 @@ pub fn attention_bwd<T: Float>(
         let docs = &doc_ids[bi * tt..(bi + 1) * tt];
         let (dq_t, rest) = tile.split_at_mut(td);
         let (dk_t, dv_t) = rest.split_at_mut(td);
-        for t in 0..tt {
-            let o = ((bi * tt + t) * h + hi) * dd;
-            let (qt, dot_, ot) = (&q[o..o + dd], &dout[o..o + dd], &out[o..o + dd]);
-            let l = lse[bh * tt + t];
-            let delta = dot(dot_, ot);
-            let dqr = &mut dq_t[t * dd..(t + 1) * dd];
-            let n_keys = if s.causal { t + 1 } else { tt };
-            for j in 0..n_keys {
-                if docs[j] != docs[t] {
-                    continue;
+        let qb = gather_head(q, bi, hi, tt, h, dd);
+        let dob = gather_head(dout, bi, hi, tt, h, dd);
+        let ob = gather_head(out, bi, hi, tt, h, dd);
+        // Blocks of query rows: P from S = Q·Kᵀ and the saved lse, dP = dO·Vᵀ, dS = P ∘ (dP − δ)·scale
+        // (δ = rowsum(dO ∘ O)), then dQ = dS·K, dK += dSᵀ·Q, dV += Pᵀ·dO, all by GEMM.
+        let (mut pb, mut db) = (
+            vec![T::ZERO; ATTN_QBLOCK.min(tt) * tt],
+            vec![T::ZERO; ATTN_QBLOCK.min(tt) * tt],
+        );
+        for q0 in (0..tt).step_by(ATTN_QBLOCK) {
+            let q1 = (q0 + ATTN_QBLOCK).min(tt);
+            let kend = if s.causal { q1 } else { tt };
+            let rows = q1 - q0;
+            let (pblk, dblk) = (&mut pb[..rows * kend], &mut db[..rows * kend]);
+            let (qblk, doblk) = (&qb[q0 * dd..q1 * dd], &dob[q0 * dd..q1 * dd]);
+            gemm_strided(rows, kend, dd, pblk, kend, false, qblk, dd, 1, &kb, 1, dd);
+            gemm_strided(rows, kend, dd, dblk, kend, false, doblk, dd, 1, &vb, 1, dd);
+            for (r, (prow, drow)) in pblk.chunks_mut(kend).zip(dblk.chunks_mut(kend)).enumerate() {
+                let t = q0 + r;
+                let n_keys = if s.causal { t + 1 } else { tt };
+                let l = lse[bh * tt + t];
+                let delta = dot(&doblk[r * dd..(r + 1) * dd], &ob[t * dd..(t + 1) * dd]);
+                for j in 0..kend {
+                    if j < n_keys && docs[j] == docs[t] {
+                        let p = (prow[j] * scale - l).exp();
+                        prow[j] = p;
+                        drow[j] = p * (drow[j] - delta) * scale;
+                    } else {
+                        prow[j] = T::ZERO;
+                        drow[j] = T::ZERO;
+                    }
                 }
-                let (kj, vj) = (&kb[j * dd..(j + 1) * dd], &vb[j * dd..(j + 1) * dd]);
-                let p = (dot(qt, kj) * scale - l).exp();
-                let ds = p * (dot(dot_, vj) - delta) * scale;
-                axpy(dqr, ds, kj);
-                axpy(&mut dk_t[j * dd..(j + 1) * dd], ds, qt);
-                axpy(&mut dv_t[j * dd..(j + 1) * dd], p, dot_);
             }
+            gemm_strided(
+                rows,
+                dd,
+                kend,
+                &mut dq_t[q0 * dd..],
+                dd,
+                false,
+                dblk,
+                kend,
+                1,
+                &kb,
+                dd,
+                1,
+            );
+            gemm_strided(kend, dd, rows, dk_t, dd, true, dblk, 1, kend, qblk, dd, 1);
+            gemm_strided(kend, dd, rows, dv_t, dd, true, pblk, 1, kend, doblk, dd, 1);
         }
     });
     // dq: scatter [B, H, T, D] → [B, T, H, D]
