@@ -78,9 +78,9 @@ __device__ __forceinline__ float warp_dot_shared_bf16(const float* a, const bf16
 extern "C" __global__ void attention_fwd(bf16* out, float* lse, const bf16* q, const bf16* k,
                                          const bf16* v, const int* doc_ids, int B, int T, int H,
                                          int Hkv, int D, float scale, int causal) {
-    extern __shared__ float scores[];  // [T]: scores, then probabilities
-    __shared__ float qs[ATTN_MAX_D];
-    __shared__ float scratch[32];
+    KILN_DYNAMIC_SHARED(float, scores);  // [T]: scores, then probabilities
+    KILN_SHARED(float, qs, ATTN_MAX_D);
+    KILN_SHARED(float, scratch, 32);
     const size_t bid = blockIdx.x;  // (b·H + h)·T + t
     if (bid >= (size_t)B * H * T || D > ATTN_MAX_D) return;  // block-uniform
     const int t = (int)(bid % T);
@@ -151,10 +151,10 @@ extern "C" __global__ void attention_bwd_dq(bf16* dq, const bf16* dout, const bf
                                             const bf16* k, const bf16* v, const float* lse,
                                             const float* delta, const int* doc_ids, int B, int T,
                                             int H, int Hkv, int D, float scale, int causal) {
-    __shared__ float qs[ATTN_MAX_D];
-    __shared__ float dos[ATTN_MAX_D];
-    __shared__ float acc[ATTN_MAX_D];    // dq row; column d owned by thread d % blockDim.x
-    __shared__ float ds_chunk[ATTN_CHUNK];
+    KILN_SHARED(float, qs, ATTN_MAX_D);
+    KILN_SHARED(float, dos, ATTN_MAX_D);
+    KILN_SHARED(float, acc, ATTN_MAX_D);    // dq row; column d owned by thread d % blockDim.x
+    KILN_SHARED(float, ds_chunk, ATTN_CHUNK);
     const size_t bid = blockIdx.x;  // (b·H + h)·T + t
     if (bid >= (size_t)B * H * T || D > ATTN_MAX_D) return;  // block-uniform
     const int t = (int)(bid % T);
@@ -211,12 +211,12 @@ extern "C" __global__ void attention_bwd_dkdv(bf16* dk, bf16* dv, const bf16* do
                                               const float* lse, const float* delta,
                                               const int* doc_ids, int B, int T, int H, int Hkv,
                                               int D, float scale, int causal) {
-    __shared__ float ks[ATTN_MAX_D];
-    __shared__ float vs[ATTN_MAX_D];
-    __shared__ float dk_acc[ATTN_MAX_D];  // column d owned by thread d % blockDim.x
-    __shared__ float dv_acc[ATTN_MAX_D];
-    __shared__ float p_chunk[ATTN_CHUNK];
-    __shared__ float ds_chunk[ATTN_CHUNK];
+    KILN_SHARED(float, ks, ATTN_MAX_D);
+    KILN_SHARED(float, vs, ATTN_MAX_D);
+    KILN_SHARED(float, dk_acc, ATTN_MAX_D);  // column d owned by thread d % blockDim.x
+    KILN_SHARED(float, dv_acc, ATTN_MAX_D);
+    KILN_SHARED(float, p_chunk, ATTN_CHUNK);
+    KILN_SHARED(float, ds_chunk, ATTN_CHUNK);
     const size_t bid = blockIdx.x;  // (b·Hkv + g)·T + s
     if (bid >= (size_t)B * Hkv * T || D > ATTN_MAX_D) return;  // block-uniform
     const int s = (int)(bid % T);
@@ -287,9 +287,9 @@ extern "C" __global__ void attention_bwd_dkdv(bf16* dk, bf16* dv, const bf16* do
 extern "C" __global__ void attention_cached(bf16* out, const bf16* q, const bf16* k_cache,
                                             const bf16* v_cache, int B, int Tq, int H, int Hkv,
                                             int D, int max_len, int past, float scale) {
-    extern __shared__ float scores[];  // [past + Tq]
-    __shared__ float qs[ATTN_MAX_D];
-    __shared__ float scratch[32];
+    KILN_DYNAMIC_SHARED(float, scores);  // [past + Tq]
+    KILN_SHARED(float, qs, ATTN_MAX_D);
+    KILN_SHARED(float, scratch, 32);
     const size_t bid = blockIdx.x;  // (b·H + h)·Tq + i
     if (bid >= (size_t)B * H * Tq || D > ATTN_MAX_D || past + Tq > max_len) return;
     const int i = (int)(bid % Tq);

@@ -1,10 +1,10 @@
 // kernels/common.cuh — helpers shared by every kiln kernel file.
 //
 // Implements:
-//   bf16                      the storage type (__nv_bfloat16 from <cuda_bf16.h>)
+//   bf16                      the storage type (__nv_bfloat16: <cuda_bf16.h>, or the emulator's)
 //   load_bf16 / store_bf16    bf16 <-> float at an index (store rounds to nearest even)
 //   grid_stride_start/step    the first index and the stride of a 1-D grid-stride loop (size_t)
-//   warp_reduce_sum/max       butterfly reduction over a full warp with __shfl_xor_sync; every
+//   warp_reduce_sum/max       butterfly reduction over a full warp with shfl_xor; every
 //                             lane ends with the same, bitwise identical result
 //   block_reduce_sum/max      warp reductions, then one warp-level reduction of the per-warp
 //                             results read from shared scratch; every thread returns the same
@@ -17,13 +17,12 @@
 // array may be reused by consecutive calls (the leading __syncthreads protects it).
 #pragma once
 
-#include <cuda_bf16.h>
 #include <math.h>
 #include <stddef.h>
 
-typedef __nv_bfloat16 bf16;
+#include "intrinsics.cuh"  // every PTX / warp intrinsic (and <cuda_bf16.h> under nvcc)
 
-#define KILN_FULL_MASK 0xffffffffu
+typedef __nv_bfloat16 bf16;
 
 __device__ __forceinline__ float load_bf16(const bf16* p, size_t i) {
     return __bfloat162float(p[i]);
@@ -46,13 +45,13 @@ __device__ __forceinline__ size_t grid_stride_step() {
 // with the identical value.
 __device__ __forceinline__ float warp_reduce_sum(float v) {
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(KILN_FULL_MASK, v, o);
+    for (int o = 16; o > 0; o >>= 1) v += shfl_xor(v, o);
     return v;
 }
 
 __device__ __forceinline__ float warp_reduce_max(float v) {
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(KILN_FULL_MASK, v, o));
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, shfl_xor(v, o));
     return v;
 }
 

@@ -20,7 +20,7 @@
 extern "C" __global__ void cross_entropy_fused(bf16* logits, float* losses, const int* targets,
                                                const unsigned char* mask, int N, int V,
                                                float scale) {
-    __shared__ float scratch[32];
+    KILN_SHARED(float, scratch, 32);
     const int row = blockIdx.x;
     if (row >= N) return;  // block-uniform
     const size_t base = (size_t)row * V;

@@ -56,9 +56,9 @@ extern "C" __global__ void attention_decode_partial(float* part_m, float* part_l
                                                     const int* lens, int N, int H, int Hkv, int D,
                                                     int max_len, int chunk, int splits,
                                                     float scale) {
-    extern __shared__ float scores[];  // [chunk]
-    __shared__ float qs[DECODE_MAX_D];
-    __shared__ float scratch[32];
+    KILN_DYNAMIC_SHARED(float, scores);  // [chunk]
+    KILN_SHARED(float, qs, DECODE_MAX_D);
+    KILN_SHARED(float, scratch, 32);
     const int ih = blockIdx.x;
     const int split = blockIdx.y;
     if (ih >= N * H || split >= splits || D > DECODE_MAX_D) return;

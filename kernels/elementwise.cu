@@ -36,7 +36,7 @@ extern "C" __global__ void scale_bf16(bf16* x, float s, int n) {
 }
 
 extern "C" __global__ void sum_squares_f32(float* partials, const float* x, int n) {
-    __shared__ float scratch[32];
+    KILN_SHARED(float, scratch, 32);
     float acc = 0.0f;
     for (size_t i = grid_stride_start(); i < (size_t)n; i += grid_stride_step()) {
         acc += x[i] * x[i];

@@ -53,48 +53,6 @@ constexpr int kThreads = 128;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-    return (uint32_t)__cvta_generic_to_shared(p);
-}
-
-// 16-byte global → shared copy; `valid == false` writes zeros (src-size 0) and reads nothing.
-__device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool valid) {
-    const int n = valid ? 16 : 0;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)),
-                 "l"(src), "r"(n));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void cp_async_wait_all() {
-    asm volatile("cp.async.wait_all;\n" ::: "memory");
-}
-
-// Four 8×8 b16 matrices; lane l gives the row address of matrix l / 8.
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const bf16* p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_addr(p)));
-}
-__device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], const bf16* p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_addr(p)));
-}
-
-// c += a · b for one m16n8k16 tile (a row-major 16×16, b column-major 16×8, c fp32 16×8).
-__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
-                                    uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-        "{%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&v);
-}
-
 // Element offset of (row r, column col) in a swizzled [rows, D] tile; col a multiple of 8.
 template <int D>
 __device__ __forceinline__ int sw(int r, int col) {
@@ -148,12 +106,12 @@ __device__ __forceinline__ void acc_to_a(uint32_t (&a)[4], const float (&lo)[4],
 }
 
 __device__ __forceinline__ float quad_max(float v) {
-    v = fmaxf(v, __shfl_xor_sync(KILN_FULL_MASK, v, 1));
-    return fmaxf(v, __shfl_xor_sync(KILN_FULL_MASK, v, 2));
+    v = fmaxf(v, shfl_xor(v, 1));
+    return fmaxf(v, shfl_xor(v, 2));
 }
 __device__ __forceinline__ float quad_sum(float v) {
-    v += __shfl_xor_sync(KILN_FULL_MASK, v, 1);
-    return v + __shfl_xor_sync(KILN_FULL_MASK, v, 2);
+    v += shfl_xor(v, 1);
+    return v + shfl_xor(v, 2);
 }
 
 struct Meta {
@@ -187,7 +145,7 @@ __device__ void fwd(bf16* __restrict__ out, float* __restrict__ lse, const bf16*
                     const int* __restrict__ meta, int B, int T, int H, int Hkv, float scale,
                     int causal, int contiguous) {
     constexpr int BR = 64, BC = 64;
-    extern __shared__ __align__(128) unsigned char smem[];
+    KILN_DYNAMIC_SHARED(unsigned char, smem);
     bf16* qs = reinterpret_cast<bf16*>(smem);
     bf16* ks = qs + BR * D;
     bf16* vs = ks + BC * D;
@@ -241,8 +199,8 @@ __device__ void fwd(bf16* __restrict__ out, float* __restrict__ lse, const bf16*
             for (int np = 0; np < BC / 16; ++np) {
                 uint32_t bb[4];
                 frag_b_nk<D>(bb, ks, np * 16, kk * 16);
-                mma(s[2 * np], qf[kk], bb[0], bb[1]);
-                mma(s[2 * np + 1], qf[kk], bb[2], bb[3]);
+                mma_16816(s[2 * np], qf[kk], bb[0], bb[1]);
+                mma_16816(s[2 * np + 1], qf[kk], bb[2], bb[3]);
             }
         }
 
@@ -273,17 +231,17 @@ __device__ void fwd(bf16* __restrict__ out, float* __restrict__ lse, const bf16*
         // A row with nothing allowed so far keeps max −inf: exponentiate against 0 instead.
         const float base_a = mx_a == -INFINITY ? 0.0f : mx_a;
         const float base_b = mx_b == -INFINITY ? 0.0f : mx_b;
-        const float alpha_a = exp2f(m_a - base_a);
-        const float alpha_b = exp2f(m_b - base_b);
+        const float alpha_a = fast_exp2(m_a - base_a);
+        const float alpha_b = fast_exp2(m_b - base_b);
         m_a = mx_a;
         m_b = mx_b;
         float ps_a = 0.0f, ps_b = 0.0f;
 #pragma unroll
         for (int nt = 0; nt < BC / 8; ++nt) {
-            s[nt][0] = exp2f(s[nt][0] - base_a);
-            s[nt][1] = exp2f(s[nt][1] - base_a);
-            s[nt][2] = exp2f(s[nt][2] - base_b);
-            s[nt][3] = exp2f(s[nt][3] - base_b);
+            s[nt][0] = fast_exp2(s[nt][0] - base_a);
+            s[nt][1] = fast_exp2(s[nt][1] - base_a);
+            s[nt][2] = fast_exp2(s[nt][2] - base_b);
+            s[nt][3] = fast_exp2(s[nt][3] - base_b);
             ps_a += s[nt][0] + s[nt][1];
             ps_b += s[nt][2] + s[nt][3];
         }
@@ -304,8 +262,8 @@ __device__ void fwd(bf16* __restrict__ out, float* __restrict__ lse, const bf16*
             for (int dp = 0; dp < D / 16; ++dp) {
                 uint32_t bb[4];
                 frag_b_kn<D>(bb, vs, kk * 16, dp * 16);
-                mma(o[2 * dp], pa, bb[0], bb[1]);
-                mma(o[2 * dp + 1], pa, bb[2], bb[3]);
+                mma_16816(o[2 * dp], pa, bb[0], bb[1]);
+                mma_16816(o[2 * dp + 1], pa, bb[2], bb[3]);
             }
         }
     }
@@ -318,12 +276,10 @@ __device__ void fwd(bf16* __restrict__ out, float* __restrict__ lse, const bf16*
     for (int dt = 0; dt < D / 8; ++dt) {
         const int col = dt * 8 + (lane & 3) * 2;
         if (row_a < T) {
-            *reinterpret_cast<uint32_t*>(out + (((size_t)b * T + row_a) * H + h) * D + col) =
-                pack_bf16(o[dt][0] * inv_a, o[dt][1] * inv_a);
+            st_b32(out + (((size_t)b * T + row_a) * H + h) * D + col, pack_bf16(o[dt][0] * inv_a, o[dt][1] * inv_a));
         }
         if (row_b < T) {
-            *reinterpret_cast<uint32_t*>(out + (((size_t)b * T + row_b) * H + h) * D + col) =
-                pack_bf16(o[dt][2] * inv_b, o[dt][3] * inv_b);
+            st_b32(out + (((size_t)b * T + row_b) * H + h) * D + col, pack_bf16(o[dt][2] * inv_b, o[dt][3] * inv_b));
         }
     }
     if ((lane & 3) == 0) {
@@ -347,7 +303,7 @@ __device__ void bwd_dkdv(bf16* __restrict__ dk, bf16* __restrict__ dv, float* __
                          const int* __restrict__ meta, int B, int T, int H, int Hkv, float scale,
                          int causal, int contiguous, int accumulate_dq) {
     constexpr int BC = 64, BQ = 32;
-    extern __shared__ __align__(128) unsigned char smem[];
+    KILN_DYNAMIC_SHARED(unsigned char, smem);
     bf16* ks = reinterpret_cast<bf16*>(smem);
     bf16* vs = ks + BC * D;
     bf16* qs = vs + BC * D;
@@ -418,10 +374,10 @@ __device__ void bwd_dkdv(bf16* __restrict__ dk, bf16* __restrict__ dv, float* __
                     uint32_t bq[4], bd[4];
                     frag_b_nk<D>(bq, qs, np * 16, kk * 16);
                     frag_b_nk<D>(bd, dos, np * 16, kk * 16);
-                    mma(st[2 * np], ka, bq[0], bq[1]);
-                    mma(st[2 * np + 1], ka, bq[2], bq[3]);
-                    mma(dpt[2 * np], va, bd[0], bd[1]);
-                    mma(dpt[2 * np + 1], va, bd[2], bd[3]);
+                    mma_16816(st[2 * np], ka, bq[0], bq[1]);
+                    mma_16816(st[2 * np + 1], ka, bq[2], bq[3]);
+                    mma_16816(dpt[2 * np], va, bd[0], bd[1]);
+                    mma_16816(dpt[2 * np + 1], va, bd[2], bd[3]);
                 }
             }
 
@@ -441,7 +397,7 @@ __device__ void bwd_dkdv(bf16* __restrict__ dk, bf16* __restrict__ dv, float* __
                         const int kd = c < 2 ? kdoc_a : kdoc_b;
                         ok = query < T && key < T && (!causal || key <= query) && qdoc[qc] == kd;
                     }
-                    const float p = ok ? exp2f(st[nt][c] * sl2 - lse_s[qc]) : 0.0f;
+                    const float p = ok ? fast_exp2(st[nt][c] * sl2 - lse_s[qc]) : 0.0f;
                     st[nt][c] = p;
                     dpt[nt][c] = p * (dpt[nt][c] - delta_s[qc]);
                 }
@@ -458,10 +414,10 @@ __device__ void bwd_dkdv(bf16* __restrict__ dk, bf16* __restrict__ dv, float* __
                     uint32_t bd[4], bq[4];
                     frag_b_kn<D>(bd, dos, kk * 16, dp * 16);
                     frag_b_kn<D>(bq, qs, kk * 16, dp * 16);
-                    mma(dvacc[2 * dp], pa, bd[0], bd[1]);
-                    mma(dvacc[2 * dp + 1], pa, bd[2], bd[3]);
-                    mma(dkacc[2 * dp], dsa, bq[0], bq[1]);
-                    mma(dkacc[2 * dp + 1], dsa, bq[2], bq[3]);
+                    mma_16816(dvacc[2 * dp], pa, bd[0], bd[1]);
+                    mma_16816(dvacc[2 * dp + 1], pa, bd[2], bd[3]);
+                    mma_16816(dkacc[2 * dp], dsa, bq[0], bq[1]);
+                    mma_16816(dkacc[2 * dp + 1], dsa, bq[2], bq[3]);
                 }
             }
 
@@ -472,10 +428,8 @@ __device__ void bwd_dkdv(bf16* __restrict__ dk, bf16* __restrict__ dv, float* __
                 for (int nt = 0; nt < BQ / 8; ++nt) {
                     const int col = nt * 8 + (lane & 3) * 2;
                     const int r = warp * 16 + (lane >> 2);
-                    *reinterpret_cast<uint32_t*>(dst + r * kDsPitch + col) =
-                        pack_bf16(dpt[nt][0], dpt[nt][1]);
-                    *reinterpret_cast<uint32_t*>(dst + (r + 8) * kDsPitch + col) =
-                        pack_bf16(dpt[nt][2], dpt[nt][3]);
+                    st_b32(dst + r * kDsPitch + col, pack_bf16(dpt[nt][0], dpt[nt][1]));
+                    st_b32(dst + (r + 8) * kDsPitch + col, pack_bf16(dpt[nt][2], dpt[nt][3]));
                 }
                 __syncthreads();
                 const int mt = warp & 1;
@@ -492,8 +446,8 @@ __device__ void bwd_dkdv(bf16* __restrict__ dk, bf16* __restrict__ dv, float* __
                     for (int dp = 0; dp < D / 32; ++dp) {
                         uint32_t bk[4];
                         frag_b_kn<D>(bk, ks, kk * 16, dh * (D / 2) + dp * 16);
-                        mma(dqa[2 * dp], a, bk[0], bk[1]);
-                        mma(dqa[2 * dp + 1], a, bk[2], bk[3]);
+                        mma_16816(dqa[2 * dp], a, bk[0], bk[1]);
+                        mma_16816(dqa[2 * dp + 1], a, bk[2], bk[3]);
                     }
                 }
                 const int qa = qq0 + mt * 16 + (lane >> 2);
@@ -503,13 +457,13 @@ __device__ void bwd_dkdv(bf16* __restrict__ dk, bf16* __restrict__ dv, float* __
                     const int col = dh * (D / 2) + nt * 8 + (lane & 3) * 2;
                     if (qa < T) {
                         float* p = dq_acc + (((size_t)b * T + qa) * H + h) * D + col;
-                        atomicAdd(p, dqa[nt][0] * scale);
-                        atomicAdd(p + 1, dqa[nt][1] * scale);
+                        atomic_add(p, dqa[nt][0] * scale);
+                        atomic_add(p + 1, dqa[nt][1] * scale);
                     }
                     if (qb < T) {
                         float* p = dq_acc + (((size_t)b * T + qb) * H + h) * D + col;
-                        atomicAdd(p, dqa[nt][2] * scale);
-                        atomicAdd(p + 1, dqa[nt][3] * scale);
+                        atomic_add(p, dqa[nt][2] * scale);
+                        atomic_add(p + 1, dqa[nt][3] * scale);
                     }
                 }
             }
@@ -521,15 +475,13 @@ __device__ void bwd_dkdv(bf16* __restrict__ dk, bf16* __restrict__ dv, float* __
         const int col = dt * 8 + (lane & 3) * 2;
         if (key_a < T) {
             const size_t off = (((size_t)b * T + key_a) * Hkv + g) * D + col;
-            *reinterpret_cast<uint32_t*>(dk + off) =
-                pack_bf16(dkacc[dt][0] * scale, dkacc[dt][1] * scale);
-            *reinterpret_cast<uint32_t*>(dv + off) = pack_bf16(dvacc[dt][0], dvacc[dt][1]);
+            st_b32(dk + off, pack_bf16(dkacc[dt][0] * scale, dkacc[dt][1] * scale));
+            st_b32(dv + off, pack_bf16(dvacc[dt][0], dvacc[dt][1]));
         }
         if (key_b < T) {
             const size_t off = (((size_t)b * T + key_b) * Hkv + g) * D + col;
-            *reinterpret_cast<uint32_t*>(dk + off) =
-                pack_bf16(dkacc[dt][2] * scale, dkacc[dt][3] * scale);
-            *reinterpret_cast<uint32_t*>(dv + off) = pack_bf16(dvacc[dt][2], dvacc[dt][3]);
+            st_b32(dk + off, pack_bf16(dkacc[dt][2] * scale, dkacc[dt][3] * scale));
+            st_b32(dv + off, pack_bf16(dvacc[dt][2], dvacc[dt][3]));
         }
     }
 }
@@ -545,7 +497,7 @@ __device__ void bwd_dq(bf16* __restrict__ dq, const bf16* __restrict__ dout,
                        const float* __restrict__ delta, const int* __restrict__ meta, int B,
                        int T, int H, int Hkv, float scale, int causal, int contiguous) {
     constexpr int BR = 64, BC = 32;
-    extern __shared__ __align__(128) unsigned char smem[];
+    KILN_DYNAMIC_SHARED(unsigned char, smem);
     bf16* qs = reinterpret_cast<bf16*>(smem);
     bf16* dos = qs + BR * D;
     bf16* ks = dos + BR * D;
@@ -607,10 +559,10 @@ __device__ void bwd_dq(bf16* __restrict__ dq, const bf16* __restrict__ dout,
                 uint32_t bk[4], bv[4];
                 frag_b_nk<D>(bk, ks, np * 16, kk * 16);
                 frag_b_nk<D>(bv, vs, np * 16, kk * 16);
-                mma(s[2 * np], qa, bk[0], bk[1]);
-                mma(s[2 * np + 1], qa, bk[2], bk[3]);
-                mma(dp[2 * np], da, bv[0], bv[1]);
-                mma(dp[2 * np + 1], da, bv[2], bv[3]);
+                mma_16816(s[2 * np], qa, bk[0], bk[1]);
+                mma_16816(s[2 * np + 1], qa, bk[2], bk[3]);
+                mma_16816(dp[2 * np], da, bv[0], bv[1]);
+                mma_16816(dp[2 * np + 1], da, bv[2], bv[3]);
             }
         }
         const int k_last = min(k0 + BC, T) - 1;
@@ -628,7 +580,7 @@ __device__ void bwd_dq(bf16* __restrict__ dq, const bf16* __restrict__ dout,
                     const int rd = c < 2 ? doc_a : doc_b;
                     ok = key < T && (!causal || key <= row) && kdoc[kc] == rd;
                 }
-                const float p = ok ? exp2f(s[nt][c] * sl2 - (c < 2 ? lse_a : lse_b)) : 0.0f;
+                const float p = ok ? fast_exp2(s[nt][c] * sl2 - (c < 2 ? lse_a : lse_b)) : 0.0f;
                 s[nt][c] = p * (dp[nt][c] - (c < 2 ? del_a : del_b));  // dS
             }
         }
@@ -640,8 +592,8 @@ __device__ void bwd_dq(bf16* __restrict__ dq, const bf16* __restrict__ dout,
             for (int dp2 = 0; dp2 < D / 16; ++dp2) {
                 uint32_t bk[4];
                 frag_b_kn<D>(bk, ks, kk * 16, dp2 * 16);
-                mma(dqa[2 * dp2], a, bk[0], bk[1]);
-                mma(dqa[2 * dp2 + 1], a, bk[2], bk[3]);
+                mma_16816(dqa[2 * dp2], a, bk[0], bk[1]);
+                mma_16816(dqa[2 * dp2 + 1], a, bk[2], bk[3]);
             }
         }
     }
@@ -650,12 +602,10 @@ __device__ void bwd_dq(bf16* __restrict__ dq, const bf16* __restrict__ dout,
     for (int dt = 0; dt < D / 8; ++dt) {
         const int col = dt * 8 + (lane & 3) * 2;
         if (row_a < T) {
-            *reinterpret_cast<uint32_t*>(dq + (((size_t)b * T + row_a) * H + h) * D + col) =
-                pack_bf16(dqa[dt][0] * scale, dqa[dt][1] * scale);
+            st_b32(dq + (((size_t)b * T + row_a) * H + h) * D + col, pack_bf16(dqa[dt][0] * scale, dqa[dt][1] * scale));
         }
         if (row_b < T) {
-            *reinterpret_cast<uint32_t*>(dq + (((size_t)b * T + row_b) * H + h) * D + col) =
-                pack_bf16(dqa[dt][2] * scale, dqa[dt][3] * scale);
+            st_b32(dq + (((size_t)b * T + row_b) * H + h) * D + col, pack_bf16(dqa[dt][2] * scale, dqa[dt][3] * scale));
         }
     }
 }
@@ -708,8 +658,8 @@ extern "C" __global__ void flash_bwd_pre(float* delta, float* dq_acc, const bf16
     const size_t off = row * D;
     float acc = 0.0f;
     for (int d = 2 * lane; d < D; d += 64) {
-        const __nv_bfloat162 a = *reinterpret_cast<const __nv_bfloat162*>(dout + off + d);
-        const __nv_bfloat162 o = *reinterpret_cast<const __nv_bfloat162*>(out + off + d);
+        const __nv_bfloat162 a = ld_bf16x2(dout + off + d);
+        const __nv_bfloat162 o = ld_bf16x2(out + off + d);
         acc += __bfloat162float(a.x) * __bfloat162float(o.x) +
                __bfloat162float(a.y) * __bfloat162float(o.y);
         if (zero_dq) {

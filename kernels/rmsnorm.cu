@@ -25,7 +25,7 @@
 
 extern "C" __global__ void rmsnorm_fwd(bf16* out, float* rstd, const bf16* x, const bf16* w,
                                        int N, int d, float eps) {
-    __shared__ float scratch[32];
+    KILN_SHARED(float, scratch, 32);
     const int row = blockIdx.x;
     if (row >= N) return;  // block-uniform
     const size_t base = (size_t)row * d;
@@ -48,7 +48,7 @@ extern "C" __global__ void rmsnorm_fwd(bf16* out, float* rstd, const bf16* x, co
 extern "C" __global__ void rmsnorm_bwd(bf16* dx, float* dw_partial, const bf16* dout,
                                        const bf16* x, const bf16* w, const float* rstd, int N,
                                        int d, int rows_per_block) {
-    __shared__ float scratch[32];
+    KILN_SHARED(float, scratch, 32);
     const size_t part = (size_t)blockIdx.x * d;
     // Each thread owns columns j ≡ threadIdx.x (mod blockDim.x) of this block's partial row, so
     // the read-modify-writes below never race.

@@ -399,7 +399,7 @@ fn bench_generate(a: BenchArgs) -> Result<()> {
 
 type GenBench = (String, f64, Vec<crate::bench::GenBenchRow>);
 
-#[cfg(feature = "cuda")]
+#[cfg(any(feature = "cuda", feature = "cuda-emu"))]
 fn bench_generate_cuda(
     mcfg: &crate::model::ModelConfig,
     batches: &[usize],
@@ -411,7 +411,7 @@ fn bench_generate_cuda(
     Ok((crate::backend::Backend::name(&be), copy, rows))
 }
 
-#[cfg(not(feature = "cuda"))]
+#[cfg(not(any(feature = "cuda", feature = "cuda-emu")))]
 fn bench_generate_cuda(
     _: &crate::model::ModelConfig,
     _: &[usize],
@@ -457,7 +457,7 @@ fn bench_attention(a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-#[cfg(feature = "cuda")]
+#[cfg(any(feature = "cuda", feature = "cuda-emu"))]
 fn bench_attention_cuda(
     tokens: usize,
     seqs: &[usize],
@@ -469,7 +469,7 @@ fn bench_attention_cuda(
     Ok((crate::backend::Backend::name(&be), rows))
 }
 
-#[cfg(not(feature = "cuda"))]
+#[cfg(not(any(feature = "cuda", feature = "cuda-emu")))]
 fn bench_attention_cuda(
     _: usize,
     _: &[usize],
@@ -479,13 +479,13 @@ fn bench_attention_cuda(
     bail!(NO_CUDA)
 }
 
-#[cfg(feature = "cuda")]
+#[cfg(any(feature = "cuda", feature = "cuda-emu"))]
 fn bench_cuda(shape: crate::bench::BenchShape, iters: usize) -> Result<crate::bench::BenchReport> {
     let be = crate::backend::cuda::CudaBackend::new(0).map_err(|e| anyhow::anyhow!(e))?;
     Ok(crate::bench::run(&be, shape, iters))
 }
 
-#[cfg(not(feature = "cuda"))]
+#[cfg(not(any(feature = "cuda", feature = "cuda-emu")))]
 fn bench_cuda(_: crate::bench::BenchShape, _: usize) -> Result<crate::bench::BenchReport> {
     bail!(NO_CUDA)
 }
@@ -606,7 +606,7 @@ fn train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-#[cfg(feature = "cuda")]
+#[cfg(any(feature = "cuda", feature = "cuda-emu"))]
 fn train_cuda(
     cfg: &Config,
     resume: Option<Resume>,
@@ -647,16 +647,22 @@ fn train_cuda(
     let peak = be.peak_bf16_flops();
     match env {
         None => crate::train::trainer::train(&be, cfg, resume, until, peak),
+        #[cfg(feature = "cuda")]
         Some(e) => {
             let comm = crate::dist::nccl::NcclComm::join(&be, e, cfg.train.comm_timeout_s)?;
             prepare_data(cfg)?;
             crate::dist::Communicator::<crate::backend::cuda::CudaBackend>::barrier(&comm)?;
             crate::train::trainer::train_dist(&be, cfg, resume, until, peak, Some(&comm))
         }
+        #[cfg(not(feature = "cuda"))]
+        Some(_) => {
+            let _ = prepare_data;
+            bail!("data-parallel CUDA training needs NCCL, which the CUDA emulator does not have (build with --features cuda on a GPU machine)")
+        }
     }
 }
 
-#[cfg(not(feature = "cuda"))]
+#[cfg(not(any(feature = "cuda", feature = "cuda-emu")))]
 fn train_cuda(
     _: &Config,
     _: Option<Resume>,
@@ -865,7 +871,7 @@ fn synth_on<B: crate::backend::Backend>(
     crate::synth::synthesize(&mut engine, &m.tok, opts)
 }
 
-#[cfg(feature = "cuda")]
+#[cfg(any(feature = "cuda", feature = "cuda-emu"))]
 fn synth_cuda(
     m: GenerationModel,
     limits: crate::model::batched::GenLimits,
@@ -876,7 +882,7 @@ fn synth_cuda(
     synth_on(&be, m, limits, opts)
 }
 
-#[cfg(not(feature = "cuda"))]
+#[cfg(not(any(feature = "cuda", feature = "cuda-emu")))]
 fn synth_cuda(
     _: GenerationModel,
     _: crate::model::batched::GenLimits,

@@ -2,7 +2,7 @@
 //! Every test skips with a visible message when no CUDA device is usable, and fails instead when
 //! `KILN_REQUIRE_CUDA=1` (scripts/gpu-test.sh sets it). Bounds: bf16 storage, so relative error
 //! ‖gpu − cpu‖ / ‖cpu‖ below 1e-2 (3e-2 for whole-model gradients), per DESIGN.md §4.
-#![cfg(feature = "cuda")]
+#![cfg(any(feature = "cuda", feature = "cuda-emu"))]
 
 mod common;
 

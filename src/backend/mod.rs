@@ -15,7 +15,7 @@
 //! This trait is not a general tensor library: add an operation only when the model needs one.
 
 pub mod cpu;
-#[cfg(feature = "cuda")]
+#[cfg(any(feature = "cuda", feature = "cuda-emu"))]
 pub mod cuda;
 
 /// Shape of one attention call.

@@ -6,19 +6,22 @@
 //! per-token integer inputs arrive as host slices and go through a grow-only device scratch, so
 //! a steady-state step allocates no device memory for them.
 //!
+//! Every call into the device goes through [`device`]: cudarc on a GPU (`cuda` feature), or
+//! kiln's CUDA emulator on the CPU (`cuda-emu`), so this same code runs in CI without a GPU.
+//!
 //! CUDA errors are programming or environment errors, not user input: they panic with the
 //! operation's name. Start-up problems (no driver, no device, missing libraries) come back from
 //! [`CudaBackend::new`] as one-line errors.
 
+pub mod device;
 mod gemm;
 
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig,
-    PushKernelArg,
+use device::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut,
+    LaunchArgs, LaunchConfig, PushKernelArg,
 };
-use cudarc::nvrtc::Ptx;
 use half::bf16;
 
 use super::{AdamW, AttnShape, Backend, BufKind};
@@ -40,6 +43,7 @@ pub struct CudaBuf {
 
 impl CudaBuf {
     /// The fp32 and bf16 storage, where the buffer has them (communicators reduce both in place).
+    #[cfg(feature = "cuda")]
     pub(crate) fn storages_mut(
         &mut self,
     ) -> (Option<&mut CudaSlice<f32>>, Option<&mut CudaSlice<bf16>>) {
@@ -208,21 +212,7 @@ pub fn flash_meta(doc_ids: &[u32], batch: usize, seq: usize) -> (Vec<u32>, bool)
     (meta, contiguous)
 }
 
-/// The CUDA libraries kiln loads at run time that cannot be found (scripts/cuda-env.sh puts them
-/// on LD_LIBRARY_PATH).
-pub fn missing_libraries() -> Vec<&'static str> {
-    let mut missing = Vec::new();
-    // SAFETY: these only try to dlopen the libraries by name; nothing is called.
-    unsafe {
-        if !cudarc::driver::sys::is_culib_present() {
-            missing.push("libcuda (the NVIDIA driver)");
-        }
-        if !cudarc::cublaslt::sys::is_culib_present() {
-            missing.push("libcublasLt");
-        }
-    }
-    missing
-}
+pub use device::missing_libraries;
 
 impl CudaBackend {
     /// Open device `ordinal`, load every kernel and cuBLASLt. Errors are one line.
@@ -236,9 +226,8 @@ impl CudaBackend {
         }
         let ctx = CudaContext::new(ordinal).map_err(|e| format!("CUDA device {ordinal}: {e:?} (is the NVIDIA driver installed, and does the device exist?)"))?;
         let stream = ctx.default_stream();
-        let load = |name: &str, bin: &[u8]| {
-            ctx.load_module(Ptx::from_binary(bin.to_vec()))
-                .map_err(|e| format!("loading kernels/{name}.cu: {e:?}"))
+        let load = |name: &str, file: device::KernelFile| {
+            device::load_module(&ctx, file).map_err(|e| format!("loading kernels/{name}.cu: {e}"))
         };
         let rmsnorm = load("rmsnorm", fatbins::RMSNORM)?;
         let rope = load("rope", fatbins::ROPE)?;
@@ -250,7 +239,7 @@ impl CudaBackend {
         let attn = load("attention", fatbins::ATTENTION)?;
         let flash = load("flash_attention", fatbins::FLASH_ATTENTION)?;
         let decode = load("decode", fatbins::DECODE)?;
-        let f = |m: &Arc<cudarc::driver::CudaModule>, name: &str| {
+        let f = |m: &Arc<CudaModule>, name: &str| {
             m.load_function(name)
                 .map_err(|e| format!("kernel {name}: {e:?}"))
         };
@@ -297,11 +286,9 @@ impl CudaBackend {
             (&k.flash_bwd_dq, FlashKernel::Dq),
         ] {
             for (func, d) in funcs.iter().zip(FLASH_HEAD_DIMS) {
-                func.set_attribute(
-                    cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    flash_smem(kind, d) as i32,
-                )
-                .map_err(|e| format!("flash attention (head dim {d}): cannot reserve shared memory: {e:?}"))?;
+                device::set_max_dynamic_shared(func, flash_smem(kind, d)).map_err(|e| {
+                    format!("flash attention (head dim {d}): cannot reserve shared memory: {e}")
+                })?;
             }
         }
         let gemm = Gemm::new(stream.clone())?;
@@ -350,11 +337,13 @@ impl CudaBackend {
     }
 
     /// The device's context (communicators create their streams in it).
+    #[cfg(feature = "cuda")]
     pub(crate) fn context(&self) -> &Arc<CudaContext> {
         &self.ctx
     }
 
     /// The compute stream every kernel of this backend runs on.
+    #[cfg(feature = "cuda")]
     pub(crate) fn compute_stream(&self) -> &Arc<CudaStream> {
         &self.stream
     }
@@ -385,7 +374,7 @@ impl CudaBackend {
         what: &str,
         f: &'a CudaFunction,
         cfg: LaunchConfig,
-        push: impl FnOnce(&mut cudarc::driver::LaunchArgs<'a>),
+        push: impl FnOnce(&mut LaunchArgs<'a>),
     ) {
         let mut b = self.stream.launch_builder(f);
         push(&mut b);
@@ -707,7 +696,7 @@ impl Backend for CudaBackend {
             "matmul shapes"
         );
         let (py, _sy) = y.h_mut().device_ptr_mut(&self.stream);
-        self.gemm_run(&Gemm::forward(m, k, n), w.h(), x.h(), py);
+        self.gemm_run(&gemm::Problem::forward(m, k, n), w.h(), x.h(), py);
     }
 
     /// cuBLASLt picks its algorithm by shape, so on the GPU this is the ordinary GEMM and a row's
@@ -739,7 +728,12 @@ impl Backend for CudaBackend {
             "matmul_dx shapes"
         );
         let (pd, _sd) = dx.h_mut().device_ptr_mut(&self.stream);
-        self.gemm_run(&Gemm::input_grad(m, k, n, accumulate), w.h(), dy.h(), pd);
+        self.gemm_run(
+            &gemm::Problem::input_grad(m, k, n, accumulate),
+            w.h(),
+            dy.h(),
+            pd,
+        );
     }
 
     fn matmul_dw(&self, dw: &mut CudaBuf, dy: &CudaBuf, x: &CudaBuf, m: usize, k: usize, n: usize) {
@@ -748,7 +742,7 @@ impl Backend for CudaBackend {
             "matmul_dw shapes"
         );
         let (pd, _sd) = dw.f_mut().device_ptr_mut(&self.stream);
-        self.gemm_run(&Gemm::weight_grad(m, k, n), x.h(), dy.h(), pd);
+        self.gemm_run(&gemm::Problem::weight_grad(m, k, n), x.h(), dy.h(), pd);
     }
 
     fn embedding(&self, out: &mut CudaBuf, table: &CudaBuf, ids: &[u32], d: usize) {
