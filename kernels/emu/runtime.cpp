@@ -232,6 +232,7 @@ struct WarpState {
     int line = 0;
     uint32_t mask = 0;
     uint32_t arrived = 0;
+    uint32_t exited = 0;  // lanes that returned from the kernel
 };
 
 struct SharedAlloc {
@@ -346,7 +347,8 @@ void syncthreads(const char* file, int line) {
               "never complete",
               b.exited);
     }
-    if (b.at_barrier > 0 && (b.bar_line != line || strcmp(b.bar_file, file) != 0)) {
+    if (b.at_barrier > 0 &&
+        (b.bar_line != line || (b.bar_file != file && strcmp(b.bar_file, file) != 0))) {
         fault(file, line, "threads of one block wait at different __syncthreads (%s:%d and here)",
               base_name(b.bar_file), b.bar_line);
     }
@@ -399,7 +401,8 @@ void warp_collective(const CollectiveOp& op, uint32_t mask, const void* in, void
     }
     WarpState& w = b.warps[warp];
     if (w.active) {
-        if (w.op != &op || w.line != line || strcmp(w.file, file) != 0 || w.mask != mask) {
+        if (w.op != &op || w.line != line || w.mask != mask ||
+            (w.file != file && strcmp(w.file, file) != 0)) {
             fault(file, line,
                   "lanes of warp %d at different collectives: %s at %s:%d (mask 0x%08x) and %s "
                   "here (mask 0x%08x)",
@@ -407,6 +410,11 @@ void warp_collective(const CollectiveOp& op, uint32_t mask, const void* in, void
                   collective_name(&op), mask);
         }
     } else {
+        // A lane of the mask that already exited can never arrive.
+        if (mask & w.exited) {
+            fault(file, line, "%s: lane %d of the mask has exited", collective_name(&op),
+                  __builtin_ctz(mask & w.exited));
+        }
         w.active = true;
         w.op = &op;
         w.file = file;
@@ -414,33 +422,24 @@ void warp_collective(const CollectiveOp& op, uint32_t mask, const void* in, void
         w.mask = mask;
         w.arrived = 0;
     }
-    // A lane of the mask that already exited can never arrive.
-    for (int l = 0; l < 32; ++l) {
-        if ((mask >> l & 1) && (*b.fibers)[warp * 32 + l].state == State::Exited) {
-            fault(file, line, "%s: lane %d of the mask has exited", collective_name(&op), l);
-        }
-    }
     f.cin = in;
     f.cout = out;
     w.arrived |= 1u << lane;
     if (w.arrived == mask) {
         const void* ins[32] = {};
         void* outs[32] = {};
-        for (int l = 0; l < 32; ++l) {
-            if (mask >> l & 1) {
-                Fiber& g = (*b.fibers)[warp * 32 + l];
-                ins[l] = g.cin;
-                outs[l] = g.cout;
-            }
+        Fiber* lanes = b.fibers->data() + warp * 32;
+        for (uint32_t m = mask; m; m &= m - 1) {
+            const int l = __builtin_ctz(m);
+            ins[l] = lanes[l].cin;
+            outs[l] = lanes[l].cout;
         }
         w.active = false;
         op.compute(op.variant, ins, outs, mask, file, line);
-        for (int l = 0; l < 32; ++l) {
-            if ((mask >> l & 1) && l != lane) {
-                Fiber& g = (*b.fibers)[warp * 32 + l];
-                g.state = State::Ready;
-                set_ready(b, g.tid);
-            }
+        for (uint32_t m = mask & ~(1u << lane); m; m &= m - 1) {
+            const int l = __builtin_ctz(m);
+            lanes[l].state = State::Ready;
+            set_ready(b, warp * 32 + l);
         }
         return;
     }
@@ -678,6 +677,7 @@ extern "C" void kiln_emu_fiber_start() {
     }
     const int warp = f->tid >> 5;
     WarpState& w = b->warps[warp];
+    w.exited |= 1u << (f->tid & 31);
     if (!b->aborted && w.active && (w.mask >> (f->tid & 31) & 1)) {
         record_error(*b->launch, std::string(b->launch->kernel->name) + ": " + coords_str() +
                                      " exited while its warp waits for it at " +

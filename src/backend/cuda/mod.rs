@@ -28,8 +28,9 @@ use super::{AdamW, AttnShape, Backend, BufKind};
 pub use crate::config::AttentionKernel;
 use gemm::Gemm;
 
-/// The fatbins built from `kernels/*.cu`.
-mod fatbins {
+/// The compiled `kernels/*.cu`, one constant per file: fatbins (`cuda`) or the emulator's kernel
+/// tables (`cuda-emu`), for `device::load_module`.
+pub mod kernel_files {
     include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 }
 
@@ -229,16 +230,16 @@ impl CudaBackend {
         let load = |name: &str, file: device::KernelFile| {
             device::load_module(&ctx, file).map_err(|e| format!("loading kernels/{name}.cu: {e}"))
         };
-        let rmsnorm = load("rmsnorm", fatbins::RMSNORM)?;
-        let rope = load("rope", fatbins::ROPE)?;
-        let swiglu = load("swiglu", fatbins::SWIGLU)?;
-        let embedding = load("embedding", fatbins::EMBEDDING)?;
-        let ce = load("cross_entropy", fatbins::CROSS_ENTROPY)?;
-        let adamw = load("adamw", fatbins::ADAMW)?;
-        let ew = load("elementwise", fatbins::ELEMENTWISE)?;
-        let attn = load("attention", fatbins::ATTENTION)?;
-        let flash = load("flash_attention", fatbins::FLASH_ATTENTION)?;
-        let decode = load("decode", fatbins::DECODE)?;
+        let rmsnorm = load("rmsnorm", kernel_files::RMSNORM)?;
+        let rope = load("rope", kernel_files::ROPE)?;
+        let swiglu = load("swiglu", kernel_files::SWIGLU)?;
+        let embedding = load("embedding", kernel_files::EMBEDDING)?;
+        let ce = load("cross_entropy", kernel_files::CROSS_ENTROPY)?;
+        let adamw = load("adamw", kernel_files::ADAMW)?;
+        let ew = load("elementwise", kernel_files::ELEMENTWISE)?;
+        let attn = load("attention", kernel_files::ATTENTION)?;
+        let flash = load("flash_attention", kernel_files::FLASH_ATTENTION)?;
+        let decode = load("decode", kernel_files::DECODE)?;
         let f = |m: &Arc<CudaModule>, name: &str| {
             m.load_function(name)
                 .map_err(|e| format!("kernel {name}: {e:?}"))
