@@ -1,63 +1,113 @@
 #!/usr/bin/env bash
-# Every GPU check of one sitting on the device machine, in one call, logs under OUT.
+# Every GPU check of one sitting, in one device call of about 6 minutes, logs under OUT.
 #
-#   scripts/gpu-session.sh OUT [kiln binary] [cuda test binary]
-#   STEPS="cuda-tests compare-attention" scripts/gpu-session.sh OUT     # a subset
+#   scripts/gpu-prepare.sh                       # here: binaries and data/world, prints the carry list
+#   scripts/gpu-session.sh OUT                   # on the GPU machine (no Rust, no network)
+#   STEPS="cuda-tests train-flash" scripts/gpu-session.sh OUT      # a subset
+#   scripts/gpu-session.sh --emulated OUT        # dry run here on the CUDA emulator (after
+#                                                # scripts/gpu-prepare.sh --emulated)
 #
-# All steps together may take up to 26 minutes: a device call is limited to 10, so split them over
-# three calls with STEPS (e.g. "nvidia-smi compare-ops cuda-tests", "compare-attention
-# compare-generate", then the training steps).
-# Defaults: .device/kiln and .device/cuda-tests (built and stripped on a machine with Rust; see
-# docs/CUDA.md). Each step runs under its own time limit and the script goes on when one fails;
-# OUT/summary.txt lists every step with its exit status and seconds. Steps, in order of value:
-#   1. nvidia-smi and the ceilings (copy GB/s, torch.matmul TFLOP/s) with every op vs PyTorch
-#   2. the CUDA test binary (KILN_REQUIRE_CUDA=1: a missing device fails)
-#   3. flash attention vs SDPA (kiln bench attention and compare_torch.py --attention), and
-#      batched generation of a Mistral-7B-shaped model vs transformers (compare_generate.py)
-#   4. training on the GPU: the tiny run with flash and with reference attention, and the same
-#      run launched through NCCL at world size 1 (its throughput against the plain run)
+# Steps, in order of value, each under its own time limit and all under one budget
+# (BUDGET_S, default 330 s: a step that cannot start with 15 s left is skipped and says so);
+# the script goes on when a step fails, and OUT/summary.txt lists every step with its exit
+# status and seconds:
+#   1. nvidia-smi; the ceilings (copy GB/s, torch.matmul bf16 TFLOP/s) with every op vs PyTorch
+#   2. the CUDA tests (KILN_REQUIRE_CUDA=1: a missing device fails; every test and every flash
+#      case reports, the harness lists all failures at the end), including 50 training steps
+#      against the CPU's loss curve
+#   3. training the embedded default's data on the GPU with flash attention (tokens/s, MFU)
+#   4. flash attention vs SDPA at the Llama-3-8B head shape (D 128, T up to 4096, causal and
+#      packed documents)
+#   5. the same training through `kiln launch` and NCCL at world size 1, and with reference attention
+#   6. batched generation of a Mistral-7B-shaped model vs transformers
+# Data: data/world is carried (gpu-prepare.sh builds it); the script refuses to start without it
+# rather than rebuild it there.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-out=${1:?usage: scripts/gpu-session.sh OUT [kiln] [cuda-tests]}
-kiln=${2:-.device/kiln}
-tests=${3:-.device/cuda-tests}
+emulated=0
+if [ "${1:-}" = "--emulated" ]; then
+  emulated=1
+  shift
+fi
+out=${1:?usage: scripts/gpu-session.sh [--emulated] OUT [kiln] [cuda-tests]}
+dev=.device
+[ $emulated = 1 ] && dev=.device-emu
+kiln=${2:-$dev/kiln}
+tests=${3:-$dev/cuda-tests}
 py=${PYTHON:-/opt/torch/.venv/bin/python}
+budget=${BUDGET_S:-330}
 mkdir -p "$out"
 summary="$out/summary.txt"
 : >"$summary"
+for f in "$kiln" "$tests" data/world/tokenizer.json; do
+  [ -e "$f" ] || { echo "gpu-session: $f is missing (run scripts/gpu-prepare.sh$([ $emulated = 1 ] && echo ' --emulated') and carry its output)" | tee -a "$summary" >&2; exit 2; }
+done
 
-want=" ${STEPS:-nvidia-smi compare-ops cuda-tests compare-attention compare-generate train-flash train-reference launch-nccl-1} "
+want=" ${STEPS:-nvidia-smi compare-ops cuda-tests train-flash compare-attention launch-nccl-1 train-reference compare-generate} "
+start=$SECONDS
 
 step() { # step NAME LIMIT_S CMD...
   local name=$1 limit=$2
   shift 2
   [[ "$want" == *" $name "* ]] || return 0
+  local left=$((budget - (SECONDS - start)))
+  if [ "$left" -lt 15 ]; then
+    printf '%-20s skipped: %ss of the %ss budget left\n' "$name" "$left" "$budget" | tee -a "$summary"
+    return 0
+  fi
+  [ "$limit" -gt "$left" ] && limit=$left
   local t0=$SECONDS
-  echo "== $name" | tee -a "$out/session.log"
+  echo "== $name (limit ${limit}s)" | tee -a "$out/session.log"
   timeout "$limit" "$@" >"$out/$name.log" 2>&1
   local rc=$?
-  printf '%-28s rc=%-4s %5ss\n' "$name" "$rc" "$((SECONDS - t0))" | tee -a "$summary"
+  local note=""
+  [ $rc = 124 ] && note=" (time limit)"
+  [ $rc != 0 ] && note="$note: $(grep -m1 -E 'error|panicked|FAILED|Error' "$out/$name.log" | cut -c1-160)"
+  printf '%-20s rc=%-4s %5ss%s\n' "$name" "$rc" "$((SECONDS - t0))" "$note" | tee -a "$summary"
 }
+skip() { printf '%-20s skipped: %s\n' "$1" "$2" | tee -a "$summary"; }
 
 cenv="$here/cuda-env.sh"
-
-step nvidia-smi 30 nvidia-smi
-step compare-ops 180 "$cenv" "$py" "$here/compare_torch.py" --kiln "$kiln" --device cuda
-step cuda-tests 300 env KILN_REQUIRE_CUDA=1 "$cenv" "$tests" --test-threads=1 --nocapture
-step compare-attention 240 "$cenv" "$py" "$here/compare_torch.py" --kiln "$kiln" --device cuda --attention --iters 5
-step compare-generate 480 "$cenv" "$py" "$here/compare_generate.py" --kiln "$kiln" --device cuda
+[ $emulated = 1 ] && cenv=env
 
 work=$(mktemp -d)
 # The embedded default's data with a model whose head dim (64) the flash kernels take.
 cfg=(--set model.dim=512 --set model.n_layers=8 --set model.n_heads=8 --set model.n_kv_heads=2
   --set model.ffn_dim=1408 --set model.max_seq_len=1024 --set data.seq_len=1024 --set data.batch_size=16
   --set train.steps=60 --set train.log_every=10 --set train.checkpoint_every=0 --set train.eval_every=0)
-step train-flash 120 "$cenv" "$kiln" train --device cuda "${cfg[@]}" --set "train.out_dir=\"$work/flash\""
-step train-reference 120 "$cenv" "$kiln" train --device cuda "${cfg[@]}" --set "train.out_dir=\"$work/reference\"" --set train.attention=reference
-step launch-nccl-1 120 "$cenv" "$kiln" launch --nproc-per-node 1 -- train --device cuda "${cfg[@]}" --set "train.out_dir=\"$work/nccl\""
+if [ $emulated = 1 ]; then
+  # The same commands at a size the emulator finishes in seconds.
+  cfg=(--set model.dim=128 --set model.n_layers=2 --set model.n_heads=2 --set model.n_kv_heads=1
+    --set model.ffn_dim=256 --set model.max_seq_len=128 --set data.seq_len=128 --set data.batch_size=2
+    --set train.steps=3 --set train.log_every=1 --set train.checkpoint_every=0 --set train.eval_every=0)
+fi
+
+if [ $emulated = 1 ]; then
+  skip nvidia-smi "emulated"
+  skip compare-ops "needs PyTorch on a GPU"
+else
+  step nvidia-smi 20 nvidia-smi
+  step compare-ops 60 "$cenv" "$py" "$here/compare_torch.py" --kiln "$kiln" --device cuda
+fi
+step cuda-tests 150 env KILN_REQUIRE_CUDA=1 "$cenv" "$tests" --nocapture
+step train-flash 45 "$cenv" "$kiln" train --device cuda "${cfg[@]}" --set "train.out_dir=\"$work/flash\""
+if [ $emulated = 1 ]; then
+  skip compare-attention "needs PyTorch on a GPU"
+  step launch-nccl-1 30 "$kiln" launch --nproc-per-node 1 -- train --device cuda "${cfg[@]}" --set "train.out_dir=\"$work/nccl\""
+else
+  step compare-attention 60 "$cenv" "$py" "$here/compare_torch.py" --kiln "$kiln" --device cuda --attention --iters 5
+  step launch-nccl-1 45 "$cenv" "$kiln" launch --nproc-per-node 1 -- train --device cuda "${cfg[@]}" --set "train.out_dir=\"$work/nccl\""
+fi
+step train-reference 45 "$cenv" "$kiln" train --device cuda "${cfg[@]}" --set "train.out_dir=\"$work/reference\"" --set train.attention=reference
+if [ $emulated = 1 ]; then
+  skip compare-generate "needs transformers on a GPU"
+else
+  step compare-generate 90 "$cenv" "$py" "$here/compare_generate.py" --kiln "$kiln" --device cuda
+fi
 for run in flash reference nccl; do
   [ -f "$work/$run/metrics.jsonl" ] && cp "$work/$run/metrics.jsonl" "$out/metrics-$run.jsonl"
 done
 rm -rf "$work"
+printf '%-20s %ss of %ss\n' total "$((SECONDS - start))" "$budget" | tee -a "$summary"
 echo "logs in $out; summary:"
 cat "$summary"

@@ -497,9 +497,13 @@ fn training_on_cuda_follows_the_cpu_loss_curve() {
         "{n} steps: worst per-step loss difference {:.2}%",
         worst * 100.0
     );
+    let (c_drop, g_drop) = (
+        c.history[0].loss - c.history[n - 1].loss,
+        g.history[0].loss - g.history[n - 1].loss,
+    );
     assert!(
-        g.history[n - 1].loss < g.history[0].loss - 1.0,
-        "the CUDA run learns"
+        c_drop > 0.2 && g_drop > 0.8 * c_drop,
+        "the CUDA run learns as the CPU run does: loss drop {g_drop:.3} vs {c_drop:.3}"
     );
 }
 
@@ -664,6 +668,7 @@ fn flash_attention_matches_cpu_on_odd_lengths_gqa_documents_causal_and_not() {
         causal,
     };
     let mut seed = 100;
+    let mut failures = Vec::new();
     for deterministic in [false, true] {
         gpu.set_attention(AttentionKernel::Flash, deterministic);
         // Tile edges (64-row query and key tiles, 32-row backward tiles), odd lengths, GQA,
@@ -693,12 +698,29 @@ fn flash_attention_matches_cpu_on_odd_lengths_gqa_documents_causal_and_not() {
                 (shape(1, 4099, 4, 1, 64, true), vec![1500, 2599], false),
             ]);
         }
+        // Every case runs and reports; the test fails at the end with the list of failures.
         for (s, lengths, recurring) in cases {
             let docs = doc_pattern(s.batch, s.seq, &lengths, recurring);
-            flash_case(&gpu, &cpu, s, &docs, seed);
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                flash_case(&gpu, &cpu, s, &docs, seed);
+            }));
+            if let Err(e) = run {
+                let msg = e
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                failures.push(format!("deterministic={deterministic} {s:?}: {msg}"));
+            }
             seed += 10;
         }
     }
+    assert!(
+        failures.is_empty(),
+        "{} flash case(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
