@@ -502,7 +502,7 @@ fn set_threads(n: usize) {
 const NO_CUDA: &str = "--device cuda: this kiln was built without CUDA; rebuild with `cargo build --release --features cuda`";
 
 fn train(a: TrainArgs) -> Result<()> {
-    if a.device == Device::Cuda && !cfg!(feature = "cuda") {
+    if a.device == Device::Cuda && !cfg!(any(feature = "cuda", feature = "cuda-emu")) {
         bail!(NO_CUDA);
     }
     let mut cfg = Config::load(a.config.config.as_deref(), &a.config.overrides)?;
@@ -674,7 +674,7 @@ fn train_cuda(
 }
 
 fn experiment_world(a: ExperimentWorldArgs) -> Result<()> {
-    if a.device == Device::Cuda && !cfg!(feature = "cuda") {
+    if a.device == Device::Cuda && !cfg!(any(feature = "cuda", feature = "cuda-emu")) {
         bail!(NO_CUDA);
     }
     let opts = crate::experiment::Options {
@@ -759,7 +759,7 @@ fn open_generation_model(dir: &Path) -> Result<GenerationModel> {
 }
 
 fn synth(a: SynthArgs) -> Result<()> {
-    if a.device == Device::Cuda && !cfg!(feature = "cuda") {
+    if a.device == Device::Cuda && !cfg!(any(feature = "cuda", feature = "cuda-emu")) {
         bail!(NO_CUDA);
     }
     if !a.input.exists() {
