@@ -173,7 +173,8 @@ fn rmsnorm_forward_and_backward_match_cpu_at_model_width() {
     );
     let (mut cdx, mut cdw) = (dx0.clone(), dw0.clone());
     cpu.rmsnorm_bwd(&mut cdx, &mut cdw, &dout, &x, &w, &rc, d);
-    assert_close("rmsnorm dx (accumulate)", &gpu.download(&gdx), &cdx, 1e-2);
+    // 5e-3: a correct kernel gives ~1.7e-3; a missing barrier in block_reduce_sum ~1.05e-2.
+    assert_close("rmsnorm dx (accumulate)", &gpu.download(&gdx), &cdx, 5e-3);
     assert_close("rmsnorm dw (accumulate)", &gpu.download(&gdw), &cdw, 1e-2);
 }
 
@@ -683,6 +684,11 @@ fn flash_attention_matches_cpu_on_odd_lengths_gqa_documents_causal_and_not() {
                 false,
             ),
             (shape(1, 97, 4, 4, 64, false), vec![33, 40], true),
+            // Whole tiles inside one document and below the diagonal: the unmasked fast path
+            // (tile_unmasked), which the cases above never take.
+            (shape(1, 160, 4, 2, 64, true), vec![], false),
+            // Recurring ids (contiguous = 0): whole tiles must stay masked element by element.
+            (shape(1, 200, 4, 1, 64, false), vec![40, 7], true),
         ];
         if !EMULATED {
             cases.extend([
@@ -800,7 +806,8 @@ fn kv_write_and_split_decode_attention_match_cpu() {
     );
     let mut want = cpu.zeros(q.len());
     cpu.attention_decode(&mut want, &q, &ck, &vc, &slots, &lens, max_len, s);
-    assert_close("attention_decode", &gpu.download(&out), &want, 1e-2);
+    // 3e-3: a correct kernel gives ~2.5e-4; a split that drops its last key ~6e-3.
+    assert_close("attention_decode", &gpu.download(&out), &want, 3e-3);
 }
 
 // ---------------------------------------------------------------------------------------------
