@@ -162,6 +162,14 @@ fn build_emulator() {
         build
             .flag(format!("-fsanitize={s}"))
             .flag("-fno-omit-frame-pointer");
+        // The sanitizer's runtime (libasan for `address`); scripts/emu-sanitize.sh preloads it.
+        let lib = match s.as_str() {
+            "address" => "asan",
+            "thread" => "tsan",
+            "undefined" => "ubsan",
+            other => panic!("KILN_EMU_SANITIZE={other}: use address, thread or undefined"),
+        };
+        println!("cargo:rustc-link-arg=-l{lib}");
     }
     let compiler = build.get_compiler();
     let mut consts = String::from("use crate::backend::cuda::device::KernelFile;\n");

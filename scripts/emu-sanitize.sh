@@ -10,13 +10,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export KILN_EMU_SANITIZE=address
 export CARGO_TARGET_DIR=target/asan
+cargo test --features cuda-emu --test cuda --no-run 2>&1 | grep -E '^(error|warning: unused)' -A5 || true
 bin=$(cargo test --features cuda-emu --test cuda --no-run --message-format=json 2>/dev/null |
   python3 -c 'import json,sys
 for line in sys.stdin:
     try: m = json.loads(line)
     except ValueError: continue
     if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "cuda" and m.get("executable"):
-        print(m["executable"])' | tail -n 1)
+        print(m["executable"])' | tail -n 1 || true)
 [ -n "$bin" ] || { echo "emu-sanitize: the test build failed (run: KILN_EMU_SANITIZE=address CARGO_TARGET_DIR=target/asan cargo test --features cuda-emu --test cuda --no-run)" >&2; exit 1; }
 asan=$(g++ -print-file-name=libasan.so)
 # Rust's own allocations are not instrumented; leaks at exit are the test harness's, not kernels'.

@@ -47,6 +47,7 @@
 #include "entries.h"
 
 #if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #define KILN_ASAN 1
 #endif
@@ -734,6 +735,10 @@ static void run_block(Launch& l, uint64_t linear, std::vector<Fiber>& fibers) {
         f.coords.thread_idx.z = t / (l.block.x * l.block.y);
         f.groups.clear();
         f.uncommitted.clear();
+#if defined(KILN_ASAN)
+        // A fiber abandoned by a fault leaves its frames' redzones poisoned: the stack is fresh.
+        __asan_unpoison_memory_region(f.stack, kStackBytes);
+#endif
         make_context(f.ctx, f.stack, kStackBytes);
         set_ready(b, t);
     }
