@@ -8,8 +8,8 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use kiln::backend::cpu::CpuBackend;
 use kiln::backend::AdamW;
 use kiln::config::Config;
-use kiln::data::rng::Rng;
 use kiln::model::Model;
+use kiln::rng::Rng;
 
 fn bench_step(c: &mut Criterion) {
     let cfg = Config::load(None, &[]).unwrap();

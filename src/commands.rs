@@ -123,7 +123,8 @@ fn eval(a: EvalArgs) -> Result<()> {
 }
 
 fn plan(a: PlanArgs) -> Result<()> {
-    use crate::train::memory::{check, plan, system_memory_bytes, Widths};
+    use crate::backend::cpu::system_memory_bytes;
+    use crate::train::memory::{check, plan, Widths};
     let cfg = Config::load(a.config.config.as_deref(), &a.config.overrides)?;
     let tokenizer_vocab = cfg
         .data
@@ -133,7 +134,7 @@ fn plan(a: PlanArgs) -> Result<()> {
             Tokenizer::from_file(&cfg.data.tokenizer, None, None).map(|t| t.vocab_size() as usize)
         })
         .transpose()?;
-    let m = crate::train::trainer::resolve_model_shape(&cfg, tokenizer_vocab, false)?;
+    let m = crate::train::setup::resolve_model_shape(&cfg, tokenizer_vocab, false)?;
     let t = &cfg.train;
     let (widths, detected) = match a.device {
         Device::Cuda => (Widths::CUDA, None),
@@ -217,8 +218,8 @@ fn open_checkpoint(path: &Path) -> Result<OpenedCheckpoint> {
             );
         }
     }
-    let mcfg = crate::train::trainer::resolve_model(&cfg, &tok)?;
-    let params = crate::train::trainer::tensors_in_order(
+    let mcfg = crate::train::setup::resolve_model(&cfg, &tok)?;
+    let params = crate::train::checkpoint::tensors_in_order(
         &dir.join("model.safetensors"),
         &mcfg.params(),
         ckpt.model,
@@ -562,7 +563,7 @@ fn train(a: TrainArgs) -> Result<()> {
                 crate::backend::Backend::name(&CpuBackend::<f32>::new()),
                 cfg.train.world_size
             );
-            crate::dist::train_ranks_as_threads(&cfg, resume, a.until)?
+            crate::train::ranks::train_ranks_as_threads(&cfg, resume, a.until)?
         }
         Device::Cpu => {
             let be = CpuBackend::<f32>::new();
@@ -623,7 +624,7 @@ fn train_cuda(
     }
     if let (true, Ok(m)) = (
         lead,
-        crate::train::trainer::resolve_model_shape(cfg, None, false),
+        crate::train::setup::resolve_model_shape(cfg, None, false),
     ) {
         let hd = if m.head_dim > 0 {
             m.head_dim
@@ -1271,13 +1272,7 @@ fn data(a: DataArgs) -> Result<()> {
     }
     let d = &cfg.data;
     let tok = Tokenizer::from_file(&d.tokenizer, d.bos_token.as_deref(), d.eos_token.as_deref())?;
-    let opts = cfg.loader_options(
-        tok.vocab_size(),
-        tok.fingerprint(),
-        tok.bos().or(tok.eos()),
-        0,
-        1,
-    );
+    let opts = crate::train::setup::loader_options(&cfg, &tok, 0, 1);
     let mut loader = Loader::new(&d.sources, opts, Split::Train, Path::new("."))?;
     let planned = a.tokens.unwrap_or_else(|| loader.split_tokens());
     println!(

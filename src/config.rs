@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::data::loader::{LoaderOptions, SourceSpec};
+use crate::backend::AttentionKernel;
+use crate::data::loader::SourceSpec;
 use crate::model::ModelConfig;
-use crate::train::schedule::Schedule;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -155,13 +155,14 @@ impl TrainConfig {
     }
 }
 
-/// `train.attention`.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum AttentionKernel {
+/// `train.schedule`: linear warm-up then cosine decay to a floor, or warm-up–stable–decay (see
+/// `train::schedule`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Schedule {
     #[default]
-    Flash,
-    Reference,
+    Cosine,
+    Wsd,
 }
 
 impl Default for TrainConfig {
@@ -409,29 +410,6 @@ impl Config {
             bail!("train: weight_decay, grad_clip and peak_tflops must not be negative");
         }
         Ok(())
-    }
-
-    /// Loader options for this config on one rank.
-    pub fn loader_options(
-        &self,
-        vocab_size: u64,
-        fingerprint: u64,
-        delimiter: Option<u32>,
-        rank: usize,
-        world_size: usize,
-    ) -> LoaderOptions {
-        LoaderOptions {
-            seq_len: self.data.seq_len,
-            batch_size: self.data.batch_size,
-            seed: self.data.seed,
-            shuffle: self.data.shuffle,
-            val_fraction: self.data.val_fraction,
-            rank,
-            world_size,
-            vocab_size,
-            fingerprint: Some(fingerprint),
-            delimiter,
-        }
     }
 }
 

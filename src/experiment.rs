@@ -162,9 +162,9 @@ pub fn run(opts: &Options, train: &Trainer) -> Result<Results> {
         } else {
             &ipt
         };
-        let mcfg = crate::train::trainer::resolve_model(cfg, &tok)?;
+        let mcfg = crate::train::setup::resolve_model(cfg, &tok)?;
         let info = mcfg.params();
-        let params = crate::train::trainer::tensors_in_order(
+        let params = crate::train::checkpoint::tensors_in_order(
             &ck.join("model.safetensors"),
             &info,
             c.model,

@@ -54,3 +54,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic_with(path, |w| w.write_all(bytes))
         .with_context(|| format!("{}: cannot write", path.display()))
 }
+
+/// The whole file, or an error naming it ("missing file" when it does not exist).
+pub fn read_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => anyhow::anyhow!("{}: missing file", path.display()),
+        _ => anyhow::anyhow!("{}: cannot read: {e}", path.display()),
+    })
+}

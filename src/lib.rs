@@ -15,5 +15,7 @@ pub mod fsutil;
 pub mod hf;
 pub mod model;
 pub mod plot;
+pub mod rng;
+pub mod safetensors_io;
 pub mod synth;
 pub mod train;

@@ -14,8 +14,8 @@ use common::rel_err;
 use kiln::backend::cpu::CpuBackend;
 use kiln::backend::cuda::{flash_meta, AttentionKernel, CudaBackend};
 use kiln::backend::{AdamW, AttnShape, Backend, BufKind};
-use kiln::data::rng::Rng;
 use kiln::model::{Model, ModelConfig};
+use kiln::rng::Rng;
 
 /// Whether these tests run on the CUDA emulator (smaller shapes, and the fault tests).
 const EMULATED: bool = kiln::backend::cuda::device::EMULATED;

@@ -75,7 +75,7 @@ fn world_ready(dir: &Path) {
 /// Train `cfg` (threads when world_size > 1) and return the parameters of step `step`.
 fn params_at(cfg: &Config, step: u64) -> Vec<checkpoint::NamedTensor> {
     if cfg.train.world_size > 1 {
-        kiln::dist::train_ranks_as_threads(cfg, None, None).unwrap();
+        kiln::train::ranks::train_ranks_as_threads(cfg, None, None).unwrap();
     } else {
         let be = kiln::backend::cpu::CpuBackend::<f32>::new();
         kiln::train::trainer::train(&be, cfg, None, None, 0.0).unwrap();
@@ -181,15 +181,19 @@ fn zero1_resume_is_exact_with_the_same_world_size_and_resplits_with_another() {
     let want = params_at(&full, 6);
     // Stop at step 3 and resume with the same world size: bitwise identical.
     let part = set("part", "2", "2");
-    kiln::dist::train_ranks_as_threads(&part, None, Some(3)).unwrap();
+    kiln::train::ranks::train_ranks_as_threads(&part, None, Some(3)).unwrap();
     let ck = checkpoint::load(&d.join("part/step_000003")).unwrap();
     assert!(d
         .join("part/step_000003/optimizer.rank00001.safetensors")
         .exists());
     assert!(!d.join("part/step_000003/optimizer.safetensors").exists());
     assert_eq!(ck.state["world_size"], 2);
-    kiln::dist::train_ranks_as_threads(&part, Some(kiln::train::trainer::Resume::Latest), None)
-        .unwrap();
+    kiln::train::ranks::train_ranks_as_threads(
+        &part,
+        Some(kiln::train::trainer::Resume::Latest),
+        None,
+    )
+    .unwrap();
     let got = load_params(&d.join("part"), 6);
     for (a, b) in got.iter().zip(&want) {
         let same = a
@@ -215,8 +219,12 @@ fn zero1_resume_is_exact_with_the_same_world_size_and_resplits_with_another() {
         std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
     }
     let four = set("four", "4", "1");
-    kiln::dist::train_ranks_as_threads(&four, Some(kiln::train::trainer::Resume::Step(3)), None)
-        .unwrap();
+    kiln::train::ranks::train_ranks_as_threads(
+        &four,
+        Some(kiln::train::trainer::Resume::Step(3)),
+        None,
+    )
+    .unwrap();
     let got = load_params(&copy, 6);
     let err = max_rel(&got, &want);
     eprintln!("resumed world 2 -> 4 (ZeRO-1): max relative error {err:.3e} against the uninterrupted world-2 run");

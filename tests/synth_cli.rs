@@ -11,10 +11,10 @@ use std::process::Command;
 mod common;
 
 use common::{assert_clean_error, kiln, stderr};
-use kiln::data::rng::Rng;
 use kiln::data::synth_format::context_block;
 use kiln::data::tokenizer::{train_byte_level_bpe, Tokenizer};
 use kiln::model::ModelConfig;
+use kiln::rng::Rng;
 use kiln::train::checkpoint::NamedTensor;
 
 /// What the stand-in writes (no spaces around the markers, so that no token repeats).

@@ -36,6 +36,16 @@ pub struct AttnShape {
     pub causal: bool,
 }
 
+/// Which attention implementation a backend runs (`train.attention`): kiln's flash kernels, or the
+/// reference path (materialised scores; the CPU backend always runs it).
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AttentionKernel {
+    #[default]
+    Flash,
+    Reference,
+}
+
 /// What a buffer holds. A mixed-precision backend picks storage by kind (the CUDA backend: bf16
 /// activations, fp32 master weights with a bf16 working copy, fp32 gradients, optimizer state
 /// and statistics); the CPU reference stores everything in its one float type.

@@ -11,7 +11,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::backend::{AdamW, AttnShape, Backend, BufKind};
-use crate::data::rng::Rng;
+use crate::rng::Rng;
 
 /// Shapes of one benchmark run (a model's layer at a token count).
 #[derive(Clone, Copy, Debug, Serialize)]

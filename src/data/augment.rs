@@ -8,11 +8,11 @@
 //! The wording lives in `templates.rs`; this file owns the choices and the assembly only.
 
 use crate::data::records::Pair;
-use crate::data::rng::{derive_seed, Rng};
 use crate::data::templates::{
     self, FewShotPattern, InlineFewShotTemplate, LabelSeries, NumberLabels, OptionItemStyle,
     SpeakerPair,
 };
+use crate::rng::{derive_seed, Rng};
 
 /// How the pairs of a document are laid out around its texts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

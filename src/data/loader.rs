@@ -25,8 +25,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::rng::{derive_seed, splitmix64, Rng};
 use super::shard::Shard;
+use crate::rng::{derive_seed, splitmix64, Rng};
 
 /// One weighted source of shards.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

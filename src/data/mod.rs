@@ -9,7 +9,6 @@ pub mod loader;
 pub mod prep;
 pub mod pretokenize;
 pub mod records;
-pub mod rng;
 pub mod shard;
 pub mod synth_format;
 pub mod templates;

@@ -21,9 +21,9 @@ use serde::{Deserialize, Serialize};
 use super::augment::template_chain;
 use super::finetune::pack_examples;
 use super::records::{AugmentedRecord, Pair};
-use super::rng::derive_seed;
 use super::shard::ShardWriter;
 use super::tokenizer::Tokenizer;
+use crate::rng::derive_seed;
 
 /// What the input lines are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

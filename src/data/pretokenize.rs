@@ -373,7 +373,7 @@ impl Splitter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::rng::Rng;
+    use crate::rng::Rng;
 
     /// Every code point's class agrees with the regex engine's `\p{L}`, `\p{N}` and `\s`.
     #[test]

@@ -19,8 +19,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::data::records::{AugmentedRecord, Pair};
-use crate::data::rng::{derive_seed, Rng};
 use crate::fsutil::write_atomic_with;
+use crate::rng::{derive_seed, Rng};
 
 // ---------------------------------------------------------------------------------------------
 // Configuration and public types

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Result};
 
 use super::Communicator;
+use super::PeerStopped;
 use crate::backend::cpu::{CpuBackend, Float};
 
 /// An all-gather of variable-length f64 vectors: the primitive the host collectives are built on.
@@ -122,7 +123,7 @@ impl Exchange for ThreadExchange {
         };
         while r.gen != *gen {
             if let Some(why) = &r.failed {
-                bail!("rank {}: {why}; stopping", self.rank);
+                return Err(PeerStopped::new(self.rank, why).into());
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -161,7 +162,7 @@ impl Exchange for ThreadExchange {
                 drop(r);
                 // This rank cannot finish the collective either: say so to everyone.
                 self.fail(format!("rank {} stopped after: {why}", self.rank));
-                bail!("rank {}: {why}; stopping", self.rank);
+                return Err(PeerStopped::new(self.rank, why).into());
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -236,12 +237,16 @@ impl TcpExchange {
 fn io_error(rank: usize, peer: usize, e: std::io::Error) -> anyhow::Error {
     use std::io::ErrorKind::*;
     match e.kind() {
-        UnexpectedEof | ConnectionReset | BrokenPipe | ConnectionAborted => {
-            anyhow!("rank {rank}: rank {peer} disconnected (it exited or crashed); stopping")
-        }
-        WouldBlock | TimedOut => {
-            anyhow!("rank {rank}: rank {peer} did not answer within the timeout; stopping")
-        }
+        UnexpectedEof | ConnectionReset | BrokenPipe | ConnectionAborted => PeerStopped::new(
+            rank,
+            format!("rank {peer} disconnected (it exited or crashed)"),
+        )
+        .into(),
+        WouldBlock | TimedOut => PeerStopped::new(
+            rank,
+            format!("rank {peer} did not answer within the timeout"),
+        )
+        .into(),
         _ => anyhow!("rank {rank}: connection to rank {peer}: {e}"),
     }
 }

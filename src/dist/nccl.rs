@@ -142,7 +142,7 @@ impl NcclComm {
 
     fn check_aborted(&self) -> Result<()> {
         match &*self.aborted.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some(why) => bail!("rank {}: {why}; stopping", self.rank),
+            Some(why) => Err(super::PeerStopped::new(self.rank, why).into()),
             None => Ok(()),
         }
     }

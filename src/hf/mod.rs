@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::model::{ModelConfig, RopeScaling};
-use crate::train::checkpoint::{read_safetensors, write_safetensors_as, NamedTensor};
+use crate::safetensors_io::{read_safetensors, write_safetensors_as, NamedTensor};
 
 const ARCHITECTURES: &[&str] = &["LlamaForCausalLM", "MistralForCausalLM"];
 
@@ -426,7 +426,7 @@ mod tests {
     fn bf16_export_round_trips_through_import_within_bf16_rounding() {
         let mut cfg = model_config(config_dir(base()).path()).unwrap();
         cfg.resolve(300).unwrap();
-        let mut rng = crate::data::rng::Rng::new(1);
+        let mut rng = crate::rng::Rng::new(1);
         let tensors: Vec<NamedTensor> = cfg
             .params()
             .into_iter()

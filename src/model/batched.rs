@@ -19,7 +19,7 @@ use anyhow::{bail, Result};
 use super::generate::{sample, Sampling};
 use super::{Model, ModelConfig};
 use crate::backend::{AttnShape, Backend, BufKind};
-use crate::data::rng::Rng;
+use crate::rng::Rng;
 
 /// Batch and context limits of one engine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

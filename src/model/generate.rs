@@ -3,7 +3,7 @@
 //! (top-p) filtering, from the project's seeded RNG.
 
 use crate::backend::{AttnShape, Backend, BufKind};
-use crate::data::rng::Rng;
+use crate::rng::Rng;
 
 use super::Model;
 

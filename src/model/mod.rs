@@ -16,7 +16,7 @@ pub mod config;
 pub mod generate;
 
 use crate::backend::{AdamW, AttnShape, Backend, BufKind};
-use crate::data::rng::Rng;
+use crate::rng::Rng;
 pub use config::{ModelConfig, ParamInfo, RopeScaling};
 
 /// Indices of one layer's parameters in `Model::params`.

@@ -30,11 +30,11 @@ use serde_json::{json, Value};
 use crate::backend::Backend;
 use crate::data::finetune::encode_example;
 use crate::data::records::AugmentedRecord;
-use crate::data::rng::derive_seed;
 use crate::data::synth_format::{context_block, parse_generation};
 use crate::data::tokenizer::Tokenizer;
 use crate::model::batched::{Engine, Finished, Request};
 use crate::model::generate::Sampling;
+use crate::rng::derive_seed;
 use chain::{chain_count, chain_members, chain_prompt, group_ids, push_entry, Entry};
 
 /// What `synthesize` needs from a generator: the batched engine, or a scripted fake in tests.

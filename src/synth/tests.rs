@@ -4,9 +4,9 @@
 
 use super::*;
 use crate::data::records::Pair;
-use crate::data::rng::Rng;
 use crate::data::synth_format::pairs_block;
 use crate::model::batched::StopReason;
+use crate::rng::Rng;
 
 /// Finishes requests a few at a time, newest first (so chains complete out of order); text
 /// index i yields two pairs unless i % 4 == 3, which yields none.

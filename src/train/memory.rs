@@ -164,14 +164,6 @@ pub fn check(p: &MemoryPlan, world: usize, zero_stage: u8, batch: usize) -> Resu
     Ok(())
 }
 
-/// Physical memory of this machine (Linux), for the CPU backend.
-pub fn system_memory_bytes() -> Option<f64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024.0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,5 +2,7 @@
 
 pub mod checkpoint;
 pub mod memory;
+pub mod ranks;
 pub mod schedule;
+pub mod setup;
 pub mod trainer;

@@ -1,15 +1,7 @@
 //! Learning-rate schedules: linear warm-up then cosine decay to a floor, or warm-up–stable–decay
 //! (WSD: constant after warm-up, then a linear decay to the floor over the last fraction of steps).
 
-use serde::{Deserialize, Serialize};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum Schedule {
-    #[default]
-    Cosine,
-    Wsd,
-}
+use crate::config::Schedule;
 
 /// Learning rate at 1-based `step` of `total` steps.
 pub fn lr_at(

@@ -29,9 +29,10 @@ use crate::data::loader::{Cursor, Loader, Split};
 use crate::data::tokenizer::Tokenizer;
 use crate::dist::reducer::Reducer;
 use crate::dist::Communicator;
-use crate::model::{Model, ModelConfig, Workspace};
-use crate::train::checkpoint::{self, Checkpoint, NamedTensor};
+use crate::model::{Model, Workspace};
+use crate::train::checkpoint::{self, tensors_in_order, Checkpoint, NamedTensor};
 use crate::train::schedule::lr_at;
+use crate::train::setup::{init_from_hf, loader_options, resolve_model};
 
 /// Which checkpoint to continue from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,81 +90,6 @@ pub struct TrainSummary {
     pub step_seconds: f64,
     pub out_dir: PathBuf,
     pub history: Vec<StepMetrics>,
-}
-
-/// The Hugging Face directory of `model.init_from = "hf:PATH"`, if set.
-pub fn init_from_hf(m: &ModelConfig) -> Result<Option<PathBuf>> {
-    match m.init_from.as_deref() {
-        None => Ok(None),
-        Some(s) => match s.strip_prefix("hf:") {
-            Some(path) => Ok(Some(PathBuf::from(path))),
-            None => bail!(
-                "model.init_from = {s:?}: expected \"hf:PATH\" (a Hugging Face model directory)"
-            ),
-        },
-    }
-}
-
-/// The resolved model config for a run config and tokenizer. With `init_from = "hf:PATH"` the
-/// shape comes from that directory's config.json (the run's max_seq_len and init_from are kept).
-pub fn resolve_model(cfg: &Config, tok: &Tokenizer) -> Result<ModelConfig> {
-    resolve_model_shape(cfg, Some(tok.vocab_size() as usize), true)
-}
-
-/// As [`resolve_model`], without a tokenizer when `tokenizer_vocab` is None (then
-/// `model.vocab_size` must be set). `need_hf`: the init_from directory must exist; otherwise the
-/// `[model]` shape is used when it is missing (memory plans for runs prepared elsewhere).
-pub fn resolve_model_shape(
-    cfg: &Config,
-    tokenizer_vocab: Option<usize>,
-    need_hf: bool,
-) -> Result<ModelConfig> {
-    let Some(mut m) = cfg.model.clone() else {
-        bail!("the config has no [model] section");
-    };
-    if let Some(dir) = init_from_hf(&m)? {
-        if need_hf || dir.join("config.json").exists() {
-            let mut hf = crate::hf::model_config(&dir)?;
-            let file = dir.join("config.json");
-            for (key, mine, theirs) in [
-                ("vocab_size", m.vocab_size, hf.vocab_size),
-                ("dim", m.dim, hf.dim),
-                ("n_layers", m.n_layers, hf.n_layers),
-                ("n_heads", m.n_heads, hf.n_heads),
-                ("n_kv_heads", m.n_kv_heads, hf.n_kv_heads),
-                ("ffn_dim", m.ffn_dim, hf.ffn_dim),
-            ] {
-                if mine != 0 && mine != theirs {
-                    bail!("model.{key} = {mine} but {} says {theirs}", file.display());
-                }
-            }
-            hf.max_seq_len = m.max_seq_len.max(cfg.data.seq_len);
-            hf.init_from = m.init_from.clone();
-            m = hf;
-        }
-    }
-    let vocab = match tokenizer_vocab {
-        Some(v) => v,
-        None if m.vocab_size > 0 => m.vocab_size,
-        None => bail!("model.vocab_size must be set when no tokenizer is loaded"),
-    };
-    m.resolve(vocab)?;
-    if cfg.data.seq_len > m.max_seq_len {
-        bail!(
-            "data.seq_len = {} exceeds model.max_seq_len = {}",
-            cfg.data.seq_len,
-            m.max_seq_len
-        );
-    }
-    if let Some(w) = m.sliding_window {
-        if cfg.data.seq_len > w {
-            bail!(
-                "data.seq_len = {} exceeds the model's sliding window of {w} tokens (kiln's attention is full causal): lower data.seq_len to at most {w}",
-                cfg.data.seq_len
-            );
-        }
-    }
-    Ok(m)
 }
 
 fn config_hash(text: &str) -> String {
@@ -320,22 +246,10 @@ pub fn train_dist<B: Backend>(
     let config_text = toml::to_string(cfg).context("cannot serialise the resolved config")?;
     let hash = config_hash(&config_text);
 
-    let opts = cfg.loader_options(
-        tok.vocab_size(),
-        tok.fingerprint(),
-        tok.bos().or(tok.eos()),
-        rank,
-        world,
-    );
+    let opts = loader_options(cfg, &tok, rank, world);
     let mut loader = Loader::new(&d.sources, opts.clone(), Split::Train, Path::new("."))?;
     // Validation runs on rank 0 over the whole validation split.
-    let opts = cfg.loader_options(
-        tok.vocab_size(),
-        tok.fingerprint(),
-        tok.bos().or(tok.eos()),
-        0,
-        1,
-    );
+    let opts = loader_options(cfg, &tok, 0, 1);
     let mut val = if d.val_fraction > 0.0 && lead {
         Some(Loader::new(
             &d.sources,
@@ -369,19 +283,7 @@ pub fn train_dist<B: Backend>(
     }
 
     // Stop before allocating anything when the run cannot fit.
-    let widths = {
-        let (param, optim) = (
-            be.elem_bytes(BufKind::Param) as f64,
-            be.elem_bytes(BufKind::Optim) as f64,
-        );
-        crate::train::memory::Widths {
-            // A compute copy narrower than the fp32 master is stored beside it.
-            weights: if param < optim { param + optim } else { param },
-            grads: be.elem_bytes(BufKind::Grad) as f64,
-            optimizer: 2.0 * optim,
-            activations: be.elem_bytes(BufKind::Act) as f64,
-        }
-    };
+    let widths = crate::train::memory::Widths::of(be);
     let available = if t_cfg.device_memory_gb > 0.0 {
         t_cfg.device_memory_gb * 1e9
     } else {
@@ -883,32 +785,4 @@ impl FaultInjection {
             panic!("KILN_FAULT: rank {rank} panics at step {step} on purpose");
         }
     }
-}
-
-/// Pick tensors `{name}{suffix}` in parameter order, checking every shape.
-pub fn tensors_in_order(
-    file: &Path,
-    info: &[crate::model::ParamInfo],
-    tensors: Vec<NamedTensor>,
-    suffix: &str,
-) -> Result<Vec<Vec<f32>>> {
-    let mut by_name: std::collections::HashMap<String, NamedTensor> =
-        tensors.into_iter().map(|t| (t.name.clone(), t)).collect();
-    info.iter()
-        .map(|p| {
-            let name = format!("{}{suffix}", p.name);
-            let Some(t) = by_name.remove(&name) else {
-                bail!("{}: no tensor {name}: the checkpoint is from another model shape", file.display());
-            };
-            if t.shape != p.shape {
-                bail!(
-                    "{}: tensor {name} has shape {:?}, the config's model needs {:?}: the checkpoint is from another model shape",
-                    file.display(),
-                    t.shape,
-                    p.shape
-                );
-            }
-            Ok(t.data)
-        })
-        .collect()
 }

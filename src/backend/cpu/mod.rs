@@ -1138,6 +1138,14 @@ pub fn adamw<T: Float>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], hp: AdamW
     }
 }
 
+/// Physical memory of this machine (Linux), for the CPU backend.
+pub fn system_memory_bytes() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024.0)
+}
+
 // ---- the Backend --------------------------------------------------------------------------------
 
 impl<T: Float> Backend for CpuBackend<T> {
@@ -1152,7 +1160,7 @@ impl<T: Float> Backend for CpuBackend<T> {
     }
 
     fn device_memory_bytes(&self) -> Option<f64> {
-        crate::train::memory::system_memory_bytes()
+        system_memory_bytes()
     }
 
     fn elem_bytes(&self, _kind: BufKind) -> usize {

@@ -4,7 +4,7 @@
 //! attention; AdamW against a scalar transcription of PyTorch's update.
 
 use super::*;
-use crate::data::rng::Rng;
+use crate::rng::Rng;
 
 /// Test inputs: the project's seeded generator, plus the draws these tests need.
 trait TestDraws {

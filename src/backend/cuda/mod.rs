@@ -25,7 +25,7 @@ use device::{
 use half::bf16;
 
 use super::{AdamW, AttnShape, Backend, BufKind};
-pub use crate::config::AttentionKernel;
+pub use crate::backend::AttentionKernel;
 use gemm::Gemm;
 
 /// The compiled `kernels/*.cu`, one constant per file: fatbins (`cuda`) or the emulator's kernel

@@ -6,7 +6,7 @@
 
 use super::*;
 use crate::data::pretokenize::CL100K_PATTERN;
-use crate::data::rng::Rng;
+use crate::rng::Rng;
 use serde_json::json;
 use std::path::PathBuf;
 use std::str::FromStr;
