@@ -570,21 +570,13 @@ fn train(a: TrainArgs) -> Result<()> {
             if lead {
                 eprintln!("backend: {}", crate::backend::Backend::name(&be));
             }
-            let peak = be.nominal_peak_flops();
             match &env {
-                None => crate::train::trainer::train(&be, &cfg, resume, a.until, peak)?,
+                None => crate::train::trainer::train(&be, &cfg, resume, a.until)?,
                 Some(e) => {
                     let comm = crate::dist::host::HostComm::join_tcp(e, &cfg)?;
                     prepare_data(&cfg)?;
                     crate::dist::Communicator::<CpuBackend<f32>>::barrier(&comm)?;
-                    crate::train::trainer::train_dist(
-                        &be,
-                        &cfg,
-                        resume,
-                        a.until,
-                        peak,
-                        Some(&comm),
-                    )?
+                    crate::train::trainer::train_dist(&be, &cfg, resume, a.until, Some(&comm))?
                 }
             }
         }
@@ -645,15 +637,14 @@ fn train_cuda(
             );
         }
     }
-    let peak = be.peak_bf16_flops();
     match env {
-        None => crate::train::trainer::train(&be, cfg, resume, until, peak),
+        None => crate::train::trainer::train(&be, cfg, resume, until),
         #[cfg(feature = "cuda")]
         Some(e) => {
             let comm = crate::dist::nccl::NcclComm::join(&be, e, cfg.train.comm_timeout_s)?;
             prepare_data(cfg)?;
             crate::dist::Communicator::<crate::backend::cuda::CudaBackend>::barrier(&comm)?;
-            crate::train::trainer::train_dist(&be, cfg, resume, until, peak, Some(&comm))
+            crate::train::trainer::train_dist(&be, cfg, resume, until, Some(&comm))
         }
         #[cfg(not(feature = "cuda"))]
         Some(_) => {
@@ -693,7 +684,7 @@ fn experiment_world(a: ExperimentWorldArgs) -> Result<()> {
         match device {
             Device::Cpu => {
                 let be = CpuBackend::<f32>::new();
-                crate::train::trainer::train(&be, cfg, resume, None, be.nominal_peak_flops())
+                crate::train::trainer::train(&be, cfg, resume, None)
             }
             Device::Cuda => train_cuda(cfg, resume, None, None, &|_| Ok(())),
         }

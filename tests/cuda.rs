@@ -473,12 +473,10 @@ fn training_on_cuda_follows_the_cpu_loss_curve() {
     let dir = tempfile::tempdir().unwrap();
     // 50 steps on a GPU; 20 on the emulator (about 2 s a step on 2 cores).
     let steps = if EMULATED { 20 } else { 50 };
-    let c =
-        kiln::train::trainer::train(&cpu, &small_run(dir.path(), "cpu", steps), None, None, 0.0)
-            .unwrap();
-    let g =
-        kiln::train::trainer::train(&gpu, &small_run(dir.path(), "gpu", steps), None, None, 0.0)
-            .unwrap();
+    let c = kiln::train::trainer::train(&cpu, &small_run(dir.path(), "cpu", steps), None, None)
+        .unwrap();
+    let g = kiln::train::trainer::train(&gpu, &small_run(dir.path(), "gpu", steps), None, None)
+        .unwrap();
     let n = steps as usize;
     assert_eq!(c.history.len(), n);
     assert_eq!(g.history.len(), n);
@@ -513,17 +511,15 @@ fn cuda_resume_reproduces_the_loss_trajectory() {
     let Some(gpu) = device() else { return };
     let dir = tempfile::tempdir().unwrap();
     let (steps, split) = if EMULATED { (8, 4) } else { (20, 10) };
-    let full =
-        kiln::train::trainer::train(&gpu, &small_run(dir.path(), "full", steps), None, None, 0.0)
-            .unwrap();
+    let full = kiln::train::trainer::train(&gpu, &small_run(dir.path(), "full", steps), None, None)
+        .unwrap();
     let part_cfg = small_run(dir.path(), "part", steps);
-    let first = kiln::train::trainer::train(&gpu, &part_cfg, None, Some(split), 0.0).unwrap();
+    let first = kiln::train::trainer::train(&gpu, &part_cfg, None, Some(split)).unwrap();
     let rest = kiln::train::trainer::train(
         &gpu,
         &part_cfg,
         Some(kiln::train::trainer::Resume::Latest),
         None,
-        0.0,
     )
     .unwrap();
     let resumed: Vec<f64> = first

@@ -78,7 +78,7 @@ fn params_at(cfg: &Config, step: u64) -> Vec<checkpoint::NamedTensor> {
         kiln::train::ranks::train_ranks_as_threads(cfg, None, None).unwrap();
     } else {
         let be = kiln::backend::cpu::CpuBackend::<f32>::new();
-        kiln::train::trainer::train(&be, cfg, None, None, 0.0).unwrap();
+        kiln::train::trainer::train(&be, cfg, None, None).unwrap();
     }
     load_params(&cfg.train.out_dir, step)
 }

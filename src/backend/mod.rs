@@ -91,6 +91,10 @@ pub trait Backend: Send + Sync {
     /// Memory one device has, in bytes (None when unknown).
     fn device_memory_bytes(&self) -> Option<f64>;
 
+    /// Nominal dense peak FLOP/s of one device in the precision the matrix multiplies run in, the
+    /// denominator of MFU; 0 when unknown (then `train.peak_tflops` gives it).
+    fn peak_flops(&self) -> f64;
+
     /// Wait until all queued work is done (a no-op on the CPU; timing on a GPU needs it).
     fn synchronize(&self) {}
 

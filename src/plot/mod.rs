@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::train::trainer::StepMetrics;
+use crate::train::metrics::StepMetrics;
 
 /// One run's curves.
 pub struct RunCurves {

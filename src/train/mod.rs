@@ -2,6 +2,8 @@
 
 pub mod checkpoint;
 pub mod memory;
+pub mod metrics;
+pub mod optimizer;
 pub mod ranks;
 pub mod schedule;
 pub mod setup;

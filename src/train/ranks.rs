@@ -30,8 +30,7 @@ pub fn train_ranks_as_threads(
                 s.spawn(move || {
                     let be = CpuBackend::<f32>::new();
                     let comm = HostComm::new(Box::new(ex));
-                    let peak = be.nominal_peak_flops();
-                    train_dist(&be, cfg, resume, until, peak, Some(&comm))
+                    train_dist(&be, cfg, resume, until, Some(&comm))
                 })
             })
             .collect();

@@ -116,13 +116,6 @@ impl<T: Float> CpuBackend<T> {
         CpuBackend { _t: PhantomData }
     }
 
-    /// Nominal peak FLOP/s for MFU when the config gives none: per thread, one AVX-512 core's
-    /// f32 FMA rate at 3 GHz (2 FMA units × 16 lanes × 2 FLOP × 3e9 = 192 GFLOP/s). An
-    /// approximation, not a measurement: set `train.peak_tflops` for your CPU.
-    pub fn nominal_peak_flops(&self) -> f64 {
-        rayon::current_num_threads() as f64 * 192e9
-    }
-
     /// A zero-filled buffer (the CPU has one kind of buffer).
     pub fn zeros(&self, len: usize) -> Vec<T> {
         vec![T::ZERO; len]
@@ -1161,6 +1154,13 @@ impl<T: Float> Backend for CpuBackend<T> {
 
     fn device_memory_bytes(&self) -> Option<f64> {
         system_memory_bytes()
+    }
+
+    /// Nominal: per thread, one AVX-512 core's
+    /// f32 FMA rate at 3 GHz (2 FMA units × 16 lanes × 2 FLOP × 3e9 = 192 GFLOP/s). An
+    /// approximation, not a measurement: set `train.peak_tflops` for your CPU.
+    fn peak_flops(&self) -> f64 {
+        rayon::current_num_threads() as f64 * 192e9
     }
 
     fn elem_bytes(&self, _kind: BufKind) -> usize {

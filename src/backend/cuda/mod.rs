@@ -353,23 +353,6 @@ impl CudaBackend {
         self.ctx.name().unwrap_or_else(|_| "unknown device".into())
     }
 
-    /// Dense bf16 peak of known devices (for MFU; never the sparse figure); 0 when unknown, in
-    /// which case set `train.peak_tflops`.
-    pub fn peak_bf16_flops(&self) -> f64 {
-        let name = self.device_name();
-        if name.contains("H100") || name.contains("H200") || name.contains("GH200") {
-            989.4e12
-        } else if name.contains("A100") {
-            312e12
-        } else if name.contains("L40S") {
-            362e12
-        } else if name.contains("A10G") || name.contains("A10") {
-            125e12
-        } else {
-            0.0
-        }
-    }
-
     fn launch<'a>(
         &'a self,
         what: &str,
@@ -584,6 +567,22 @@ impl Backend for CudaBackend {
 
     fn device_memory_bytes(&self) -> Option<f64> {
         self.ctx.total_mem().ok().map(|b| b as f64)
+    }
+
+    /// Dense bf16 peak of known devices (never the sparse figure); 0 for others.
+    fn peak_flops(&self) -> f64 {
+        let name = self.device_name();
+        if name.contains("H100") || name.contains("H200") || name.contains("GH200") {
+            989.4e12
+        } else if name.contains("A100") {
+            312e12
+        } else if name.contains("L40S") {
+            362e12
+        } else if name.contains("A10G") || name.contains("A10") {
+            125e12
+        } else {
+            0.0
+        }
     }
 
     fn synchronize(&self) {
