@@ -250,7 +250,7 @@ pub struct BenchArgs {
     /// Shapes: the embedded default's model, or one Llama-3-8B layer (default: tiny on the CPU,
     /// llama3-8b on CUDA).
     #[arg(long, value_enum)]
-    pub preset: Option<BenchPreset>,
+    pub preset: Option<crate::model::presets::Preset>,
     /// Override the token count N (a multiple of the preset's sequence length).
     #[arg(long)]
     pub tokens: Option<usize>,
@@ -268,14 +268,6 @@ pub enum BenchWhat {
     Attention,
     /// Generated tokens/s of the batched engine (random weights) at several batch sizes.
     Generate,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum BenchPreset {
-    Tiny,
-    Llama3_8b,
-    /// `bench generate` only: the Mistral-7B shape (the instruction synthesizer's).
-    Mistral7b,
 }
 
 #[derive(Args, Debug)]

@@ -10,9 +10,9 @@ use anyhow::{bail, Context, Result};
 
 use crate::backend::cpu::CpuBackend;
 use crate::cli::{
-    BenchArgs, BenchPreset, Cli, Command, ConvertArgs, DataArgs, Device, EvalArgs,
-    ExperimentCommand, ExperimentWorldArgs, ExportArgs, ExportDtype, GenerateArgs, PlanArgs,
-    PrepArgs, SynthArgs, TokenizerCommand, TrainArgs, WorldArgs,
+    BenchArgs, Cli, Command, ConvertArgs, DataArgs, Device, EvalArgs, ExperimentCommand,
+    ExperimentWorldArgs, ExportArgs, ExportDtype, GenerateArgs, PlanArgs, PrepArgs, SynthArgs,
+    TokenizerCommand, TrainArgs, WorldArgs,
 };
 use crate::config::{Config, WorldSection};
 use crate::data::loader::{Loader, Split};
@@ -21,6 +21,7 @@ use crate::data::records::AugmentedRecord;
 use crate::data::tokenizer::{train_byte_level_bpe, Tokenizer};
 use crate::data::world::{write_world, WorldConfig};
 use crate::model::generate::Sampling;
+use crate::model::presets::Preset;
 use crate::model::Model;
 use crate::train::checkpoint;
 use crate::train::trainer::Resume;
@@ -305,15 +306,11 @@ fn bench(a: BenchArgs) -> Result<()> {
         return bench_generate(a);
     }
     let preset = a.preset.unwrap_or(if a.device == Device::Cuda {
-        BenchPreset::Llama3_8b
+        Preset::Llama3_8b
     } else {
-        BenchPreset::Tiny
+        Preset::Tiny
     });
-    let mut shape = match preset {
-        BenchPreset::Tiny => BenchShape::tiny(),
-        BenchPreset::Llama3_8b => BenchShape::llama3_8b(),
-        BenchPreset::Mistral7b => bail!("--preset mistral-7b is for `kiln bench generate`"),
-    };
+    let mut shape = BenchShape::of_preset(preset)?;
     if let Some(n) = a.tokens {
         if n == 0 || n % shape.seq != 0 {
             bail!(
@@ -334,32 +331,13 @@ fn bench(a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// The model shape of a `bench generate` preset.
-fn generate_preset(p: BenchPreset) -> Result<crate::model::ModelConfig> {
-    let text = match p {
-        BenchPreset::Tiny => {
-            "dim = 128\nn_layers = 4\nn_heads = 4\nn_kv_heads = 2\nffn_dim = 352\nvocab_size = 2048\ntie_embeddings = true\nmax_seq_len = 4096\n"
-        }
-        BenchPreset::Mistral7b => {
-            "dim = 4096\nn_layers = 32\nn_heads = 32\nn_kv_heads = 8\nffn_dim = 14336\nvocab_size = 32000\nrope_theta = 1000000.0\nmax_seq_len = 32768\n"
-        }
-        BenchPreset::Llama3_8b => {
-            "dim = 4096\nn_layers = 32\nn_heads = 32\nn_kv_heads = 8\nffn_dim = 14336\nvocab_size = 128256\nrope_theta = 500000.0\nmax_seq_len = 8192\n"
-        }
-    };
-    let mut m: crate::model::ModelConfig = toml::from_str(text)?;
-    let v = m.vocab_size;
-    m.resolve(v)?;
-    Ok(m)
-}
-
 fn bench_generate(a: BenchArgs) -> Result<()> {
     let preset = a.preset.unwrap_or(if a.device == Device::Cuda {
-        BenchPreset::Mistral7b
+        Preset::Mistral7b
     } else {
-        BenchPreset::Tiny
+        Preset::Tiny
     });
-    let mcfg = generate_preset(preset)?;
+    let mcfg = crate::bench::generate_model(preset)?;
     let batches = if a.batches.is_empty() {
         vec![1, 32, 128]
     } else {

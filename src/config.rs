@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::AttentionKernel;
 use crate::data::loader::SourceSpec;
+use crate::model::presets::Preset;
 use crate::model::ModelConfig;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -246,6 +247,30 @@ fn parse_override_value(raw: &str) -> toml::Value {
         .unwrap_or_else(|| toml::Value::String(raw.to_string()))
 }
 
+/// `[model] preset = "NAME"`: the named shape (`model::presets`), with the section's other keys
+/// on top. Returns whether there was one.
+fn expand_model_preset(table: &mut toml::Table) -> Result<bool> {
+    let Some(toml::Value::Table(model)) = table.get_mut("model") else {
+        return Ok(false);
+    };
+    let Some(value) = model.remove("preset") else {
+        return Ok(false);
+    };
+    let names: Vec<&str> = Preset::ALL.iter().map(|p| p.name()).collect();
+    let Some(preset) = value.as_str().and_then(Preset::from_name) else {
+        bail!(
+            "model.preset = {value}: expected one of {}",
+            names.join(", ")
+        );
+    };
+    let toml::Value::Table(mut base) = toml::Value::try_from(preset.config())? else {
+        bail!("internal: preset {} is not a table", preset.name());
+    };
+    base.extend(std::mem::take(model));
+    *model = base;
+    Ok(true)
+}
+
 /// Apply `section.key=value` overrides to a parsed TOML table.
 pub fn apply_overrides(table: &mut toml::Table, overrides: &[String]) -> Result<()> {
     for o in overrides {
@@ -292,23 +317,19 @@ impl Config {
     }
 
     pub fn parse(name: &str, text: &str, overrides: &[String]) -> Result<Config> {
-        let cfg: Config = if overrides.is_empty() {
-            toml::from_str(text).map_err(|e| {
-                let line = e
-                    .span()
-                    .map(|s| format!(":{}", line_of(text, s.start)))
-                    .unwrap_or_default();
-                anyhow::anyhow!("{name}{line}: {}", e.message().trim())
-            })?
+        let at_line = |e: toml::de::Error| {
+            let line = e
+                .span()
+                .map(|s| format!(":{}", line_of(text, s.start)))
+                .unwrap_or_default();
+            anyhow::anyhow!("{name}{line}: {}", e.message().trim())
+        };
+        let mut table: toml::Table = toml::from_str(text).map_err(at_line)?;
+        apply_overrides(&mut table, overrides).with_context(|| name.to_string())?;
+        let preset = expand_model_preset(&mut table).with_context(|| name.to_string())?;
+        let cfg: Config = if overrides.is_empty() && !preset {
+            toml::from_str(text).map_err(at_line)?
         } else {
-            let mut table: toml::Table = toml::from_str(text).map_err(|e| {
-                let line = e
-                    .span()
-                    .map(|s| format!(":{}", line_of(text, s.start)))
-                    .unwrap_or_default();
-                anyhow::anyhow!("{name}{line}: {}", e.message().trim())
-            })?;
-            apply_overrides(&mut table, overrides).with_context(|| name.to_string())?;
             // Re-parse the merged config from text so an error can point at the offending line.
             let merged = toml::to_string(&table)?;
             toml::from_str(&merged).map_err(|e| {
@@ -317,7 +338,12 @@ impl Config {
                     .and_then(|s| merged.lines().nth(line_of(&merged, s.start) - 1))
                     .map(|l| format!(" at `{}`", l.trim()))
                     .unwrap_or_default();
-                anyhow::anyhow!("{name} (with --set overrides){at}: {}", e.message().trim())
+                let with = if overrides.is_empty() {
+                    "with model.preset"
+                } else {
+                    "with --set overrides"
+                };
+                anyhow::anyhow!("{name} ({with}){at}: {}", e.message().trim())
             })?
         };
         let mut cfg = cfg;
@@ -435,6 +461,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown field `nonsense`"), "{e}");
+    }
+
+    #[test]
+    fn a_model_preset_fills_the_shape_and_the_sections_keys_win() {
+        let text = "[data]\ntokenizer = \"t.json\"\nseq_len = 8\nbatch_size = 1\n[[data.sources]]\nname = \"a\"\npath = \"a_*.kiln\"\nweight = 1.0\n[model]\npreset = \"llama3-8b\"\nmax_seq_len = 4096\n";
+        let m = Config::parse("x.toml", text, &[]).unwrap().model.unwrap();
+        let want = Preset::Llama3_8b.config();
+        assert_eq!((m.dim, m.n_layers, m.ffn_dim), (4096, 32, 14336));
+        assert_eq!(m.rope_theta, want.rope_theta);
+        assert_eq!(m.max_seq_len, 4096);
+        let m = Config::parse("x.toml", text, &["model.n_layers=2".into()])
+            .unwrap()
+            .model
+            .unwrap();
+        assert_eq!((m.dim, m.n_layers), (4096, 2));
+        let bad = text.replace("llama3-8b", "llama9");
+        let e = Config::parse("x.toml", &bad, &[]).unwrap_err();
+        let e = format!("{e:#}");
+        assert!(
+            e.contains(
+                "x.toml: model.preset = \"llama9\": expected one of tiny, llama3-8b, mistral-7b"
+            ),
+            "{e}"
+        );
     }
 
     #[test]

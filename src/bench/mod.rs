@@ -8,9 +8,12 @@
 
 use std::time::Instant;
 
+use anyhow::{bail, Result};
 use serde::Serialize;
 
 use crate::backend::{AdamW, AttnShape, Backend, BufKind};
+use crate::model::presets::Preset;
+use crate::model::ModelConfig;
 use crate::rng::Rng;
 
 /// Shapes of one benchmark run (a model's layer at a token count).
@@ -73,33 +76,39 @@ fn time_ms<B: Backend>(be: &B, iters: usize, mut f: impl FnMut()) -> f64 {
 }
 
 impl BenchShape {
-    /// The embedded default's model (configs/tiny.toml) at B16 × T256.
-    pub fn tiny() -> Self {
-        BenchShape {
-            tokens: 4096,
-            seq: 256,
-            dim: 128,
-            ffn: 352,
-            vocab: 2048,
-            heads: 4,
-            kv_heads: 2,
-            head_dim: 32,
-        }
+    /// One layer of `preset`'s model at the token count its benchmarks use: the embedded
+    /// default's model at B16 × T256, Llama-3-8B at 16 × 1024 tokens. Mistral-7B is for
+    /// `kiln bench generate`.
+    pub fn of_preset(preset: Preset) -> Result<Self> {
+        let (tokens, seq) = match preset {
+            Preset::Tiny => (4096, 256),
+            Preset::Llama3_8b => (16384, 1024),
+            Preset::Mistral7b => bail!("--preset mistral-7b is for `kiln bench generate`"),
+        };
+        let m = generate_model(preset)?;
+        Ok(BenchShape {
+            tokens,
+            seq,
+            dim: m.dim,
+            ffn: m.ffn_dim,
+            vocab: m.vocab_size,
+            heads: m.n_heads,
+            kv_heads: m.n_kv_heads,
+            head_dim: m.head_dim,
+        })
     }
+}
 
-    /// One Llama-3-8B layer at 16 × 1024 tokens (hidden 4096, vocabulary 128256).
-    pub fn llama3_8b() -> Self {
-        BenchShape {
-            tokens: 16384,
-            seq: 1024,
-            dim: 4096,
-            ffn: 14336,
-            vocab: 128256,
-            heads: 32,
-            kv_heads: 8,
-            head_dim: 128,
-        }
+/// `preset`'s model, resolved, as the benchmarks build it with random weights: the tiny model
+/// gets the embedded default's vocabulary of 2048 and 4096 positions.
+pub fn generate_model(preset: Preset) -> Result<ModelConfig> {
+    let mut m = preset.config();
+    if preset == Preset::Tiny {
+        m.max_seq_len = 4096;
     }
+    let vocab = if m.vocab_size > 0 { m.vocab_size } else { 2048 };
+    m.resolve(vocab)?;
+    Ok(m)
 }
 
 /// Run every operation at `s` and report achieved throughput against measured ceilings.

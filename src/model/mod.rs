@@ -14,6 +14,7 @@
 pub mod batched;
 pub mod config;
 pub mod generate;
+pub mod presets;
 
 use crate::backend::{AdamW, AttnShape, Backend, BufKind};
 use crate::rng::Rng;
