@@ -10,7 +10,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use kiln::data::loader::{Loader, LoaderOptions, SourceSpec, Split};
 use kiln::data::prep::{prep, PrepOptions};
 use kiln::data::tokenizer::{train_byte_level_bpe, Tokenizer};
-use kiln::data::world::{generate, WorldConfig};
+use kiln::world::{generate, WorldConfig};
 
 struct Fixture {
     _dir: tempfile::TempDir,

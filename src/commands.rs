@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 use crate::backend::cpu::CpuBackend;
 use crate::cli::{
@@ -14,17 +14,16 @@ use crate::cli::{
     ExperimentWorldArgs, ExportArgs, ExportDtype, GenerateArgs, PlanArgs, PrepArgs, SynthArgs,
     TokenizerCommand, TrainArgs, WorldArgs,
 };
-use crate::config::{Config, WorldSection};
+use crate::config::Config;
 use crate::data::loader::{Loader, Split};
-use crate::data::prep::{prep, InputKind, PrepOptions, PrepStats};
-use crate::data::records::AugmentedRecord;
+use crate::data::prep::{prep, PrepOptions};
 use crate::data::tokenizer::{train_byte_level_bpe, Tokenizer};
-use crate::data::world::{write_world, WorldConfig};
 use crate::model::generate::Sampling;
 use crate::model::presets::Preset;
 use crate::model::Model;
 use crate::train::checkpoint;
 use crate::train::trainer::Resume;
+use crate::world::ensure_world;
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
@@ -647,7 +646,7 @@ fn experiment_world(a: ExperimentWorldArgs) -> Result<()> {
     if a.device == Device::Cuda && !cfg!(any(feature = "cuda", feature = "cuda-emu")) {
         bail!(NO_CUDA);
     }
-    let opts = crate::experiment::Options {
+    let opts = crate::world::experiment::Options {
         vanilla: a.vanilla,
         ipt: a.ipt,
         overrides: a.overrides,
@@ -656,7 +655,7 @@ fn experiment_world(a: ExperimentWorldArgs) -> Result<()> {
         batch: a.batch,
     };
     let device = a.device;
-    crate::experiment::run(&opts, &|cfg, resume| {
+    crate::world::experiment::run(&opts, &|cfg, resume| {
         // The first call sizes the global pool; later calls leave it as it is.
         set_threads(cfg.train.threads);
         match device {
@@ -869,225 +868,6 @@ fn world(a: WorldArgs) -> Result<()> {
     ensure_world(&w, &cfg, a.force, !a.no_prep)
 }
 
-/// Build the synthetic world's files, tokenizer and shards where missing (or all with `force`).
-pub fn ensure_world(w: &WorldSection, cfg: &Config, force: bool, with_prep: bool) -> Result<()> {
-    let dir = &w.dir;
-    let wc = WorldConfig {
-        seed: w.seed,
-        people: w.people,
-        bios_per_person: w.bios_per_person,
-        train_fraction: 0.5,
-    };
-    wc.validate().map_err(|e| anyhow::anyhow!("[world]: {e}"))?;
-    let manifest = dir.join("world.json");
-    if !force && manifest.exists() {
-        // An existing world must be the one asked for: its files, tokenizer and shards are reused.
-        let text = std::fs::read_to_string(&manifest)
-            .with_context(|| format!("{}: cannot read", manifest.display()))?;
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("{}: not valid JSON: {e}", manifest.display()))?;
-        let have: WorldConfig = serde_json::from_value(v["config"].clone()).map_err(|e| {
-            anyhow::anyhow!("{}: not a kiln world manifest: {e}", manifest.display())
-        })?;
-        if have != wc {
-            bail!(
-                "{} holds a world of {} people × {} biographies (seed {}), but the config asks for {} × {} (seed {}): choose another world.dir, or regenerate it with `kiln world --force`",
-                dir.display(),
-                have.people,
-                have.bios_per_person,
-                have.seed,
-                wc.people,
-                wc.bios_per_person,
-                wc.seed
-            );
-        }
-    }
-    if force || !manifest.exists() {
-        let t = Instant::now();
-        let s = write_world(&wc, dir)
-            .with_context(|| format!("{}: cannot write the world", dir.display()))?;
-        eprintln!(
-            "world: {} people, {} biographies, {} augmented records, {} held-out questions -> {} ({:.1}s)",
-            s.people,
-            s.biographies,
-            s.augmented_records,
-            s.eval_items,
-            dir.display(),
-            t.elapsed().as_secs_f64()
-        );
-    }
-    if force || !dir.join("tasks/heldout_cloze.jsonl").exists() {
-        write_world_tasks(dir)?;
-    }
-    if !with_prep {
-        return Ok(());
-    }
-    let tok_path = &cfg.data.tokenizer;
-    if force || !tok_path.exists() {
-        let t = Instant::now();
-        let raw = read_jsonl_texts(&dir.join("raw.jsonl"))?;
-        let aug = read_augmented_texts(&dir.join("augmented.jsonl"))?;
-        if let Some(parent) = tok_path.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        train_byte_level_bpe(raw.iter().chain(aug.iter()), w.vocab_size, tok_path)?;
-        eprintln!(
-            "tokenizer: byte-level BPE, {} ids -> {} ({:.1}s)",
-            w.vocab_size,
-            tok_path.display(),
-            t.elapsed().as_secs_f64()
-        );
-    }
-    let tok = Tokenizer::from_file(
-        tok_path,
-        cfg.data.bos_token.as_deref(),
-        cfg.data.eos_token.as_deref(),
-    )?;
-    let shards = dir.join("shards");
-    for (name, file, kind) in [
-        ("raw", "raw.jsonl", InputKind::Jsonl),
-        ("augmented", "augmented.jsonl", InputKind::Augmented),
-    ] {
-        let done = shards.join(format!("{name}_00000.kiln"));
-        if !force && done.exists() {
-            continue;
-        }
-        remove_shards(&shards, name)?;
-        let opts = PrepOptions {
-            inputs: vec![dir.join(file)],
-            kind: Some(kind),
-            out_dir: shards.clone(),
-            name: name.into(),
-            seed: w.seed,
-            ..PrepOptions::default()
-        };
-        let stats = prep(&tok, &opts)?;
-        print_prep_stats(name, &stats);
-    }
-    Ok(())
-}
-
-/// The world's question-answer items as task files `kiln eval` reads: multiple choice and
-/// completion, for the held-out people and the training people; and, for the held-out people,
-/// `heldout_cloze.jsonl`: the same facts and options as multiple choice after a biography-style
-/// prefix ("Ada Lee was born in"), which probes whether a model stored a fact independently of
-/// whether it can answer a question about it.
-fn write_world_tasks(dir: &Path) -> Result<()> {
-    let tasks = dir.join("tasks");
-    std::fs::create_dir_all(&tasks)?;
-    for (src, name) in [("eval.jsonl", "heldout"), ("eval_train.jsonl", "train")] {
-        let (mut mc, mut qa, mut cloze) = (String::new(), String::new(), String::new());
-        let path = dir.join(src);
-        for_each_line(&path, |n, line| {
-            let v: serde_json::Value = serde_json::from_str(line)
-                .map_err(|e| anyhow::anyhow!("{}:{n}: {e}", path.display()))?;
-            let input = format!("Question: {}\nAnswer:", v["q"].as_str().unwrap_or_default());
-            mc.push_str(&serde_json::json!({ "input": input, "options": v["options"], "gold_index": v["answer_index"] }).to_string());
-            mc.push('\n');
-            qa.push_str(&serde_json::json!({ "input": input, "answer": v["a"] }).to_string());
-            qa.push('\n');
-            let person = v["person"].as_str().unwrap_or_default();
-            let prefix = match v["attribute"].as_str().unwrap_or_default() {
-                "birth_date" => "was born on",
-                "birth_city" => "was born in",
-                "university" => "studied at",
-                "major" => "majored in",
-                "employer" => "works for",
-                "employer_city" => "works in the city of",
-                other => bail!("{}:{n}: unknown attribute {other:?}", path.display()),
-            };
-            cloze.push_str(&serde_json::json!({ "input": format!("{person} {prefix}"), "options": v["options"], "gold_index": v["answer_index"] }).to_string());
-            cloze.push('\n');
-            Ok(())
-        })?;
-        crate::fsutil::write_atomic(&tasks.join(format!("{name}_mc.jsonl")), mc.as_bytes())?;
-        crate::fsutil::write_atomic(&tasks.join(format!("{name}_qa.jsonl")), qa.as_bytes())?;
-        if name == "heldout" {
-            crate::fsutil::write_atomic(&tasks.join("heldout_cloze.jsonl"), cloze.as_bytes())?;
-        }
-    }
-    Ok(())
-}
-
-fn remove_shards(dir: &Path, name: &str) -> Result<()> {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let f = e.file_name().to_string_lossy().into_owned();
-            if f.starts_with(&format!("{name}_")) && f.ends_with(".kiln") {
-                std::fs::remove_file(e.path())?;
-            }
-        }
-    }
-    Ok(())
-}
-
-fn print_prep_stats(name: &str, s: &PrepStats) {
-    eprintln!(
-        "prep {name}: {} lines, {} documents, {} tokens, {} shard(s), {:.1} MB in {:.2}s ({:.1} MB/s, {:.2} M tokens/s, peak RSS {} MB){}",
-        s.lines,
-        s.documents,
-        s.tokens,
-        s.shards.len(),
-        s.input_bytes as f64 / 1e6,
-        s.seconds,
-        s.mb_per_s(),
-        s.tokens_per_s() / 1e6,
-        s.peak_rss_bytes.map_or("?".to_string(), |b| format!("{:.0}", b as f64 / 1e6)),
-        if s.skipped_lines > 0 { format!(", skipped {} bad line(s)", s.skipped_lines) } else { String::new() }
-    );
-}
-
-/// Read the `text` field of every line of a JSONL file.
-fn read_jsonl_texts(path: &Path) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    for_each_line(path, |line_no, line| {
-        let v: serde_json::Value = serde_json::from_str(line)
-            .map_err(|e| anyhow::anyhow!("{}:{line_no}: invalid JSON: {e}", path.display()))?;
-        match v.get("text").and_then(|t| t.as_str()) {
-            Some(t) => out.push(t.to_string()),
-            None => bail!("{}:{line_no}: no \"text\" field", path.display()),
-        }
-        Ok(())
-    })?;
-    Ok(out)
-}
-
-/// The question and answer strings of augmented records (their texts are in raw.jsonl).
-fn read_augmented_texts(path: &Path) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    for_each_line(path, |line_no, line| {
-        let r: AugmentedRecord = serde_json::from_str(line)
-            .map_err(|e| anyhow::anyhow!("{}:{line_no}: invalid record: {e}", path.display()))?;
-        out.extend(r.pairs.into_iter().map(|p| format!("{}\n{}", p.q, p.a)));
-        Ok(())
-    })?;
-    Ok(out)
-}
-
-fn for_each_line(path: &Path, mut f: impl FnMut(u64, &str) -> Result<()>) -> Result<()> {
-    let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-    let mut reader = BufReader::new(file);
-    let mut buf = Vec::new();
-    let mut n = 0u64;
-    loop {
-        buf.clear();
-        if reader
-            .read_until(b'\n', &mut buf)
-            .with_context(|| format!("{}: read error", path.display()))?
-            == 0
-        {
-            return Ok(());
-        }
-        n += 1;
-        let line = std::str::from_utf8(&buf)
-            .map_err(|_| anyhow::anyhow!("{}:{n}: not valid UTF-8", path.display()))?;
-        let line = line.trim_end_matches(['\n', '\r']);
-        if !line.trim().is_empty() {
-            f(n, line)?;
-        }
-    }
-}
-
 fn tokenizer(cmd: TokenizerCommand) -> Result<()> {
     match cmd {
         TokenizerCommand::Train {
@@ -1230,7 +1010,7 @@ fn prep_cmd(a: PrepArgs) -> Result<()> {
         ..PrepOptions::default()
     };
     let stats = prep(&tok, &opts)?;
-    print_prep_stats(&a.name, &stats);
+    eprintln!("{}", stats.report(&a.name));
     Ok(())
 }
 

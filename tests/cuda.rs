@@ -462,7 +462,7 @@ fn small_run(dir: &std::path::Path, out: &str, steps: u64) -> kiln::config::Conf
          [train]\nsteps = {steps}\nlr = 3e-3\nwarmup_steps = 5\neval_every = 0\nlog_every = 10\ncheckpoint_every = 10\nkeep_last = 0\nout_dir = \"{d}/{out}\"\n"
     );
     let cfg = kiln::config::Config::parse("small run", &text, &[]).unwrap();
-    kiln::commands::ensure_world(cfg.world.as_ref().unwrap(), &cfg, false, true).unwrap();
+    kiln::world::ensure_world(cfg.world.as_ref().unwrap(), &cfg, false, true).unwrap();
     cfg
 }
 

@@ -69,7 +69,7 @@ out_dir = "{d}/run"
 
 fn world_ready(dir: &Path) {
     let cfg = config(dir, &[]);
-    kiln::commands::ensure_world(cfg.world.as_ref().unwrap(), &cfg, false, true).unwrap();
+    kiln::world::ensure_world(cfg.world.as_ref().unwrap(), &cfg, false, true).unwrap();
 }
 
 /// Train `cfg` (threads when world_size > 1) and return the parameters of step `step`.

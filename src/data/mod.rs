@@ -1,6 +1,6 @@
 //! The data path: tokenizers, token shards, the synthesizer's text format, templating of
-//! instruction-augmented documents, synthesizer fine-tuning sequences, `kiln prep`, the mixture
-//! and packing loader, and the embedded synthetic world.
+//! instruction-augmented documents, synthesizer fine-tuning sequences, `kiln prep`, and the
+//! mixture and packing loader. (The embedded synthetic world lives in `src/world/`, a layer above.)
 
 pub mod augment;
 pub mod bpe;
@@ -13,4 +13,3 @@ pub mod shard;
 pub mod synth_format;
 pub mod templates;
 pub mod tokenizer;
-pub mod world;

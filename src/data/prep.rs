@@ -122,6 +122,23 @@ impl PrepStats {
     pub fn tokens_per_s(&self) -> f64 {
         self.tokens as f64 / self.seconds.max(1e-9)
     }
+
+    /// The one-line log report of the run that wrote the shards named `name`.
+    pub fn report(&self, name: &str) -> String {
+        format!(
+            "prep {name}: {} lines, {} documents, {} tokens, {} shard(s), {:.1} MB in {:.2}s ({:.1} MB/s, {:.2} M tokens/s, peak RSS {} MB){}",
+            self.lines,
+            self.documents,
+            self.tokens,
+            self.shards.len(),
+            self.input_bytes as f64 / 1e6,
+            self.seconds,
+            self.mb_per_s(),
+            self.tokens_per_s() / 1e6,
+            self.peak_rss_bytes.map_or("?".to_string(), |b| format!("{:.0}", b as f64 / 1e6)),
+            if self.skipped_lines > 0 { format!(", skipped {} bad line(s)", self.skipped_lines) } else { String::new() }
+        )
+    }
 }
 
 /// A unit of work encoded independently: one or more lines that make documents together.

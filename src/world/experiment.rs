@@ -21,8 +21,8 @@ use crate::train::checkpoint;
 use crate::train::trainer::Resume;
 
 /// The embedded experiment configs (configs/world-*.toml, compiled into the binary).
-pub const WORLD_VANILLA_TOML: &str = include_str!("../configs/world-vanilla.toml");
-pub const WORLD_IPT_TOML: &str = include_str!("../configs/world-ipt.toml");
+pub const WORLD_VANILLA_TOML: &str = include_str!("../../configs/world-vanilla.toml");
+pub const WORLD_IPT_TOML: &str = include_str!("../../configs/world-ipt.toml");
 
 pub struct Options {
     /// Config files replacing the embedded ones (vanilla, instruction pre-training).
@@ -91,7 +91,7 @@ pub fn run(opts: &Options, train: &Trainer) -> Result<Results> {
     let Some(world) = &vanilla.world else {
         bail!("the experiment configs need a [world] section");
     };
-    crate::commands::ensure_world(world, &vanilla, false, true)?;
+    super::ensure_world(world, &vanilla, false, true)?;
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("{}: cannot create", opts.out.display()))?;
 
