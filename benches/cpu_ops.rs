@@ -204,8 +204,6 @@ fn bench_pointwise(c: &mut Criterion) {
     g.bench_function("add_assign", |bch| {
         bch.iter(|| be.add_assign(&mut bbuf, &a))
     });
-    g.throughput(Throughput::Bytes((2 * len * F) as u64));
-    g.bench_function("scale", |bch| bch.iter(|| be.scale(&mut bbuf, 0.999)));
     g.throughput(Throughput::Bytes((len * F) as u64));
     g.bench_function("sum_squares", |bch| {
         bch.iter(|| black_box(be.sum_squares(&a)))

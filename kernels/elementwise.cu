@@ -1,16 +1,12 @@
-// kernels/elementwise.cu — elementwise updates, casts, fills and the sum-of-squares partials
-// (CPU twins: `add_assign`, `scale`, `sum_squares` in src/backend/cpu/mod.rs; `copy`/`fill_zero`
-// and upload/download conversions of the Backend impl).
+// kernels/elementwise.cu — elementwise addition, the parameters' bf16 working copy, and the
+// sum-of-squares partials (CPU twins: `add_assign`, `sum_squares` in src/backend/cpu/mod.rs;
+// `cast_f32_to_bf16` refreshes a parameter's bf16 working copy from its fp32 master:
+// `CudaBackend::sync_param_copy`).
 //
-// Every kernel except sum_squares_f32 is a 1-D grid-stride loop: block (256), grid
+// add_bf16 and cast_f32_to_bf16 are 1-D grid-stride loops: block (256), grid
 // (min(ceil(n / 256), e.g. 65535)), dynamic shared 0. Flat arrays of n elements.
 //   add_bf16(bf16* y, const bf16* x, int n)          y = bf16(float(y) + float(x))
-//   scale_f32(float* x, float s, int n)              x *= s
-//   scale_bf16(bf16* x, float s, int n)              x = bf16(float(x)·s)
 //   cast_f32_to_bf16(bf16* y, const float* x, int n) y = bf16(x) (round to nearest even)
-//   cast_bf16_to_f32(float* y, const bf16* x, int n) y = float(x) (exact)
-//   fill_bf16(bf16* y, float value, int n)           y = bf16(value)
-//   copy_bf16(bf16* dst, const bf16* src, int n)     dst = src (no overlap)
 //
 // sum_squares_f32(float* partials, const float* x, int n)
 //   partials [G] with G = gridDim.x (host-chosen, e.g. 1024); block (256), dynamic shared 0.
@@ -22,16 +18,6 @@
 extern "C" __global__ void add_bf16(bf16* y, const bf16* x, int n) {
     for (size_t i = grid_stride_start(); i < (size_t)n; i += grid_stride_step()) {
         store_bf16(y, i, load_bf16(y, i) + load_bf16(x, i));
-    }
-}
-
-extern "C" __global__ void scale_f32(float* x, float s, int n) {
-    for (size_t i = grid_stride_start(); i < (size_t)n; i += grid_stride_step()) x[i] *= s;
-}
-
-extern "C" __global__ void scale_bf16(bf16* x, float s, int n) {
-    for (size_t i = grid_stride_start(); i < (size_t)n; i += grid_stride_step()) {
-        store_bf16(x, i, load_bf16(x, i) * s);
     }
 }
 
@@ -49,19 +35,4 @@ extern "C" __global__ void cast_f32_to_bf16(bf16* y, const float* x, int n) {
     for (size_t i = grid_stride_start(); i < (size_t)n; i += grid_stride_step()) {
         store_bf16(y, i, x[i]);
     }
-}
-
-extern "C" __global__ void cast_bf16_to_f32(float* y, const bf16* x, int n) {
-    for (size_t i = grid_stride_start(); i < (size_t)n; i += grid_stride_step()) {
-        y[i] = load_bf16(x, i);
-    }
-}
-
-extern "C" __global__ void fill_bf16(bf16* y, float value, int n) {
-    const bf16 v = __float2bfloat16(value);
-    for (size_t i = grid_stride_start(); i < (size_t)n; i += grid_stride_step()) y[i] = v;
-}
-
-extern "C" __global__ void copy_bf16(bf16* dst, const bf16* src, int n) {
-    for (size_t i = grid_stride_start(); i < (size_t)n; i += grid_stride_step()) dst[i] = src[i];
 }

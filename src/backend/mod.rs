@@ -313,8 +313,6 @@ pub trait Backend: Send + Sync {
     // ---- elementwise, reductions, optimizer ------------------------------------------------
     /// y += x
     fn add_assign(&self, y: &mut Self::Buf, x: &Self::Buf);
-    /// x *= s
-    fn scale(&self, x: &mut Self::Buf, s: f32);
     /// Σ x², accumulated in f64.
     fn sum_squares(&self, x: &Self::Buf) -> f64;
     /// One AdamW step on p with gradient g (times grad_scale) and moments m, v (kept in f32 or

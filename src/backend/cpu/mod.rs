@@ -1044,14 +1044,6 @@ pub fn add_assign<T: Float>(y: &mut [T], x: &[T]) {
     });
 }
 
-/// x *= s
-pub fn scale<T: Float>(x: &mut [T], s: f32) {
-    let s = T::from_f32(s);
-    map_rows_mut(x, ELEM_BLOCK, ELEM_BLOCK, |_, xb| {
-        xb.iter_mut().for_each(|a| *a *= s)
-    });
-}
-
 /// Σ x² in f64, over fixed blocks added in block order (independent of the thread count).
 pub fn sum_squares<T: Float>(x: &[T]) -> f64 {
     // eight partial sums per block (so the loop vectorises), added in a fixed order
@@ -1365,9 +1357,6 @@ impl<T: Float> Backend for CpuBackend<T> {
 
     fn add_assign(&self, y: &mut Vec<T>, x: &Vec<T>) {
         add_assign(y, x);
-    }
-    fn scale(&self, x: &mut Vec<T>, s: f32) {
-        scale(x, s);
     }
     fn sum_squares(&self, x: &Vec<T>) -> f64 {
         sum_squares(x)

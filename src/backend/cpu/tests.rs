@@ -445,7 +445,7 @@ fn cross_entropy_rejects_target_out_of_vocab() {
 }
 
 #[test]
-fn add_assign_scale_sum_squares_match_naive() {
+fn add_assign_and_sum_squares_match_naive() {
     let be = cpu32();
     let mut rng = Rng::new(9);
     let n = 40_000;
@@ -454,9 +454,6 @@ fn add_assign_scale_sum_squares_match_naive() {
     be.add_assign(&mut yb, &to_f32(&x));
     let sum: Vec<f64> = x.iter().zip(&y).map(|(a, b)| a + b).collect();
     assert_close("add_assign", &to_f64(&yb), &sum, F32_BOUND);
-    be.scale(&mut yb, -0.75);
-    let scaled: Vec<f64> = sum.iter().map(|a| a * -0.75).collect();
-    assert_close("scale", &to_f64(&yb), &scaled, F32_BOUND);
     let ss = be.sum_squares(&to_f32(&x));
     let reference: f64 = x.iter().map(|a| a * a).sum();
     assert!(

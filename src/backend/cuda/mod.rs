@@ -87,8 +87,6 @@ struct Kernels {
     cross_entropy_fused: CudaFunction,
     adamw: CudaFunction,
     add_bf16: CudaFunction,
-    scale_f32: CudaFunction,
-    scale_bf16: CudaFunction,
     sum_squares_f32: CudaFunction,
     cast_f32_to_bf16: CudaFunction,
     attention_fwd: CudaFunction,
@@ -256,8 +254,6 @@ impl CudaBackend {
             cross_entropy_fused: f(&ce, "cross_entropy_fused")?,
             adamw: f(&adamw, "adamw")?,
             add_bf16: f(&ew, "add_bf16")?,
-            scale_f32: f(&ew, "scale_f32")?,
-            scale_bf16: f(&ew, "scale_bf16")?,
             sum_squares_f32: f(&ew, "sum_squares_f32")?,
             cast_f32_to_bf16: f(&ew, "cast_f32_to_bf16")?,
             attention_fwd: f(&attn, "attention_fwd")?,
@@ -1309,22 +1305,6 @@ impl Backend for CudaBackend {
         self.launch("add_bf16", &self.k.add_bf16, grid(n), |b| {
             b.arg(y.h_mut()).arg(x.h()).arg(&n_i32);
         });
-    }
-
-    fn scale(&self, x: &mut CudaBuf, s: f32) {
-        let n = x.len;
-        if let Some(f) = x.f32.as_mut() {
-            let n_i32 = i(n);
-            self.launch("scale_f32", &self.k.scale_f32, grid(n), |b| {
-                b.arg(f).arg(&s).arg(&n_i32);
-            });
-        }
-        if let Some(h) = x.bf16.as_mut() {
-            let n_i32 = i(n);
-            self.launch("scale_bf16", &self.k.scale_bf16, grid(n), |b| {
-                b.arg(h).arg(&s).arg(&n_i32);
-            });
-        }
     }
 
     fn sum_squares(&self, x: &CudaBuf) -> f64 {
