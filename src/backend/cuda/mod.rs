@@ -211,6 +211,46 @@ pub fn flash_meta(doc_ids: &[u32], batch: usize, seq: usize) -> (Vec<u32>, bool)
     (meta, contiguous)
 }
 
+/// The arguments every attention-backward kernel takes after its outputs (reference
+/// `attention_bwd_dq` and `attention_bwd_dkdv`; flash `flash_bwd_dkdv_*` and `flash_bwd_dq_*`),
+/// in their signatures' order: dout, q, k, v, lse, delta, the per-position ids (doc ids for the
+/// reference kernels, `flash_meta` for the flash ones), B, T, H, Hkv, then `D, scale, causal`
+/// (reference) or `scale, causal, contiguous` (flash).
+struct AttnBwdInputs<'a> {
+    dout: &'a CudaSlice<bf16>,
+    q: &'a CudaSlice<bf16>,
+    k: &'a CudaSlice<bf16>,
+    v: &'a CudaSlice<bf16>,
+    lse: &'a CudaSlice<f32>,
+    delta: &'a CudaSlice<f32>,
+    ids: &'a CudaSlice<i32>,
+    /// B, T, H, Hkv
+    dims: [i32; 4],
+    head_dim: i32,
+    scale: f32,
+    causal: i32,
+    /// The flash kernels' `contiguous` flag; None for the reference kernels.
+    flash_contiguous: Option<i32>,
+}
+
+impl<'a> AttnBwdInputs<'a> {
+    fn push(&'a self, b: &mut LaunchArgs<'a>) {
+        b.arg(self.dout)
+            .arg(self.q)
+            .arg(self.k)
+            .arg(self.v)
+            .arg(self.lse)
+            .arg(self.delta)
+            .arg(self.ids);
+        let [batch, seq, heads, kv_heads] = &self.dims;
+        b.arg(batch).arg(seq).arg(heads).arg(kv_heads);
+        match &self.flash_contiguous {
+            None => b.arg(&self.head_dim).arg(&self.scale).arg(&self.causal),
+            Some(contiguous) => b.arg(&self.scale).arg(&self.causal).arg(contiguous),
+        };
+    }
+}
+
 pub use device::missing_libraries;
 
 impl CudaBackend {
@@ -480,25 +520,24 @@ impl CudaBackend {
             block_dim: (128, 1, 1),
             shared_mem_bytes: flash_smem(FlashKernel::DkDv, a.head_dim) as u32,
         };
+        let inputs = AttnBwdInputs {
+            dout: dout.h(),
+            q: q.h(),
+            k: k.h(),
+            v: v.h(),
+            lse: lse.f(),
+            delta: &s.delta,
+            ids: &s.ints[1],
+            dims: [bb, t, h, hkv],
+            head_dim: d,
+            scale,
+            causal,
+            flash_contiguous: Some(contiguous),
+        };
         self.launch("flash_bwd_dkdv", &self.k.flash_bwd_dkdv[di], cfg, |b| {
-            b.arg(dk.h_mut())
-                .arg(dv.h_mut())
-                .arg(&mut s.dq_acc)
-                .arg(dout.h())
-                .arg(q.h())
-                .arg(k.h())
-                .arg(v.h())
-                .arg(lse.f())
-                .arg(&s.delta)
-                .arg(&s.ints[1]);
-            b.arg(&bb)
-                .arg(&t)
-                .arg(&h)
-                .arg(&hkv)
-                .arg(&scale)
-                .arg(&causal)
-                .arg(&contiguous)
-                .arg(&atomic_i);
+            b.arg(dk.h_mut()).arg(dv.h_mut()).arg(&mut s.dq_acc);
+            inputs.push(b);
+            b.arg(&atomic_i);
         });
         if atomic {
             let n = i(rows * a.head_dim);
@@ -517,21 +556,8 @@ impl CudaBackend {
                 shared_mem_bytes: flash_smem(FlashKernel::Dq, a.head_dim) as u32,
             };
             self.launch("flash_bwd_dq", &self.k.flash_bwd_dq[di], cfg, |b| {
-                b.arg(dq.h_mut())
-                    .arg(dout.h())
-                    .arg(q.h())
-                    .arg(k.h())
-                    .arg(v.h())
-                    .arg(lse.f())
-                    .arg(&s.delta)
-                    .arg(&s.ints[1]);
-                b.arg(&bb)
-                    .arg(&t)
-                    .arg(&h)
-                    .arg(&hkv)
-                    .arg(&scale)
-                    .arg(&causal)
-                    .arg(&contiguous);
+                b.arg(dq.h_mut());
+                inputs.push(b);
             });
         }
     }
@@ -996,22 +1022,23 @@ impl Backend for CudaBackend {
             block_dim: (128, 1, 1),
             shared_mem_bytes: 0,
         };
+        let inputs = AttnBwdInputs {
+            dout: dout.h(),
+            q: q.h(),
+            k: k.h(),
+            v: v.h(),
+            lse: lse.f(),
+            delta: &s.delta,
+            ids: &s.ints[0],
+            dims: [bb, t, h, hkv],
+            head_dim: d,
+            scale,
+            causal,
+            flash_contiguous: None,
+        };
         self.launch("attention_bwd_dq", &self.k.attention_bwd_dq, cfg, |b| {
-            b.arg(dq.h_mut())
-                .arg(dout.h())
-                .arg(q.h())
-                .arg(k.h())
-                .arg(v.h())
-                .arg(lse.f())
-                .arg(&s.delta)
-                .arg(&s.ints[0]);
-            b.arg(&bb)
-                .arg(&t)
-                .arg(&h)
-                .arg(&hkv)
-                .arg(&d)
-                .arg(&scale)
-                .arg(&causal);
+            b.arg(dq.h_mut());
+            inputs.push(b);
         });
         let cfg = LaunchConfig {
             grid_dim: ((a.batch * a.kv_heads * a.seq) as u32, 1, 1),
@@ -1019,22 +1046,8 @@ impl Backend for CudaBackend {
             shared_mem_bytes: 0,
         };
         self.launch("attention_bwd_dkdv", &self.k.attention_bwd_dkdv, cfg, |b| {
-            b.arg(dk.h_mut())
-                .arg(dv.h_mut())
-                .arg(dout.h())
-                .arg(q.h())
-                .arg(k.h())
-                .arg(v.h())
-                .arg(lse.f())
-                .arg(&s.delta)
-                .arg(&s.ints[0]);
-            b.arg(&bb)
-                .arg(&t)
-                .arg(&h)
-                .arg(&hkv)
-                .arg(&d)
-                .arg(&scale)
-                .arg(&causal);
+            b.arg(dk.h_mut()).arg(dv.h_mut());
+            inputs.push(b);
         });
     }
 
