@@ -12,8 +12,12 @@
 //! * Small per-token integer inputs (token ids, positions, document ids, targets, loss mask) are
 //!   host slices; a device backend uploads them.
 //!
+//! Each operation's preconditions (buffer lengths against the shapes passed, buffer kinds, index
+//! ranges) are checked in one place, [`contract`], which both backends call before computing.
+//!
 //! This trait is not a general tensor library: add an operation only when the model needs one.
 
+pub mod contract;
 pub mod cpu;
 #[cfg(any(feature = "cuda", feature = "cuda-emu"))]
 pub mod cuda;
@@ -104,6 +108,10 @@ pub trait Backend: Send + Sync {
     fn upload_as(&self, host: &[f32], kind: BufKind) -> Self::Buf;
     fn download(&self, buf: &Self::Buf) -> Vec<f32>;
     fn buf_len(&self, buf: &Self::Buf) -> usize;
+    /// The kind a buffer was made with, where the backend records it (None: the backend stores
+    /// every kind alike, as the CPU backend does). [`contract`] checks it against the precision
+    /// each operation uses the buffer in.
+    fn buf_kind(&self, buf: &Self::Buf) -> Option<BufKind>;
     fn fill_zero(&self, buf: &mut Self::Buf);
     fn copy(&self, dst: &mut Self::Buf, src: &Self::Buf);
     /// Copy `len` elements from `src[src_off..]` into `dst[dst_off..]`.

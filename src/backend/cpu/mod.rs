@@ -5,9 +5,10 @@
 //! blocks of elements or (batch, head) pairs once the work is large enough to pay for the
 //! fork-join. Every reduction that feeds a result is done in a fixed order, so results do not
 //! depend on the thread count. This module owns no model logic and allocates only the temporary
-//! buffers a kernel needs for one call.
+//! buffers a kernel needs for one call. The kernels assume the operation's preconditions: the
+//! `Backend` impl checks them first, through `contract`.
 
-use super::{AdamW, AttnShape, Backend, BufKind};
+use super::{contract, AdamW, AttnShape, Backend, BufKind};
 use gemm::Parallelism;
 use rayon::prelude::*;
 use std::fmt::Debug;
@@ -264,10 +265,7 @@ fn gemm_strided<T: Float>(
 // ---- linear layers ------------------------------------------------------------------------------
 
 /// y[m, n] = x[m, k] · w[n, k]ᵀ
-pub fn matmul<T: Float>(y: &mut [T], x: &[T], w: &[T], m: usize, k: usize, n: usize) {
-    assert_eq!(y.len(), m * n, "matmul: y");
-    assert_eq!(x.len(), m * k, "matmul: x");
-    assert_eq!(w.len(), n * k, "matmul: w");
+fn matmul<T: Float>(y: &mut [T], x: &[T], w: &[T], m: usize, k: usize, n: usize) {
     // rhs = wᵀ [k, n]: element (i, j) = w[j·k + i]
     gemm_strided(m, n, k, y, n, false, x, k, 1, w, 1, k);
 }
@@ -280,10 +278,7 @@ const ROWWISE_COLS: usize = 128;
 /// y[m, n] = x[m, k] · w[n, k]ᵀ with every element one `dot` (a fixed summation order), so a
 /// row's result does not depend on m or on the other rows (unlike the `gemm` crate, whose
 /// kernels differ by shape). Parallel over blocks of rows × columns.
-pub fn matmul_rowwise<T: Float>(y: &mut [T], x: &[T], w: &[T], m: usize, k: usize, n: usize) {
-    assert_eq!(y.len(), m * n, "matmul_rowwise: y");
-    assert_eq!(x.len(), m * k, "matmul_rowwise: x");
-    assert_eq!(w.len(), n * k, "matmul_rowwise: w");
+fn matmul_rowwise<T: Float>(y: &mut [T], x: &[T], w: &[T], m: usize, k: usize, n: usize) {
     let (rb, cb) = (m.div_ceil(ROWWISE_ROWS), n.div_ceil(ROWWISE_COLS));
     let block = |t: usize| -> Vec<T> {
         let (r0, c0) = ((t / cb) * ROWWISE_ROWS, (t % cb) * ROWWISE_COLS);
@@ -312,7 +307,7 @@ pub fn matmul_rowwise<T: Float>(y: &mut [T], x: &[T], w: &[T], m: usize, k: usiz
 
 /// dx[m, k] (= or +=) dy[m, n] · w[n, k]
 #[allow(clippy::too_many_arguments)]
-pub fn matmul_dx<T: Float>(
+fn matmul_dx<T: Float>(
     dx: &mut [T],
     dy: &[T],
     w: &[T],
@@ -321,17 +316,11 @@ pub fn matmul_dx<T: Float>(
     n: usize,
     accumulate: bool,
 ) {
-    assert_eq!(dx.len(), m * k, "matmul_dx: dx");
-    assert_eq!(dy.len(), m * n, "matmul_dx: dy");
-    assert_eq!(w.len(), n * k, "matmul_dx: w");
     gemm_strided(m, k, n, dx, k, accumulate, dy, n, 1, w, k, 1);
 }
 
 /// dw[n, k] += dy[m, n]ᵀ · x[m, k]
-pub fn matmul_dw<T: Float>(dw: &mut [T], dy: &[T], x: &[T], m: usize, k: usize, n: usize) {
-    assert_eq!(dw.len(), n * k, "matmul_dw: dw");
-    assert_eq!(dy.len(), m * n, "matmul_dw: dy");
-    assert_eq!(x.len(), m * k, "matmul_dw: x");
+fn matmul_dw<T: Float>(dw: &mut [T], dy: &[T], x: &[T], m: usize, k: usize, n: usize) {
     // lhs = dyᵀ [n, m]: element (i, j) = dy[j·n + i]
     gemm_strided(n, k, m, dw, k, true, dy, 1, n, x, k, 1);
 }
@@ -339,13 +328,9 @@ pub fn matmul_dw<T: Float>(dw: &mut [T], dy: &[T], x: &[T], m: usize, k: usize, 
 // ---- embedding ----------------------------------------------------------------------------------
 
 /// out[N, d] = table[ids[i], :]  (table [V, d])
-pub fn embedding<T: Float>(out: &mut [T], table: &[T], ids: &[u32], d: usize) {
-    assert_eq!(out.len(), ids.len() * d, "embedding: out");
-    assert_eq!(table.len() % d.max(1), 0, "embedding: table");
-    let vocab = table.len() / d.max(1);
+fn embedding<T: Float>(out: &mut [T], table: &[T], ids: &[u32], d: usize) {
     map_rows_mut(out, d, d, |i, row| {
         let id = ids[i] as usize;
-        assert!(id < vocab, "embedding: id {id} >= vocab {vocab}");
         row.copy_from_slice(&table[id * d..(id + 1) * d]);
     });
 }
@@ -355,16 +340,7 @@ pub fn embedding<T: Float>(out: &mut [T], table: &[T], ids: &[u32], d: usize) {
 /// Tokens are grouped by id (a stable sort, so token order is kept within an id); each distinct
 /// id's row is then summed by one task, starting from its current value, so repeated ids never
 /// race and the additions happen in token order whatever the thread count.
-pub fn embedding_dw<T: Float>(dtable: &mut [T], dout: &[T], ids: &[u32], d: usize) {
-    assert_eq!(dout.len(), ids.len() * d, "embedding_dw: dout");
-    assert_eq!(dtable.len() % d.max(1), 0, "embedding_dw: dtable");
-    let vocab = dtable.len() / d.max(1);
-    for &id in ids {
-        assert!(
-            (id as usize) < vocab,
-            "embedding_dw: id {id} >= vocab {vocab}"
-        );
-    }
+fn embedding_dw<T: Float>(dtable: &mut [T], dout: &[T], ids: &[u32], d: usize) {
     if ids.is_empty() || d == 0 {
         return;
     }
@@ -401,11 +377,7 @@ pub fn embedding_dw<T: Float>(dtable: &mut [T], dout: &[T], ids: &[u32], d: usiz
 // ---- RMSNorm ------------------------------------------------------------------------------------
 
 /// out[N, d] = x · rstd · w, rstd[N] = 1 / sqrt(mean(x²) + eps)  (x [N, d], w [d])
-pub fn rmsnorm<T: Float>(out: &mut [T], rstd: &mut [T], x: &[T], w: &[T], d: usize, eps: f32) {
-    let n = rstd.len();
-    assert_eq!(out.len(), n * d, "rmsnorm: out");
-    assert_eq!(x.len(), n * d, "rmsnorm: x");
-    assert_eq!(w.len(), d, "rmsnorm: w");
+fn rmsnorm<T: Float>(out: &mut [T], rstd: &mut [T], x: &[T], w: &[T], d: usize, eps: f32) {
     let eps = T::from_f32(eps);
     let inv_d = T::from_f64(1.0 / d as f64);
     let r = map_rows_mut(out, d, 3 * d, |i, row| {
@@ -426,7 +398,7 @@ pub fn rmsnorm<T: Float>(out: &mut [T], rstd: &mut [T], x: &[T], w: &[T], d: usi
 /// Rows are processed in fixed blocks, each with its own dw partial; the partials are added in
 /// block order.
 #[allow(clippy::too_many_arguments)]
-pub fn rmsnorm_bwd<T: Float>(
+fn rmsnorm_bwd<T: Float>(
     dx: &mut [T],
     dw: &mut [T],
     dout: &[T],
@@ -435,12 +407,6 @@ pub fn rmsnorm_bwd<T: Float>(
     rstd: &[T],
     d: usize,
 ) {
-    let n = rstd.len();
-    assert_eq!(dx.len(), n * d, "rmsnorm_bwd: dx");
-    assert_eq!(dout.len(), n * d, "rmsnorm_bwd: dout");
-    assert_eq!(x.len(), n * d, "rmsnorm_bwd: x");
-    assert_eq!(w.len(), d, "rmsnorm_bwd: w");
-    assert_eq!(dw.len(), d, "rmsnorm_bwd: dw");
     const BLOCK_ROWS: usize = 32;
     let inv_d = T::from_f64(1.0 / d as f64);
     let partials = map_rows_mut(dx, BLOCK_ROWS * d, BLOCK_ROWS * 6 * d, |blk, dxb| {
@@ -485,15 +451,10 @@ fn rope_rotate<T: Float>(
     sin: &[T],
     inverse: bool,
 ) {
-    assert!(head_dim % 2 == 0, "rope: head_dim {head_dim} is odd");
     let half = head_dim / 2;
     let row = heads * head_dim;
-    assert_eq!(x.len(), positions.len() * row, "rope: x");
-    assert_eq!(cos.len(), sin.len(), "rope: cos/sin");
-    let max_pos = cos.len() / half.max(1);
     map_rows_mut(x, row, 3 * row, |i, xr| {
         let p = positions[i] as usize;
-        assert!(p < max_pos, "rope: position {p} >= table length {max_pos}");
         let (c, s) = (
             &cos[p * half..(p + 1) * half],
             &sin[p * half..(p + 1) * half],
@@ -512,14 +473,8 @@ fn rope_rotate<T: Float>(
 
 // ---- attention ----------------------------------------------------------------------------------
 
-/// Checks the buffer lengths of one attention call and returns (T, H, Hkv, D, H/Hkv).
+/// (T, H, Hkv, D, H/Hkv) of one attention call (`contract` checked that Hkv divides H).
 fn attn_dims(s: AttnShape) -> (usize, usize, usize, usize, usize) {
-    assert!(
-        s.kv_heads > 0 && s.heads % s.kv_heads == 0,
-        "attention: heads {} not a multiple of kv_heads {}",
-        s.heads,
-        s.kv_heads
-    );
     (s.seq, s.heads, s.kv_heads, s.head_dim, s.heads / s.kv_heads)
 }
 
@@ -550,7 +505,7 @@ fn gather_head<T: Float>(
 /// the allowed keys (max, then exp-sum and weighted sum of v), writing a [T, D] tile that is then
 /// scattered into `out`.
 #[allow(clippy::too_many_arguments)]
-pub fn attention<T: Float>(
+fn attention<T: Float>(
     out: &mut [T],
     lse: &mut [T],
     q: &[T],
@@ -560,13 +515,6 @@ pub fn attention<T: Float>(
     s: AttnShape,
 ) {
     let (tt, h, hkv, dd, group) = attn_dims(s);
-    let b = s.batch;
-    assert_eq!(q.len(), b * tt * h * dd, "attention: q");
-    assert_eq!(out.len(), q.len(), "attention: out");
-    assert_eq!(k.len(), b * tt * hkv * dd, "attention: k");
-    assert_eq!(v.len(), k.len(), "attention: v");
-    assert_eq!(lse.len(), b * h * tt, "attention: lse");
-    assert_eq!(doc_ids.len(), b * tt, "attention: doc_ids");
     let scale = T::from_f64(1.0 / (dd as f64).sqrt());
     // tiles [B, H, T, D]
     let mut tiles = vec![T::ZERO; out.len()];
@@ -664,7 +612,7 @@ pub fn attention<T: Float>(
 /// private [T, D] tiles. The kv-head gradients of the H/Hkv query heads sharing one kv head are
 /// then summed in head order.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_bwd<T: Float>(
+fn attention_bwd<T: Float>(
     dq: &mut [T],
     dk: &mut [T],
     dv: &mut [T],
@@ -679,15 +627,6 @@ pub fn attention_bwd<T: Float>(
 ) {
     let (tt, h, hkv, dd, group) = attn_dims(s);
     let b = s.batch;
-    assert_eq!(q.len(), b * tt * h * dd, "attention_bwd: q");
-    for (buf, name) in [(&*dq, "dq"), (dout, "dout"), (out, "out")] {
-        assert_eq!(buf.len(), q.len(), "attention_bwd: {name}");
-    }
-    for (buf, name) in [(&*dk, "dk"), (&*dv, "dv"), (k, "k"), (v, "v")] {
-        assert_eq!(buf.len(), b * tt * hkv * dd, "attention_bwd: {name}");
-    }
-    assert_eq!(lse.len(), b * h * tt, "attention_bwd: lse");
-    assert_eq!(doc_ids.len(), b * tt, "attention_bwd: doc_ids");
     let scale = T::from_f64(1.0 / (dd as f64).sqrt());
     let td = tt * dd;
     // tiles [B, H, 3, T, D]: dq, dk, dv of one (b, h)
@@ -780,7 +719,7 @@ pub fn attention_bwd<T: Float>(
 /// [B, max_len, Hkv, D] holding positions 0..past+Tq; causal, no document masking.
 /// Writes out [B, Tq, H, D]. Parallel over (b, h) like `attention`, reading the cache in place.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_cached<T: Float>(
+fn attention_cached<T: Float>(
     out: &mut [T],
     q: &[T],
     k_cache: &[T],
@@ -790,20 +729,7 @@ pub fn attention_cached<T: Float>(
     s: AttnShape,
 ) {
     let (tq, h, hkv, dd, group) = attn_dims(s);
-    let b = s.batch;
     let len = past + tq;
-    assert!(
-        len <= max_len,
-        "attention_cached: past {past} + {tq} new > cache length {max_len}"
-    );
-    assert_eq!(q.len(), b * tq * h * dd, "attention_cached: q");
-    assert_eq!(out.len(), q.len(), "attention_cached: out");
-    assert_eq!(
-        k_cache.len(),
-        b * max_len * hkv * dd,
-        "attention_cached: k_cache"
-    );
-    assert_eq!(v_cache.len(), k_cache.len(), "attention_cached: v_cache");
     let scale = T::from_f64(1.0 / (dd as f64).sqrt());
     // tiles [B, H, Tq, D]
     let mut tiles = vec![T::ZERO; out.len()];
@@ -843,7 +769,7 @@ pub fn attention_cached<T: Float>(
 }
 
 /// Rows of src [N, W] into cache [S, max_len, W] at (slots[i], positions[i]).
-pub fn kv_write<T: Float>(
+fn kv_write<T: Float>(
     cache: &mut [T],
     src: &[T],
     slots: &[u32],
@@ -851,19 +777,12 @@ pub fn kv_write<T: Float>(
     max_len: usize,
 ) {
     let n = slots.len();
-    assert_eq!(positions.len(), n, "kv_write: positions");
     if n == 0 {
         return;
     }
-    assert_eq!(src.len() % n, 0, "kv_write: src");
     let w = src.len() / n;
-    let slots_total = cache.len() / (max_len * w).max(1);
     for (i, row) in src.chunks(w).enumerate() {
         let (s, p) = (slots[i] as usize, positions[i] as usize);
-        assert!(
-            s < slots_total && p < max_len,
-            "kv_write: slot {s} position {p} outside the cache [{slots_total}, {max_len}]"
-        );
         let o = (s * max_len + p) * w;
         cache[o..o + w].copy_from_slice(row);
     }
@@ -874,7 +793,7 @@ pub fn kv_write<T: Float>(
 /// Parallel over (i, h); each is the two-pass softmax of `attention_cached`, so a sequence's
 /// result does not depend on the other sequences of the call.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_decode<T: Float>(
+fn attention_decode<T: Float>(
     out: &mut [T],
     q: &[T],
     k_cache: &[T],
@@ -884,21 +803,7 @@ pub fn attention_decode<T: Float>(
     max_len: usize,
     s: AttnShape,
 ) {
-    let (tq, h, hkv, dd, group) = attn_dims(s);
-    let n = s.batch;
-    assert_eq!(tq, 1, "attention_decode: one query per sequence");
-    assert_eq!(slots.len(), n, "attention_decode: slots");
-    assert_eq!(lens.len(), n, "attention_decode: lens");
-    assert_eq!(q.len(), n * h * dd, "attention_decode: q");
-    assert_eq!(out.len(), q.len(), "attention_decode: out");
-    assert_eq!(v_cache.len(), k_cache.len(), "attention_decode: v_cache");
-    let slots_total = k_cache.len() / (max_len * hkv * dd).max(1);
-    for (&sl, &len) in slots.iter().zip(lens) {
-        assert!(
-            (sl as usize) < slots_total && len >= 1 && len as usize <= max_len,
-            "attention_decode: slot {sl} length {len} outside the cache [{slots_total}, {max_len}]"
-        );
-    }
+    let (_, h, hkv, dd, group) = attn_dims(s);
     let scale = T::from_f64(1.0 / (dd as f64).sqrt());
     let work = lens.iter().map(|&l| l as usize).max().unwrap_or(0) * dd * 2;
     map_rows_mut(out, dd, work, |ih, o| {
@@ -933,9 +838,7 @@ fn sigmoid<T: Float>(x: T) -> T {
 }
 
 /// out = silu(gate) ⊙ up, silu(g) = g·σ(g); all three the same length.
-pub fn swiglu<T: Float>(out: &mut [T], gate: &[T], up: &[T]) {
-    assert_eq!(gate.len(), out.len(), "swiglu: gate");
-    assert_eq!(up.len(), out.len(), "swiglu: up");
+fn swiglu<T: Float>(out: &mut [T], gate: &[T], up: &[T]) {
     map_rows_mut(out, ELEM_BLOCK, ELEM_BLOCK * 8, |c, o| {
         let base = c * ELEM_BLOCK;
         let (g, u) = (&gate[base..base + o.len()], &up[base..base + o.len()]);
@@ -946,16 +849,8 @@ pub fn swiglu<T: Float>(out: &mut [T], gate: &[T], up: &[T]) {
 }
 
 /// dup = dout·silu(gate), dgate = dout·up·σ(gate)·(1 + gate·(1 − σ(gate)))  (overwrite)
-pub fn swiglu_bwd<T: Float>(dgate: &mut [T], dup: &mut [T], dout: &[T], gate: &[T], up: &[T]) {
+fn swiglu_bwd<T: Float>(dgate: &mut [T], dup: &mut [T], dout: &[T], gate: &[T], up: &[T]) {
     let n = dout.len();
-    for (len, name) in [
-        (dgate.len(), "dgate"),
-        (dup.len(), "dup"),
-        (gate.len(), "gate"),
-        (up.len(), "up"),
-    ] {
-        assert_eq!(len, n, "swiglu_bwd: {name}");
-    }
     let block = |c: usize, dg: &mut [T], du: &mut [T]| {
         let base = c * ELEM_BLOCK;
         let r = base..base + dg.len();
@@ -991,23 +886,16 @@ pub fn swiglu_bwd<T: Float>(dgate: &mut [T], dup: &mut [T], dout: &[T], gate: &[
 /// Cross-entropy over logits [N, V] (see `Backend::cross_entropy`): returns Σ mask·(lse − x[target])
 /// in f64 (row losses summed in row order) and overwrites each row with
 /// scale·mask·(softmax(row) − onehot(target)). Rows with mask 0 get a zero gradient.
-pub fn cross_entropy<T: Float>(
+fn cross_entropy<T: Float>(
     logits: &mut [T],
     targets: &[u32],
     mask: &[u8],
     vocab: usize,
     scale: f32,
 ) -> f64 {
-    let n = targets.len();
-    assert_eq!(logits.len(), n * vocab, "cross_entropy: logits");
-    assert_eq!(mask.len(), n, "cross_entropy: mask");
     let scale = T::from_f32(scale);
     let losses = map_rows_mut(logits, vocab, 4 * vocab, |i, row| {
         let target = targets[i] as usize;
-        assert!(
-            target < vocab,
-            "cross_entropy: target {target} >= vocab {vocab}"
-        );
         if mask[i] == 0 {
             row.fill(T::ZERO);
             return 0.0;
@@ -1034,8 +922,7 @@ pub fn cross_entropy<T: Float>(
 // ---- elementwise, reductions, optimizer ----------------------------------------------------------
 
 /// y += x
-pub fn add_assign<T: Float>(y: &mut [T], x: &[T]) {
-    assert_eq!(y.len(), x.len(), "add_assign");
+fn add_assign<T: Float>(y: &mut [T], x: &[T]) {
     map_rows_mut(y, ELEM_BLOCK, ELEM_BLOCK, |c, yb| {
         let xb = &x[c * ELEM_BLOCK..c * ELEM_BLOCK + yb.len()];
         for (a, &b) in yb.iter_mut().zip(xb) {
@@ -1045,7 +932,7 @@ pub fn add_assign<T: Float>(y: &mut [T], x: &[T]) {
 }
 
 /// Σ x² in f64, over fixed blocks added in block order (independent of the thread count).
-pub fn sum_squares<T: Float>(x: &[T]) -> f64 {
+fn sum_squares<T: Float>(x: &[T]) -> f64 {
     // eight partial sums per block (so the loop vectorises), added in a fixed order
     let block = |b: &[T]| {
         let mut acc = [0.0f64; 8];
@@ -1076,12 +963,8 @@ pub fn sum_squares<T: Float>(x: &[T]) -> f64 {
 /// The per-step scalars are formed in f64 (as Python floats) and rounded to T once; lerp and
 /// the final addcdiv round like PyTorch's CPU kernels (`a + w·(b − a)` for |w| < 0.5, else
 /// `b − (b − a)·(1 − w)`; `p + (s·m) / denom`).
-pub fn adamw<T: Float>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], hp: AdamW) {
+fn adamw<T: Float>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], hp: AdamW) {
     let n = p.len();
-    for (len, name) in [(g.len(), "g"), (m.len(), "m"), (v.len(), "v")] {
-        assert_eq!(len, n, "adamw: {name}");
-    }
-    assert!(hp.step >= 1, "adamw: step is 1-based");
     let (lr, b1, b2) = (hp.lr as f64, hp.beta1 as f64, hp.beta2 as f64);
     let step = hp.step.min(i32::MAX as u64) as i32;
     let decay = T::from_f64(1.0 - lr * hp.weight_decay as f64);
@@ -1171,10 +1054,15 @@ impl<T: Float> Backend for CpuBackend<T> {
     fn buf_len(&self, buf: &Vec<T>) -> usize {
         buf.len()
     }
+    /// Every kind is stored alike, so kinds are not recorded (or checked).
+    fn buf_kind(&self, _buf: &Vec<T>) -> Option<BufKind> {
+        None
+    }
     fn fill_zero(&self, buf: &mut Vec<T>) {
         buf.fill(T::ZERO);
     }
     fn copy(&self, dst: &mut Vec<T>, src: &Vec<T>) {
+        contract::copy(self, dst, src);
         dst.copy_from_slice(src);
     }
     fn copy_range(
@@ -1185,13 +1073,16 @@ impl<T: Float> Backend for CpuBackend<T> {
         src_off: usize,
         len: usize,
     ) {
+        contract::copy_range(self, dst, dst_off, src, src_off, len);
         dst[dst_off..dst_off + len].copy_from_slice(&src[src_off..src_off + len]);
     }
 
     fn matmul(&self, y: &mut Vec<T>, x: &Vec<T>, w: &Vec<T>, m: usize, k: usize, n: usize) {
+        contract::matmul(self, "matmul", y, x, w, (m, k, n));
         matmul(y, x, w, m, k, n);
     }
     fn matmul_rowwise(&self, y: &mut Vec<T>, x: &Vec<T>, w: &Vec<T>, m: usize, k: usize, n: usize) {
+        contract::matmul(self, "matmul_rowwise", y, x, w, (m, k, n));
         matmul_rowwise(y, x, w, m, k, n);
     }
     fn matmul_dx(
@@ -1204,16 +1095,20 @@ impl<T: Float> Backend for CpuBackend<T> {
         n: usize,
         accumulate: bool,
     ) {
+        contract::matmul_dx(self, dx, dy, w, (m, k, n));
         matmul_dx(dx, dy, w, m, k, n, accumulate);
     }
     fn matmul_dw(&self, dw: &mut Vec<T>, dy: &Vec<T>, x: &Vec<T>, m: usize, k: usize, n: usize) {
+        contract::matmul_dw(self, dw, dy, x, (m, k, n));
         matmul_dw(dw, dy, x, m, k, n);
     }
 
     fn embedding(&self, out: &mut Vec<T>, table: &Vec<T>, ids: &[u32], d: usize) {
+        contract::embedding(self, out, table, ids, d);
         embedding(out, table, ids, d);
     }
     fn embedding_dw(&self, dtable: &mut Vec<T>, dout: &Vec<T>, ids: &[u32], d: usize) {
+        contract::embedding_dw(self, dtable, dout, ids, d);
         embedding_dw(dtable, dout, ids, d);
     }
 
@@ -1226,6 +1121,7 @@ impl<T: Float> Backend for CpuBackend<T> {
         d: usize,
         eps: f32,
     ) {
+        contract::rmsnorm(self, out, rstd, x, w, d);
         rmsnorm(out, rstd, x, w, d, eps);
     }
     fn rmsnorm_bwd(
@@ -1238,6 +1134,7 @@ impl<T: Float> Backend for CpuBackend<T> {
         rstd: &Vec<T>,
         d: usize,
     ) {
+        contract::rmsnorm_bwd(self, dx, dw, dout, x, w, rstd, d);
         rmsnorm_bwd(dx, dw, dout, x, w, rstd, d);
     }
 
@@ -1250,6 +1147,7 @@ impl<T: Float> Backend for CpuBackend<T> {
         cos: &Vec<T>,
         sin: &Vec<T>,
     ) {
+        contract::rope(self, "rope", x, positions, (heads, head_dim), cos, sin);
         rope_rotate(x, positions, heads, head_dim, cos, sin, false);
     }
     fn rope_bwd(
@@ -1261,6 +1159,7 @@ impl<T: Float> Backend for CpuBackend<T> {
         cos: &Vec<T>,
         sin: &Vec<T>,
     ) {
+        contract::rope(self, "rope_bwd", dx, positions, (heads, head_dim), cos, sin);
         rope_rotate(dx, positions, heads, head_dim, cos, sin, true);
     }
 
@@ -1274,6 +1173,7 @@ impl<T: Float> Backend for CpuBackend<T> {
         doc_ids: &[u32],
         s: AttnShape,
     ) {
+        contract::attention(self, out, lse, q, k, v, doc_ids, s);
         attention(out, lse, q, k, v, doc_ids, s);
     }
     fn attention_bwd(
@@ -1290,6 +1190,7 @@ impl<T: Float> Backend for CpuBackend<T> {
         doc_ids: &[u32],
         s: AttnShape,
     ) {
+        contract::attention_bwd(self, (dq, dk, dv), dout, out, lse, (q, k, v), doc_ids, s);
         attention_bwd(dq, dk, dv, dout, out, lse, q, k, v, doc_ids, s);
     }
     fn attention_cached(
@@ -1302,6 +1203,7 @@ impl<T: Float> Backend for CpuBackend<T> {
         past: usize,
         s: AttnShape,
     ) {
+        contract::attention_cached(self, out, q, k_cache, v_cache, max_len, past, s);
         attention_cached(out, q, k_cache, v_cache, max_len, past, s);
     }
 
@@ -1313,6 +1215,7 @@ impl<T: Float> Backend for CpuBackend<T> {
         positions: &[u32],
         max_len: usize,
     ) {
+        contract::kv_write(self, cache, src, slots, positions, max_len);
         kv_write(cache, src, slots, positions, max_len);
     }
 
@@ -1327,10 +1230,12 @@ impl<T: Float> Backend for CpuBackend<T> {
         max_len: usize,
         s: AttnShape,
     ) {
+        contract::attention_decode(self, out, q, k_cache, v_cache, slots, lens, max_len, s);
         attention_decode(out, q, k_cache, v_cache, slots, lens, max_len, s);
     }
 
     fn swiglu(&self, out: &mut Vec<T>, gate: &Vec<T>, up: &Vec<T>) {
+        contract::swiglu(self, out, gate, up);
         swiglu(out, gate, up);
     }
     fn swiglu_bwd(
@@ -1341,6 +1246,7 @@ impl<T: Float> Backend for CpuBackend<T> {
         gate: &Vec<T>,
         up: &Vec<T>,
     ) {
+        contract::swiglu_bwd(self, dgate, dup, dout, gate, up);
         swiglu_bwd(dgate, dup, dout, gate, up);
     }
 
@@ -1352,16 +1258,20 @@ impl<T: Float> Backend for CpuBackend<T> {
         vocab: usize,
         scale: f32,
     ) -> f64 {
+        contract::cross_entropy(self, logits, targets, mask, vocab);
         cross_entropy(logits, targets, mask, vocab, scale)
     }
 
     fn add_assign(&self, y: &mut Vec<T>, x: &Vec<T>) {
+        contract::add_assign(self, y, x);
         add_assign(y, x);
     }
     fn sum_squares(&self, x: &Vec<T>) -> f64 {
+        contract::sum_squares(self, x);
         sum_squares(x)
     }
     fn adamw(&self, p: &mut Vec<T>, g: &Vec<T>, m: &mut Vec<T>, v: &mut Vec<T>, hp: AdamW) {
+        contract::adamw(self, p, g, m, v, &hp);
         adamw(p, g, m, v, hp);
     }
 }

@@ -967,3 +967,192 @@ fn decode_attention_equals_cached_attention_per_sequence() {
     );
     assert_eq!(cache.iter().filter(|&&x| x != 0.0).count(), 2 * w);
 }
+
+// ---- the contract: a wrong buffer is a panic naming the operation, the buffer and the lengths ---
+
+#[test]
+#[should_panic(expected = "copy_range: src has 4 elements, src_off + len = 2 + 3 reaches past it")]
+fn contract_rejects_a_copy_range_past_the_source() {
+    let mut dst = vec![0f32; 8];
+    cpu32().copy_range(&mut dst, 0, &vec![1f32; 4], 2, 3);
+}
+
+#[test]
+#[should_panic(expected = "matmul: x has 11 elements, m·k = 12")]
+fn contract_rejects_a_short_matmul_operand() {
+    let (m, k, n) = (3, 4, 5);
+    let mut y = vec![0f32; m * n];
+    cpu32().matmul(&mut y, &vec![1f32; m * k - 1], &vec![1f32; n * k], m, k, n);
+}
+
+#[test]
+#[should_panic(expected = "matmul_dw: dw has 19 elements, n·k = 20")]
+fn contract_rejects_a_short_weight_gradient() {
+    let (m, k, n) = (3, 4, 5);
+    let mut dw = vec![0f32; n * k - 1];
+    cpu32().matmul_dw(&mut dw, &vec![1f32; m * n], &vec![1f32; m * k], m, k, n);
+}
+
+#[test]
+#[should_panic(expected = "embedding: out has 15 elements, len(ids)·d = 16")]
+fn contract_rejects_a_short_embedding_output() {
+    let mut out = vec![0f32; 2 * 8 - 1];
+    cpu32().embedding(&mut out, &vec![1f32; 10 * 8], &[1, 2], 8);
+}
+
+#[test]
+#[should_panic(expected = "embedding_dw: id 10 >= vocab 10")]
+fn contract_rejects_an_id_past_the_table() {
+    let mut dtable = vec![0f32; 10 * 8];
+    cpu32().embedding_dw(&mut dtable, &vec![1f32; 2 * 8], &[1, 10], 8);
+}
+
+#[test]
+#[should_panic(expected = "rmsnorm: x has 1000 elements, len(rstd)·d = 1024")]
+fn contract_rejects_a_short_rmsnorm_input() {
+    let (rows, d) = (8, 128);
+    let (mut out, mut rstd) = (vec![0f32; rows * d], vec![0f32; rows]);
+    cpu32().rmsnorm(
+        &mut out,
+        &mut rstd,
+        &vec![1f32; 1000],
+        &vec![1f32; d],
+        d,
+        1e-5,
+    );
+}
+
+#[test]
+#[should_panic(expected = "rmsnorm_bwd: dw has 127 elements, d = 128")]
+fn contract_rejects_a_short_rmsnorm_weight_gradient() {
+    let (rows, d) = (8, 128);
+    let (mut dx, mut dw) = (vec![0f32; rows * d], vec![0f32; d - 1]);
+    let x = vec![1f32; rows * d];
+    cpu32().rmsnorm_bwd(
+        &mut dx,
+        &mut dw,
+        &x,
+        &x,
+        &vec![1f32; d],
+        &vec![1f32; rows],
+        d,
+    );
+}
+
+#[test]
+#[should_panic(expected = "rope_bwd: x has 63 elements, len(positions)·heads·head_dim = 64")]
+fn contract_rejects_a_short_rope_input() {
+    let (cos, sin) = (vec![1f32; 16 * 4], vec![0f32; 16 * 4]);
+    let mut dx = vec![0f32; 2 * 4 * 8 - 1];
+    cpu32().rope_bwd(&mut dx, &[0, 1], 4, 8, &cos, &sin);
+}
+
+#[test]
+#[should_panic(expected = "rope: position 16 >= table length 16")]
+fn contract_rejects_a_position_past_the_rope_tables() {
+    let (cos, sin) = (vec![1f32; 16 * 4], vec![0f32; 16 * 4]);
+    let mut x = vec![0f32; 2 * 4 * 8];
+    cpu32().rope(&mut x, &[0, 16], 4, 8, &cos, &sin);
+}
+
+/// B = 2, T = 5, H = 4, Hkv = 2, D = 8.
+fn contract_attn_shape() -> AttnShape {
+    AttnShape {
+        batch: 2,
+        seq: 5,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 8,
+        causal: true,
+    }
+}
+
+#[test]
+#[should_panic(expected = "attention: lse has 39 elements, B·H·T = 40")]
+fn contract_rejects_a_short_attention_lse() {
+    let s = contract_attn_shape();
+    let (q, kv) = (vec![0f32; 2 * 5 * 4 * 8], vec![0f32; 2 * 5 * 2 * 8]);
+    let (mut out, mut lse) = (q.clone(), vec![0f32; 39]);
+    cpu32().attention(&mut out, &mut lse, &q, &kv, &kv, &[0; 10], s);
+}
+
+#[test]
+#[should_panic(expected = "attention_bwd: dv has 159 elements, B·T·Hkv·D = 160")]
+fn contract_rejects_a_short_attention_gradient() {
+    let s = contract_attn_shape();
+    let (q, kv, lse) = (vec![0f32; 320], vec![0f32; 160], vec![0f32; 40]);
+    let (mut dq, mut dk, mut dv) = (q.clone(), kv.clone(), vec![0f32; 159]);
+    cpu32().attention_bwd(
+        &mut dq, &mut dk, &mut dv, &q, &q, &lse, &q, &kv, &kv, &[0; 10], s,
+    );
+}
+
+#[test]
+#[should_panic(expected = "attention_cached: k_cache has 255 elements, B·max_len·Hkv·D = 256")]
+fn contract_rejects_a_short_kv_cache() {
+    let s = AttnShape {
+        seq: 1,
+        ..contract_attn_shape()
+    };
+    let (q, cache) = (vec![0f32; 2 * 4 * 8], vec![0f32; 2 * 8 * 2 * 8]);
+    let mut out = q.clone();
+    cpu32().attention_cached(&mut out, &q, &cache[1..].to_vec(), &cache, 8, 3, s);
+}
+
+#[test]
+#[should_panic(expected = "attention_decode: q has 63 elements, N·H·D = 64")]
+fn contract_rejects_a_short_decode_query() {
+    let s = AttnShape {
+        seq: 1,
+        ..contract_attn_shape()
+    };
+    let cache = vec![0f32; 3 * 8 * 2 * 8];
+    let mut out = vec![0f32; 2 * 4 * 8];
+    let q = vec![0f32; 2 * 4 * 8 - 1];
+    cpu32().attention_decode(&mut out, &q, &cache, &cache, &[0, 2], &[3, 8], 8, s);
+}
+
+#[test]
+#[should_panic(expected = "kv_write: slot 3 >= cache slots 3")]
+fn contract_rejects_a_slot_past_the_cache() {
+    let mut cache = vec![0f32; 3 * 8 * 16];
+    cpu32().kv_write(&mut cache, &vec![1f32; 2 * 16], &[0, 3], &[1, 1], 8);
+}
+
+#[test]
+#[should_panic(expected = "swiglu_bwd: up has 99 elements, len(dout) = 100")]
+fn contract_rejects_a_short_swiglu_input() {
+    let x = vec![0f32; 100];
+    let (mut dg, mut du) = (x.clone(), x.clone());
+    cpu32().swiglu_bwd(&mut dg, &mut du, &x, &x, &x[1..].to_vec());
+}
+
+#[test]
+#[should_panic(expected = "cross_entropy: logits has 7 elements, len(targets)·V = 8")]
+fn contract_rejects_short_logits() {
+    let mut logits = vec![0.5f32; 2 * 4 - 1];
+    cpu32().cross_entropy(&mut logits, &[1, 3], &[1, 1], 4, 1.0);
+}
+
+#[test]
+#[should_panic(expected = "add_assign: x has 9 elements, len(y) = 10")]
+fn contract_rejects_a_short_addend() {
+    let mut y = vec![0f32; 10];
+    cpu32().add_assign(&mut y, &vec![1f32; 9]);
+}
+
+#[test]
+#[should_panic(expected = "adamw: v has 9 elements, len(p) = 10")]
+fn contract_rejects_a_short_optimizer_moment() {
+    let hp = AdamW {
+        lr: 1e-3,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.0,
+        step: 1,
+        grad_scale: 1.0,
+    };
+    let (mut p, mut m, mut v) = (vec![0f32; 10], vec![0f32; 10], vec![0f32; 9]);
+    cpu32().adamw(&mut p, &vec![0f32; 10], &mut m, &mut v, hp);
+}

@@ -24,7 +24,7 @@ use device::{
 };
 use half::bf16;
 
-use super::{AdamW, AttnShape, Backend, BufKind};
+use super::{contract, AdamW, AttnShape, Backend, BufKind};
 pub use crate::backend::AttentionKernel;
 use gemm::Gemm;
 
@@ -399,7 +399,9 @@ impl CudaBackend {
         let mut b = self.stream.launch_builder(f);
         push(&mut b);
         // SAFETY: every kernel's argument list is pushed in the order and types of its extern "C"
-        // signature in kernels/*.cu, and sizes are checked against buffer lengths by callers.
+        // signature in kernels/*.cu. Every `Backend` operation first checks its buffers' lengths
+        // and kinds, and its host indices, against the shapes it launches with (`contract`), and
+        // sizes the scratch it passes itself, so the kernels index inside their allocations.
         unsafe { b.launch(cfg) }.unwrap_or_else(|e| panic!("CUDA launch {what}: {e:?}"));
     }
 
@@ -565,7 +567,9 @@ impl CudaBackend {
     fn gemm_run(&self, p: &gemm::Problem, a: &CudaSlice<bf16>, b: &CudaSlice<bf16>, d: u64) {
         let (pa, _sa) = a.device_ptr(&self.stream);
         let (pb, _sb) = b.device_ptr(&self.stream);
-        // SAFETY: callers check the buffer lengths against the problem's shape.
+        // SAFETY: the GEMM operations check their buffers' lengths against m, k and n first
+        // (`contract::matmul`, `matmul_dx`, `matmul_dw`), and the problem is built from the same
+        // m, k and n, so cuBLASLt reads and writes inside the three allocations.
         unsafe { self.gemm.run(p, pa, pb, d) }.unwrap_or_else(|e| panic!("{e}"));
     }
 }
@@ -672,6 +676,10 @@ impl Backend for CudaBackend {
         buf.len
     }
 
+    fn buf_kind(&self, buf: &CudaBuf) -> Option<BufKind> {
+        Some(buf.kind)
+    }
+
     fn fill_zero(&self, buf: &mut CudaBuf) {
         if let Some(f) = buf.f32.as_mut() {
             self.stream.memset_zeros(f).expect("CUDA memset");
@@ -682,7 +690,7 @@ impl Backend for CudaBackend {
     }
 
     fn copy(&self, dst: &mut CudaBuf, src: &CudaBuf) {
-        assert_eq!(dst.len, src.len, "copy of unequal buffers");
+        contract::copy(self, dst, src);
         self.copy_range(dst, 0, src, 0, src.len);
     }
 
@@ -694,6 +702,7 @@ impl Backend for CudaBackend {
         src_off: usize,
         len: usize,
     ) {
+        contract::copy_range(self, dst, dst_off, src, src_off, len);
         if let (Some(d), Some(s)) = (dst.f32.as_mut(), src.f32.as_ref()) {
             self.stream
                 .memcpy_dtod(
@@ -713,10 +722,7 @@ impl Backend for CudaBackend {
     }
 
     fn matmul(&self, y: &mut CudaBuf, x: &CudaBuf, w: &CudaBuf, m: usize, k: usize, n: usize) {
-        assert!(
-            y.len >= m * n && x.len >= m * k && w.len >= n * k,
-            "matmul shapes"
-        );
+        contract::matmul(self, "matmul", y, x, w, (m, k, n));
         let (py, _sy) = y.h_mut().device_ptr_mut(&self.stream);
         self.gemm_run(&gemm::Problem::forward(m, k, n), w.h(), x.h(), py);
     }
@@ -732,7 +738,9 @@ impl Backend for CudaBackend {
         k: usize,
         n: usize,
     ) {
-        self.matmul(y, x, w, m, k, n);
+        contract::matmul(self, "matmul_rowwise", y, x, w, (m, k, n));
+        let (py, _sy) = y.h_mut().device_ptr_mut(&self.stream);
+        self.gemm_run(&gemm::Problem::forward(m, k, n), w.h(), x.h(), py);
     }
 
     fn matmul_dx(
@@ -745,10 +753,7 @@ impl Backend for CudaBackend {
         n: usize,
         accumulate: bool,
     ) {
-        assert!(
-            dx.len >= m * k && dy.len >= m * n && w.len >= n * k,
-            "matmul_dx shapes"
-        );
+        contract::matmul_dx(self, dx, dy, w, (m, k, n));
         let (pd, _sd) = dx.h_mut().device_ptr_mut(&self.stream);
         self.gemm_run(
             &gemm::Problem::input_grad(m, k, n, accumulate),
@@ -759,15 +764,13 @@ impl Backend for CudaBackend {
     }
 
     fn matmul_dw(&self, dw: &mut CudaBuf, dy: &CudaBuf, x: &CudaBuf, m: usize, k: usize, n: usize) {
-        assert!(
-            dw.len >= n * k && dy.len >= m * n && x.len >= m * k,
-            "matmul_dw shapes"
-        );
+        contract::matmul_dw(self, dw, dy, x, (m, k, n));
         let (pd, _sd) = dw.f_mut().device_ptr_mut(&self.stream);
         self.gemm_run(&gemm::Problem::weight_grad(m, k, n), x.h(), dy.h(), pd);
     }
 
     fn embedding(&self, out: &mut CudaBuf, table: &CudaBuf, ids: &[u32], d: usize) {
+        contract::embedding(self, out, table, ids, d);
         let mut s = self.scratch.lock().expect("scratch");
         self.ints(&mut s, 0, ids);
         let n = ids.len();
@@ -783,6 +786,7 @@ impl Backend for CudaBackend {
     }
 
     fn embedding_dw(&self, dtable: &mut CudaBuf, dout: &CudaBuf, ids: &[u32], d: usize) {
+        contract::embedding_dw(self, dtable, dout, ids, d);
         // Deterministic: tokens sorted (stably) by id on the host; one block per distinct id sums
         // its rows in order.
         let mut order: Vec<u32> = (0..ids.len() as u32).collect();
@@ -828,7 +832,8 @@ impl Backend for CudaBackend {
         d: usize,
         eps: f32,
     ) {
-        let n = x.len / d;
+        contract::rmsnorm(self, out, rstd, x, w, d);
+        let n = rstd.len;
         let cfg = LaunchConfig {
             grid_dim: (n as u32, 1, 1),
             block_dim: (256, 1, 1),
@@ -857,7 +862,8 @@ impl Backend for CudaBackend {
         rstd: &CudaBuf,
         d: usize,
     ) {
-        let n = x.len / d;
+        contract::rmsnorm_bwd(self, dx, dw, dout, x, w, rstd, d);
+        let n = rstd.len;
         let nblocks = n.div_ceil(RMSNORM_BWD_ROWS);
         let mut s = self.scratch.lock().expect("scratch");
         if s.partials.len() < nblocks * d {
@@ -909,6 +915,7 @@ impl Backend for CudaBackend {
         cos: &CudaBuf,
         sin: &CudaBuf,
     ) {
+        contract::rope(self, "rope", x, positions, (heads, head_dim), cos, sin);
         self.rope_dir(x, positions, heads, head_dim, cos, sin, 1);
     }
 
@@ -921,6 +928,7 @@ impl Backend for CudaBackend {
         cos: &CudaBuf,
         sin: &CudaBuf,
     ) {
+        contract::rope(self, "rope_bwd", dx, positions, (heads, head_dim), cos, sin);
         self.rope_dir(dx, positions, heads, head_dim, cos, sin, -1);
     }
 
@@ -934,6 +942,7 @@ impl Backend for CudaBackend {
         doc_ids: &[u32],
         a: AttnShape,
     ) {
+        contract::attention(self, out, lse, q, k, v, doc_ids, a);
         if self.attention_kernel(a.head_dim) == AttentionKernel::Flash {
             return self.flash_fwd(out, lse, q, k, v, doc_ids, a);
         }
@@ -982,6 +991,7 @@ impl Backend for CudaBackend {
         doc_ids: &[u32],
         a: AttnShape,
     ) {
+        contract::attention_bwd(self, (dq, dk, dv), dout, out, lse, (q, k, v), doc_ids, a);
         if self.attention_kernel(a.head_dim) == AttentionKernel::Flash {
             return self.flash_bwd(dq, dk, dv, dout, out, lse, q, k, v, doc_ids, a);
         }
@@ -1061,6 +1071,7 @@ impl Backend for CudaBackend {
         past: usize,
         a: AttnShape,
     ) {
+        contract::attention_cached(self, out, q, k_cache, v_cache, max_len, past, a);
         let scale = 1.0 / (a.head_dim as f32).sqrt();
         let cfg = LaunchConfig {
             grid_dim: ((a.batch * a.heads * a.seq) as u32, 1, 1),
@@ -1098,19 +1109,12 @@ impl Backend for CudaBackend {
         positions: &[u32],
         max_len: usize,
     ) {
+        contract::kv_write(self, cache, src, slots, positions, max_len);
         let n = slots.len();
-        assert_eq!(positions.len(), n, "kv_write: positions");
         if n == 0 {
             return;
         }
-        assert_eq!(src.len % n, 0, "kv_write: src");
         let w = src.len / n;
-        let total_slots = cache.len / (max_len * w).max(1);
-        assert!(
-            slots.iter().all(|&s| (s as usize) < total_slots)
-                && positions.iter().all(|&p| (p as usize) < max_len),
-            "kv_write: slot or position outside the cache"
-        );
         let mut s = self.scratch.lock().expect("scratch");
         self.ints(&mut s, 0, slots);
         self.ints(&mut s, 1, positions);
@@ -1137,18 +1141,13 @@ impl Backend for CudaBackend {
         max_len: usize,
         a: AttnShape,
     ) {
-        let n = a.batch;
-        assert_eq!(a.seq, 1, "attention_decode: one query per sequence");
-        assert!(a.head_dim <= 256, "attention_decode: head_dim > 256");
-        assert_eq!(
-            (slots.len(), lens.len()),
-            (n, n),
-            "attention_decode: slots/lens"
-        );
+        contract::attention_decode(self, out, q, k_cache, v_cache, slots, lens, max_len, a);
         assert!(
-            lens.iter().all(|&l| l >= 1 && l as usize <= max_len),
-            "attention_decode: a length outside 1..=max_len"
+            a.head_dim <= 256,
+            "attention_decode: head_dim {} > 256 (the decode kernels' limit)",
+            a.head_dim
         );
+        let n = a.batch;
         let longest = lens.iter().copied().max().unwrap_or(1) as usize;
         let splits = longest.div_ceil(DECODE_CHUNK);
         let rows = n * a.heads * splits;
@@ -1227,7 +1226,8 @@ impl Backend for CudaBackend {
     }
 
     fn swiglu(&self, out: &mut CudaBuf, gate: &CudaBuf, up: &CudaBuf) {
-        let n = gate.len;
+        contract::swiglu(self, out, gate, up);
+        let n = out.len;
         let n_i32 = i(n);
         self.launch("swiglu_fwd", &self.k.swiglu_fwd, grid(n), |b| {
             b.arg(out.h_mut()).arg(gate.h()).arg(up.h()).arg(&n_i32);
@@ -1242,7 +1242,8 @@ impl Backend for CudaBackend {
         gate: &CudaBuf,
         up: &CudaBuf,
     ) {
-        let n = gate.len;
+        contract::swiglu_bwd(self, dgate, dup, dout, gate, up);
+        let n = dout.len;
         let n_i32 = i(n);
         self.launch("swiglu_bwd", &self.k.swiglu_bwd, grid(n), |b| {
             b.arg(dgate.h_mut())
@@ -1262,11 +1263,8 @@ impl Backend for CudaBackend {
         vocab: usize,
         scale: f32,
     ) -> f64 {
+        contract::cross_entropy(self, logits, targets, mask, vocab);
         let n = targets.len();
-        assert!(
-            targets.iter().all(|&t| (t as usize) < vocab),
-            "target id past the vocabulary"
-        );
         let mut s = self.scratch.lock().expect("scratch");
         self.ints(&mut s, 0, targets);
         if s.bytes.len() < n {
@@ -1313,6 +1311,7 @@ impl Backend for CudaBackend {
     }
 
     fn add_assign(&self, y: &mut CudaBuf, x: &CudaBuf) {
+        contract::add_assign(self, y, x);
         let n = y.len;
         let n_i32 = i(n);
         self.launch("add_bf16", &self.k.add_bf16, grid(n), |b| {
@@ -1321,6 +1320,7 @@ impl Backend for CudaBackend {
     }
 
     fn sum_squares(&self, x: &CudaBuf) -> f64 {
+        contract::sum_squares(self, x);
         let n = x.len;
         let mut s = self.scratch.lock().expect("scratch");
         let cfg = LaunchConfig {
@@ -1340,18 +1340,12 @@ impl Backend for CudaBackend {
     }
 
     fn adamw(&self, p: &mut CudaBuf, g: &CudaBuf, m: &mut CudaBuf, v: &mut CudaBuf, hp: AdamW) {
+        contract::adamw(self, p, g, m, v, &hp);
         let n = p.len;
         let bc1 = 1.0 - (hp.beta1 as f64).powi(hp.step as i32);
         let bc2 = 1.0 - (hp.beta2 as f64).powi(hp.step as i32);
-        let CudaBuf {
-            f32: pf,
-            bf16: ph,
-            kind,
-            ..
-        } = p;
-        let (pf, ph) = match (pf.as_mut(), ph.as_mut()) {
-            (Some(f), Some(h)) => (f, h),
-            _ => panic!("adamw on a {kind:?} buffer: parameters need fp32 and bf16 storage"),
+        let (Some(pf), Some(ph)) = (p.f32.as_mut(), p.bf16.as_mut()) else {
+            unreachable!("contract::adamw admits only parameters, which have both storages");
         };
         let n_i32 = i(n);
         let (bias_c1, bias_c2) = (bc1 as f32, bc2 as f32);
