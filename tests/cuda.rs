@@ -853,7 +853,7 @@ fn a_wrong_buffer_panics_naming_the_operation_before_any_launch() {
             }),
         ),
         (
-            "attention: k has 159 elements, B·T·Hkv·D = 160",
+            "attention: k has 1279 elements, B·T·Hkv·D = 1280",
             Box::new(|| {
                 let s = AttnShape {
                     batch: 2,
@@ -864,7 +864,7 @@ fn a_wrong_buffer_panics_naming_the_operation_before_any_launch() {
                     causal: true,
                 };
                 let (mut out, mut lse) = (act(2 * 5 * 4 * 64), stat(2 * 4 * 5));
-                let (q, k, v) = (act(2 * 5 * 4 * 64), act(159), act(2 * 5 * 2 * 64));
+                let (q, k, v) = (act(2 * 5 * 4 * 64), act(1279), act(2 * 5 * 2 * 64));
                 gpu.attention(&mut out, &mut lse, &q, &k, &v, &[0; 10], s);
             }),
         ),
