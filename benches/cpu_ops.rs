@@ -6,7 +6,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use kiln::backend::cpu::CpuBackend;
-use kiln::backend::{AdamW, AttnShape, Backend};
+use kiln::backend::{AdamW, AttnShape, Backend, GenerationBackend};
 use std::hint::black_box;
 use std::time::Duration;
 

@@ -810,7 +810,7 @@ fn synth(a: SynthArgs) -> Result<()> {
     Ok(())
 }
 
-fn synth_on<B: crate::backend::Backend>(
+fn synth_on<B: crate::backend::GenerationBackend>(
     be: &B,
     m: GenerationModel,
     limits: crate::model::batched::GenLimits,

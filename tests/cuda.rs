@@ -13,7 +13,7 @@ mod common;
 use common::rel_err;
 use kiln::backend::cpu::CpuBackend;
 use kiln::backend::cuda::{flash_meta, AttentionKernel, CudaBackend};
-use kiln::backend::{AdamW, AttnShape, Backend, BufKind};
+use kiln::backend::{AdamW, AttnShape, Backend, BufKind, GenerationBackend};
 use kiln::model::{Model, ModelConfig};
 use kiln::rng::Rng;
 

@@ -1,7 +1,9 @@
 //! The Backend boundary: the list of operations the Llama-family model uses, over buffers the
 //! backend owns. The model (`crate::model`) is written once against this trait; `cpu::CpuBackend`
 //! is the f32 reference (generic over the float type, so gradient checks run it in f64), and the
-//! CUDA backend implements the same trait with its own kernels.
+//! CUDA backend implements the same trait with its own kernels. The operations only generation
+//! uses (KV cache, decode attention, row-independent GEMMs) form the sub-trait
+//! [`GenerationBackend`], which both backends implement too.
 //!
 //! Conventions (shapes are row-major, innermost last):
 //! * Weights are in Hugging Face layout `[out, in]`; a linear layer is `y = x · wᵀ`.
@@ -150,21 +152,6 @@ pub trait Backend: Send + Sync {
         n: usize,
     );
 
-    /// y[m, n] = x[m, k] · w[n, k]ᵀ (overwrite), each row computed on its own: a row's result
-    /// has the same bits whatever m is and whichever rows share the call. Batched generation uses
-    /// it, so that a sequence's tokens do not depend on its batch-mates (batched = unbatched,
-    /// resumed = uninterrupted). The CPU backend guarantees this; a GPU backend may route it to
-    /// its ordinary GEMM and document that it does not.
-    fn matmul_rowwise(
-        &self,
-        y: &mut Self::Buf,
-        x: &Self::Buf,
-        w: &Self::Buf,
-        m: usize,
-        k: usize,
-        n: usize,
-    );
-
     // ---- embedding ------------------------------------------------------------------------
     /// out[N, d] = table[ids[i], :]
     fn embedding(&self, out: &mut Self::Buf, table: &Self::Buf, ids: &[u32], d: usize);
@@ -250,47 +237,6 @@ pub trait Backend: Send + Sync {
         doc_ids: &[u32],
         s: AttnShape,
     );
-    /// Attention of new queries against a KV cache (generation). q [B, Tq, H, D] are positions
-    /// past..past+Tq; k_cache/v_cache [B, max_len, Hkv, D] hold positions 0..past+Tq (the new
-    /// keys already written). Causal; no document masking. Writes out [B, Tq, H, D].
-    #[allow(clippy::too_many_arguments)]
-    fn attention_cached(
-        &self,
-        out: &mut Self::Buf,
-        q: &Self::Buf,
-        k_cache: &Self::Buf,
-        v_cache: &Self::Buf,
-        max_len: usize,
-        past: usize,
-        s: AttnShape,
-    );
-
-    /// Write rows of `src` [N, W] into a KV cache [S, max_len, W]: row i goes to slot
-    /// `slots[i]`, position `positions[i]` (every slot < S, every position < max_len).
-    fn kv_write(
-        &self,
-        cache: &mut Self::Buf,
-        src: &Self::Buf,
-        slots: &[u32],
-        positions: &[u32],
-        max_len: usize,
-    );
-    /// Decode attention, one query per sequence: q [N, H, D] (s.batch = N, s.seq = 1); sequence
-    /// i lives in cache slot `slots[i]` of k_cache/v_cache [S, max_len, Hkv, D] and attends its
-    /// keys 0..lens[i] (its new key already written). Writes out [N, H, D].
-    #[allow(clippy::too_many_arguments)]
-    fn attention_decode(
-        &self,
-        out: &mut Self::Buf,
-        q: &Self::Buf,
-        k_cache: &Self::Buf,
-        v_cache: &Self::Buf,
-        slots: &[u32],
-        lens: &[u32],
-        max_len: usize,
-        s: AttnShape,
-    );
-
     // ---- SwiGLU ---------------------------------------------------------------------------
     /// out = silu(gate) ⊙ up, elementwise.
     fn swiglu(&self, out: &mut Self::Buf, gate: &Self::Buf, up: &Self::Buf);
@@ -332,5 +278,66 @@ pub trait Backend: Send + Sync {
         m: &mut Self::Buf,
         v: &mut Self::Buf,
         hp: AdamW,
+    );
+}
+
+/// The operations only generation uses (`model::generate`'s KV-cache path and the batched
+/// engine `model::batched`): row-independent GEMMs, attention against a KV cache, cache writes
+/// and decode attention. Their preconditions are checked in [`contract`] too.
+pub trait GenerationBackend: Backend {
+    /// y[m, n] = x[m, k] · w[n, k]ᵀ (overwrite), each row computed on its own: a row's result
+    /// has the same bits whatever m is and whichever rows share the call. Batched generation uses
+    /// it, so that a sequence's tokens do not depend on its batch-mates (batched = unbatched,
+    /// resumed = uninterrupted). The CPU backend guarantees this; a GPU backend may route it to
+    /// its ordinary GEMM and document that it does not.
+    fn matmul_rowwise(
+        &self,
+        y: &mut Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        m: usize,
+        k: usize,
+        n: usize,
+    );
+
+    /// Attention of new queries against a KV cache (generation). q [B, Tq, H, D] are positions
+    /// past..past+Tq; k_cache/v_cache [B, max_len, Hkv, D] hold positions 0..past+Tq (the new
+    /// keys already written). Causal; no document masking. Writes out [B, Tq, H, D].
+    #[allow(clippy::too_many_arguments)]
+    fn attention_cached(
+        &self,
+        out: &mut Self::Buf,
+        q: &Self::Buf,
+        k_cache: &Self::Buf,
+        v_cache: &Self::Buf,
+        max_len: usize,
+        past: usize,
+        s: AttnShape,
+    );
+
+    /// Write rows of `src` [N, W] into a KV cache [S, max_len, W]: row i goes to slot
+    /// `slots[i]`, position `positions[i]` (every slot < S, every position < max_len).
+    fn kv_write(
+        &self,
+        cache: &mut Self::Buf,
+        src: &Self::Buf,
+        slots: &[u32],
+        positions: &[u32],
+        max_len: usize,
+    );
+    /// Decode attention, one query per sequence: q [N, H, D] (s.batch = N, s.seq = 1); sequence
+    /// i lives in cache slot `slots[i]` of k_cache/v_cache [S, max_len, Hkv, D] and attends its
+    /// keys 0..lens[i] (its new key already written). Writes out [N, H, D].
+    #[allow(clippy::too_many_arguments)]
+    fn attention_decode(
+        &self,
+        out: &mut Self::Buf,
+        q: &Self::Buf,
+        k_cache: &Self::Buf,
+        v_cache: &Self::Buf,
+        slots: &[u32],
+        lens: &[u32],
+        max_len: usize,
+        s: AttnShape,
     );
 }

@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use serde::Serialize;
 
-use crate::backend::{AdamW, AttnShape, Backend, BufKind};
+use crate::backend::{AdamW, AttnShape, Backend, BufKind, GenerationBackend};
 use crate::model::presets::Preset;
 use crate::model::ModelConfig;
 use crate::rng::Rng;
@@ -636,7 +636,7 @@ pub fn tiled_random_weights(cfg: &crate::model::ModelConfig, seed: u64) -> Vec<V
 /// Generated tokens/s of the batched engine with random weights: for each batch size, `batch`
 /// random prompts of `prompt_len` tokens, `new_tokens` each (no stop token, so every sequence runs
 /// to the limit), continuous batching with every prompt admitted at once.
-pub fn generate_sweep<B: Backend>(
+pub fn generate_sweep<B: GenerationBackend>(
     be: &B,
     cfg: &crate::model::ModelConfig,
     batches: &[usize],

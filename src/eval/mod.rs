@@ -16,7 +16,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, GenerationBackend};
 use crate::data::tokenizer::Tokenizer;
 use crate::model::generate::Sampling;
 use crate::model::Model;
@@ -211,7 +211,7 @@ pub fn stop_tokens(tok: &Tokenizer, vocab: usize) -> Vec<u32> {
 }
 
 /// Greedy completion of `prompt` ids, stopped at the first newline (`stop` from [`stop_tokens`]).
-pub fn complete<B: Backend>(
+pub fn complete<B: GenerationBackend>(
     be: &B,
     model: &Model<B>,
     tok: &Tokenizer,
@@ -225,7 +225,7 @@ pub fn complete<B: Backend>(
 }
 
 /// Score one task file.
-pub fn evaluate<B: Backend>(
+pub fn evaluate<B: GenerationBackend>(
     be: &B,
     model: &Model<B>,
     tok: &Tokenizer,

@@ -5,7 +5,7 @@
 //!
 //! The KV cache is a pool of `slots` rows per layer, K and V each [slots, context, Hkv, D],
 //! allocated once from [`GenLimits`]; [`GenPlan`] says what it and the weights cost before
-//! anything is allocated. Every linear layer goes through `Backend::matmul_rowwise` and every
+//! anything is allocated. Every linear layer goes through `GenerationBackend::matmul_rowwise` and every
 //! other operation is per row, so on the CPU a sequence's logits have the same bits whatever
 //! else is in the batch: batched = unbatched = continuous, and a resumed `kiln synth` equals an
 //! uninterrupted one. Sampling draws from a per-request RNG for the same reason.
@@ -18,7 +18,7 @@ use anyhow::{bail, Result};
 
 use super::generate::{sample, Sampling};
 use super::{Model, ModelConfig};
-use crate::backend::{AttnShape, Backend, BufKind};
+use crate::backend::{AttnShape, BufKind, GenerationBackend};
 use crate::rng::Rng;
 
 /// Batch and context limits of one engine.
@@ -132,7 +132,7 @@ struct Active {
 }
 
 /// The batched generator: owns the KV cache, the waiting queue and the active sequences.
-pub struct Engine<'a, B: Backend> {
+pub struct Engine<'a, B: GenerationBackend> {
     be: &'a B,
     model: &'a Model<B>,
     limits: GenLimits,
@@ -146,7 +146,7 @@ pub struct Engine<'a, B: Backend> {
     pub generated_tokens: u64,
 }
 
-impl<'a, B: Backend> Engine<'a, B> {
+impl<'a, B: GenerationBackend> Engine<'a, B> {
     /// Allocate the KV cache. `stop`: tokens that end a sequence (EOS).
     pub fn new(be: &'a B, model: &'a Model<B>, limits: GenLimits, stop: Vec<u32>) -> Result<Self> {
         let c = &model.cfg;

@@ -2,7 +2,7 @@
 //! step attending to cached keys and values. Sampling is greedy, or temperature with nucleus
 //! (top-p) filtering, from the project's seeded RNG.
 
-use crate::backend::{AttnShape, Backend, BufKind};
+use crate::backend::{AttnShape, Backend, BufKind, GenerationBackend};
 use crate::rng::Rng;
 
 use super::Model;
@@ -51,7 +51,7 @@ impl<B: Backend> KvCache<B> {
     }
 }
 
-impl<B: Backend> Model<B> {
+impl<B: GenerationBackend> Model<B> {
     /// Run `tokens` (positions cache.len..) through the model, appending to the cache; returns the
     /// logits of the last token (V).
     pub fn forward_cached(&self, be: &B, cache: &mut KvCache<B>, tokens: &[u32]) -> Vec<f32> {

@@ -27,7 +27,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::backend::Backend;
+use crate::backend::GenerationBackend;
 use crate::data::finetune::encode_example;
 use crate::data::records::AugmentedRecord;
 use crate::data::synth_format::{context_block, parse_generation};
@@ -47,7 +47,7 @@ pub trait Generator {
     fn generated_tokens(&self) -> u64;
 }
 
-impl<B: Backend> Generator for Engine<'_, B> {
+impl<B: GenerationBackend> Generator for Engine<'_, B> {
     fn submit(&mut self, r: Request) -> Result<()> {
         Engine::submit(self, r)
     }

@@ -21,7 +21,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{AdamW, Backend};
+use crate::backend::{AdamW, Backend, GenerationBackend};
 use crate::config::Config;
 use crate::data::loader::{Batch, Cursor, Loader, Split};
 use crate::data::tokenizer::Tokenizer;
@@ -97,7 +97,7 @@ fn validate<B: Backend>(
 
 /// Train per `cfg` on backend `be`, from scratch or resuming.
 /// `until`: stop (with a checkpoint) after that step, keeping the schedule of `train.steps`.
-pub fn train<B: Backend>(
+pub fn train<B: GenerationBackend>(
     be: &B,
     cfg: &Config,
     resume: Option<Resume>,
@@ -108,7 +108,7 @@ pub fn train<B: Backend>(
 
 /// As [`train`], as one rank of a data-parallel group when `comm` is given (its world size must
 /// be `train.world_size`).
-pub fn train_dist<B: Backend>(
+pub fn train_dist<B: GenerationBackend>(
     be: &B,
     cfg: &Config,
     resume: Option<Resume>,
@@ -171,7 +171,7 @@ struct StepDone {
 }
 
 /// One rank's training run once it is set up: what the loop reads and updates.
-struct Run<'a, B: Backend> {
+struct Run<'a, B: GenerationBackend> {
     be: &'a B,
     cfg: &'a Config,
     tok: Tokenizer,
@@ -194,7 +194,7 @@ struct Run<'a, B: Backend> {
     fault: Option<FaultInjection>,
 }
 
-impl<'a, B: Backend> Run<'a, B> {
+impl<'a, B: GenerationBackend> Run<'a, B> {
     /// Set up: tokenizer and loaders, the memory check, the model and optimizer (fresh or from a
     /// checkpoint), the run directory's config and metrics.
     fn start(

@@ -8,7 +8,7 @@
 //! buffers a kernel needs for one call. The kernels assume the operation's preconditions: the
 //! `Backend` impl checks them first, through `contract`.
 
-use super::{contract, AdamW, AttnShape, Backend, BufKind};
+use super::{contract, AdamW, AttnShape, Backend, BufKind, GenerationBackend};
 use gemm::Parallelism;
 use rayon::prelude::*;
 use std::fmt::Debug;
@@ -788,7 +788,7 @@ fn kv_write<T: Float>(
     }
 }
 
-/// Decode attention (see `Backend::attention_decode`): q [N, H, D]; sequence i reads keys
+/// Decode attention (see `GenerationBackend::attention_decode`): q [N, H, D]; sequence i reads keys
 /// 0..lens[i] of cache slot slots[i] in k_cache/v_cache [S, max_len, Hkv, D]; out [N, H, D].
 /// Parallel over (i, h); each is the two-pass softmax of `attention_cached`, so a sequence's
 /// result does not depend on the other sequences of the call.
@@ -1081,10 +1081,6 @@ impl<T: Float> Backend for CpuBackend<T> {
         contract::matmul(self, "matmul", y, x, w, (m, k, n));
         matmul(y, x, w, m, k, n);
     }
-    fn matmul_rowwise(&self, y: &mut Vec<T>, x: &Vec<T>, w: &Vec<T>, m: usize, k: usize, n: usize) {
-        contract::matmul(self, "matmul_rowwise", y, x, w, (m, k, n));
-        matmul_rowwise(y, x, w, m, k, n);
-    }
     fn matmul_dx(
         &self,
         dx: &mut Vec<T>,
@@ -1193,47 +1189,6 @@ impl<T: Float> Backend for CpuBackend<T> {
         contract::attention_bwd(self, (dq, dk, dv), dout, out, lse, (q, k, v), doc_ids, s);
         attention_bwd(dq, dk, dv, dout, out, lse, q, k, v, doc_ids, s);
     }
-    fn attention_cached(
-        &self,
-        out: &mut Vec<T>,
-        q: &Vec<T>,
-        k_cache: &Vec<T>,
-        v_cache: &Vec<T>,
-        max_len: usize,
-        past: usize,
-        s: AttnShape,
-    ) {
-        contract::attention_cached(self, out, q, k_cache, v_cache, max_len, past, s);
-        attention_cached(out, q, k_cache, v_cache, max_len, past, s);
-    }
-
-    fn kv_write(
-        &self,
-        cache: &mut Vec<T>,
-        src: &Vec<T>,
-        slots: &[u32],
-        positions: &[u32],
-        max_len: usize,
-    ) {
-        contract::kv_write(self, cache, src, slots, positions, max_len);
-        kv_write(cache, src, slots, positions, max_len);
-    }
-
-    fn attention_decode(
-        &self,
-        out: &mut Vec<T>,
-        q: &Vec<T>,
-        k_cache: &Vec<T>,
-        v_cache: &Vec<T>,
-        slots: &[u32],
-        lens: &[u32],
-        max_len: usize,
-        s: AttnShape,
-    ) {
-        contract::attention_decode(self, out, q, k_cache, v_cache, slots, lens, max_len, s);
-        attention_decode(out, q, k_cache, v_cache, slots, lens, max_len, s);
-    }
-
     fn swiglu(&self, out: &mut Vec<T>, gate: &Vec<T>, up: &Vec<T>) {
         contract::swiglu(self, out, gate, up);
         swiglu(out, gate, up);
@@ -1273,5 +1228,53 @@ impl<T: Float> Backend for CpuBackend<T> {
     fn adamw(&self, p: &mut Vec<T>, g: &Vec<T>, m: &mut Vec<T>, v: &mut Vec<T>, hp: AdamW) {
         contract::adamw(self, p, g, m, v, &hp);
         adamw(p, g, m, v, hp);
+    }
+}
+
+impl<T: Float> GenerationBackend for CpuBackend<T> {
+    fn matmul_rowwise(&self, y: &mut Vec<T>, x: &Vec<T>, w: &Vec<T>, m: usize, k: usize, n: usize) {
+        contract::matmul(self, "matmul_rowwise", y, x, w, (m, k, n));
+        matmul_rowwise(y, x, w, m, k, n);
+    }
+
+    fn attention_cached(
+        &self,
+        out: &mut Vec<T>,
+        q: &Vec<T>,
+        k_cache: &Vec<T>,
+        v_cache: &Vec<T>,
+        max_len: usize,
+        past: usize,
+        s: AttnShape,
+    ) {
+        contract::attention_cached(self, out, q, k_cache, v_cache, max_len, past, s);
+        attention_cached(out, q, k_cache, v_cache, max_len, past, s);
+    }
+
+    fn kv_write(
+        &self,
+        cache: &mut Vec<T>,
+        src: &Vec<T>,
+        slots: &[u32],
+        positions: &[u32],
+        max_len: usize,
+    ) {
+        contract::kv_write(self, cache, src, slots, positions, max_len);
+        kv_write(cache, src, slots, positions, max_len);
+    }
+
+    fn attention_decode(
+        &self,
+        out: &mut Vec<T>,
+        q: &Vec<T>,
+        k_cache: &Vec<T>,
+        v_cache: &Vec<T>,
+        slots: &[u32],
+        lens: &[u32],
+        max_len: usize,
+        s: AttnShape,
+    ) {
+        contract::attention_decode(self, out, q, k_cache, v_cache, slots, lens, max_len, s);
+        attention_decode(out, q, k_cache, v_cache, slots, lens, max_len, s);
     }
 }

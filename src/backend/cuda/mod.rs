@@ -24,7 +24,7 @@ use device::{
 };
 use half::bf16;
 
-use super::{contract, AdamW, AttnShape, Backend, BufKind};
+use super::{contract, AdamW, AttnShape, Backend, BufKind, GenerationBackend};
 pub use crate::backend::AttentionKernel;
 use gemm::Gemm;
 
@@ -727,22 +727,6 @@ impl Backend for CudaBackend {
         self.gemm_run(&gemm::Problem::forward(m, k, n), w.h(), x.h(), py);
     }
 
-    /// cuBLASLt picks its algorithm by shape, so on the GPU this is the ordinary GEMM and a row's
-    /// result may change (in its last bf16 bits) with the batch it is computed in.
-    fn matmul_rowwise(
-        &self,
-        y: &mut CudaBuf,
-        x: &CudaBuf,
-        w: &CudaBuf,
-        m: usize,
-        k: usize,
-        n: usize,
-    ) {
-        contract::matmul(self, "matmul_rowwise", y, x, w, (m, k, n));
-        let (py, _sy) = y.h_mut().device_ptr_mut(&self.stream);
-        self.gemm_run(&gemm::Problem::forward(m, k, n), w.h(), x.h(), py);
-    }
-
     fn matmul_dx(
         &self,
         dx: &mut CudaBuf,
@@ -1061,6 +1045,164 @@ impl Backend for CudaBackend {
         });
     }
 
+    fn swiglu(&self, out: &mut CudaBuf, gate: &CudaBuf, up: &CudaBuf) {
+        contract::swiglu(self, out, gate, up);
+        let n = out.len;
+        let n_i32 = i(n);
+        self.launch("swiglu_fwd", &self.k.swiglu_fwd, grid(n), |b| {
+            b.arg(out.h_mut()).arg(gate.h()).arg(up.h()).arg(&n_i32);
+        });
+    }
+
+    fn swiglu_bwd(
+        &self,
+        dgate: &mut CudaBuf,
+        dup: &mut CudaBuf,
+        dout: &CudaBuf,
+        gate: &CudaBuf,
+        up: &CudaBuf,
+    ) {
+        contract::swiglu_bwd(self, dgate, dup, dout, gate, up);
+        let n = dout.len;
+        let n_i32 = i(n);
+        self.launch("swiglu_bwd", &self.k.swiglu_bwd, grid(n), |b| {
+            b.arg(dgate.h_mut())
+                .arg(dup.h_mut())
+                .arg(dout.h())
+                .arg(gate.h())
+                .arg(up.h())
+                .arg(&n_i32);
+        });
+    }
+
+    fn cross_entropy(
+        &self,
+        logits: &mut CudaBuf,
+        targets: &[u32],
+        mask: &[u8],
+        vocab: usize,
+        scale: f32,
+    ) -> f64 {
+        contract::cross_entropy(self, logits, targets, mask, vocab);
+        let n = targets.len();
+        let mut s = self.scratch.lock().expect("scratch");
+        self.ints(&mut s, 0, targets);
+        if s.bytes.len() < n {
+            s.bytes = self
+                .stream
+                .alloc_zeros::<u8>(n.next_power_of_two())
+                .expect("CUDA allocation");
+        }
+        self.stream
+            .memcpy_htod(mask, &mut s.bytes)
+            .expect("CUDA upload");
+        if s.delta.len() < n {
+            s.delta = self.stream.alloc_zeros::<f32>(n).expect("CUDA allocation");
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (n as u32, 1, 1),
+            block_dim: (512, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let Scratch {
+            ints, bytes, delta, ..
+        } = &mut *s;
+        let n_i32 = i(n);
+        let vocab_i32 = i(vocab);
+        self.launch(
+            "cross_entropy_fused",
+            &self.k.cross_entropy_fused,
+            cfg,
+            |b| {
+                b.arg(logits.h_mut())
+                    .arg(&mut *delta)
+                    .arg(&ints[0])
+                    .arg(&*bytes)
+                    .arg(&n_i32)
+                    .arg(&vocab_i32)
+                    .arg(&scale);
+            },
+        );
+        let losses = self
+            .stream
+            .clone_dtoh(&delta.slice(0..n))
+            .expect("CUDA download");
+        losses.iter().map(|&l| l as f64).sum()
+    }
+
+    fn add_assign(&self, y: &mut CudaBuf, x: &CudaBuf) {
+        contract::add_assign(self, y, x);
+        let n = y.len;
+        let n_i32 = i(n);
+        self.launch("add_bf16", &self.k.add_bf16, grid(n), |b| {
+            b.arg(y.h_mut()).arg(x.h()).arg(&n_i32);
+        });
+    }
+
+    fn sum_squares(&self, x: &CudaBuf) -> f64 {
+        contract::sum_squares(self, x);
+        let n = x.len;
+        let mut s = self.scratch.lock().expect("scratch");
+        let cfg = LaunchConfig {
+            grid_dim: (SUMSQ_BLOCKS as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let n_i32 = i(n);
+        self.launch("sum_squares_f32", &self.k.sum_squares_f32, cfg, |b| {
+            b.arg(&mut s.partials).arg(x.f()).arg(&n_i32);
+        });
+        let parts = self
+            .stream
+            .clone_dtoh(&s.partials.slice(0..SUMSQ_BLOCKS))
+            .expect("CUDA download");
+        parts.iter().map(|&p| p as f64).sum()
+    }
+
+    fn adamw(&self, p: &mut CudaBuf, g: &CudaBuf, m: &mut CudaBuf, v: &mut CudaBuf, hp: AdamW) {
+        contract::adamw(self, p, g, m, v, &hp);
+        let n = p.len;
+        let bc1 = 1.0 - (hp.beta1 as f64).powi(hp.step as i32);
+        let bc2 = 1.0 - (hp.beta2 as f64).powi(hp.step as i32);
+        let (Some(pf), Some(ph)) = (p.f32.as_mut(), p.bf16.as_mut()) else {
+            unreachable!("contract::adamw admits only parameters, which have both storages");
+        };
+        let n_i32 = i(n);
+        let (bias_c1, bias_c2) = (bc1 as f32, bc2 as f32);
+        self.launch("adamw", &self.k.adamw, grid(n), |b| {
+            b.arg(pf)
+                .arg(ph)
+                .arg(g.f())
+                .arg(m.f_mut())
+                .arg(v.f_mut())
+                .arg(&n_i32);
+            b.arg(&hp.lr)
+                .arg(&hp.beta1)
+                .arg(&hp.beta2)
+                .arg(&hp.eps)
+                .arg(&hp.weight_decay);
+            b.arg(&bias_c1).arg(&bias_c2).arg(&hp.grad_scale);
+        });
+    }
+}
+
+impl GenerationBackend for CudaBackend {
+    /// cuBLASLt picks its algorithm by shape, so on the GPU this is the ordinary GEMM and a row's
+    /// result may change (in its last bf16 bits) with the batch it is computed in.
+    fn matmul_rowwise(
+        &self,
+        y: &mut CudaBuf,
+        x: &CudaBuf,
+        w: &CudaBuf,
+        m: usize,
+        k: usize,
+        n: usize,
+    ) {
+        contract::matmul(self, "matmul_rowwise", y, x, w, (m, k, n));
+        let (py, _sy) = y.h_mut().device_ptr_mut(&self.stream);
+        self.gemm_run(&gemm::Problem::forward(m, k, n), w.h(), x.h(), py);
+    }
+
     fn attention_cached(
         &self,
         out: &mut CudaBuf,
@@ -1223,146 +1365,6 @@ impl Backend for CudaBackend {
                     .arg(&splits_i32);
             },
         );
-    }
-
-    fn swiglu(&self, out: &mut CudaBuf, gate: &CudaBuf, up: &CudaBuf) {
-        contract::swiglu(self, out, gate, up);
-        let n = out.len;
-        let n_i32 = i(n);
-        self.launch("swiglu_fwd", &self.k.swiglu_fwd, grid(n), |b| {
-            b.arg(out.h_mut()).arg(gate.h()).arg(up.h()).arg(&n_i32);
-        });
-    }
-
-    fn swiglu_bwd(
-        &self,
-        dgate: &mut CudaBuf,
-        dup: &mut CudaBuf,
-        dout: &CudaBuf,
-        gate: &CudaBuf,
-        up: &CudaBuf,
-    ) {
-        contract::swiglu_bwd(self, dgate, dup, dout, gate, up);
-        let n = dout.len;
-        let n_i32 = i(n);
-        self.launch("swiglu_bwd", &self.k.swiglu_bwd, grid(n), |b| {
-            b.arg(dgate.h_mut())
-                .arg(dup.h_mut())
-                .arg(dout.h())
-                .arg(gate.h())
-                .arg(up.h())
-                .arg(&n_i32);
-        });
-    }
-
-    fn cross_entropy(
-        &self,
-        logits: &mut CudaBuf,
-        targets: &[u32],
-        mask: &[u8],
-        vocab: usize,
-        scale: f32,
-    ) -> f64 {
-        contract::cross_entropy(self, logits, targets, mask, vocab);
-        let n = targets.len();
-        let mut s = self.scratch.lock().expect("scratch");
-        self.ints(&mut s, 0, targets);
-        if s.bytes.len() < n {
-            s.bytes = self
-                .stream
-                .alloc_zeros::<u8>(n.next_power_of_two())
-                .expect("CUDA allocation");
-        }
-        self.stream
-            .memcpy_htod(mask, &mut s.bytes)
-            .expect("CUDA upload");
-        if s.delta.len() < n {
-            s.delta = self.stream.alloc_zeros::<f32>(n).expect("CUDA allocation");
-        }
-        let cfg = LaunchConfig {
-            grid_dim: (n as u32, 1, 1),
-            block_dim: (512, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let Scratch {
-            ints, bytes, delta, ..
-        } = &mut *s;
-        let n_i32 = i(n);
-        let vocab_i32 = i(vocab);
-        self.launch(
-            "cross_entropy_fused",
-            &self.k.cross_entropy_fused,
-            cfg,
-            |b| {
-                b.arg(logits.h_mut())
-                    .arg(&mut *delta)
-                    .arg(&ints[0])
-                    .arg(&*bytes)
-                    .arg(&n_i32)
-                    .arg(&vocab_i32)
-                    .arg(&scale);
-            },
-        );
-        let losses = self
-            .stream
-            .clone_dtoh(&delta.slice(0..n))
-            .expect("CUDA download");
-        losses.iter().map(|&l| l as f64).sum()
-    }
-
-    fn add_assign(&self, y: &mut CudaBuf, x: &CudaBuf) {
-        contract::add_assign(self, y, x);
-        let n = y.len;
-        let n_i32 = i(n);
-        self.launch("add_bf16", &self.k.add_bf16, grid(n), |b| {
-            b.arg(y.h_mut()).arg(x.h()).arg(&n_i32);
-        });
-    }
-
-    fn sum_squares(&self, x: &CudaBuf) -> f64 {
-        contract::sum_squares(self, x);
-        let n = x.len;
-        let mut s = self.scratch.lock().expect("scratch");
-        let cfg = LaunchConfig {
-            grid_dim: (SUMSQ_BLOCKS as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let n_i32 = i(n);
-        self.launch("sum_squares_f32", &self.k.sum_squares_f32, cfg, |b| {
-            b.arg(&mut s.partials).arg(x.f()).arg(&n_i32);
-        });
-        let parts = self
-            .stream
-            .clone_dtoh(&s.partials.slice(0..SUMSQ_BLOCKS))
-            .expect("CUDA download");
-        parts.iter().map(|&p| p as f64).sum()
-    }
-
-    fn adamw(&self, p: &mut CudaBuf, g: &CudaBuf, m: &mut CudaBuf, v: &mut CudaBuf, hp: AdamW) {
-        contract::adamw(self, p, g, m, v, &hp);
-        let n = p.len;
-        let bc1 = 1.0 - (hp.beta1 as f64).powi(hp.step as i32);
-        let bc2 = 1.0 - (hp.beta2 as f64).powi(hp.step as i32);
-        let (Some(pf), Some(ph)) = (p.f32.as_mut(), p.bf16.as_mut()) else {
-            unreachable!("contract::adamw admits only parameters, which have both storages");
-        };
-        let n_i32 = i(n);
-        let (bias_c1, bias_c2) = (bc1 as f32, bc2 as f32);
-        self.launch("adamw", &self.k.adamw, grid(n), |b| {
-            b.arg(pf)
-                .arg(ph)
-                .arg(g.f())
-                .arg(m.f_mut())
-                .arg(v.f_mut())
-                .arg(&n_i32);
-            b.arg(&hp.lr)
-                .arg(&hp.beta1)
-                .arg(&hp.beta2)
-                .arg(&hp.eps)
-                .arg(&hp.weight_decay);
-            b.arg(&bias_c1).arg(&bias_c2).arg(&hp.grad_scale);
-        });
     }
 }
 
