@@ -806,14 +806,20 @@ fn kv_write_and_split_decode_attention_match_cpu() {
     assert_close("attention_decode", &gpu.download(&out), &want, 3e-3);
 }
 
-/// The panic message of `f`, which must panic.
-fn panic_message(f: impl FnOnce()) -> String {
+/// `f` panics with a message that contains `want`.
+#[track_caller]
+fn assert_refused(want: &str, f: impl FnOnce()) {
     let e = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
         .expect_err("the operation did not panic");
-    e.downcast_ref::<String>()
+    let msg = e
+        .downcast_ref::<String>()
         .cloned()
         .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_default()
+        .unwrap_or_default();
+    assert!(
+        msg.contains(want),
+        "expected a panic with {want:?}, got {msg:?}"
+    );
 }
 
 #[test]
@@ -822,82 +828,64 @@ fn a_wrong_buffer_panics_naming_the_operation_before_any_launch() {
     let act = |n: usize| gpu.alloc(n, BufKind::Act);
     let stat = |n: usize| gpu.alloc(n, BufKind::Stat);
     let (rows, d) = (8, 128);
-    let cases: Vec<(&str, Box<dyn FnOnce()>)> = vec![
-        (
-            "rmsnorm: x has 1000 elements, len(rstd)·d = 1024",
-            Box::new(|| {
-                let (mut out, mut rstd) = (act(rows * d), stat(rows));
-                gpu.rmsnorm(&mut out, &mut rstd, &act(1000), &act(d), d, 1e-5);
-            }),
-        ),
-        (
-            "rmsnorm: rstd is of kind Act; the operation uses it in full precision",
-            Box::new(|| {
-                let (mut out, mut rstd) = (act(rows * d), act(rows));
-                gpu.rmsnorm(&mut out, &mut rstd, &act(rows * d), &act(d), d, 1e-5);
-            }),
-        ),
-        (
-            "swiglu: up has 99 elements, len(out) = 100",
-            Box::new(|| gpu.swiglu(&mut act(100), &act(100), &act(99))),
-        ),
-        (
-            "embedding: id 10 >= vocab 10",
-            Box::new(|| gpu.embedding(&mut act(2 * d), &act(10 * d), &[3, 10], d)),
-        ),
-        (
-            "rope: x has 63 elements, len(positions)·heads·head_dim = 64",
-            Box::new(|| {
-                let (cos, sin) = (stat(16 * 4), stat(16 * 4));
-                gpu.rope(&mut act(63), &[0, 1], 4, 8, &cos, &sin);
-            }),
-        ),
-        (
-            "attention: k has 1279 elements, B·T·Hkv·D = 1280",
-            Box::new(|| {
-                let s = AttnShape {
-                    batch: 2,
-                    seq: 5,
-                    heads: 4,
-                    kv_heads: 2,
-                    head_dim: 64,
-                    causal: true,
-                };
-                let (mut out, mut lse) = (act(2 * 5 * 4 * 64), stat(2 * 4 * 5));
-                let (q, k, v) = (act(2 * 5 * 4 * 64), act(1279), act(2 * 5 * 2 * 64));
-                gpu.attention(&mut out, &mut lse, &q, &k, &v, &[0; 10], s);
-            }),
-        ),
-        (
-            "adamw: m has 9 elements, len(p) = 10",
-            Box::new(|| {
-                let hp = AdamW {
-                    lr: 1e-3,
-                    beta1: 0.9,
-                    beta2: 0.95,
-                    eps: 1e-8,
-                    weight_decay: 0.0,
-                    step: 1,
-                    grad_scale: 1.0,
-                };
-                let mut p = gpu.alloc(10, BufKind::Param);
-                let g = gpu.alloc(10, BufKind::Grad);
-                let (mut m, mut v) = (gpu.alloc(9, BufKind::Optim), gpu.alloc(10, BufKind::Optim));
-                gpu.adamw(&mut p, &g, &mut m, &mut v, hp);
-            }),
-        ),
-        (
-            "kv_write: slot 3 >= cache slots 3",
-            Box::new(|| gpu.kv_write(&mut act(3 * 8 * 16), &act(2 * 16), &[0, 3], &[1, 1], 8)),
-        ),
-    ];
-    for (want, case) in cases {
-        let msg = panic_message(case);
-        assert!(
-            msg.contains(want),
-            "expected a panic with {want:?}, got {msg:?}"
-        );
-    }
+    assert_refused("rmsnorm: x has 1000 elements, len(rstd)·d = 1024", || {
+        let (mut out, mut rstd) = (act(rows * d), stat(rows));
+        gpu.rmsnorm(&mut out, &mut rstd, &act(1000), &act(d), d, 1e-5);
+    });
+    assert_refused(
+        "rmsnorm: rstd is of kind Act; the operation uses it in full precision",
+        || {
+            let (mut out, mut rstd) = (act(rows * d), act(rows));
+            gpu.rmsnorm(&mut out, &mut rstd, &act(rows * d), &act(d), d, 1e-5);
+        },
+    );
+    assert_refused("swiglu: up has 99 elements, len(out) = 100", || {
+        gpu.swiglu(&mut act(100), &act(100), &act(99))
+    });
+    assert_refused("embedding: id 10 >= vocab 10", || {
+        gpu.embedding(&mut act(2 * d), &act(10 * d), &[3, 10], d)
+    });
+    assert_refused(
+        "rope: x has 63 elements, len(positions)·heads·head_dim = 64",
+        || {
+            let (cos, sin) = (stat(16 * 4), stat(16 * 4));
+            gpu.rope(&mut act(63), &[0, 1], 4, 8, &cos, &sin);
+        },
+    );
+    assert_refused(
+        "attention: k has 1279 elements, B·T·Hkv·D = 1280",
+        || {
+            let s = AttnShape {
+                batch: 2,
+                seq: 5,
+                heads: 4,
+                kv_heads: 2,
+                head_dim: 64,
+                causal: true,
+            };
+            let (mut out, mut lse) = (act(2 * 5 * 4 * 64), stat(2 * 4 * 5));
+            let (q, k, v) = (act(2 * 5 * 4 * 64), act(1279), act(2 * 5 * 2 * 64));
+            gpu.attention(&mut out, &mut lse, &q, &k, &v, &[0; 10], s);
+        },
+    );
+    assert_refused("adamw: m has 9 elements, len(p) = 10", || {
+        let hp = AdamW {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            step: 1,
+            grad_scale: 1.0,
+        };
+        let mut p = gpu.alloc(10, BufKind::Param);
+        let g = gpu.alloc(10, BufKind::Grad);
+        let (mut m, mut v) = (gpu.alloc(9, BufKind::Optim), gpu.alloc(10, BufKind::Optim));
+        gpu.adamw(&mut p, &g, &mut m, &mut v, hp);
+    });
+    assert_refused("kv_write: slot 3 >= cache slots 3", || {
+        gpu.kv_write(&mut act(3 * 8 * 16), &act(2 * 16), &[0, 3], &[1, 1], 8)
+    });
     // The backend still works after the refused calls: nothing was launched or left locked.
     let x = gpu.upload_as(&[1.0, 2.0, 3.0], BufKind::Act);
     let mut y = gpu.upload_as(&[1.0, 1.0, 1.0], BufKind::Act);

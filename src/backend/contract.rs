@@ -12,7 +12,7 @@
 //! * host index slices (token ids, positions, cache slots and lengths, targets) against the
 //!   table or cache they index: O(tokens), as cheap as uploading them.
 //!
-//! The lengths come from the buffers, so a check costs a few comparisons per operation.
+//! Apart from the index scans, a check costs a few comparisons per operation.
 
 use super::{AdamW, AttnShape, Backend, BufKind};
 
