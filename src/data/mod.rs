@@ -12,4 +12,5 @@ pub mod records;
 pub mod shard;
 pub mod synth_format;
 pub mod templates;
+pub mod text_lines;
 pub mod tokenizer;

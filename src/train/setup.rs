@@ -3,7 +3,7 @@
 //! loader's options for one rank. Commands that open a run's checkpoints (`eval`, `export`,
 //! `plan`, the world experiment) resolve the model the same way training did.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 
@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::data::loader::LoaderOptions;
 use crate::data::tokenizer::Tokenizer;
 use crate::model::ModelConfig;
+use crate::train::checkpoint;
 
 /// The Hugging Face directory of `model.init_from = "hf:PATH"`, if set.
 pub fn init_from_hf(m: &ModelConfig) -> Result<Option<PathBuf>> {
@@ -107,4 +108,73 @@ pub fn loader_options(
         fingerprint: Some(tok.fingerprint()),
         delimiter: tok.bos().or(tok.eos()),
     }
+}
+
+/// A checkpoint with what it was trained with: its directory, step, run config, tokenizer,
+/// model config and parameters (in `mcfg.params()` order, shapes checked).
+pub struct OpenedCheckpoint {
+    pub dir: PathBuf,
+    pub step: u64,
+    pub cfg: Config,
+    pub tok: Tokenizer,
+    pub mcfg: crate::model::ModelConfig,
+    pub params: Vec<Vec<f32>>,
+}
+
+/// Open a run directory's newest checkpoint, or one checkpoint directory, with the run config and
+/// tokenizer it was trained with (the tokenizer's fingerprint must match the one recorded).
+pub fn open_checkpoint(path: &Path) -> Result<OpenedCheckpoint> {
+    let dir = if path.join("DONE").exists() {
+        path.to_path_buf()
+    } else {
+        match checkpoint::latest(path)? {
+            Some((_, d)) => d,
+            None => bail!(
+                "{}: no complete checkpoint (a run directory or a step_NNNNNN directory)",
+                path.display()
+            ),
+        }
+    };
+    let ckpt = checkpoint::load(&dir)?;
+    let config_text = ckpt
+        .state
+        .get("config")
+        .and_then(|c| c.as_str())
+        .ok_or_else(|| anyhow::anyhow!("{}/state.json: no run config recorded", dir.display()))?;
+    let cfg = Config::parse(
+        &format!("{}/state.json (config)", dir.display()),
+        config_text,
+        &[],
+    )?;
+    let d = &cfg.data;
+    let tok = Tokenizer::from_file(&d.tokenizer, d.bos_token.as_deref(), d.eos_token.as_deref())?;
+    if let Some(fp) = ckpt
+        .state
+        .get("tokenizer_fingerprint")
+        .and_then(|f| f.as_str())
+    {
+        let now = format!("{:016x}", tok.fingerprint());
+        if fp != now {
+            bail!(
+                "{}: this tokenizer is not the one {} was trained with (fingerprint {now}, the run used {fp})",
+                d.tokenizer.display(),
+                dir.display()
+            );
+        }
+    }
+    let mcfg = resolve_model(&cfg, &tok)?;
+    let params = crate::train::checkpoint::tensors_in_order(
+        &dir.join("model.safetensors"),
+        &mcfg.params(),
+        ckpt.model,
+        "",
+    )?;
+    Ok(OpenedCheckpoint {
+        dir,
+        step: ckpt.step,
+        cfg,
+        tok,
+        mcfg,
+        params,
+    })
 }

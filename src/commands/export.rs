@@ -1,0 +1,71 @@
+//! `kiln export` (a checkpoint to a Hugging Face directory) and `kiln convert` (a Hugging Face
+//! directory through kiln's reader and writer).
+
+use anyhow::Result;
+
+use crate::cli::{ConvertArgs, ExportArgs, ExportDtype};
+use crate::model::ModelConfig;
+use crate::safetensors_io::NamedTensor;
+use crate::train::setup::open_checkpoint;
+
+pub fn export(a: ExportArgs) -> Result<()> {
+    let c = open_checkpoint(&a.checkpoint)?;
+    let opts = crate::hf::ExportOptions {
+        bf16: a.dtype == ExportDtype::Bf16,
+        shard_bytes: a.shard_size,
+        tokenizer: Some(c.cfg.data.tokenizer.clone()),
+        bos_token_id: c.tok.bos(),
+        eos_token_id: c.tok.eos(),
+    };
+    let tensors = named(&c.mcfg, c.params);
+    crate::hf::export(&a.to_hf, &c.mcfg, &tensors, &opts)?;
+    eprintln!(
+        "exported {} (step {}) to {}",
+        c.dir.display(),
+        c.step,
+        a.to_hf.display()
+    );
+    Ok(())
+}
+
+/// Host tensors in parameter order, named.
+fn named(mcfg: &ModelConfig, host: Vec<Vec<f32>>) -> Vec<NamedTensor> {
+    mcfg.params()
+        .into_iter()
+        .zip(host)
+        .map(|(p, data)| NamedTensor {
+            name: p.name,
+            shape: p.shape,
+            data,
+        })
+        .collect()
+}
+
+pub fn convert(a: ConvertArgs) -> Result<()> {
+    let (mcfg, host) = crate::hf::load(&a.from_hf, None)?;
+    let tokenizer = Some(a.from_hf.join("tokenizer.json")).filter(|p| p.exists());
+    let generation: serde_json::Value = std::fs::read_to_string(a.from_hf.join("config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let id = |k: &str| generation.get(k).and_then(|v| v.as_u64()).map(|v| v as u32);
+    let opts = crate::hf::ExportOptions {
+        bf16: a.dtype == ExportDtype::Bf16,
+        shard_bytes: a.shard_size,
+        tokenizer,
+        bos_token_id: id("bos_token_id"),
+        eos_token_id: id("eos_token_id"),
+    };
+    crate::hf::export(&a.to_hf, &mcfg, &named(&mcfg, host), &opts)?;
+    eprintln!(
+        "{}: {} layers, d={}, {} heads ({} kv), vocab {}: checked and written to {}",
+        a.from_hf.display(),
+        mcfg.n_layers,
+        mcfg.dim,
+        mcfg.n_heads,
+        mcfg.n_kv_heads,
+        mcfg.vocab_size,
+        a.to_hf.display()
+    );
+    Ok(())
+}

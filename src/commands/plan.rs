@@ -1,0 +1,52 @@
+//! `kiln plan`: the memory plan of a config, without allocating anything.
+
+use anyhow::Result;
+
+use crate::backend::cpu::system_memory_bytes;
+use crate::cli::{Device, PlanArgs};
+use crate::config::Config;
+use crate::data::tokenizer::Tokenizer;
+use crate::train::memory::{check, plan, Widths};
+
+pub fn plan_cmd(a: PlanArgs) -> Result<()> {
+    let cfg = Config::load(a.config.config.as_deref(), &a.config.overrides)?;
+    let tokenizer_vocab = cfg
+        .data
+        .tokenizer
+        .exists()
+        .then(|| {
+            Tokenizer::from_file(&cfg.data.tokenizer, None, None).map(|t| t.vocab_size() as usize)
+        })
+        .transpose()?;
+    let m = crate::train::setup::resolve_model_shape(&cfg, tokenizer_vocab, false)?;
+    let t = &cfg.train;
+    let (widths, detected) = match a.device {
+        Device::Cuda => (Widths::CUDA, None),
+        Device::Cpu => (Widths::CPU, system_memory_bytes()),
+    };
+    let available = if t.device_memory_gb > 0.0 {
+        t.device_memory_gb * 1e9
+    } else {
+        detected.unwrap_or(0.0)
+    };
+    eprintln!(
+        "model: {:.2} B parameters ({} layers, d={}, vocab {}); {} tokens per micro-batch per device",
+        m.num_params() as f64 / 1e9,
+        m.n_layers,
+        m.dim,
+        m.vocab_size,
+        cfg.data.batch_size * cfg.data.seq_len
+    );
+    let p = plan(
+        &m,
+        cfg.data.batch_size,
+        cfg.data.seq_len,
+        t.world_size,
+        t.zero_stage,
+        t.bucket_elems(),
+        t.recompute,
+        widths,
+        available,
+    );
+    check(&p, t.world_size, t.zero_stage, cfg.data.batch_size)
+}
