@@ -1,6 +1,9 @@
 //! kiln: Rust-native LLM pre-training for instruction pre-training (Cheng et al. 2024).
 //!
-//! The library holds everything; `main.rs` only parses the command line and dispatches.
+//! The library holds everything; `main.rs` only parses the command line and dispatches. Modules
+//! are layered (docs/ARCHITECTURE.md; checked by tests/layers.rs), lowest first: `rng`, `fsutil`,
+//! `safetensors_io`; `backend`; `model` and `data`; `config`; `dist`, `hf`, `eval`, `synth`;
+//! `train`; `plot`; `bench` and `world`; `cli`; `commands`.
 
 pub mod backend;
 pub mod bench;

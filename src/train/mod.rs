@@ -1,4 +1,6 @@
-//! Training: the loop (`trainer`), learning-rate schedules, checkpoints.
+//! Training: what a run resolves before it starts (`setup`), the loop and its step (`trainer`),
+//! the optimizer over one process or many ranks (`optimizer`), every rank as a thread (`ranks`),
+//! learning-rate schedules, checkpoints, metrics.jsonl, and the memory plan.
 
 pub mod checkpoint;
 pub mod memory;

@@ -328,17 +328,9 @@ fn for_each_line(path: &Path, mut f: impl FnMut(u64, &str) -> Result<()>) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::world::generate::tests::small;
     use crate::world::{EvalItem, MAX_PEOPLE};
     use std::path::PathBuf;
-
-    fn small(seed: u64) -> WorldConfig {
-        WorldConfig {
-            seed,
-            people: 300,
-            bios_per_person: 5,
-            train_fraction: 0.5,
-        }
-    }
 
     struct TempDir(PathBuf);
     impl TempDir {

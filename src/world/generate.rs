@@ -556,11 +556,12 @@ impl World {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    fn small(seed: u64) -> WorldConfig {
+    /// A world small enough for unit tests.
+    pub(crate) fn small(seed: u64) -> WorldConfig {
         WorldConfig {
             seed,
             people: 300,
