@@ -1,12 +1,14 @@
 //! Training: what a run resolves before it starts (`setup`), the loop and its step (`trainer`),
 //! the optimizer over one process or many ranks (`optimizer`), every rank as a thread (`ranks`),
-//! learning-rate schedules, checkpoints, metrics.jsonl, and the memory plan.
+//! learning-rate schedules, checkpoints, metrics.jsonl, the memory plan, and who owns a run
+//! directory (`run_dir`: its lock, a previous run's files).
 
 pub mod checkpoint;
 pub mod memory;
 pub mod metrics;
 pub mod optimizer;
 pub mod ranks;
+pub mod run_dir;
 pub mod schedule;
 pub mod setup;
 pub mod trainer;
