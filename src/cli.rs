@@ -278,6 +278,10 @@ pub struct TrainArgs {
     /// (`--resume 100`).
     #[arg(long, num_args = 0..=1, default_missing_value = "latest", value_name = "STEP")]
     pub resume: Option<String>,
+    /// Start over in a train.out_dir that holds another run: remove its checkpoints, metrics.jsonl
+    /// and config.toml first (nothing else). Without it, a fresh run there is refused.
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
     /// Stop after this step and checkpoint it (the schedule still follows train.steps); resume
     /// later with --resume. For time-boxed jobs.
     #[arg(long, value_name = "STEP")]

@@ -10,6 +10,7 @@ use crate::backend::Backend;
 use crate::cli::{Device, TrainArgs};
 use crate::config::Config;
 use crate::dist::DistEnv;
+use crate::train::run_dir;
 use crate::train::trainer::{Resume, TrainSummary};
 use crate::world::ensure_world;
 
@@ -57,6 +58,9 @@ pub fn train(a: TrainArgs) -> Result<()> {
             anyhow::anyhow!("--resume {s:?}: expected a step number or nothing")
         })?)),
     };
+    if lead && resume.is_none() {
+        claim_fresh_run_dir(&cfg.train.out_dir, a.overwrite)?;
+    }
     set_threads(cfg.train.threads);
     let s = if a.ranks_as_threads {
         eprintln!(
@@ -94,6 +98,37 @@ pub fn train(a: TrainArgs) -> Result<()> {
         s.tokens_per_s,
         s.out_dir.display()
     );
+    Ok(())
+}
+
+/// A fresh run never silently overwrites another's files: refuse a directory that holds a previous
+/// run's checkpoints or metrics, unless `overwrite` (then remove exactly those). Checked under the
+/// directory's lock, so a live run's files are never touched; the trainer takes the lock again.
+fn claim_fresh_run_dir(out: &std::path::Path, overwrite: bool) -> Result<()> {
+    let _lock = run_dir::lock(out)?;
+    let found = run_dir::previous_run_files(out)?;
+    // A run that failed while starting leaves config.toml and an empty metrics.jsonl: not a run.
+    let holds_run = found.iter().any(|p| match p.file_name() {
+        Some(n) if n == "config.toml" => false,
+        Some(n) if n == "metrics.jsonl" => std::fs::metadata(p).is_ok_and(|m| m.len() > 0),
+        _ => true,
+    });
+    if overwrite {
+        let n = run_dir::remove_previous_run(out)?;
+        if n > 0 {
+            eprintln!(
+                "--overwrite: removed the previous run's {} from {}",
+                run_dir::describe(&found),
+                out.display()
+            );
+        }
+    } else if holds_run {
+        bail!(
+            "{} holds another run ({}): continue it with --resume, or start over with --overwrite",
+            out.display(),
+            run_dir::describe(&found)
+        );
+    }
     Ok(())
 }
 

@@ -203,6 +203,15 @@ impl ShardSink<'_> {
     }
 }
 
+/// A failed prep leaves no partial shard: the open writer's temporary file goes with the sink.
+impl Drop for ShardSink<'_> {
+    fn drop(&mut self) {
+        if let Some(w) = self.writer.take() {
+            w.abandon();
+        }
+    }
+}
+
 fn kind_for(path: &Path, kind: Option<InputKind>) -> InputKind {
     kind.unwrap_or_else(|| match path.extension().and_then(|e| e.to_str()) {
         Some("jsonl") | Some("json") => InputKind::Jsonl,
@@ -245,7 +254,17 @@ pub fn prep(tok: &Tokenizer, opts: &PrepOptions) -> Result<PrepStats> {
     }
     sink.close()?;
     bar.finish_and_clear();
-    let mut stats = sink.stats;
+    let mut stats = std::mem::take(&mut sink.stats);
+    if stats.documents == 0 {
+        bail!(
+            "no documents in {}: nothing to write (empty inputs, or every line was skipped)",
+            opts.inputs
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     stats.seconds = start.elapsed().as_secs_f64();
     stats.peak_rss_bytes = peak_rss_bytes();
     Ok(stats)

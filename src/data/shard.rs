@@ -183,6 +183,13 @@ impl ShardWriter {
         Ok(())
     }
 
+    /// Give up on this shard: close and remove its temporary file.
+    pub fn abandon(self) {
+        let tmp = self.tmp_path.clone();
+        drop(self);
+        let _ = std::fs::remove_file(tmp);
+    }
+
     /// Write the index, mask and header; fsync; rename into place. Returns (tokens, documents).
     pub fn finish(mut self) -> Result<(u64, u64), ShardError> {
         let e = |err| io_err(&self.tmp_path, err);

@@ -27,6 +27,9 @@ pub struct StepMetrics {
     /// Task scores when `[eval]` ran at this step.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub eval: Option<Vec<crate::eval::TaskScores>>,
+    /// On the first step after a resume that changed safe config keys: `key: old -> new`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub config_changes: Option<Vec<String>>,
 }
 
 /// Per-step progress and metrics output.

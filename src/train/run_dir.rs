@@ -148,7 +148,10 @@ mod tests {
         }
         let found = previous_run_files(p).unwrap();
         assert_eq!(found.len(), 4, "{found:?}");
-        assert_eq!(describe(&found), "2 checkpoint(s), metrics.jsonl, config.toml");
+        assert_eq!(
+            describe(&found),
+            "2 checkpoint(s), metrics.jsonl, config.toml"
+        );
         assert_eq!(remove_previous_run(p).unwrap(), 4);
         assert!(previous_run_files(p).unwrap().is_empty());
         for kept in ["notes", "README.md", ".lock"] {

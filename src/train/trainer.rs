@@ -31,6 +31,7 @@ use crate::train::checkpoint::{self, tensors_in_order};
 use crate::train::memory;
 use crate::train::metrics::{MetricsLog, StepMetrics};
 use crate::train::optimizer::{HostMoments, Optimizer};
+use crate::train::run_dir::{self, RunLock};
 use crate::train::schedule::lr_at;
 use crate::train::setup::{init_from_hf, loader_options, resolve_model};
 
@@ -116,9 +117,25 @@ pub fn train_dist<B: GenerationBackend>(
     comm: Option<&dyn Communicator<B>>,
 ) -> Result<TrainSummary> {
     let t_cfg = &cfg.train;
-    let mut run = Run::start(be, cfg, resume, comm)?;
     let last_step = until.unwrap_or(t_cfg.steps).min(t_cfg.steps);
+    if resume.is_none() && last_step == 0 {
+        bail!(
+            "nothing to train: train.steps = {}{}",
+            t_cfg.steps,
+            until.map_or(String::new(), |u| format!(", --until {u}"))
+        );
+    }
+    let mut run = Run::start(be, cfg, resume, comm)?;
+    if last_step <= run.state.step {
+        bail!(
+            "nothing to train: the run is at step {} and would stop at step {last_step} (train.steps = {}{})",
+            run.state.step,
+            t_cfg.steps,
+            until.map_or(String::new(), |u| format!(", --until {u}"))
+        );
+    }
     let (start, first_step) = (Instant::now(), run.state.step);
+    let mut skipped = 0u64;
     let mut summary = TrainSummary {
         steps_run: 0,
         first_loss: None,
@@ -142,12 +159,18 @@ pub fn train_dist<B: GenerationBackend>(
         if record.val_loss.is_some() {
             summary.last_val_loss = record.val_loss;
         }
+        skipped += u64::from(record.skipped);
         summary.history.push(record);
         summary.steps_run += 1;
         let step = run.state.step;
         if (t_cfg.checkpoint_every > 0 && step % t_cfg.checkpoint_every == 0) || step == last_step {
             run.save()?;
         }
+    }
+    if skipped == summary.steps_run {
+        bail!(
+            "every one of the {skipped} step(s) this run trained was skipped (loss or gradient not finite): nothing was learned. Lower train.lr or check the data."
+        );
     }
     let secs = start.elapsed().as_secs_f64();
     if summary.steps_run > 0 {
@@ -192,6 +215,10 @@ struct Run<'a, B: GenerationBackend> {
     flops_per_token: f64,
     peak_flops: f64,
     fault: Option<FaultInjection>,
+    /// Safe config keys changed since the checkpoint, recorded on the next metrics line.
+    config_changes: Option<Vec<String>>,
+    /// Rank 0 holds the run directory for the whole run.
+    _lock: Option<RunLock>,
 }
 
 impl<'a, B: GenerationBackend> Run<'a, B> {
@@ -219,6 +246,11 @@ impl<'a, B: GenerationBackend> Run<'a, B> {
         let out = &t_cfg.out_dir;
         std::fs::create_dir_all(out)
             .with_context(|| format!("{}: cannot create run directory", out.display()))?;
+        let lock = if lead {
+            Some(run_dir::lock(out)?)
+        } else {
+            None
+        };
         let config_text = toml::to_string(cfg).context("cannot serialise the resolved config")?;
 
         let opts = loader_options(cfg, &tok, rank, world);
@@ -254,6 +286,7 @@ impl<'a, B: GenerationBackend> Run<'a, B> {
             config_hash: config_hash(&config_text),
             config: config_text,
         };
+        let mut config_changes = None;
         let (mut model, moments) = match &resume {
             None => (init_model(be, &mcfg, &tok, t_cfg.seed)?, None),
             Some(which) => {
@@ -268,8 +301,19 @@ impl<'a, B: GenerationBackend> Run<'a, B> {
                         resumed.world_size
                     );
                 }
+                let changes = check_config_changes(&resumed.config, &state.config)
+                    .with_context(|| format!("resuming from {}", dir.display()))?;
+                if lead && !changes.is_empty() {
+                    eprintln!(
+                        "config changed since the checkpoint: {}",
+                        changes.join(", ")
+                    );
+                    config_changes = Some(changes);
+                }
                 state = TrainState {
                     world_size: world,
+                    config: state.config,
+                    config_hash: state.config_hash,
                     ..resumed
                 };
                 (model, Some(moments))
@@ -321,6 +365,8 @@ impl<'a, B: GenerationBackend> Run<'a, B> {
                 be.peak_flops()
             },
             fault: FaultInjection::from_env()?,
+            config_changes,
+            _lock: lock,
         })
     }
 
@@ -462,6 +508,7 @@ impl<'a, B: GenerationBackend> Run<'a, B> {
             val_loss,
             skipped: !s.applied,
             eval,
+            config_changes: self.config_changes.take(),
         })
     }
 
@@ -622,5 +669,137 @@ impl FaultInjection {
         if rank == self.rank && step == self.step {
             panic!("KILN_FAULT: rank {rank} panics at step {step} on purpose");
         }
+    }
+}
+
+/// Config keys a resume may change: they touch neither the math nor the data order.
+/// (`train.steps` may only grow; `train.world_size` may change with `data.batch_size` when the
+/// global batch stays the same, and the ZeRO stage freely: every rank count and stage loads the
+/// same checkpoint.)
+const SAFE_ON_RESUME: &[&str] = &[
+    "train.log_every",
+    "train.eval_every",
+    "train.eval_batches",
+    "train.checkpoint_every",
+    "train.keep_last",
+    "train.threads",
+    "train.comm_timeout_s",
+    "train.device_memory_gb",
+    "train.peak_tflops",
+    "train.zero_stage",
+    "train.bucket_mb",
+    "eval.every",
+    "eval.max_items",
+    "eval.batch",
+    "eval.max_new_tokens",
+];
+
+/// Every leaf of a TOML document as `section.key` → value (arrays are leaves).
+fn flatten_toml(
+    prefix: &str,
+    v: &toml::Value,
+    out: &mut std::collections::BTreeMap<String, String>,
+) {
+    match v {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten_toml(&key, v, out);
+            }
+        }
+        other => {
+            out.insert(prefix.to_string(), other.to_string());
+        }
+    }
+}
+
+/// Compare the checkpoint's resolved config `old` with the current `new`, key by key: refuse
+/// naming every changed key that is not safe; return the safe changes as `key: old -> new`.
+fn check_config_changes(old: &str, new: &str) -> Result<Vec<String>> {
+    let parse = |text: &str| -> Result<std::collections::BTreeMap<String, String>> {
+        let v: toml::Value = toml::from_str(text).context("the checkpoint's config")?;
+        let mut m = std::collections::BTreeMap::new();
+        flatten_toml("", &v, &mut m);
+        Ok(m)
+    };
+    let (a, b) = (parse(old)?, parse(new)?);
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    let num = |m: &std::collections::BTreeMap<String, String>, k: &str| {
+        m.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+    };
+    let global_batch = |m: &std::collections::BTreeMap<String, String>| {
+        num(m, "train.world_size") * num(m, "data.batch_size")
+    };
+    let (mut safe, mut unsafe_) = (Vec::new(), Vec::new());
+    for k in keys {
+        let (va, vb) = (a.get(k), b.get(k));
+        if va == vb {
+            continue;
+        }
+        let show = |v: Option<&String>| v.map_or("(unset)".to_string(), |v| v.clone());
+        let line = format!("{k}: {} -> {}", show(va), show(vb));
+        let ok = match k.as_str() {
+            "train.steps" => num(&b, k) > num(&a, k),
+            "train.world_size" | "data.batch_size" => global_batch(&a) == global_batch(&b),
+            k => SAFE_ON_RESUME.contains(&k),
+        };
+        if ok {
+            safe.push(line);
+        } else {
+            unsafe_.push(line);
+        }
+    }
+    if !unsafe_.is_empty() {
+        bail!(
+            "the config changed since the checkpoint in ways that change the run: {}. Restore them, or start a new run (another train.out_dir, or --overwrite)",
+            unsafe_.join(", ")
+        );
+    }
+    Ok(safe)
+}
+
+#[cfg(test)]
+mod config_change_tests {
+    use super::check_config_changes;
+
+    const OLD: &str =
+        "[train]\nsteps = 20\nlr = 0.1\nlog_every = 5\nworld_size = 2\n[data]\nbatch_size = 2\n";
+
+    #[test]
+    fn safe_changes_are_listed_and_unsafe_ones_refused_by_name() {
+        assert!(check_config_changes(OLD, OLD).unwrap().is_empty());
+        let new = OLD
+            .replace("steps = 20", "steps = 30")
+            .replace("log_every = 5", "log_every = 1");
+        let c = check_config_changes(OLD, &new).unwrap();
+        assert_eq!(
+            c,
+            [
+                "train.log_every: 1 -> 1".replace("1 -> 1", "5 -> 1"),
+                "train.steps: 20 -> 30".into()
+            ]
+        );
+        let fewer = OLD.replace("steps = 20", "steps = 10");
+        let e = check_config_changes(OLD, &fewer).unwrap_err().to_string();
+        assert!(e.contains("train.steps: 20 -> 10"), "{e}");
+        let lr = OLD
+            .replace("lr = 0.1", "lr = 0.2")
+            .replace("steps = 20", "steps = 30");
+        let e = check_config_changes(OLD, &lr).unwrap_err().to_string();
+        assert!(
+            e.contains("train.lr: 0.1 -> 0.2") && !e.contains("train.steps"),
+            "{e}"
+        );
+        // Same global batch over more ranks: accepted; another global batch: refused.
+        let four = OLD
+            .replace("world_size = 2", "world_size = 4")
+            .replace("batch_size = 2", "batch_size = 1");
+        assert_eq!(check_config_changes(OLD, &four).unwrap().len(), 2);
+        let bigger = OLD.replace("batch_size = 2", "batch_size = 4");
+        assert!(check_config_changes(OLD, &bigger).is_err());
     }
 }
