@@ -260,6 +260,9 @@ fn bad_inputs_give_one_line_errors_naming_the_file() {
         kiln(&args, d)
     };
 
+    // Inputs without a document: an error, not an empty success.
+    std::fs::write(d.join("empty.jsonl"), "").unwrap();
+    assert_clean_error(&prep("empty.jsonl", &[]), &["no documents", "empty.jsonl"]);
     // Missing input file.
     assert_clean_error(
         &prep("missing.jsonl", &[]),
@@ -333,6 +336,13 @@ fn bad_inputs_give_one_line_errors_naming_the_file() {
         "{}",
         stderr(&o)
     );
+    // A failed prep leaves no partial shard behind.
+    let tmp: Vec<_> = std::fs::read_dir(d.join("out"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("tmp"))
+        .collect();
+    assert!(tmp.is_empty(), "partial files left: {tmp:?}");
     // Bad augmented record.
     std::fs::write(
         d.join("aug.jsonl"),

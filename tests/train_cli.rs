@@ -3,6 +3,8 @@
 //! one clear error line.
 
 use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 mod common;
 
 use common::{assert_clean_error, kiln, stderr};
@@ -989,4 +991,218 @@ fn experiment_world_trains_both_arms_scores_them_and_reuses_finished_runs() {
     ];
     bad.extend(small);
     assert_clean_error(&kiln(&bad, d), &["train.lr", "not a controlled comparison"]);
+}
+
+/// `kiln train --config c.toml --set train.out_dir="OUT"` plus `extra`, with `env` set.
+fn train_in(d: &Path, out: &str, extra: &[&str], env: &[(&str, &str)]) -> Output {
+    let out_dir = format!("train.out_dir=\"{out}\"");
+    let mut args = vec!["train", "--config", "c.toml", "--set", &out_dir];
+    args.extend_from_slice(extra);
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(&args)
+        .envs(env.iter().copied())
+        .current_dir(d)
+        .output()
+        .expect("run kiln")
+}
+
+fn steps_of(dir: &Path) -> Vec<u64> {
+    metrics(dir)
+        .iter()
+        .map(|m| m["step"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_run_directory_is_locked_and_never_silently_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("c.toml"), CONFIG).unwrap();
+    // Build the world first, so the background run starts training at once.
+    let o = train_in(d, "short", &["--set", "train.steps=2"], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // A long run holds "long" ...
+    let mut first = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args([
+            "train",
+            "--config",
+            "c.toml",
+            "--set",
+            "train.out_dir=\"long\"",
+            "--set",
+            "train.steps=1000000",
+        ])
+        .current_dir(d)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let metrics_path = d.join("long/metrics.jsonl");
+    while std::fs::metadata(&metrics_path).map_or(true, |m| m.len() == 0) {
+        assert!(Instant::now() < deadline, "the first run logged no step");
+        assert!(first.try_wait().unwrap().is_none(), "the first run ended");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // ... so a second run there fails at once, naming the directory and the holder.
+    let pid = format!("pid {}", first.id());
+    for extra in [&[][..], &["--overwrite"][..], &["--resume"][..]] {
+        let o = train_in(d, "long", extra, &[]);
+        assert_clean_error(&o, &["long", "another run", &pid]);
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+
+    // The killed run's lock died with it, but its files stay: a fresh run is refused ...
+    std::fs::write(d.join("long/notes.txt"), "mine").unwrap();
+    let o = train_in(d, "long", &["--set", "train.steps=2"], &[]);
+    assert_clean_error(
+        &o,
+        &["long", "holds another run", "--resume", "--overwrite"],
+    );
+    // ... until --overwrite, which removes the old run's files and nothing else.
+    let o = train_in(d, "long", &["--set", "train.steps=2", "--overwrite"], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--overwrite: removed"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(steps_of(&d.join("long")), [1, 2]);
+    assert_eq!(
+        std::fs::read_to_string(d.join("long/notes.txt")).unwrap(),
+        "mine"
+    );
+    let ckpts: Vec<_> = std::fs::read_dir(d.join("long"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("step_"))
+        .collect();
+    assert_eq!(ckpts, ["step_000002"]);
+}
+
+#[test]
+fn resume_refuses_changed_keys_and_records_safe_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("c.toml"), CONFIG).unwrap();
+    let steps8 = ["--set", "train.steps=8"];
+    let o = train_in(d, "r", &[&steps8[..], &["--until", "4"]].concat(), &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // A change to the math is refused, naming the key (and only the unsafe keys).
+    let o = train_in(
+        d,
+        "r",
+        &[
+            &steps8[..],
+            &[
+                "--resume",
+                "--set",
+                "train.lr=1e-2",
+                "--set",
+                "train.log_every=1",
+            ],
+        ]
+        .concat(),
+        &[],
+    );
+    assert_clean_error(&o, &["train.lr", "--overwrite"]);
+    assert!(!stderr(&o).contains("train.log_every"), "{}", stderr(&o));
+    // Fewer steps than the checkpoint's schedule: refused.
+    let o = train_in(d, "r", &["--resume", "--set", "train.steps=6"], &[]);
+    assert_clean_error(&o, &["train.steps: 8 -> 6"]);
+    // Safe changes: accepted, printed and recorded on the first step after the resume.
+    let o = train_in(
+        d,
+        "r",
+        &[
+            "--resume",
+            "--set",
+            "train.steps=10",
+            "--set",
+            "train.log_every=1",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("config changed since the checkpoint"),
+        "{}",
+        stderr(&o)
+    );
+    let m = metrics(&d.join("r"));
+    assert_eq!(steps_of(&d.join("r")), (1..=10).collect::<Vec<_>>());
+    let changes = m[4]["config_changes"].to_string();
+    assert!(changes.contains("train.steps: 8 -> 10"), "{changes}");
+    assert!(changes.contains("train.log_every: 5 -> 1"), "{changes}");
+    assert!(
+        m.iter()
+            .filter(|x| x.get("config_changes").is_some())
+            .count()
+            == 1
+    );
+    // Every reader of metrics.jsonl still reads it.
+    let o = kiln(&["plot", "r", "--out", "p"], d);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn metrics_hold_each_step_once_after_kills_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("c.toml"), CONFIG).unwrap();
+    let set = [
+        "--set",
+        "train.steps=12",
+        "--set",
+        "train.checkpoint_every=4",
+    ];
+    let o = train_in(d, "m", &[&set[..], &["--until", "3"]].concat(), &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Crashes at step 7, having logged steps 4..=6 past its checkpoint of step 4.
+    let o = train_in(
+        d,
+        "m",
+        &[&set[..], &["--resume"]].concat(),
+        &[("KILN_FAULT", "panic@0:7")],
+    );
+    assert!(
+        !o.status.success(),
+        "the fault did not fire: {}",
+        stderr(&o)
+    );
+    assert_eq!(steps_of(&d.join("m")), (1..=6).collect::<Vec<_>>());
+    let o = train_in(d, "m", &[&set[..], &["--resume"]].concat(), &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(steps_of(&d.join("m")), (1..=12).collect::<Vec<_>>());
+}
+
+#[test]
+fn exit_codes_tell_the_truth() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("c.toml"), CONFIG).unwrap();
+    // Nothing to train.
+    let o = train_in(d, "z", &["--set", "train.steps=0"], &[]);
+    assert_clean_error(&o, &["nothing to train", "train.steps = 0"]);
+    let o = train_in(d, "u", &["--set", "train.steps=4", "--until", "2"], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = train_in(
+        d,
+        "u",
+        &["--set", "train.steps=4", "--resume", "--until", "2"],
+        &[],
+    );
+    assert_clean_error(&o, &["nothing to train", "step 2"]);
+    // Every step skipped as non-finite: a checkpoint whose weights are all NaN.
+    let model = d.join("u/step_000002/model.safetensors");
+    let mut bytes = std::fs::read(&model).unwrap();
+    let header = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    for b in &mut bytes[header..] {
+        *b = 0xff;
+    }
+    std::fs::write(&model, bytes).unwrap();
+    let o = train_in(d, "u", &["--set", "train.steps=4", "--resume"], &[]);
+    assert_clean_error(&o, &["every one of the 2 step(s)", "skipped"]);
 }
