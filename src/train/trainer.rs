@@ -677,6 +677,8 @@ impl FaultInjection {
 /// global batch stays the same, and the ZeRO stage freely: every rank count and stage loads the
 /// same checkpoint.)
 const SAFE_ON_RESUME: &[&str] = &[
+    // A run directory may be moved or copied.
+    "train.out_dir",
     "train.log_every",
     "train.eval_every",
     "train.eval_batches",
