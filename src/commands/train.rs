@@ -48,6 +48,10 @@ pub fn train(a: TrainArgs) -> Result<()> {
         bail!("--ranks-as-threads runs on the CPU backend only (--device cpu)");
     }
     let lead = env.as_ref().is_none_or(|e| e.rank == 0);
+    // Before building any data: a fresh run must not take over another run's directory.
+    if lead && a.resume.is_none() {
+        claim_fresh_run_dir(&cfg.train.out_dir, a.overwrite)?;
+    }
     if env.is_none() {
         prepare_data(&cfg, lead)?;
     }
@@ -58,9 +62,6 @@ pub fn train(a: TrainArgs) -> Result<()> {
             anyhow::anyhow!("--resume {s:?}: expected a step number or nothing")
         })?)),
     };
-    if lead && resume.is_none() {
-        claim_fresh_run_dir(&cfg.train.out_dir, a.overwrite)?;
-    }
     set_threads(cfg.train.threads);
     let s = if a.ranks_as_threads {
         eprintln!(

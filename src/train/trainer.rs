@@ -14,6 +14,11 @@
 //! ZeRO-1), and after each step every rank's loader skips to the global position, so the cursor
 //! in a checkpoint is the same for all ranks and any world size can resume it. Rank 0 logs,
 //! validates, evaluates and writes the weights; with ZeRO-1 each rank writes its optimizer shard.
+//!
+//! Rank 0 holds the run directory's lock (`run_dir`) for the whole run. A resume refuses config
+//! keys changed since the checkpoint unless they are safe (`SAFE_ON_RESUME`); safe changes are
+//! recorded on the next metrics line. Nothing to train, or every step of this run skipped as
+//! non-finite, is an error.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
