@@ -134,7 +134,7 @@ impl<'a, B: Backend + ?Sized> Op<'a, B> {
     fn rows_of(&self, arg: &str, buf: &B::Buf, d: usize) -> usize {
         let len = self.len(buf);
         assert!(
-            len % d.max(1) == 0,
+            len.is_multiple_of(d.max(1)),
             "{}: {arg} has {len} elements, not a multiple of d = {d}",
             self.name
         );
@@ -145,7 +145,7 @@ impl<'a, B: Backend + ?Sized> Op<'a, B> {
     #[track_caller]
     fn heads(&self, s: AttnShape) -> &Self {
         assert!(
-            s.kv_heads > 0 && s.heads % s.kv_heads == 0,
+            s.kv_heads > 0 && s.heads.is_multiple_of(s.kv_heads),
             "{}: heads {} not a multiple of kv_heads {}",
             self.name,
             s.heads,
@@ -447,7 +447,7 @@ pub fn kv_write<B: Backend + ?Sized>(
     }
     let src_len = op.kind("src", src, Compute).len(src);
     assert!(
-        src_len % n == 0,
+        src_len.is_multiple_of(n),
         "kv_write: src has {src_len} elements, not a multiple of len(slots) = {n}"
     );
     let w = src_len / n;

@@ -476,7 +476,7 @@ pub fn attention_sweep<B: Backend>(
     let mut rows = Vec::new();
     for &hd in head_dims {
         for &seq in seqs {
-            if seq == 0 || tokens % seq != 0 {
+            if seq == 0 || !tokens.is_multiple_of(seq) {
                 continue;
             }
             for (causal, docs) in [(true, vec![]), (false, vec![]), (true, mixed_docs(seq))] {

@@ -103,7 +103,7 @@ fn bench_attention(a: BenchArgs) -> Result<()> {
     } else {
         a.head_dims.clone()
     };
-    if let Some(s) = seqs.iter().find(|&&s| s == 0 || tokens % s != 0) {
+    if let Some(s) = seqs.iter().find(|&&s| s == 0 || !tokens.is_multiple_of(s)) {
         bail!("--seqs: {s} does not divide the token count {tokens}");
     }
     if let Some(d) = head_dims.iter().find(|&&d| d == 0 || 2048 % d != 0) {

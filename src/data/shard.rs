@@ -635,7 +635,7 @@ mod tests {
             let path = dir.path().join(format!("s{vocab}.kiln"));
             let mut w = ShardWriter::create(&path, vocab, 42, true).unwrap();
             for (i, d) in docs().iter().enumerate() {
-                let mask: Vec<bool> = d.iter().map(|t| (t + i as u32) % 2 == 0).collect();
+                let mask: Vec<bool> = d.iter().map(|t| (t + i as u32).is_multiple_of(2)).collect();
                 w.push_document(d, Some(&mask)).unwrap();
             }
             assert_eq!(w.finish().unwrap(), (9, 4));
@@ -648,7 +648,7 @@ mod tests {
                 assert_eq!(&out, d);
                 let mut m = Vec::new();
                 s.extend_loss_mask(s.document(i), &mut m);
-                let want: Vec<bool> = d.iter().map(|t| (t + i as u32) % 2 == 0).collect();
+                let want: Vec<bool> = d.iter().map(|t| (t + i as u32).is_multiple_of(2)).collect();
                 assert_eq!(m, want);
             }
         }

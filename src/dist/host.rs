@@ -315,7 +315,7 @@ impl HostComm {
 
     fn shard_len(&self, len: usize, what: &str) -> Result<usize> {
         let w = self.ex.world();
-        if len % w != 0 {
+        if !len.is_multiple_of(w) {
             bail!("{what}: buffer of {len} elements does not split over {w} ranks");
         }
         Ok(len / w)

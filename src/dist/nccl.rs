@@ -288,7 +288,7 @@ impl Communicator<CudaBackend> for NcclComm {
         })
     }
     fn reduce_scatter(&self, be: &CudaBackend, buf: &mut CudaBuf, len: usize) -> Result<()> {
-        if len % self.world != 0 {
+        if !len.is_multiple_of(self.world) {
             bail!("reduce-scatter of {len} elements over {} ranks", self.world);
         }
         let s = len / self.world;
@@ -314,7 +314,7 @@ impl Communicator<CudaBackend> for NcclComm {
         })
     }
     fn all_gather(&self, be: &CudaBackend, buf: &mut CudaBuf, len: usize) -> Result<()> {
-        if len % self.world != 0 {
+        if !len.is_multiple_of(self.world) {
             bail!("all-gather of {len} elements over {} ranks", self.world);
         }
         let s = len / self.world;

@@ -105,19 +105,19 @@ impl ModelConfig {
             bail!("model: dim, n_layers, n_heads, n_kv_heads and ffn_dim must all be positive");
         }
         if self.head_dim == 0 {
-            if self.dim % self.n_heads != 0 {
+            if !self.dim.is_multiple_of(self.n_heads) {
                 bail!("model: n_heads = {} does not divide dim = {} (set head_dim explicitly if that is intended)", self.n_heads, self.dim);
             }
             self.head_dim = self.dim / self.n_heads;
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             bail!(
                 "model: n_kv_heads = {} does not divide n_heads = {}",
                 self.n_kv_heads,
                 self.n_heads
             );
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             bail!("model: head_dim = {} must be even for RoPE", self.head_dim);
         }
         if self.vocab_size < tokenizer_vocab {

@@ -89,7 +89,10 @@ impl MetricsLog {
                 scores.join(", ")
             );
         }
-        if m.step % self.log_every == 0 || m.step == self.total || m.val_loss.is_some() || m.skipped
+        if m.step.is_multiple_of(self.log_every)
+            || m.step == self.total
+            || m.val_loss.is_some()
+            || m.skipped
         {
             let val = m
                 .val_loss

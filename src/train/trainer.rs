@@ -467,7 +467,7 @@ impl<'a, B: GenerationBackend> Run<'a, B> {
     /// The step's metrics record, with the validation loss and task scores when they are due.
     fn observe(&mut self, s: StepDone, step_s: f64, start: Instant) -> Result<StepMetrics> {
         let (be, t_cfg) = (self.be, &self.cfg.train);
-        let due = |every: u64| (every > 0 && s.step % every == 0) || s.step == t_cfg.steps;
+        let due = |every: u64| (every > 0 && s.step.is_multiple_of(every)) || s.step == t_cfg.steps;
         let val_loss = match self.val.as_mut() {
             Some(vl) if due(t_cfg.eval_every) => Some(validate(
                 be,
