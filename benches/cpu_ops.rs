@@ -122,7 +122,7 @@ fn bench_attention(c: &mut Criterion) {
     let mut od = be.zeros(qd.len());
     g.throughput(Throughput::Elements((4 * B * HEADS * T * HEAD_DIM) as u64));
     g.bench_function("attention_cached_decode", |bch| {
-        bch.iter(|| be.attention_cached(&mut od, &qd, &kc, &vc, max_len, T - 1, sd))
+        bch.iter(|| be.attention_cached(&mut od, &qd, &kc, &vc, max_len, T - 1, None, sd))
     });
     g.finish();
 }

@@ -53,10 +53,11 @@
 //   Launch: grid (B·Hkv·T), block (128), dynamic shared 0.
 //
 // attention_cached(bf16* out, const bf16* q, const bf16* k_cache, const bf16* v_cache, int B,
-//                  int Tq, int H, int Hkv, int D, int max_len, int past, float scale)
+//                  int Tq, int H, int Hkv, int D, int max_len, int past, int window,
+//                  float scale)
 //   q, out [B, Tq, H, D] (positions past … past+Tq−1); k_cache, v_cache [B, max_len, Hkv, D]
 //   holding positions 0 … past+Tq−1. Query i attends keys 0 … past+i (causal, no document
-//   mask); otherwise as attention_fwd, without lse. Requires past + Tq ≤ max_len (else the
+//   mask), or with a sliding window (window > 0; 0: none) keys max(0, past+i+1−window) … past+i; otherwise as attention_fwd, without lse. Requires past + Tq ≤ max_len (else the
 //   block returns without writing; the host checks).
 //   Block (b, h, i) with blockIdx.x = (b·H + h)·Tq + i.
 //   Launch: grid (B·H·Tq), block (128), dynamic shared (past+Tq)·sizeof(float) (same 12000
@@ -286,7 +287,8 @@ extern "C" __global__ void attention_bwd_dkdv(bf16* dk, bf16* dv, const bf16* do
 
 extern "C" __global__ void attention_cached(bf16* out, const bf16* q, const bf16* k_cache,
                                             const bf16* v_cache, int B, int Tq, int H, int Hkv,
-                                            int D, int max_len, int past, float scale) {
+                                            int D, int max_len, int past, int window,
+                                            float scale) {
     KILN_DYNAMIC_SHARED(float, scores);  // [past + Tq]
     KILN_SHARED(float, qs, ATTN_MAX_D);
     KILN_SHARED(float, scratch, 32);
@@ -296,7 +298,8 @@ extern "C" __global__ void attention_cached(bf16* out, const bf16* q, const bf16
     const int h = (int)((bid / Tq) % H);
     const int b = (int)(bid / ((size_t)Tq * H));
     const int g = h / (H / Hkv);
-    const int n_keys = past + i + 1;  // keys 0 .. past+i
+    const int n_keys = past + i + 1;                             // keys 0 .. past+i
+    const int first = window > 0 ? max(0, n_keys - window) : 0;  // the window's first key
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
     const int nwarps = blockDim.x >> 5;
@@ -305,7 +308,7 @@ extern "C" __global__ void attention_cached(bf16* out, const bf16* q, const bf16
     for (int d = threadIdx.x; d < D; d += blockDim.x) qs[d] = load_bf16(q, q_off + d);
     __syncthreads();
 
-    for (int j = warp; j < n_keys; j += nwarps) {  // warp-uniform
+    for (int j = first + warp; j < n_keys; j += nwarps) {  // warp-uniform
         const float dot =
             warp_dot_shared_bf16(qs, k_cache, (((size_t)b * max_len + j) * Hkv + g) * D, D);
         if (lane == 0) scores[j] = dot * scale;
@@ -313,11 +316,11 @@ extern "C" __global__ void attention_cached(bf16* out, const bf16* q, const bf16
     __syncthreads();
 
     float m = -INFINITY;
-    for (int j = threadIdx.x; j < n_keys; j += blockDim.x) m = fmaxf(m, scores[j]);
+    for (int j = first + threadIdx.x; j < n_keys; j += blockDim.x) m = fmaxf(m, scores[j]);
     m = block_reduce_max(m, scratch);
 
     float l = 0.0f;
-    for (int j = threadIdx.x; j < n_keys; j += blockDim.x) {
+    for (int j = first + threadIdx.x; j < n_keys; j += blockDim.x) {
         const float p = expf(scores[j] - m);
         scores[j] = p;
         l += p;
@@ -327,7 +330,7 @@ extern "C" __global__ void attention_cached(bf16* out, const bf16* q, const bf16
     const float inv = 1.0f / l;
     for (int d = threadIdx.x; d < D; d += blockDim.x) {
         float acc = 0.0f;
-        for (int j = 0; j < n_keys; ++j) {
+        for (int j = first; j < n_keys; ++j) {
             acc += scores[j] * load_bf16(v_cache, (((size_t)b * max_len + j) * Hkv + g) * D + d);
         }
         store_bf16(out, q_off + d, acc * inv);

@@ -20,11 +20,12 @@
 // attention_decode_partial(float* part_m, float* part_l, float* part_acc, const bf16* q,
 //                          const bf16* k_cache, const bf16* v_cache, const int* slots,
 //                          const int* lens, int N, int H, int Hkv, int D, int max_len,
-//                          int chunk, int splits, float scale)
-//   Block (i·H + h, split) handles keys [split·chunk, min((split+1)·chunk, lens[i])) of sequence
-//   i: scores (one warp per key, lanes over d, xor-shuffle reduction), m = max, p = exp(s − m),
+//                          int chunk, int splits, int window, float scale)
+//   Block (i·H + h, split) handles keys [max(split·chunk, lo), min((split+1)·chunk, lens[i])) of
+//   sequence i, with lo = max(0, lens[i] − window) for a sliding window (window > 0) and 0 without
+//   one (window = 0): scores (one warp per key, lanes over d, xor-shuffle reduction), m = max, p = exp(s − m),
 //   l = Σ p, acc_d = Σ p·v_d in key order. A split past the sequence's length writes m = −inf,
-//   l = 0, acc = 0. Launch: grid (N·H, splits), block (128), dynamic shared chunk·sizeof(float).
+//   l = 0, acc = 0, as does a split wholly before the window. Launch: grid (N·H, splits), block (128), dynamic shared chunk·sizeof(float).
 //
 // attention_decode_combine(bf16* out, const float* part_m, const float* part_l,
 //                          const float* part_acc, int N, int H, int D, int splits)
@@ -55,7 +56,7 @@ extern "C" __global__ void attention_decode_partial(float* part_m, float* part_l
                                                     const bf16* v_cache, const int* slots,
                                                     const int* lens, int N, int H, int Hkv, int D,
                                                     int max_len, int chunk, int splits,
-                                                    float scale) {
+                                                    int window, float scale) {
     KILN_DYNAMIC_SHARED(float, scores);  // [chunk]
     KILN_SHARED(float, qs, DECODE_MAX_D);
     KILN_SHARED(float, scratch, 32);
@@ -66,8 +67,9 @@ extern "C" __global__ void attention_decode_partial(float* part_m, float* part_l
     const int h = ih % H;
     const int g = h / (H / Hkv);
     const int len = lens[i];
-    const int j0 = split * chunk;
-    const int j1 = min(j0 + chunk, len);
+    const int lo = window > 0 ? max(0, len - window) : 0;
+    const int j0 = max(split * chunk, lo);
+    const int j1 = min(split * chunk + chunk, len);
     const size_t part = (size_t)ih * splits + split;
     if (j0 >= j1) {
         if (threadIdx.x == 0) {

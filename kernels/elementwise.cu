@@ -7,6 +7,15 @@
 // (min(ceil(n / 256), e.g. 65535)), dynamic shared 0. Flat arrays of n elements.
 //   add_bf16(bf16* y, const bf16* x, int n)          y = bf16(float(y) + float(x))
 //   cast_f32_to_bf16(bf16* y, const float* x, int n) y = bf16(x) (round to nearest even)
+//   add_bias_bf16(bf16* y, const bf16* b, int n, int d) y[i] = bf16(float(y[i]) + float(b[i % d]))
+//     (y [n/d, d], b [d]: a linear layer's bias; CPU twin `add_bias`)
+//
+// bias_grad_partials(float* partials, const bf16* dy, int rows, int d, int rows_per_block)
+//   partials [ceil(rows / rows_per_block), d] (overwritten): partials[b, j] = Σ dy[r, j] over
+//   the block's rows r, in row order. Then reduce_partials_add (rmsnorm.cu) adds them into the
+//   fp32 gradient in block order. rows_per_block = 32 reproduces the CPU's grouping (CPU twin
+//   `bias_grad`). Launch: grid (ceil(rows / rows_per_block)), block (256), dynamic shared 0;
+//   threads stride over j, so a warp reads consecutive columns of a row.
 //
 // sum_squares_f32(float* partials, const float* x, int n)
 //   partials [G] with G = gridDim.x (host-chosen, e.g. 1024); block (256), dynamic shared 0.
@@ -18,6 +27,23 @@
 extern "C" __global__ void add_bf16(bf16* y, const bf16* x, int n) {
     for (size_t i = grid_stride_start(); i < (size_t)n; i += grid_stride_step()) {
         store_bf16(y, i, load_bf16(y, i) + load_bf16(x, i));
+    }
+}
+
+extern "C" __global__ void add_bias_bf16(bf16* y, const bf16* b, int n, int d) {
+    for (size_t i = grid_stride_start(); i < (size_t)n; i += grid_stride_step()) {
+        store_bf16(y, i, load_bf16(y, i) + load_bf16(b, i % (size_t)d));
+    }
+}
+
+extern "C" __global__ void bias_grad_partials(float* partials, const bf16* dy, int rows, int d,
+                                              int rows_per_block) {
+    const int r0 = blockIdx.x * rows_per_block;
+    const int r1 = min(r0 + rows_per_block, rows);
+    for (int j = threadIdx.x; j < d; j += blockDim.x) {
+        float acc = 0.0f;
+        for (int r = r0; r < r1; ++r) acc += load_bf16(dy, (size_t)r * d + j);
+        partials[(size_t)blockIdx.x * d + j] = acc;
     }
 }
 

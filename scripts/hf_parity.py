@@ -52,7 +52,17 @@ CASES = {
     "mistral": (MistralConfig, MistralForCausalLM, dict(
         num_attention_heads=4, num_key_value_heads=2, sliding_window=32, rope_theta=10000.0,
         tie_word_embeddings=False)),
+    # Biases on every projection (attention_bias: q, k, v, o; mlp_bias: gate, up, down).
+    "llama_bias": (LlamaConfig, LlamaForCausalLM, dict(
+        num_attention_heads=4, num_key_value_heads=2, rope_theta=10000.0, tie_word_embeddings=False,
+        attention_bias=True, mlp_bias=True)),
+    # A sliding window of 6 keys: the forward batch stays within it (T_WINDOW), generation goes
+    # far past it (prompts up to 12 tokens, then 16 new), so the KV cache must apply it.
+    "mistral_window": (MistralConfig, MistralForCausalLM, dict(
+        num_attention_heads=4, num_key_value_heads=2, sliding_window=6, rope_theta=10000.0,
+        tie_word_embeddings=False)),
 }
+T_WINDOW = 6  # the forward/backward batch's length for the sliding-window case
 
 
 def make(out):
@@ -61,10 +71,12 @@ def make(out):
         torch.manual_seed(1000 + seed)
         cfg = cfg_cls(**{**COMMON, **kw})
         model = model_cls(cfg).float()
-        with torch.no_grad():  # norm weights init to 1; perturb them so a missing/misplaced norm shows
-            for name, p in model.named_parameters():
+        with torch.no_grad():  # norm weights init to 1 and biases to 0; perturb them so a missing
+            for name, p in model.named_parameters():  # or misplaced one shows
                 if name.endswith("norm.weight"):
                     p.add_(0.2 * torch.randn_like(p))
+                elif name.endswith(".bias"):
+                    p.add_(0.5 * torch.randn_like(p))
         if case == "llama3_rope_tied":  # the scaling must actually change frequencies at this size
             plain = model_cls(cfg_cls(**{**COMMON, **kw, "rope_scaling": None})).model.rotary_emb.inv_freq
             ratio = (plain / model.model.rotary_emb.inv_freq).tolist()
@@ -76,8 +88,9 @@ def make(out):
         model.save_pretrained(os.path.join(d, "hf"), safe_serialization=True)
 
         g = torch.Generator().manual_seed(2000 + seed)
-        ids = torch.randint(0, cfg.vocab_size, (B, T), generator=g)
-        tgt = torch.randint(0, cfg.vocab_size, (B, T), generator=g)
+        t = T_WINDOW if case == "mistral_window" else T
+        ids = torch.randint(0, cfg.vocab_size, (B, t), generator=g)
+        tgt = torch.randint(0, cfg.vocab_size, (B, t), generator=g)
         model.train()  # dropout is 0 in these configs; train() only enables grads bookkeeping
         logits = model(ids).logits
         loss = F.cross_entropy(logits.reshape(-1, cfg.vocab_size), tgt.reshape(-1))

@@ -143,7 +143,8 @@ pub struct SynthArgs {
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
-    /// A run directory (its newest checkpoint) or one checkpoint directory.
+    /// A run directory (its newest checkpoint), one checkpoint directory, or a Hugging Face model
+    /// directory (config.json, safetensors, tokenizer.json).
     #[arg(long)]
     pub checkpoint: PathBuf,
     /// Task files: JSONL with input, options, gold_index (multiple choice) or input, answer
@@ -156,6 +157,10 @@ pub struct EvalArgs {
     /// Batches of held-out data to score.
     #[arg(long, default_value_t = 20)]
     pub data_batches: usize,
+    /// Sequence length of held-out batches (default: the run's data.seq_len; required for a
+    /// Hugging Face directory).
+    #[arg(long)]
+    pub seq_len: Option<usize>,
     /// Rows per scoring batch.
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
@@ -323,7 +328,8 @@ pub enum Device {
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
-    /// A run directory (its newest checkpoint) or one checkpoint directory (step_000100).
+    /// A run directory (its newest checkpoint), one checkpoint directory (step_000100), or a
+    /// Hugging Face model directory (config.json, safetensors, tokenizer.json).
     #[arg(long)]
     pub checkpoint: PathBuf,
     /// Prompt text (repeatable: one generation per prompt).

@@ -261,6 +261,23 @@ fn rope_swiglu_embedding_and_elementwise_match_cpu() {
     let sg = gpu.sum_squares(&gpu.upload_as(&gr, BufKind::Grad));
     let sc = cpu.sum_squares(&gr);
     assert!(((sg - sc) / sc).abs() < 1e-4, "sum_squares {sg} vs {sc}");
+
+    // A linear layer's bias: 1000 rows (31 full blocks of 32 and a partial one) of width 333.
+    let (rows, width) = (1000, 333);
+    let y = bf16_round(&random(rows * width, 12, 1.0));
+    let bias = bf16_round(&random(width, 13, 1.0));
+    let mut gy = gpu.upload_as(&y, BufKind::Act);
+    gpu.add_bias(&mut gy, &gpu.upload_as(&bias, BufKind::Param));
+    let mut cy = y.clone();
+    cpu.add_bias(&mut cy, &bias);
+    assert_close("add_bias", &gpu.download(&gy), &cy, 1e-2);
+    let dy = bf16_round(&random(rows * width, 14, 1.0));
+    let start = random(width, 15, 1.0);
+    let mut gdb = gpu.upload_as(&start, BufKind::Grad);
+    gpu.bias_grad(&mut gdb, &gpu.upload_as(&dy, BufKind::Act));
+    let mut cdb = start.clone();
+    cpu.bias_grad(&mut cdb, &dy);
+    assert_close("bias_grad", &gpu.download(&gdb), &cdb, 1e-5);
 }
 
 #[test]
@@ -390,20 +407,30 @@ fn attention_forward_backward_and_cache_match_cpu_with_gqa_and_documents() {
     let max_len = 160;
     let kc = bf16_round(&random(max_len * s.kv_heads * s.head_dim, 5, 1.0));
     let vc = bf16_round(&random(max_len * s.kv_heads * s.head_dim, 6, 1.0));
-    let q1 = bf16_round(&random(s.heads * s.head_dim, 7, 1.0));
-    let mut o1 = poisoned(&gpu, q1.len(), BufKind::Act);
-    gpu.attention_cached(
-        &mut o1,
-        &gpu.upload_as(&q1, BufKind::Act),
-        &gpu.upload_as(&kc, BufKind::Act),
-        &gpu.upload_as(&vc, BufKind::Act),
-        max_len,
-        120,
-        s1,
-    );
-    let mut c1 = cpu.zeros(q1.len());
-    cpu.attention_cached(&mut c1, &q1, &kc, &vc, max_len, 120, s1);
-    assert_close("attention_cached", &gpu.download(&o1), &c1, 1e-2);
+    // Three queries at positions 120..122, without and with a sliding window of 50 keys.
+    let s3 = AttnShape { seq: 3, ..s1 };
+    let q1 = bf16_round(&random(3 * s.heads * s.head_dim, 7, 1.0));
+    for window in [None, Some(50)] {
+        let mut o1 = poisoned(&gpu, q1.len(), BufKind::Act);
+        gpu.attention_cached(
+            &mut o1,
+            &gpu.upload_as(&q1, BufKind::Act),
+            &gpu.upload_as(&kc, BufKind::Act),
+            &gpu.upload_as(&vc, BufKind::Act),
+            max_len,
+            120,
+            window,
+            s3,
+        );
+        let mut c1 = cpu.zeros(q1.len());
+        cpu.attention_cached(&mut c1, &q1, &kc, &vc, max_len, 120, window, s3);
+        assert_close(
+            &format!("attention_cached window {window:?}"),
+            &gpu.download(&o1),
+            &c1,
+            1e-2,
+        );
+    }
 }
 
 #[test]
@@ -789,21 +816,30 @@ fn kv_write_and_split_decode_attention_match_cpu() {
         head_dim: d,
         causal: true,
     };
-    let mut out = poisoned(&gpu, q.len(), BufKind::Act);
-    gpu.attention_decode(
-        &mut out,
-        &gpu.upload_as(&q, BufKind::Act),
-        &gk,
-        &gpu.upload_as(&vc, BufKind::Act),
-        &slots,
-        &lens,
-        max_len,
-        s,
-    );
-    let mut want = cpu.zeros(q.len());
-    cpu.attention_decode(&mut want, &q, &ck, &vc, &slots, &lens, max_len, s);
-    // 3e-3: a correct kernel gives ~2.5e-4; a split that drops its last key ~6e-3.
-    assert_close("attention_decode", &gpu.download(&out), &want, 3e-3);
+    // Without a window, and with one of 300 keys: whole splits before it, one starting inside it.
+    for window in [None, Some(300)] {
+        let mut out = poisoned(&gpu, q.len(), BufKind::Act);
+        gpu.attention_decode(
+            &mut out,
+            &gpu.upload_as(&q, BufKind::Act),
+            &gk,
+            &gpu.upload_as(&vc, BufKind::Act),
+            &slots,
+            &lens,
+            max_len,
+            window,
+            s,
+        );
+        let mut want = cpu.zeros(q.len());
+        cpu.attention_decode(&mut want, &q, &ck, &vc, &slots, &lens, max_len, window, s);
+        // 3e-3: a correct kernel gives ~2.5e-4; a split that drops its last key ~6e-3.
+        assert_close(
+            &format!("attention_decode window {window:?}"),
+            &gpu.download(&out),
+            &want,
+            3e-3,
+        );
+    }
 }
 
 /// `f` panics with a message that contains `want`.

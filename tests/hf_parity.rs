@@ -118,6 +118,7 @@ fn check_case(dir: &Path) -> Vec<String> {
         tokenizer: None,
         bos_token_id: None,
         eos_token_id: None,
+        source: None,
     };
     kiln::hf::export(&dir.join("export"), &cfg, &tensors, &opts)
         .unwrap_or_else(|e| panic!("{case}: export: {e:#}"));
@@ -169,10 +170,8 @@ fn check_generation(dir: &Path) -> String {
     let want: Vec<Vec<u32>> = g["generated"].as_array().unwrap().iter().map(ids).collect();
     let be = CpuBackend::<f32>::new();
     let model = Model::for_inference(&be, &cfg, &host);
-    let context = cfg
-        .sliding_window
-        .unwrap_or(cfg.max_seq_len)
-        .min(cfg.max_seq_len);
+    // The whole context, past a sliding window: the KV cache applies it.
+    let context = cfg.max_seq_len;
     for (slots, continuous) in [(1, true), (3, true), (3, false), (8, true)] {
         let limits = GenLimits {
             slots,
@@ -204,6 +203,29 @@ fn check_generation(dir: &Path) -> String {
     for (p, w) in prompts.iter().zip(&want) {
         let got = reference.generate(&be, p, w.len(), &[], Sampling::default());
         assert_eq!(&got, w, "{case}: Model::generate differs from transformers");
+    }
+    // Where the window is shorter than prompt + generation, ignoring it changes the output: the
+    // comparison above could fail.
+    if let Some(window) = cfg.sliding_window {
+        let past = prompts
+            .iter()
+            .zip(&want)
+            .any(|(p, w)| p.len() + w.len() > window);
+        if past {
+            let full = kiln::model::ModelConfig {
+                sliding_window: None,
+                ..cfg.clone()
+            };
+            let unwindowed = Model::from_host(&be, &full, &host);
+            let differs = prompts
+                .iter()
+                .zip(&want)
+                .any(|(p, w)| &unwindowed.generate(&be, p, w.len(), &[], Sampling::default()) != w);
+            assert!(
+                differs,
+                "{case}: generation without the sliding window of {window} gives the same tokens; the case does not test it"
+            );
+        }
     }
     format!(
         "{case}: greedy generation equals transformers generate: {} prompts (lengths {:?}) x {} tokens, batched/unbatched/static; smallest top-2 logit gap {:.1e}",

@@ -128,6 +128,7 @@ fn make_model(dir: &Path) -> PathBuf {
         tokenizer: Some(model.join("tokenizer.json")),
         bos_token_id: Some(bos),
         eos_token_id: Some(eos),
+        source: None,
     };
     kiln::hf::export(&model, &cfg, &tensors, &opts).unwrap();
     model
@@ -326,4 +327,52 @@ fn synth_bad_input_gives_one_clear_line() {
         std::fs::read_to_string(d.join("taken.jsonl")).unwrap(),
         "precious\n"
     );
+}
+
+#[test]
+fn generate_and_eval_take_a_hugging_face_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_model(d);
+    let prompt = context_block("Anything at all.");
+    let o = kiln(
+        &[
+            "generate",
+            "--checkpoint",
+            "model",
+            "-p",
+            &prompt,
+            "--max-new-tokens",
+            "20",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(out.trim_end(), format!("{prompt}{OUTPUT}"), "{out}");
+
+    let item = serde_json::json!({ "input": prompt, "answer": OUTPUT });
+    std::fs::write(d.join("tasks.jsonl"), format!("{item}\n")).unwrap();
+    let o = kiln(
+        &[
+            "eval",
+            "--checkpoint",
+            "model",
+            "--tasks",
+            "tasks.jsonl",
+            "--max-new-tokens",
+            "20",
+            "--json",
+            "eval.json",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("eval.json")).unwrap()).unwrap();
+    assert_eq!(v["tasks"][0]["exact_match"], 1.0, "{v}");
+    assert_eq!(v["model"], "hf:model", "{v}");
+    // Held-out data needs a sequence length, which a Hugging Face directory does not record.
+    let o = kiln(&["eval", "--checkpoint", "model", "--data", "*.bin"], d);
+    assert_clean_error(&o, &["--seq-len"]);
 }

@@ -410,8 +410,10 @@ pub fn attention_cached<B: Backend + ?Sized>(
     v_cache: &B::Buf,
     max_len: usize,
     past: usize,
+    window: Option<usize>,
     s: AttnShape,
 ) {
+    assert!(window != Some(0), "attention_cached: a window of 0 keys");
     assert!(
         past.saturating_add(s.seq) <= max_len,
         "attention_cached: past {past} + {} new > cache length {max_len}",
@@ -470,9 +472,11 @@ pub fn attention_decode<B: Backend + ?Sized>(
     slots: &[u32],
     lens: &[u32],
     max_len: usize,
+    window: Option<usize>,
     s: AttnShape,
 ) {
     assert_eq!(s.seq, 1, "attention_decode: one query per sequence");
+    assert!(window != Some(0), "attention_decode: a window of 0 keys");
     let n = s.batch;
     let op = Op::new(be, "attention_decode");
     let q_len = prod(&[n, s.heads, s.head_dim]);
@@ -550,6 +554,30 @@ pub fn add_assign<B: Backend + ?Sized>(be: &B, y: &B::Buf, x: &B::Buf) {
     let op = Op::new(be, "add_assign");
     let n = op.kind("y", y, Compute).len(y);
     op.buf("x", x, Compute, "len(y)", n);
+}
+
+/// `add_bias`: y [rows, d] in compute precision, b [d] (a parameter) with d dividing len(y).
+#[track_caller]
+pub fn add_bias<B: Backend + ?Sized>(be: &B, y: &B::Buf, b: &B::Buf) {
+    let op = Op::new(be, "add_bias");
+    let d = op.kind("b", b, Compute).len(b);
+    let n = op.kind("y", y, Compute).len(y);
+    assert!(
+        d > 0 && n.is_multiple_of(d),
+        "add_bias: y has {n} elements, not a multiple of len(b) = {d}"
+    );
+}
+
+/// `bias_grad`: db [d] in full precision, dy [rows, d] in compute precision.
+#[track_caller]
+pub fn bias_grad<B: Backend + ?Sized>(be: &B, db: &B::Buf, dy: &B::Buf) {
+    let op = Op::new(be, "bias_grad");
+    let d = op.kind("db", db, Full).len(db);
+    let n = op.kind("dy", dy, Compute).len(dy);
+    assert!(
+        d > 0 && n.is_multiple_of(d),
+        "bias_grad: dy has {n} elements, not a multiple of len(db) = {d}"
+    );
 }
 
 /// `sum_squares`: x in full precision.

@@ -267,6 +267,11 @@ pub trait Backend: Send + Sync {
     // ---- elementwise, reductions, optimizer ------------------------------------------------
     /// y += x
     fn add_assign(&self, y: &mut Self::Buf, x: &Self::Buf);
+    /// y[r, j] += b[j] for every row r of y [rows, len(b)] (a linear layer's bias).
+    fn add_bias(&self, y: &mut Self::Buf, b: &Self::Buf);
+    /// db[j] += Σ_r dy[r, j] over dy [rows, len(db)]: rows summed in blocks of 32 in row order,
+    /// the block sums added into db in block order (the bias's gradient).
+    fn bias_grad(&self, db: &mut Self::Buf, dy: &Self::Buf);
     /// Σ x², accumulated in f64.
     fn sum_squares(&self, x: &Self::Buf) -> f64;
     /// One AdamW step on p with gradient g (times grad_scale) and moments m, v (kept in f32 or
@@ -302,7 +307,9 @@ pub trait GenerationBackend: Backend {
 
     /// Attention of new queries against a KV cache (generation). q [B, Tq, H, D] are positions
     /// past..past+Tq; k_cache/v_cache [B, max_len, Hkv, D] hold positions 0..past+Tq (the new
-    /// keys already written). Causal; no document masking. Writes out [B, Tq, H, D].
+    /// keys already written). Causal; no document masking. With `window = Some(w)` (Mistral's
+    /// sliding window) the query at position p attends keys max(0, p+1−w) ..= p only. Writes
+    /// out [B, Tq, H, D].
     #[allow(clippy::too_many_arguments)]
     fn attention_cached(
         &self,
@@ -312,6 +319,7 @@ pub trait GenerationBackend: Backend {
         v_cache: &Self::Buf,
         max_len: usize,
         past: usize,
+        window: Option<usize>,
         s: AttnShape,
     );
 
@@ -327,7 +335,8 @@ pub trait GenerationBackend: Backend {
     );
     /// Decode attention, one query per sequence: q [N, H, D] (s.batch = N, s.seq = 1); sequence
     /// i lives in cache slot `slots[i]` of k_cache/v_cache [S, max_len, Hkv, D] and attends its
-    /// keys 0..lens[i] (its new key already written). Writes out [N, H, D].
+    /// keys 0..lens[i] (its new key already written), or with `window = Some(w)` only the last
+    /// min(w, lens[i]) of them. Writes out [N, H, D].
     #[allow(clippy::too_many_arguments)]
     fn attention_decode(
         &self,
@@ -338,6 +347,7 @@ pub trait GenerationBackend: Backend {
         slots: &[u32],
         lens: &[u32],
         max_len: usize,
+        window: Option<usize>,
         s: AttnShape,
     );
 }

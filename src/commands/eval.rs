@@ -8,15 +8,16 @@ use crate::backend::cpu::CpuBackend;
 use crate::cli::{EvalArgs, GenerateArgs};
 use crate::model::generate::Sampling;
 use crate::model::Model;
-use crate::train::setup::{open_checkpoint, OpenedCheckpoint};
+use crate::train::setup::{open_model, OpenedModel};
 
 pub fn eval(a: EvalArgs) -> Result<()> {
     if a.tasks.is_empty() && a.data.is_none() {
         bail!("nothing to evaluate: give --tasks FILE... and/or --data GLOB");
     }
-    let c = open_checkpoint(&a.checkpoint)?;
+    let c = open_model(&a.checkpoint)?;
     let be = CpuBackend::<f32>::new();
     let model = Model::from_host(&be, &c.mcfg, &c.params);
+    eprintln!("evaluating {}", c.id);
     let mut results = Vec::new();
     for path in &a.tasks {
         let items = crate::eval::read_tasks(path)?;
@@ -58,29 +59,28 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     }
     let mut heldout = None;
     if let Some(glob) = &a.data {
-        let (loss, ppl) = crate::eval::heldout_loss(
-            &be,
-            &model,
-            &c.tok,
-            glob,
-            a.batch,
-            c.cfg.data.seq_len,
-            a.data_batches,
-        )?;
+        let Some(seq_len) = a.seq_len.or(c.seq_len) else {
+            bail!(
+                "{}: a Hugging Face directory records no sequence length: give --seq-len for --data",
+                a.checkpoint.display()
+            );
+        };
+        let (loss, ppl) =
+            crate::eval::heldout_loss(&be, &model, &c.tok, glob, a.batch, seq_len, a.data_batches)?;
         println!("held-out loss {loss:.4}, perplexity {ppl:.2} ({glob})");
         heldout = Some(serde_json::json!({ "data": glob, "loss": loss, "perplexity": ppl }));
     }
     if let Some(path) = a.json {
-        let v = serde_json::json!({ "checkpoint": c.dir, "step": c.step, "tasks": results, "heldout": heldout });
+        let v = serde_json::json!({ "model": c.id, "tasks": results, "heldout": heldout });
         crate::fsutil::write_atomic(&path, serde_json::to_string_pretty(&v)?.as_bytes())?;
     }
     Ok(())
 }
 
 pub fn generate(a: GenerateArgs) -> Result<()> {
-    let OpenedCheckpoint {
+    let OpenedModel {
         tok, mcfg, params, ..
-    } = open_checkpoint(&a.checkpoint)?;
+    } = open_model(&a.checkpoint)?;
     let be = CpuBackend::<f32>::new();
     let model = Model::from_host(&be, &mcfg, &params);
     let stop: Vec<u32> = tok.eos().into_iter().collect();

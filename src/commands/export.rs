@@ -16,6 +16,8 @@ pub fn export(a: ExportArgs) -> Result<()> {
         tokenizer: Some(c.cfg.data.tokenizer.clone()),
         bos_token_id: c.tok.bos(),
         eos_token_id: c.tok.eos(),
+        source: crate::train::setup::init_from_hf(&c.mcfg)?
+            .filter(|d| d.join("config.json").exists()),
     };
     let tensors = named(&c.mcfg, c.params);
     crate::hf::export(&a.to_hf, &c.mcfg, &tensors, &opts)?;
@@ -44,17 +46,14 @@ fn named(mcfg: &ModelConfig, host: Vec<Vec<f32>>) -> Vec<NamedTensor> {
 pub fn convert(a: ConvertArgs) -> Result<()> {
     let (mcfg, host) = crate::hf::load(&a.from_hf, None)?;
     let tokenizer = Some(a.from_hf.join("tokenizer.json")).filter(|p| p.exists());
-    let generation: serde_json::Value = std::fs::read_to_string(a.from_hf.join("config.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default();
-    let id = |k: &str| generation.get(k).and_then(|v| v.as_u64()).map(|v| v as u32);
     let opts = crate::hf::ExportOptions {
         bf16: a.dtype == ExportDtype::Bf16,
         shard_bytes: a.shard_size,
         tokenizer,
-        bos_token_id: id("bos_token_id"),
-        eos_token_id: id("eos_token_id"),
+        // The source's token ids and every other field it has are kept.
+        bos_token_id: None,
+        eos_token_id: None,
+        source: Some(a.from_hf.clone()),
     };
     crate::hf::export(&a.to_hf, &mcfg, &named(&mcfg, host), &opts)?;
     eprintln!(

@@ -1,20 +1,17 @@
 //! `kiln synth`: the instruction synthesizer over a JSONL of raw texts, on a Hugging Face
 //! directory or a kiln checkpoint.
 
-use std::path::Path;
-
 use anyhow::{bail, Result};
 
 use super::device::{self, DeviceBackend, OnDevice, Placement};
 use super::set_threads;
 use crate::backend::BufKind;
 use crate::cli::SynthArgs;
-use crate::data::tokenizer::Tokenizer;
 use crate::model::batched::{Engine, GenLimits, GenPlan};
 use crate::model::generate::Sampling;
 use crate::model::Model;
 use crate::synth::{SynthOptions, SynthStats};
-use crate::train::setup::open_checkpoint;
+use crate::train::setup::{open_model, OpenedModel};
 
 pub fn synth(a: SynthArgs) -> Result<()> {
     device::check(a.device)?;
@@ -22,11 +19,9 @@ pub fn synth(a: SynthArgs) -> Result<()> {
         bail!("{}: no such input file", a.input.display());
     }
     set_threads(a.threads);
-    let m = open_generation_model(&a.model)?;
-    let limit = m
-        .mcfg
-        .max_seq_len
-        .min(m.mcfg.sliding_window.unwrap_or(usize::MAX));
+    let m = open_model(&a.model)?;
+    // A Mistral model's sliding window is applied by the KV cache, so the context may pass it.
+    let limit = m.mcfg.max_seq_len;
     let context = match a.context {
         Some(c) => c,
         None => 4096.min(limit),
@@ -101,7 +96,7 @@ pub fn synth(a: SynthArgs) -> Result<()> {
 
 /// The synthesizer on the chosen backend, after checking its generation plan fits.
 struct Synthesize<'a> {
-    m: GenerationModel,
+    m: OpenedModel,
     limits: GenLimits,
     opts: &'a SynthOptions,
 }
@@ -131,41 +126,4 @@ impl OnDevice for Synthesize<'_> {
         let mut engine = Engine::new(be, &model, self.limits, stop)?;
         crate::synth::synthesize(&mut engine, &self.m.tok, self.opts)
     }
-}
-
-/// A model to generate with: its config, parameters, tokenizer and a name for progress files.
-struct GenerationModel {
-    mcfg: crate::model::ModelConfig,
-    params: Vec<Vec<f32>>,
-    tok: Tokenizer,
-    id: String,
-}
-
-/// A Hugging Face directory (config.json + safetensors + tokenizer.json) or a kiln checkpoint.
-fn open_generation_model(dir: &Path) -> Result<GenerationModel> {
-    if dir.join("config.json").exists() {
-        let tok_path = dir.join("tokenizer.json");
-        if !tok_path.exists() {
-            bail!(
-                "{}: no tokenizer.json beside config.json (kiln needs the fast tokenizer file)",
-                dir.display()
-            );
-        }
-        let tok = Tokenizer::from_file(&tok_path, None, None)?;
-        let (mcfg, params) = crate::hf::load(dir, Some(tok.vocab_size() as usize))?;
-        let id = format!("hf:{}", dir.display());
-        return Ok(GenerationModel {
-            mcfg,
-            params,
-            tok,
-            id,
-        });
-    }
-    let c = open_checkpoint(dir)?;
-    Ok(GenerationModel {
-        id: format!("{} (step {})", c.dir.display(), c.step),
-        mcfg: c.mcfg,
-        params: c.params,
-        tok: c.tok,
-    })
 }

@@ -253,6 +253,20 @@ pub fn evaluate<B: GenerationBackend>(
             }
         }
     }
+    if let Some(w) = model.cfg.sliding_window {
+        // Scoring runs the training forward, whose attention is full causal.
+        let longest = pairs
+            .iter()
+            .map(|(p, c)| p.len() + c.len())
+            .max()
+            .unwrap_or(0)
+            .min(model.cfg.max_seq_len);
+        if longest > w {
+            bail!(
+                "{name}: an item of {longest} tokens is longer than the model's sliding window of {w}; kiln scores with full causal attention, which would differ from the model past its window"
+            );
+        }
+    }
     let nlls = continuation_nll(be, model, &pairs, batch);
     let stop = stop_tokens(tok, model.cfg.vocab_size);
     let mut k = 0;
@@ -299,6 +313,17 @@ pub fn heldout_loss<B: Backend>(
     batches: usize,
 ) -> Result<(f64, f64)> {
     use crate::data::loader::{Loader, LoaderOptions, SourceSpec, Split};
+    if let Some(w) = model.cfg.sliding_window.filter(|&w| seq > w) {
+        bail!(
+            "held-out sequences of {seq} tokens are longer than the model's sliding window of {w} (kiln scores with full causal attention): give --seq-len {w} or less"
+        );
+    }
+    if seq > model.cfg.max_seq_len {
+        bail!(
+            "held-out sequences of {seq} tokens are longer than the model's {} positions",
+            model.cfg.max_seq_len
+        );
+    }
     let spec = [SourceSpec {
         name: "heldout".into(),
         path: glob.to_string(),

@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use anyhow::{bail, Result};
 
 use super::generate::{sample, Sampling};
-use super::{Model, ModelConfig};
+use super::{add_bias, Model, ModelConfig};
 use crate::backend::{AttnShape, BufKind, GenerationBackend};
 use crate::rng::Rng;
 
@@ -123,8 +123,11 @@ struct Active {
     slot: u32,
     /// Tokens in the cache.
     len: usize,
-    /// Sampled, not yet in the cache.
+    /// Sampled (or the next prompt token), not yet in the cache.
     pending: u32,
+    /// Prompt tokens past the sliding window, fed one per decode step after `pending` (the
+    /// prefill attends whole prompts, so it takes at most a window of them).
+    forced: VecDeque<u32>,
     out: Vec<u32>,
     max_new: usize,
     sampling: Sampling,
@@ -158,12 +161,6 @@ impl<'a, B: GenerationBackend> Engine<'a, B> {
                 "context {} is longer than the model's {} positions",
                 limits.context,
                 c.max_seq_len
-            );
-        }
-        if let Some(w) = c.sliding_window.filter(|&w| limits.context > w) {
-            bail!(
-                "context {} is longer than the model's sliding window {w} (kiln's attention is full causal)",
-                limits.context
             );
         }
         let limits = GenLimits {
@@ -243,11 +240,11 @@ impl<'a, B: GenerationBackend> Engine<'a, B> {
             while let Some(r) = self.waiting.front() {
                 if self.free.is_empty()
                     || (!admitted.is_empty()
-                        && tokens + r.prompt.len() > self.limits.prefill_tokens)
+                        && tokens + self.prefill_len(r) > self.limits.prefill_tokens)
                 {
                     break;
                 }
-                tokens += r.prompt.len();
+                tokens += self.prefill_len(r);
                 let r = self.waiting.pop_front().expect("front exists");
                 let slot = self.free.pop().expect("a free slot");
                 admitted.push((r, slot));
@@ -298,16 +295,26 @@ impl<'a, B: GenerationBackend> Engine<'a, B> {
         })
     }
 
-    /// Packed prefill of the admitted prompts; samples each one's first token.
+    /// Prompt tokens a request's prefill takes: all of them, or the first sliding window's worth
+    /// (the rest go through decode steps, which apply the window).
+    fn prefill_len(&self, r: &Request) -> usize {
+        r.prompt
+            .len()
+            .min(self.model.cfg.sliding_window.unwrap_or(usize::MAX))
+    }
+
+    /// Packed prefill of the admitted prompts; samples each one's first token (or queues the
+    /// rest of a prompt longer than the sliding window).
     fn prefill(&mut self, admitted: Vec<(Request, u32)>) -> Vec<Finished> {
         let model = self.model;
+        let taken: Vec<usize> = admitted.iter().map(|(r, _)| self.prefill_len(r)).collect();
         let mut ids = Vec::new();
         let mut positions = Vec::new();
         let mut docs = Vec::new();
         let mut slots = Vec::new();
         let mut last_rows = Vec::new();
         for (doc, (r, slot)) in admitted.iter().enumerate() {
-            for (p, &t) in r.prompt.iter().enumerate() {
+            for (p, &t) in r.prompt[..taken[doc]].iter().enumerate() {
                 ids.push(t);
                 positions.push(p as u32);
                 docs.push(doc as u32);
@@ -326,19 +333,27 @@ impl<'a, B: GenerationBackend> Engine<'a, B> {
         let mut done = Vec::new();
         for (i, (r, slot)) in admitted.into_iter().enumerate() {
             let mut rng = Rng::new(r.sampling.seed);
-            let next = sample(&logits[i * v..(i + 1) * v], r.sampling, &mut rng);
+            let mut forced: VecDeque<u32> = r.prompt[taken[i]..].iter().copied().collect();
+            let prompt_next = forced.pop_front();
+            let next = match prompt_next {
+                Some(t) => t,
+                None => sample(&logits[i * v..(i + 1) * v], r.sampling, &mut rng),
+            };
             self.active.push(Active {
                 id: r.id,
                 slot,
-                len: r.prompt.len(),
+                len: taken[i],
                 pending: next,
+                forced,
                 out: Vec::new(),
                 max_new: r.max_new.max(1),
                 sampling: r.sampling,
                 rng,
             });
-            let idx = self.active.len() - 1;
-            done.extend(self.advance(idx, next));
+            if prompt_next.is_none() {
+                let idx = self.active.len() - 1;
+                done.extend(self.advance(idx, next));
+            }
         }
         done
     }
@@ -356,12 +371,25 @@ impl<'a, B: GenerationBackend> Engine<'a, B> {
         let mut picks = Vec::with_capacity(ids.len());
         for (i, a) in self.active.iter_mut().enumerate() {
             a.len += 1;
-            picks.push(sample(&logits[i * v..(i + 1) * v], a.sampling, &mut a.rng));
+            match a.forced.pop_front() {
+                // Still feeding the prompt: its next token, nothing sampled.
+                Some(t) => {
+                    a.pending = t;
+                    picks.push(None);
+                }
+                None => picks.push(Some(sample(
+                    &logits[i * v..(i + 1) * v],
+                    a.sampling,
+                    &mut a.rng,
+                ))),
+            }
         }
         // Advance in reverse so swap_remove does not move an unvisited sequence.
         let mut done = Vec::new();
         for i in (0..picks.len()).rev() {
-            done.extend(self.advance(i, picks[i]));
+            if let Some(next) = picks[i] {
+                done.extend(self.advance(i, next));
+            }
         }
         done.reverse();
         done
@@ -400,6 +428,9 @@ impl<'a, B: GenerationBackend> Engine<'a, B> {
             be.matmul_rowwise(&mut q, &xn, &p[lp.q], n, d, qd);
             be.matmul_rowwise(&mut k, &xn, &p[lp.k], n, d, kvd);
             be.matmul_rowwise(&mut v, &xn, &p[lp.v], n, d, kvd);
+            add_bias(be, &mut q, p, lp.q_b);
+            add_bias(be, &mut k, p, lp.k_b);
+            add_bias(be, &mut v, p, lp.v_b);
             be.rope(
                 &mut q,
                 positions,
@@ -440,17 +471,29 @@ impl<'a, B: GenerationBackend> Engine<'a, B> {
                         causal: true,
                     };
                     be.attention_decode(
-                        &mut att, &q, &self.k[l], &self.v[l], slots, &lens, max_len, shape,
+                        &mut att,
+                        &q,
+                        &self.k[l],
+                        &self.v[l],
+                        slots,
+                        &lens,
+                        max_len,
+                        c.sliding_window,
+                        shape,
                     );
                 }
             }
             be.matmul_rowwise(&mut h, &att, &p[lp.o], n, qd, d);
+            add_bias(be, &mut h, p, lp.o_b);
             be.add_assign(&mut h, &x);
             be.rmsnorm(&mut xn, &mut rstd, &h, &p[lp.post_norm], d, eps);
             be.matmul_rowwise(&mut gate, &xn, &p[lp.gate], n, d, f);
             be.matmul_rowwise(&mut up, &xn, &p[lp.up], n, d, f);
+            add_bias(be, &mut gate, p, lp.gate_b);
+            add_bias(be, &mut up, p, lp.up_b);
             be.swiglu(&mut act, &gate, &up);
             be.matmul_rowwise(&mut x, &act, &p[lp.down], n, f, d);
+            add_bias(be, &mut x, p, lp.down_b);
             be.add_assign(&mut x, &h);
         }
         let r = rows.len();

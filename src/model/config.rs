@@ -53,14 +53,25 @@ pub struct ModelConfig {
     /// Standard deviation of the normal initialisation.
     #[serde(default = "default_init_std")]
     pub init_std: f64,
-    /// Mistral's sliding attention window: sequences longer than it are refused (kiln's attention
-    /// is full causal).
+    /// Mistral's sliding attention window: each query attends its last `sliding_window` keys.
+    /// Generation applies it in the KV cache; training refuses sequences longer than it (its
+    /// attention is full causal).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sliding_window: Option<usize>,
+    /// Biases on the q, k, v and o projections (Hugging Face `attention_bias`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub attention_bias: bool,
+    /// Biases on the gate, up and down projections (Hugging Face `mlp_bias`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub mlp_bias: bool,
     /// Initialise from a Hugging Face directory (`hf:PATH`) instead of randomly; the shape fields
     /// are then taken from its config.json.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_from: Option<String>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn default_theta() -> f64 {
@@ -156,10 +167,20 @@ impl ModelConfig {
             out.push(p(format!("{l}.self_attn.k_proj.weight"), vec![kvd, d]));
             out.push(p(format!("{l}.self_attn.v_proj.weight"), vec![kvd, d]));
             out.push(p(format!("{l}.self_attn.o_proj.weight"), vec![d, qd]));
+            if self.attention_bias {
+                for (name, width) in [("q", qd), ("k", kvd), ("v", kvd), ("o", d)] {
+                    out.push(p(format!("{l}.self_attn.{name}_proj.bias"), vec![width]));
+                }
+            }
             out.push(p(format!("{l}.post_attention_layernorm.weight"), vec![d]));
             out.push(p(format!("{l}.mlp.gate_proj.weight"), vec![f, d]));
             out.push(p(format!("{l}.mlp.up_proj.weight"), vec![f, d]));
             out.push(p(format!("{l}.mlp.down_proj.weight"), vec![d, f]));
+            if self.mlp_bias {
+                for (name, width) in [("gate", f), ("up", f), ("down", d)] {
+                    out.push(p(format!("{l}.mlp.{name}_proj.bias"), vec![width]));
+                }
+            }
         }
         out.push(p("model.norm.weight".into(), vec![d]));
         if !self.tie_embeddings {

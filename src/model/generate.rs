@@ -5,7 +5,7 @@
 use crate::backend::{AttnShape, Backend, BufKind, GenerationBackend};
 use crate::rng::Rng;
 
-use super::Model;
+use super::{add_bias, Model};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Sampling {
@@ -85,6 +85,9 @@ impl<B: GenerationBackend> Model<B> {
             be.matmul(&mut q, &xn, &p[lp.q], t, d, qd);
             be.matmul(&mut k, &xn, &p[lp.k], t, d, kvd);
             be.matmul(&mut v, &xn, &p[lp.v], t, d, kvd);
+            add_bias(be, &mut q, p, lp.q_b);
+            add_bias(be, &mut k, p, lp.k_b);
+            add_bias(be, &mut v, p, lp.v_b);
             be.rope(
                 &mut q,
                 &positions,
@@ -110,15 +113,20 @@ impl<B: GenerationBackend> Model<B> {
                 &cache.v[l],
                 cache.max_len,
                 past,
+                c.sliding_window,
                 shape,
             );
             be.matmul(&mut h, &att, &p[lp.o], t, qd, d);
+            add_bias(be, &mut h, p, lp.o_b);
             be.add_assign(&mut h, &x);
             be.rmsnorm(&mut xn, &mut rstd, &h, &p[lp.post_norm], d, eps);
             be.matmul(&mut gate, &xn, &p[lp.gate], t, d, f);
             be.matmul(&mut up, &xn, &p[lp.up], t, d, f);
+            add_bias(be, &mut gate, p, lp.gate_b);
+            add_bias(be, &mut up, p, lp.up_b);
             be.swiglu(&mut act, &gate, &up);
             be.matmul(&mut x, &act, &p[lp.down], t, f, d);
+            add_bias(be, &mut x, p, lp.down_b);
             be.add_assign(&mut x, &h);
         }
         cache.len += t;

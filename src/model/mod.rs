@@ -32,6 +32,47 @@ pub struct LayerParams {
     pub gate: usize,
     pub up: usize,
     pub down: usize,
+    /// Biases (`attention_bias`, `mlp_bias`), each None when the model has none.
+    pub q_b: Option<usize>,
+    pub k_b: Option<usize>,
+    pub v_b: Option<usize>,
+    pub o_b: Option<usize>,
+    pub gate_b: Option<usize>,
+    pub up_b: Option<usize>,
+    pub down_b: Option<usize>,
+}
+
+impl LayerParams {
+    /// The layer's parameters in the order the backward finalises their gradients.
+    fn backward_order(&self) -> Vec<usize> {
+        let mut out = Vec::with_capacity(16);
+        out.extend(self.down_b);
+        out.push(self.down);
+        out.extend(self.gate_b);
+        out.extend(self.up_b);
+        out.extend([self.gate, self.up, self.post_norm]);
+        out.extend(self.o_b);
+        out.push(self.o);
+        out.extend(self.q_b);
+        out.extend(self.k_b);
+        out.extend(self.v_b);
+        out.extend([self.q, self.k, self.v, self.input_norm]);
+        out
+    }
+}
+
+/// y += bias, when there is one (a linear layer's optional bias).
+pub(crate) fn add_bias<B: Backend>(be: &B, y: &mut B::Buf, params: &[B::Buf], bias: Option<usize>) {
+    if let Some(b) = bias {
+        be.add_bias(y, &params[b]);
+    }
+}
+
+/// grads[bias] += Σ_rows dy, when there is a bias.
+fn bias_grad<B: Backend>(be: &B, grads: &mut [B::Buf], dy: &B::Buf, bias: Option<usize>) {
+    if let Some(b) = bias {
+        be.bias_grad(&mut grads[b], dy);
+    }
 }
 
 /// Activations of one layer saved for backward. Shapes with N = B·T.
@@ -123,7 +164,9 @@ impl<B: Backend> Model<B> {
         let host: Vec<Vec<f32>> = info
             .iter()
             .map(|p| {
-                if p.shape.len() == 1 {
+                if p.name.ends_with(".bias") {
+                    vec![0.0; p.numel()]
+                } else if p.shape.len() == 1 {
                     vec![1.0; p.numel()]
                 } else if p.name.ends_with("o_proj.weight") || p.name.ends_with("down_proj.weight")
                 {
@@ -163,10 +206,19 @@ impl<B: Backend> Model<B> {
                 .position(|p| p.name == name)
                 .expect("known parameter")
         };
+        let find = |name: &str| info.iter().position(|p| p.name == name);
         let layers = (0..cfg.n_layers)
             .map(|i| {
                 let n = |s: &str| index(&format!("model.layers.{i}.{s}.weight"));
+                let b = |s: &str| find(&format!("model.layers.{i}.{s}.bias"));
                 LayerParams {
+                    q_b: b("self_attn.q_proj"),
+                    k_b: b("self_attn.k_proj"),
+                    v_b: b("self_attn.v_proj"),
+                    o_b: b("self_attn.o_proj"),
+                    gate_b: b("mlp.gate_proj"),
+                    up_b: b("mlp.up_proj"),
+                    down_b: b("mlp.down_proj"),
                     input_norm: n("input_layernorm"),
                     q: n("self_attn.q_proj"),
                     k: n("self_attn.k_proj"),
@@ -315,6 +367,9 @@ impl<B: Backend> Model<B> {
             be.matmul(&mut a.q, xn1, &p[lp.q], n, d, qd);
             be.matmul(&mut a.k, xn1, &p[lp.k], n, d, kvd);
             be.matmul(&mut a.v, xn1, &p[lp.v], n, d, kvd);
+            add_bias(be, &mut a.q, p, lp.q_b);
+            add_bias(be, &mut a.k, p, lp.k_b);
+            add_bias(be, &mut a.v, p, lp.v_b);
             be.rope(
                 &mut a.q,
                 &ws.positions,
@@ -334,6 +389,7 @@ impl<B: Backend> Model<B> {
             be.attention(&mut a.att, &mut a.lse, &a.q, &a.k, &a.v, doc_ids, shape);
             // h = x + att · Woᵀ
             be.matmul(&mut a.h, &a.att, &p[lp.o], n, qd, d);
+            add_bias(be, &mut a.h, p, lp.o_b);
             be.add_assign(&mut a.h, &a.x);
             let xn2 = if ws.recompute {
                 &mut ws.rc_xn
@@ -343,6 +399,8 @@ impl<B: Backend> Model<B> {
             be.rmsnorm(xn2, &mut a.rstd2, &a.h, &p[lp.post_norm], d, eps);
             be.matmul(&mut a.gate, xn2, &p[lp.gate], n, d, f);
             be.matmul(&mut a.up, xn2, &p[lp.up], n, d, f);
+            add_bias(be, &mut a.gate, p, lp.gate_b);
+            add_bias(be, &mut a.up, p, lp.up_b);
             let act = if ws.recompute {
                 &mut ws.rc_act
             } else {
@@ -355,6 +413,7 @@ impl<B: Backend> Model<B> {
                 None => &mut ws.x_final,
             };
             be.matmul(next, act, &p[lp.down], n, f, d);
+            add_bias(be, next, p, lp.down_b);
             be.add_assign(next, &a.h);
         }
         be.rmsnorm(
@@ -402,17 +461,7 @@ impl<B: Backend> Model<B> {
             vec![self.lm_head, self.final_norm]
         }];
         for lp in self.layers.iter().rev() {
-            groups.push(vec![
-                lp.down,
-                lp.gate,
-                lp.up,
-                lp.post_norm,
-                lp.o,
-                lp.q,
-                lp.k,
-                lp.v,
-                lp.input_norm,
-            ]);
+            groups.push(lp.backward_order());
         }
         groups.push(vec![self.embed]);
         groups
@@ -479,8 +528,11 @@ impl<B: Backend> Model<B> {
             };
             // x_next = h + act · Wdownᵀ   (dres holds ∂L/∂x_next, which is also ∂L/∂h so far)
             be.matmul_dw(&mut g[lp.down], &ws.dres, act, n, f, d);
+            bias_grad(be, g, &ws.dres, lp.down_b);
             be.matmul_dx(&mut ws.dact, &ws.dres, &p[lp.down], n, f, d, false);
             be.swiglu_bwd(&mut ws.dgate, &mut ws.dup, &ws.dact, &a.gate, &a.up);
+            bias_grad(be, g, &ws.dgate, lp.gate_b);
+            bias_grad(be, g, &ws.dup, lp.up_b);
             let xn2 = if ws.recompute {
                 be.rmsnorm(
                     &mut ws.rc_xn,
@@ -509,6 +561,7 @@ impl<B: Backend> Model<B> {
             );
             // h = x + att · Woᵀ   (dres now holds ∂L/∂h, which is also ∂L/∂x so far)
             be.matmul_dw(&mut g[lp.o], &ws.dres, &a.att, n, qd, d);
+            bias_grad(be, g, &ws.dres, lp.o_b);
             be.matmul_dx(&mut ws.datt, &ws.dres, &p[lp.o], n, qd, d, false);
             be.attention_bwd(
                 &mut ws.dq, &mut ws.dk, &mut ws.dv, &ws.datt, &a.att, &a.lse, &a.q, &a.k, &a.v,
@@ -530,6 +583,9 @@ impl<B: Backend> Model<B> {
                 &self.rope_cos,
                 &self.rope_sin,
             );
+            bias_grad(be, g, &ws.dq, lp.q_b);
+            bias_grad(be, g, &ws.dk, lp.k_b);
+            bias_grad(be, g, &ws.dv, lp.v_b);
             let xn1 = if ws.recompute {
                 be.rmsnorm(
                     &mut ws.rc_xn,

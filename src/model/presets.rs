@@ -55,6 +55,8 @@ impl Preset {
             max_seq_len: 2048,
             init_std: 0.02,
             sliding_window: None,
+            attention_bias: false,
+            mlp_bias: false,
             init_from: None,
         };
         match self {

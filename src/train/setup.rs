@@ -27,7 +27,8 @@ pub fn init_from_hf(m: &ModelConfig) -> Result<Option<PathBuf>> {
 }
 
 /// The resolved model config for a run config and tokenizer. With `init_from = "hf:PATH"` the
-/// shape comes from that directory's config.json (the run's max_seq_len and init_from are kept).
+/// shape comes from that directory's config.json (init_from is kept; max_seq_len is the larger of
+/// its max_position_embeddings and data.seq_len).
 pub fn resolve_model(cfg: &Config, tok: &Tokenizer) -> Result<ModelConfig> {
     resolve_model_shape(cfg, Some(tok.vocab_size() as usize), true)
 }
@@ -59,7 +60,9 @@ pub fn resolve_model_shape(
                     bail!("model.{key} = {mine} but {} says {theirs}", file.display());
                 }
             }
-            hf.max_seq_len = m.max_seq_len.max(cfg.data.seq_len);
+            // The source's max_position_embeddings stays (export writes it back), unless the run's
+            // sequences are longer.
+            hf.max_seq_len = hf.max_seq_len.max(cfg.data.seq_len);
             hf.init_from = m.init_from.clone();
             m = hf;
         }
@@ -176,5 +179,46 @@ pub fn open_checkpoint(path: &Path) -> Result<OpenedCheckpoint> {
         tok,
         mcfg,
         params,
+    })
+}
+
+/// A model to evaluate or generate with: its config, parameters, tokenizer, a name for logs, and
+/// the run's sequence length when it is a kiln checkpoint.
+pub struct OpenedModel {
+    pub mcfg: ModelConfig,
+    pub params: Vec<Vec<f32>>,
+    pub tok: Tokenizer,
+    pub id: String,
+    pub seq_len: Option<usize>,
+}
+
+/// A Hugging Face directory (config.json + safetensors + tokenizer.json), a run directory (its
+/// newest checkpoint) or one checkpoint directory.
+pub fn open_model(path: &Path) -> Result<OpenedModel> {
+    if path.join("config.json").exists() {
+        let tok_path = path.join("tokenizer.json");
+        if !tok_path.exists() {
+            bail!(
+                "{}: no tokenizer.json beside config.json (kiln needs the fast tokenizer file)",
+                path.display()
+            );
+        }
+        let tok = Tokenizer::from_file(&tok_path, None, None)?;
+        let (mcfg, params) = crate::hf::load(path, Some(tok.vocab_size() as usize))?;
+        return Ok(OpenedModel {
+            mcfg,
+            params,
+            tok,
+            id: format!("hf:{}", path.display()),
+            seq_len: None,
+        });
+    }
+    let c = open_checkpoint(path)?;
+    Ok(OpenedModel {
+        id: format!("{} (step {})", c.dir.display(), c.step),
+        mcfg: c.mcfg,
+        params: c.params,
+        tok: c.tok,
+        seq_len: Some(c.cfg.data.seq_len),
     })
 }

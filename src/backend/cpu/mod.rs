@@ -726,6 +726,7 @@ fn attention_cached<T: Float>(
     v_cache: &[T],
     max_len: usize,
     past: usize,
+    window: Option<usize>,
     s: AttnShape,
 ) {
     let (tq, h, hkv, dd, group) = attn_dims(s);
@@ -741,19 +742,21 @@ fn attention_cached<T: Float>(
         let mut scores = vec![T::ZERO; len];
         for i in 0..tq {
             let n_keys = past + i + 1;
+            let first = window.map_or(0, |w| n_keys.saturating_sub(w));
             let qo = ((bi * tq + i) * h + hi) * dd;
             let qi = &q[qo..qo + dd];
             let mut m = T::NEG_INFINITY;
-            for (j, sj) in scores[..n_keys].iter_mut().enumerate() {
+            for (j, sj) in scores[first..n_keys].iter_mut().enumerate() {
+                let j = first + j;
                 *sj = dot(qi, &k_cache[row(j)..row(j) + dd]) * scale;
                 m = m.max(*sj);
             }
             let o = &mut tile[i * dd..(i + 1) * dd];
             let mut l = T::ZERO;
-            for (j, &sj) in scores[..n_keys].iter().enumerate() {
+            for (j, &sj) in scores[first..n_keys].iter().enumerate() {
                 let p = (sj - m).exp();
                 l += p;
-                axpy(o, p, &v_cache[row(j)..row(j) + dd]);
+                axpy(o, p, &v_cache[row(first + j)..row(first + j) + dd]);
             }
             let inv = T::ONE / l;
             o.iter_mut().for_each(|x| *x *= inv);
@@ -801,6 +804,7 @@ fn attention_decode<T: Float>(
     slots: &[u32],
     lens: &[u32],
     max_len: usize,
+    window: Option<usize>,
     s: AttnShape,
 ) {
     let (_, h, hkv, dd, group) = attn_dims(s);
@@ -810,7 +814,9 @@ fn attention_decode<T: Float>(
         let (i, hi) = (ih / h, ih % h);
         let g = hi / group;
         let (slot, n_keys) = (slots[i] as usize, lens[i] as usize);
-        let row = |j: usize| ((slot * max_len + j) * hkv + g) * dd;
+        let first = window.map_or(0, |w| n_keys.saturating_sub(w));
+        let row = |j: usize| ((slot * max_len + first + j) * hkv + g) * dd;
+        let n_keys = n_keys - first;
         let qi = &q[ih * dd..(ih + 1) * dd];
         let mut scores = vec![T::ZERO; n_keys];
         let mut m = T::NEG_INFINITY;
@@ -929,6 +935,38 @@ fn add_assign<T: Float>(y: &mut [T], x: &[T]) {
             *a += b;
         }
     });
+}
+
+/// y[r, j] += b[j]
+fn add_bias<T: Float>(y: &mut [T], b: &[T]) {
+    let d = b.len();
+    map_rows_mut(y, d, d, |_, row| {
+        for (a, &bj) in row.iter_mut().zip(b) {
+            *a += bj;
+        }
+    });
+}
+
+/// db[j] += Σ_r dy[r, j]: rows summed in blocks of 32 in row order, blocks added in order.
+fn bias_grad<T: Float>(db: &mut [T], dy: &[T]) {
+    const BLOCK_ROWS: usize = 32;
+    let d = db.len();
+    let rows = dy.len() / d;
+    let blocks = rows.div_ceil(BLOCK_ROWS);
+    let mut partials = vec![T::ZERO; blocks * d];
+    map_rows_mut(&mut partials, d, BLOCK_ROWS * d, |blk, part| {
+        let end = ((blk + 1) * BLOCK_ROWS).min(rows);
+        for r in blk * BLOCK_ROWS..end {
+            for (p, &g) in part.iter_mut().zip(&dy[r * d..(r + 1) * d]) {
+                *p += g;
+            }
+        }
+    });
+    for part in partials.chunks(d) {
+        for (a, &p) in db.iter_mut().zip(part) {
+            *a += p;
+        }
+    }
 }
 
 /// Σ x² in f64, over fixed blocks added in block order (independent of the thread count).
@@ -1221,6 +1259,14 @@ impl<T: Float> Backend for CpuBackend<T> {
         contract::add_assign(self, y, x);
         add_assign(y, x);
     }
+    fn add_bias(&self, y: &mut Vec<T>, b: &Vec<T>) {
+        contract::add_bias(self, y, b);
+        add_bias(y, b);
+    }
+    fn bias_grad(&self, db: &mut Vec<T>, dy: &Vec<T>) {
+        contract::bias_grad(self, db, dy);
+        bias_grad(db, dy);
+    }
     fn sum_squares(&self, x: &Vec<T>) -> f64 {
         contract::sum_squares(self, x);
         sum_squares(x)
@@ -1245,10 +1291,11 @@ impl<T: Float> GenerationBackend for CpuBackend<T> {
         v_cache: &Vec<T>,
         max_len: usize,
         past: usize,
+        window: Option<usize>,
         s: AttnShape,
     ) {
-        contract::attention_cached(self, out, q, k_cache, v_cache, max_len, past, s);
-        attention_cached(out, q, k_cache, v_cache, max_len, past, s);
+        contract::attention_cached(self, out, q, k_cache, v_cache, max_len, past, window, s);
+        attention_cached(out, q, k_cache, v_cache, max_len, past, window, s);
     }
 
     fn kv_write(
@@ -1272,9 +1319,12 @@ impl<T: Float> GenerationBackend for CpuBackend<T> {
         slots: &[u32],
         lens: &[u32],
         max_len: usize,
+        window: Option<usize>,
         s: AttnShape,
     ) {
-        contract::attention_decode(self, out, q, k_cache, v_cache, slots, lens, max_len, s);
-        attention_decode(out, q, k_cache, v_cache, slots, lens, max_len, s);
+        contract::attention_decode(
+            self, out, q, k_cache, v_cache, slots, lens, max_len, window, s,
+        );
+        attention_decode(out, q, k_cache, v_cache, slots, lens, max_len, window, s);
     }
 }

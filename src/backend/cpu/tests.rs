@@ -819,7 +819,7 @@ fn attention_cached_prefill_then_decode_equals_full_attention() {
             .flat_map(|b| q[(b * tt + past) * qrow..(b * tt + past + step) * qrow].to_vec())
             .collect();
         let mut o = poisoned32(qs.len());
-        be.attention_cached(&mut o, &qs, &kc, &vc, max_len, past, s);
+        be.attention_cached(&mut o, &qs, &kc, &vc, max_len, past, None, s);
         for b in 0..2 {
             got[(b * tt + past) * qrow..(b * tt + past + step) * qrow]
                 .copy_from_slice(&o[b * step * qrow..(b + 1) * step * qrow]);
@@ -920,6 +920,123 @@ fn matmul_rowwise_matches_matmul_and_rows_do_not_depend_on_the_batch() {
 }
 
 #[test]
+fn bias_add_and_gradient_are_the_broadcast_sum_and_the_column_sum() {
+    let mut rng = Rng::new(24);
+    let (rows, d) = (70usize, 13usize); // two full blocks of 32 rows and a partial one
+    let y = to_f32(&rng.vec(rows * d));
+    let b = to_f32(&rng.vec(d));
+    let mut got = y.clone();
+    cpu32().add_bias(&mut got, &b);
+    for r in 0..rows {
+        for j in 0..d {
+            assert_eq!(got[r * d + j], y[r * d + j] + b[j]);
+        }
+    }
+    let dy = rng.vec(rows * d);
+    let start = rng.vec(d);
+    let mut db = start.clone();
+    cpu64().bias_grad(&mut db, &dy);
+    for j in 0..d {
+        let want = start[j] + (0..rows).map(|r| dy[r * d + j]).sum::<f64>();
+        assert!(
+            (db[j] - want).abs() < 1e-12,
+            "column {j}: {} vs {want}",
+            db[j]
+        );
+    }
+}
+
+/// The keys of positions `first..=last` of a [max_len, Hkv, D] cache moved to positions 0.., the
+/// rest poisoned: attention over it without a window is attention over exactly those keys.
+fn window_of(cache: &[f32], w: usize, first: usize, last: usize) -> Vec<f32> {
+    let mut out = poisoned32(cache.len());
+    out[..(last + 1 - first) * w].copy_from_slice(&cache[first * w..(last + 1) * w]);
+    out
+}
+
+#[test]
+fn sliding_window_attends_exactly_the_last_w_keys_cached_and_decode() {
+    let mut rng = Rng::new(23);
+    let (max_len, hkv, h, d, window) = (30usize, 2usize, 4usize, 8usize, 7usize);
+    let w = hkv * d;
+    let kc = to_f32(&rng.vec(max_len * w));
+    let vc = to_f32(&rng.vec(max_len * w));
+    let s = AttnShape {
+        batch: 1,
+        seq: 1,
+        heads: h,
+        kv_heads: hkv,
+        head_dim: d,
+        causal: true,
+    };
+    // Several queries at once (a prefill continuing at past = 12), each against its window.
+    let (past, tq) = (12usize, 9usize);
+    let q = to_f32(&rng.vec(tq * h * d));
+    let mut out = poisoned32(q.len());
+    attention_cached(
+        &mut out,
+        &q,
+        &kc,
+        &vc,
+        max_len,
+        past,
+        Some(window),
+        AttnShape { seq: tq, ..s },
+    );
+    for i in 0..tq {
+        let pos = past + i;
+        let first = (pos + 1).saturating_sub(window);
+        let (k1, v1) = (window_of(&kc, w, first, pos), window_of(&vc, w, first, pos));
+        let mut one = poisoned32(h * d);
+        let qi = &q[i * h * d..(i + 1) * h * d];
+        attention_cached(&mut one, qi, &k1, &v1, max_len, pos - first, None, s);
+        assert_eq!(
+            one[..],
+            out[i * h * d..(i + 1) * h * d],
+            "query at position {pos}"
+        );
+        // Decode of the same query (length pos + 1) agrees bit for bit.
+        let mut dec = poisoned32(h * d);
+        attention_decode(
+            &mut dec,
+            qi,
+            &kc,
+            &vc,
+            &[0],
+            &[pos as u32 + 1],
+            max_len,
+            Some(window),
+            s,
+        );
+        assert_eq!(dec, one, "decode at position {pos}");
+    }
+    // A window at least as long as the sequence changes nothing.
+    let mut wide = poisoned32(q.len());
+    attention_cached(
+        &mut wide,
+        &q,
+        &kc,
+        &vc,
+        max_len,
+        past,
+        Some(max_len),
+        AttnShape { seq: tq, ..s },
+    );
+    let mut none = poisoned32(q.len());
+    attention_cached(
+        &mut none,
+        &q,
+        &kc,
+        &vc,
+        max_len,
+        past,
+        None,
+        AttnShape { seq: tq, ..s },
+    );
+    assert_eq!(wide, none);
+}
+
+#[test]
 fn decode_attention_equals_cached_attention_per_sequence() {
     let mut rng = Rng::new(22);
     let (slots_total, max_len, hkv, h, d) = (4usize, 40usize, 2usize, 4usize, 8usize);
@@ -937,7 +1054,7 @@ fn decode_attention_equals_cached_attention_per_sequence() {
         causal: true,
     };
     let mut out = poisoned32(q.len());
-    attention_decode(&mut out, &q, &kc, &vc, &slots, &lens, max_len, s);
+    attention_decode(&mut out, &q, &kc, &vc, &slots, &lens, max_len, None, s);
     for i in 0..3 {
         let sl = slots[i] as usize;
         let range = sl * max_len * w..(sl + 1) * max_len * w;
@@ -952,6 +1069,7 @@ fn decode_attention_equals_cached_attention_per_sequence() {
             &vc[range],
             max_len,
             past,
+            None,
             s1,
         );
         assert_eq!(one[..], out[i * h * d..(i + 1) * h * d], "sequence {i}");
@@ -1096,7 +1214,7 @@ fn contract_rejects_a_short_kv_cache() {
     };
     let (q, cache) = (vec![0f32; 2 * 4 * 8], vec![0f32; 2 * 8 * 2 * 8]);
     let mut out = q.clone();
-    cpu32().attention_cached(&mut out, &q, &cache[1..].to_vec(), &cache, 8, 3, s);
+    cpu32().attention_cached(&mut out, &q, &cache[1..].to_vec(), &cache, 8, 3, None, s);
 }
 
 #[test]
@@ -1109,7 +1227,7 @@ fn contract_rejects_a_short_decode_query() {
     let cache = vec![0f32; 3 * 8 * 2 * 8];
     let mut out = vec![0f32; 2 * 4 * 8];
     let q = vec![0f32; 2 * 4 * 8 - 1];
-    cpu32().attention_decode(&mut out, &q, &cache, &cache, &[0, 2], &[3, 8], 8, s);
+    cpu32().attention_decode(&mut out, &q, &cache, &cache, &[0, 2], &[3, 8], 8, None, s);
 }
 
 #[test]

@@ -87,6 +87,8 @@ struct Kernels {
     cross_entropy_fused: CudaFunction,
     adamw: CudaFunction,
     add_bf16: CudaFunction,
+    add_bias_bf16: CudaFunction,
+    bias_grad_partials: CudaFunction,
     sum_squares_f32: CudaFunction,
     cast_f32_to_bf16: CudaFunction,
     attention_fwd: CudaFunction,
@@ -152,6 +154,8 @@ pub struct CudaBackend {
 
 /// Rows per block in rmsnorm_bwd (its dw partials are reduced in a second, ordered pass).
 const RMSNORM_BWD_ROWS: usize = 32;
+/// Rows per partial sum of bias_grad (the CPU's grouping).
+const BIAS_GRAD_ROWS: usize = 32;
 /// Keys per split of attention_decode (fixed, so results do not depend on the batch).
 const DECODE_CHUNK: usize = 256;
 /// Blocks of sum_squares_f32; the host adds their partials in f64.
@@ -294,6 +298,8 @@ impl CudaBackend {
             cross_entropy_fused: f(&ce, "cross_entropy_fused")?,
             adamw: f(&adamw, "adamw")?,
             add_bf16: f(&ew, "add_bf16")?,
+            add_bias_bf16: f(&ew, "add_bias_bf16")?,
+            bias_grad_partials: f(&ew, "bias_grad_partials")?,
             sum_squares_f32: f(&ew, "sum_squares_f32")?,
             cast_f32_to_bf16: f(&ew, "cast_f32_to_bf16")?,
             attention_fwd: f(&attn, "attention_fwd")?,
@@ -1139,6 +1145,53 @@ impl Backend for CudaBackend {
         });
     }
 
+    fn add_bias(&self, y: &mut CudaBuf, b: &CudaBuf) {
+        contract::add_bias(self, y, b);
+        let (n_i32, d_i32) = (i(y.len), i(b.len));
+        self.launch("add_bias_bf16", &self.k.add_bias_bf16, grid(y.len), |a| {
+            a.arg(y.h_mut()).arg(b.h()).arg(&n_i32).arg(&d_i32);
+        });
+    }
+
+    fn bias_grad(&self, db: &mut CudaBuf, dy: &CudaBuf) {
+        contract::bias_grad(self, db, dy);
+        let d = db.len;
+        let rows = dy.len / d;
+        let nblocks = rows.div_ceil(BIAS_GRAD_ROWS);
+        let mut s = self.scratch.lock().expect("scratch");
+        if s.partials.len() < nblocks * d {
+            s.partials = self
+                .stream
+                .alloc_zeros::<f32>(nblocks * d)
+                .expect("CUDA allocation");
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (nblocks as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (rows_i32, d_i32, per_block, nblocks_i32) =
+            (i(rows), i(d), i(BIAS_GRAD_ROWS), i(nblocks));
+        self.launch("bias_grad_partials", &self.k.bias_grad_partials, cfg, |a| {
+            a.arg(&mut s.partials)
+                .arg(dy.h())
+                .arg(&rows_i32)
+                .arg(&d_i32)
+                .arg(&per_block);
+        });
+        self.launch(
+            "reduce_partials_add",
+            &self.k.reduce_partials_add,
+            grid(d),
+            |a| {
+                a.arg(db.f_mut())
+                    .arg(&s.partials)
+                    .arg(&nblocks_i32)
+                    .arg(&d_i32);
+            },
+        );
+    }
+
     fn sum_squares(&self, x: &CudaBuf) -> f64 {
         contract::sum_squares(self, x);
         let n = x.len;
@@ -1211,9 +1264,11 @@ impl GenerationBackend for CudaBackend {
         v_cache: &CudaBuf,
         max_len: usize,
         past: usize,
+        window: Option<usize>,
         a: AttnShape,
     ) {
-        contract::attention_cached(self, out, q, k_cache, v_cache, max_len, past, a);
+        contract::attention_cached(self, out, q, k_cache, v_cache, max_len, past, window, a);
+        let window_i32 = i(window.unwrap_or(0));
         let scale = 1.0 / (a.head_dim as f32).sqrt();
         let cfg = LaunchConfig {
             grid_dim: ((a.batch * a.heads * a.seq) as u32, 1, 1),
@@ -1239,6 +1294,7 @@ impl GenerationBackend for CudaBackend {
                 .arg(&head_dim_i32)
                 .arg(&max_len_i32)
                 .arg(&past_i32)
+                .arg(&window_i32)
                 .arg(&scale);
         });
     }
@@ -1281,9 +1337,13 @@ impl GenerationBackend for CudaBackend {
         slots: &[u32],
         lens: &[u32],
         max_len: usize,
+        window: Option<usize>,
         a: AttnShape,
     ) {
-        contract::attention_decode(self, out, q, k_cache, v_cache, slots, lens, max_len, a);
+        contract::attention_decode(
+            self, out, q, k_cache, v_cache, slots, lens, max_len, window, a,
+        );
+        let window_i32 = i(window.unwrap_or(0));
         assert!(
             a.head_dim <= 256,
             "attention_decode: head_dim {} > 256 (the decode kernels' limit)",
@@ -1342,6 +1402,7 @@ impl GenerationBackend for CudaBackend {
                     .arg(&max_len_i32)
                     .arg(&chunk_i32)
                     .arg(&splits_i32)
+                    .arg(&window_i32)
                     .arg(&scale);
             },
         );
