@@ -316,7 +316,20 @@ impl Config {
         Self::parse(&name, &text, overrides)
     }
 
+    /// Parse a config's text (`name` for errors) with overrides. Every error is one line: a
+    /// message echoing a multi-line value has its line breaks escaped.
     pub fn parse(name: &str, text: &str, overrides: &[String]) -> Result<Config> {
+        Self::parse_lines(name, text, overrides).map_err(|e| {
+            let message = format!("{e:#}");
+            if message.contains('\n') {
+                anyhow::anyhow!(message.replace('\n', "\\n"))
+            } else {
+                e
+            }
+        })
+    }
+
+    fn parse_lines(name: &str, text: &str, overrides: &[String]) -> Result<Config> {
         let at_line = |e: toml::de::Error| {
             let line = e
                 .span()

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::augment::template_chain;
 use super::finetune::pack_examples;
-use super::records::{AugmentedRecord, Pair};
+use super::records::{parse_record, AugmentedRecord, FinetuneRecord, Pair};
 use super::shard::ShardWriter;
 use super::tokenizer::Tokenizer;
 use crate::rng::derive_seed;
@@ -150,16 +150,6 @@ struct Unit {
 
 /// An encoded document: ids and optional loss mask.
 type Doc = (Vec<u32>, Option<Vec<bool>>);
-
-#[derive(Deserialize)]
-struct FinetuneRecord {
-    /// `context` is the field name of the authors' fine-tuning collection.
-    #[serde(alias = "context")]
-    text: String,
-    #[serde(default)]
-    pairs: Vec<Pair>,
-    // `source` only groups adjacent records (read in `add_line`); unknown fields are ignored.
-}
 
 struct ShardSink<'a> {
     tok: &'a Tokenizer,
@@ -457,10 +447,6 @@ fn encode_units(
     Ok(())
 }
 
-fn parse_json_line<T: serde::de::DeserializeOwned>(line: &str) -> Result<T, String> {
-    serde_json::from_str(line).map_err(|e| format!("invalid record: {e}"))
-}
-
 fn encode_unit(
     tok: &Tokenizer,
     opts: &PrepOptions,
@@ -511,7 +497,7 @@ fn encode_unit(
                 if raw.trim().is_empty() {
                     continue;
                 }
-                let r: AugmentedRecord = parse_json_line(raw).map_err(|e| (*line, e))?;
+                let r: AugmentedRecord = parse_record(raw).map_err(|e| (*line, e))?;
                 records.push(r);
             }
             let entries: Vec<(&str, &[Pair])> = records
@@ -530,7 +516,7 @@ fn encode_unit(
                 if raw.trim().is_empty() {
                     continue;
                 }
-                let r: FinetuneRecord = parse_json_line(raw).map_err(|e| (*line, e))?;
+                let r: FinetuneRecord = parse_record(raw).map_err(|e| (*line, e))?;
                 records.push(r);
             }
             let examples = records

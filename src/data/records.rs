@@ -4,6 +4,7 @@
 //! Records that share a `chain` id came from one multi-round synthesis chain and render into one
 //! few-shot pre-training document, in file order.
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// One instruction–response pair. Multiple-choice and chain-of-thought pairs keep the
@@ -23,4 +24,21 @@ pub struct AugmentedRecord {
     pub pairs: Vec<Pair>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chain: Option<serde_json::Value>,
+}
+
+/// A synthesizer fine-tuning record: `{"text" (or "context"): ..., "pairs": [...], "source": id?}`.
+/// `source` only groups adjacent records (`kiln prep` reads it on its own); unknown fields are
+/// ignored.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct FinetuneRecord {
+    /// `context` is the field name of the authors' fine-tuning collection.
+    #[serde(alias = "context")]
+    pub text: String,
+    #[serde(default)]
+    pub pairs: Vec<Pair>,
+}
+
+/// One JSONL line as a record, or a one-line description of what is wrong with it.
+pub fn parse_record<T: DeserializeOwned>(line: &str) -> Result<T, String> {
+    serde_json::from_str(line).map_err(|e| format!("invalid record: {e}"))
 }

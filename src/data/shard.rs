@@ -364,12 +364,25 @@ impl Shard {
         let fingerprint = u64_at(&map, 48);
         let file_size = u64_at(&map, 56);
         let has_mask = flags & FLAG_LOSS_MASK != 0;
-        let token_bytes = n_tokens
-            .checked_mul(width as u64)
-            .ok_or_else(|| invalid(path, "token count overflows"))?;
-        let index_at = HEADER_BYTES as u64 + pad8(token_bytes);
-        let mask_at = index_at + 8 * (docs + 1);
-        let expected = mask_at + if has_mask { n_tokens.div_ceil(8) } else { 0 };
+        // Where the index and the mask start and how long the file must be, by the header; None
+        // when the counts are past any file (checked before anything is read at those offsets).
+        let layout = || -> Option<(u64, u64, u64)> {
+            let token_bytes = n_tokens.checked_mul(width as u64)?;
+            let index_at =
+                (HEADER_BYTES as u64).checked_add(token_bytes.checked_next_multiple_of(8)?)?;
+            let mask_at = index_at.checked_add(docs.checked_add(1)?.checked_mul(8)?)?;
+            let expected = mask_at.checked_add(if has_mask { n_tokens.div_ceil(8) } else { 0 })?;
+            Some((index_at, mask_at, expected))
+        };
+        let Some((index_at, mask_at, expected)) = layout() else {
+            return Err(invalid(
+                path,
+                format!(
+                    "size mismatch: header says {n_tokens} tokens and {docs} documents, more than any file holds; file is {} bytes (corrupt)",
+                    map.len()
+                ),
+            ));
+        };
         if file_size != expected || map.len() as u64 != expected {
             return Err(invalid(
                 path,

@@ -370,7 +370,7 @@ pub fn model_config(dir: &Path) -> Result<ModelConfig> {
 }
 
 /// The safetensors files of a directory: the index's shards in order, or model.safetensors.
-fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
         let text = std::fs::read_to_string(&index)
@@ -380,12 +380,29 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
         let Some(map) = v.get("weight_map").and_then(Value::as_object) else {
             bail!("{}: no weight_map", index.display());
         };
-        let mut files: Vec<String> = map
-            .values()
-            .filter_map(|f| f.as_str().map(String::from))
-            .collect();
+        let mut files = Vec::with_capacity(map.len());
+        for (tensor, file) in map {
+            let Some(file) = file.as_str() else {
+                bail!(
+                    "{}: weight_map gives {tensor:?} the file {file}, not a file name",
+                    index.display()
+                );
+            };
+            files.push(file.to_string());
+        }
         files.sort();
         files.dedup();
+        // Shards are files of this directory: a name with a directory part (`../`, `/`) is refused.
+        let plain = |f: &str| {
+            let mut parts = Path::new(f).components();
+            matches!(parts.next(), Some(std::path::Component::Normal(_))) && parts.next().is_none()
+        };
+        if let Some(bad) = files.iter().find(|f| !plain(f)) {
+            bail!(
+                "{}: weight_map names {bad:?}, which is not a file name in this directory",
+                index.display()
+            );
+        }
         let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
         if let Some(missing) = paths.iter().find(|p| !p.exists()) {
             bail!(

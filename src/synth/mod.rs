@@ -157,8 +157,8 @@ fn index_input(path: &Path, report: &mut dyn FnMut(String)) -> Result<(Vec<LineR
     Ok((valid, bad))
 }
 
-/// The `text` of one JSONL line, or what is wrong with it.
-fn text_of(line: &str) -> std::result::Result<String, String> {
+/// The `text` of one input JSONL line, or a one-line description of what is wrong with it.
+pub fn text_of(line: &str) -> std::result::Result<String, String> {
     let v: Value = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
     match v.get("text") {
         Some(Value::String(t)) if !t.trim().is_empty() => Ok(t.clone()),
@@ -507,8 +507,10 @@ fn save_progress(
     crate::fsutil::write_atomic(path, serde_json::to_string_pretty(&v)?.as_bytes())
 }
 
-/// Where a run restarts: the stats so far, the first chain to do and the output length.
-fn resume_point(
+/// Where a run restarts, from the progress file `path` (its contents `text`): the stats so far, the
+/// first chain to do and the output length. A progress file that does not fit `settings` or `out`
+/// is a one-line error naming it.
+pub fn resume_point(
     path: &Path,
     text: &str,
     settings: &Value,
