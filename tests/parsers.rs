@@ -167,6 +167,9 @@ fn base_seed() -> u64 {
         .unwrap_or(0x6b69_6c6e)
 }
 
+/// A parser called on (the input's file, its bytes): Ok, or the error as the user would see it.
+type Parse<'a> = dyn FnMut(&Path, &[u8]) -> Result<(), String> + 'a;
+
 /// One parser under test: its input goes to `input` (a file the parser reads, or just the saved
 /// copy), then `run` parses it.
 struct Fuzz {
@@ -206,7 +209,7 @@ impl Fuzz {
     }
 
     /// Parse one input; record a panic, a multi-line error, a slow case or an over-cap allocation.
-    fn case(&mut self, bytes: &[u8], run: &mut dyn FnMut(&Path, &[u8]) -> Result<(), String>) {
+    fn case(&mut self, bytes: &[u8], run: &mut Parse<'_>) {
         std::fs::write(&self.input, bytes).unwrap();
         let cap = ALLOC_FACTOR * bytes.len() + ALLOC_SLACK;
         watch().lock().unwrap().insert(self.name, Instant::now());
@@ -507,7 +510,7 @@ fn drive(
     seeds: &[Vec<u8>],
     mutate: &mut dyn FnMut(&mut Rng, &[u8]) -> Vec<u8>,
     random_prefix: &[&[u8]],
-    run: &mut dyn FnMut(&Path, &[u8]) -> Result<(), String>,
+    run: &mut Parse<'_>,
 ) {
     let total = cases();
     for seed in seeds {
@@ -535,7 +538,7 @@ fn drive(
     while f.cases < total + seeds.len() {
         let mut input = Vec::new();
         if !random_prefix.is_empty() && f.rng.chance(0.5) {
-            let prefix: &[u8] = *f.rng.choose(random_prefix);
+            let prefix = *f.rng.choose(random_prefix);
             input.extend_from_slice(prefix);
         }
         let max = *f.rng.choose(&[16usize, 256, 4096]);
@@ -652,7 +655,7 @@ fn mutate_safetensors(rng: &mut Rng, s: &[u8]) -> Vec<u8> {
     let header_len = s
         .get(..8)
         .map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize)
-        .filter(|&n| 8 + n <= s.len());
+        .filter(|&n| n <= s.len().saturating_sub(8));
     match header_len {
         Some(n) if rng.chance(0.6) => {
             let header = String::from_utf8_lossy(&s[8..8 + n]).into_owned();

@@ -51,6 +51,50 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
     h
 }
 
+/// A BPE model's merges must join two vocabulary tokens into a third (the second without the
+/// `continuing_subword_prefix`); the tokenizers crate indexes out of bounds on merges that do not.
+fn check_bpe_merges(root: &serde_json::Value) -> Result<()> {
+    use serde_json::Value;
+    let Some(model) = root
+        .get("model")
+        .filter(|m| m.get("type").is_none_or(|t| t == "BPE"))
+    else {
+        return Ok(());
+    };
+    let (Some(vocab), Some(merges)) = (
+        model.get("vocab").and_then(Value::as_object),
+        model.get("merges").and_then(Value::as_array),
+    ) else {
+        return Ok(());
+    };
+    let prefix = model
+        .get("continuing_subword_prefix")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    for merge in merges {
+        let (a, b) = match merge {
+            Value::String(s) if s.starts_with("#version") => continue,
+            Value::String(s) => match s.split_once(' ') {
+                Some(ab) => ab,
+                None => continue,
+            },
+            Value::Array(pair) => match pair.as_slice() {
+                [Value::String(a), Value::String(b)] => (a.as_str(), b.as_str()),
+                _ => continue,
+            },
+            _ => continue,
+        };
+        let joined = b.strip_prefix(prefix).map(|rest| format!("{a}{rest}"));
+        if !vocab.contains_key(a)
+            || !vocab.contains_key(b)
+            || !joined.is_some_and(|j| vocab.contains_key(&j))
+        {
+            bail!("merge {a:?} {b:?} does not join two vocabulary tokens into a third");
+        }
+    }
+    Ok(())
+}
+
 impl Tokenizer {
     /// Load a `tokenizer.json`. BOS/EOS are taken from the names given, else recognised by name.
     pub fn from_file(path: &Path, bos: Option<&str>, eos: Option<&str>) -> Result<Self> {
@@ -67,7 +111,16 @@ impl Tokenizer {
     ) -> Result<Self> {
         let value: serde_json::Value = serde_json::from_str(text)
             .map_err(|e| anyhow::anyhow!("{}: not a valid tokenizer.json: {e}", path.display()))?;
-        let inner = tokenizers::Tokenizer::from_bytes(text.as_bytes())
+        check_bpe_merges(&value)
+            .map_err(|e| anyhow::anyhow!("{}: not a valid tokenizer.json: {e}", path.display()))?;
+        // The tokenizers crate panics on some malformed files; that is a bad file, not a crash.
+        let inner = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(text.as_bytes()))
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "{}: not a valid tokenizer.json: the tokenizers crate cannot load it",
+                    path.display()
+                )
+            })?
             .map_err(|e| anyhow::anyhow!("{}: not a valid tokenizer.json: {e}", path.display()))?;
         // Fingerprint the parsed JSON re-serialised, so whitespace and formatting do not matter.
         let canonical = serde_json::to_vec(&value)?;
@@ -286,6 +339,30 @@ pub(crate) mod tests {
         let changed = compact.replacen("\"<s>\"", "\"<S>\"", 1);
         let other = Tokenizer::from_json(&changed, Path::new("x"), None, None).unwrap();
         assert_ne!(other.fingerprint(), tok.fingerprint());
+    }
+
+    #[test]
+    fn merges_the_tokenizers_crate_would_panic_on_are_a_one_line_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let tok = small_tokenizer(dir.path());
+        let text = std::fs::read_to_string(tok.path()).unwrap();
+        let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        // A prefix longer than a merge's second token; a merge joining into no vocabulary token.
+        let mut long_prefix = v.clone();
+        long_prefix["model"]["continuing_subword_prefix"] = "########".into();
+        // "Ā" is byte 0 in the byte-level alphabet; "ĀĀ" is not a token of this vocabulary.
+        let merge = serde_json::json!(["Ā Ā"]);
+        v["model"]["merges"] = merge;
+        for bad in [long_prefix, v] {
+            let e = Tokenizer::from_json(&bad.to_string(), Path::new("t.json"), None, None)
+                .err()
+                .unwrap();
+            let e = format!("{e:#}");
+            assert!(
+                e.starts_with("t.json: not a valid tokenizer.json: merge ") && !e.contains('\n'),
+                "{e}"
+            );
+        }
     }
 
     #[test]
