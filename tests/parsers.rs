@@ -731,6 +731,49 @@ fn safetensors_index_files_resolve_or_fail_with_one_line() {
     f.finish();
 }
 
+#[test]
+fn hugging_face_configs_load_or_fail_with_one_line() {
+    let dir = work_dir().join("hf_config");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut f = Fuzz::with_input("hf_config", dir.join("config.json"));
+    let llama = json!({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 128256,
+        "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+        "num_attention_heads": 32, "num_key_value_heads": 8, "hidden_act": "silu",
+        "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
+        "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+        "attention_bias": false, "mlp_bias": false, "attention_dropout": 0.0,
+        "tie_word_embeddings": false, "torch_dtype": "bfloat16", "use_cache": true,
+        "bos_token_id": 128000, "eos_token_id": 128001, "pretraining_tp": 1,
+    });
+    let mistral = json!({
+        "architectures": ["MistralForCausalLM"], "vocab_size": 32000, "hidden_size": 4096,
+        "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+        "num_key_value_heads": 8, "sliding_window": 4096, "max_position_embeddings": 32768,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}, "dtype": "bfloat16",
+    });
+    let seeds = vec![
+        serde_json::to_vec_pretty(&llama).unwrap(),
+        serde_json::to_vec_pretty(&mistral).unwrap(),
+    ];
+    drive(
+        &mut f,
+        &seeds,
+        &mut |rng, s| mutate_json(rng, &String::from_utf8_lossy(s)),
+        &[b"{\"vocab_size\":"],
+        &mut |_, _| {
+            let mut cfg = kiln::hf::model_config(&dir).map_err(one_line)?;
+            let vocab = cfg.vocab_size;
+            cfg.resolve(vocab).map_err(one_line)?;
+            // A shape that resolved has a finite parameter count.
+            let _ = cfg.params().len();
+            Ok(())
+        },
+    );
+    f.finish();
+}
+
 // ---------------------------------------------------------------------------------------------
 // tokenizer.json.
 

@@ -115,6 +115,21 @@ impl ModelConfig {
         {
             bail!("model: dim, n_layers, n_heads, n_kv_heads and ffn_dim must all be positive");
         }
+        // Bounds far past any real model, so that a corrupt config cannot make kiln list or
+        // allocate billions of parameters before the weights are read.
+        for (name, value, most) in [
+            ("n_layers", self.n_layers, 1 << 16),
+            ("dim", self.dim, 1 << 20),
+            ("ffn_dim", self.ffn_dim, 1 << 22),
+            ("n_heads", self.n_heads, 1 << 16),
+            ("head_dim", self.head_dim, 1 << 16),
+            ("vocab_size", self.vocab_size, 1 << 26),
+            ("max_seq_len", self.max_seq_len, 1 << 24),
+        ] {
+            if value > most {
+                bail!("model: {name} = {value} is larger than kiln supports ({most})");
+            }
+        }
         if self.head_dim == 0 {
             if !self.dim.is_multiple_of(self.n_heads) {
                 bail!("model: n_heads = {} does not divide dim = {} (set head_dim explicitly if that is intended)", self.n_heads, self.dim);
