@@ -424,6 +424,119 @@ fn kiln_launch_runs_two_cpu_processes_like_two_threads_and_stops_survivors_on_fa
     );
 }
 
+/// Start `kiln train --config c.toml` as ranks 0 and 1 of a 2-rank world (torchrun's variables,
+/// as `kiln launch` sets them), rank r in directory `cwd[r]` with the extra arguments `extra[r]`;
+/// their outputs in rank order.
+fn two_ranks(cwd: [&Path; 2], out: &Path, extra: [&[&str]; 2]) -> Vec<std::process::Output> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let ranks: Vec<_> = (0..2)
+        .map(|r| {
+            let cwd = cwd[r].to_path_buf();
+            let port = port.clone();
+            let out = format!("train.out_dir=\"{}\"", out.display());
+            let mut args: Vec<String> = ["train", "--config", "c.toml", "--set", &out]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            args.extend(["--set".into(), "data.batch_size=2".into()]);
+            args.extend(extra[r].iter().map(|s| s.to_string()));
+            std::thread::spawn(move || {
+                run_with_deadline(
+                    Command::new(env!("CARGO_BIN_EXE_kiln"))
+                        .args(&args)
+                        .env("RANK", r.to_string())
+                        .env("WORLD_SIZE", "2")
+                        .env("MASTER_ADDR", "127.0.0.1")
+                        .env("MASTER_PORT", &port)
+                        .current_dir(&cwd),
+                    Duration::from_secs(120),
+                )
+            })
+        })
+        .collect();
+    ranks.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+/// Both ranks failed with one error line (no panic) containing `want`.
+fn both_stop_saying(o: &[std::process::Output], want: &str) {
+    for (r, o) in o.iter().enumerate() {
+        let err = stderr(o);
+        assert!(!o.status.success(), "rank {r} trained: {err}");
+        assert!(!err.contains("panicked"), "rank {r}: {err}");
+        let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(lines.len(), 1, "rank {r}: {err}");
+        assert!(lines[0].contains(want), "rank {r}: {err}");
+    }
+}
+
+#[test]
+fn ranks_that_differ_all_stop_naming_the_keys_and_per_rank_keys_may_differ() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    world_ready(d);
+    write_config(d);
+    // Another learning rate on rank 1: both ranks stop, naming the key and both values.
+    let o = two_ranks([d, d], &d.join("lr"), [&[], &["--set", "train.lr=0.001"]]);
+    both_stop_saying(
+        &o,
+        "rank 1's config differs from rank 0's: train.lr (rank 1: 0.001, rank 0: 0.01)",
+    );
+    assert!(!d.join("lr/step_000003").exists());
+
+    // The same config with relative data paths, but rank 1's directory holds one more shard.
+    let mut cfg = config(d, &[]);
+    cfg.data.tokenizer = "w/tokenizer.json".into();
+    for s in &mut cfg.data.sources {
+        s.path = s.path.replace(&format!("{}/", d.display()), "");
+    }
+    let other = d.join("other");
+    std::fs::create_dir_all(other.join("w/shards")).unwrap();
+    for f in [
+        "tokenizer.json",
+        "shards/raw_00000.kiln",
+        "shards/augmented_00000.kiln",
+    ] {
+        std::fs::copy(d.join("w").join(f), other.join("w").join(f)).unwrap();
+    }
+    std::fs::copy(
+        d.join("w/shards/raw_00000.kiln"),
+        other.join("w/shards/raw_00001.kiln"),
+    )
+    .unwrap();
+    let text = toml::to_string(&cfg).unwrap();
+    std::fs::write(d.join("c.toml"), &text).unwrap();
+    std::fs::write(other.join("c.toml"), &text).unwrap();
+    let o = two_ranks([d, &other], &d.join("data"), [&[], &[]]);
+    both_stop_saying(
+        &o,
+        "rank 1's data differs from rank 0's: shard 1 of raw (rank 1: w/shards/raw_00001.kiln (",
+    );
+
+    // Each rank's own thread count and timeout are its own business.
+    let o = two_ranks(
+        [d, d],
+        &d.join("same"),
+        [
+            &["--set", "train.threads=1"],
+            &[
+                "--set",
+                "train.threads=2",
+                "--set",
+                "train.comm_timeout_s=90",
+            ],
+        ],
+    );
+    for o in &o {
+        assert!(o.status.success(), "{}", stderr(o));
+    }
+    assert!(d.join("same/step_000006").exists());
+}
+
 #[test]
 fn bad_distributed_input_is_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();

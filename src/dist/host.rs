@@ -303,12 +303,22 @@ impl HostComm {
         let timeout = Duration::from_secs_f64(cfg.train.comm_timeout_s);
         if env.rank == 0 {
             eprintln!(
-                "rendezvous: rank 0 of {} waiting at {} (CPU communicator over TCP)",
-                env.world, env.master
+                "rendezvous: rank 0 of {} waiting at {}{} (CPU communicator over TCP)",
+                env.world,
+                env.master,
+                env.port_note
+                    .as_ref()
+                    .map_or(String::new(), |n| format!(" ({n})"))
             );
         }
-        let joined =
-            super::rendezvous::join(&env.master, env.rank, env.world, || Ok(Vec::new()), timeout)?;
+        let joined = super::rendezvous::join(
+            &env.master,
+            env.port_note.as_deref(),
+            env.rank,
+            env.world,
+            || Ok(Vec::new()),
+            timeout,
+        )?;
         let ex = TcpExchange::new(env.rank, env.world, joined.peers, timeout)?;
         Ok(HostComm::new(Box::new(ex)))
     }
@@ -457,6 +467,17 @@ mod tests {
             assert_eq!(ag, vec![0.0, 0.5, 1.0, 1.5, 2.0, 2.5]);
             assert_eq!(bc, vec![2.0; 4]);
             assert_eq!(h, [3.0, 3.0]);
+        }
+    }
+
+    #[test]
+    fn broadcast_bytes_gives_every_rank_the_roots_bytes() {
+        let out = run_threads(3, Duration::from_secs(20), |c| {
+            let mine = format!("rank {} says hello", Communicator::<Be>::rank(&c));
+            super::super::broadcast_bytes::<Be>(&c, mine.as_bytes(), 1).unwrap()
+        });
+        for o in out {
+            assert_eq!(o.unwrap(), b"rank 1 says hello");
         }
     }
 

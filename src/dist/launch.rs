@@ -77,6 +77,8 @@ pub fn launch(p: &LaunchPlan) -> Result<()> {
             .env("LOCAL_WORLD_SIZE", p.nproc_per_node.to_string())
             .env("MASTER_ADDR", host)
             .env("MASTER_PORT", port)
+            // kiln launch inside a torchrun worker: its ranks rendezvous at MASTER_PORT itself.
+            .env_remove("TORCHELASTIC_USE_AGENT_STORE")
             .spawn();
         match spawned {
             Ok(c) => children.push((rank, c)),

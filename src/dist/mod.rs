@@ -59,6 +59,35 @@ pub trait Communicator<B: Backend>: Send + Sync {
     fn sync(&self, be: &B) -> Result<()>;
 }
 
+/// Every rank gets `root`'s bytes (`mine` is read on `root` only), over the host all-reduce: the
+/// length, then the bytes four to an f64 (exact), the other ranks adding zeros. For small start-up
+/// messages; every rank must call it, like any collective.
+pub fn broadcast_bytes<B: Backend>(
+    comm: &dyn Communicator<B>,
+    mine: &[u8],
+    root: usize,
+) -> Result<Vec<u8>> {
+    let is_root = comm.rank() == root;
+    let mut len = [if is_root { mine.len() as f64 } else { 0.0 }];
+    comm.all_reduce_host(&mut len)?;
+    let len = len[0] as usize;
+    let mut words = vec![0.0f64; len.div_ceil(4)];
+    if is_root {
+        for (w, c) in words.iter_mut().zip(mine.chunks(4)) {
+            let mut b = [0u8; 4];
+            b[..c.len()].copy_from_slice(c);
+            *w = u32::from_le_bytes(b) as f64;
+        }
+    }
+    comm.all_reduce_host(&mut words)?;
+    let mut out: Vec<u8> = words
+        .iter()
+        .flat_map(|&w| (w as u32).to_le_bytes())
+        .collect();
+    out.truncate(len);
+    Ok(out)
+}
+
 /// The error of a rank that stops because another rank failed or went away first: it echoes the
 /// root cause, which the failing rank reports itself. Launchers report a root cause before echoes.
 #[derive(Debug, thiserror::Error)]
@@ -91,12 +120,26 @@ pub struct DistEnv {
     pub local_rank: usize,
     /// Rendezvous address of rank 0 (`HOST:PORT`).
     pub master: String,
+    /// Why the rendezvous port is not `MASTER_PORT` itself, when it is not (torchrun's agent
+    /// store holds `MASTER_PORT`): said when the port cannot be used.
+    pub port_note: Option<String>,
     /// Which variables it came from, for the start-up line.
     pub source: &'static str,
 }
 
 /// The rendezvous port when none is given (torchrun's default).
 pub const DEFAULT_PORT: u16 = 29500;
+
+/// Whether torchrun says its agent's TCPStore listens on `MASTER_PORT`: torchrun sets
+/// `TORCHELASTIC_USE_AGENT_STORE=True` in its workers' environment exactly when it does (its
+/// default static rendezvous in every version; the c10d rendezvous of `--standalone` too in
+/// recent PyTorch 2.x, which shares its store), and PyTorch's own `env://` initialisation reads
+/// it to the same end. kiln's rank 0 then listens on `MASTER_PORT + 1` (docs/DISTRIBUTED.md says
+/// why not as a client of that store).
+fn torchrun_store_holds_master_port(var: &impl Fn(&str) -> Option<String>) -> bool {
+    var("TORCHELASTIC_USE_AGENT_STORE")
+        .is_some_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "1"))
+}
 
 impl DistEnv {
     /// Read the process's place from `kiln launch` / torchrun variables (`RANK`, `WORLD_SIZE`,
@@ -147,11 +190,23 @@ impl DistEnv {
                 _ => bail!("environment variable MASTER_PORT={p:?} is not a port number"),
             },
         };
+        let (port, port_note, source) = if source == "RANK/WORLD_SIZE"
+            && torchrun_store_holds_master_port(&var)
+        {
+            let Some(next) = port.checked_add(1) else {
+                bail!("MASTER_PORT={port}: under torchrun kiln's rendezvous uses MASTER_PORT + 1 (torchrun's store holds MASTER_PORT), and {port} is the last port: pick a lower --master_port");
+            };
+            let note = format!("MASTER_PORT + 1: torchrun's store holds MASTER_PORT {port}");
+            (next, Some(note), "torchrun")
+        } else {
+            (port, None, source)
+        };
         Ok(Some(DistEnv {
             rank,
             world,
             local_rank: local,
             master: format!("{host}:{port}"),
+            port_note,
             source,
         }))
     }
@@ -206,5 +261,27 @@ mod tests {
         assert!(err.to_string().contains("set together"), "{err}");
         let err = env(&[("RANK", "0"), ("WORLD_SIZE", "2"), ("MASTER_PORT", "http")]).unwrap_err();
         assert!(err.to_string().contains("MASTER_PORT"), "{err}");
+    }
+
+    #[test]
+    fn under_torchruns_agent_store_the_rendezvous_is_master_port_plus_one() {
+        let torchrun = |store: &str, port: &str| {
+            env(&[
+                ("RANK", "0"),
+                ("WORLD_SIZE", "2"),
+                ("MASTER_ADDR", "node0"),
+                ("MASTER_PORT", port),
+                ("TORCHELASTIC_RUN_ID", "none"),
+                ("TORCHELASTIC_USE_AGENT_STORE", store),
+            ])
+        };
+        let e = torchrun("True", "29500").unwrap().unwrap();
+        assert_eq!((e.master.as_str(), e.source), ("node0:29501", "torchrun"));
+        assert!(e.port_note.unwrap().contains("29500"));
+        // torchrun 1.13's --standalone (c10d rendezvous) leaves MASTER_PORT free.
+        let e = torchrun("False", "29500").unwrap().unwrap();
+        assert_eq!((e.master.as_str(), e.port_note), ("node0:29500", None));
+        let err = torchrun("True", "65535").unwrap_err().to_string();
+        assert!(err.contains("MASTER_PORT + 1"), "{err}");
     }
 }

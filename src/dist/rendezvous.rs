@@ -26,9 +26,11 @@ fn port_of(master: &str) -> Result<u16> {
 }
 
 /// Join the group at `master` (`HOST:PORT` of rank 0). Rank 0 calls `payload` once and sends its
-/// bytes to every rank.
+/// bytes to every rank. `port_note` says where the port came from when it is not `MASTER_PORT`
+/// (see [`super::DistEnv::port_note`]); rank 0 names it when it cannot listen there.
 pub fn join(
     master: &str,
+    port_note: Option<&str>,
     rank: usize,
     world: usize,
     payload: impl FnOnce() -> Result<Vec<u8>>,
@@ -37,8 +39,9 @@ pub fn join(
     let deadline = Instant::now() + timeout;
     let port = port_of(master)?;
     if rank == 0 {
-        let listener = TcpListener::bind(("0.0.0.0", port)).with_context(|| {
-            format!("rendezvous: rank 0 cannot listen on port {port} (in use by another run? set MASTER_PORT or --master)")
+        let listener = TcpListener::bind(("0.0.0.0", port)).with_context(|| match port_note {
+            Some(note) => format!("rendezvous: rank 0 cannot listen on port {port} ({note}): in use by another program? start torchrun with another --master_port"),
+            None => format!("rendezvous: rank 0 cannot listen on port {port} (in use by another run? set MASTER_PORT or --master)"),
         })?;
         listener.set_nonblocking(true)?;
         let mut peers: Vec<Option<TcpStream>> = (1..world).map(|_| None).collect();
@@ -164,10 +167,12 @@ mod tests {
         let others: Vec<_> = (1..3)
             .map(|r| {
                 let m = master.clone();
-                std::thread::spawn(move || join(&m, r, 3, || unreachable!(), t).unwrap().payload)
+                std::thread::spawn(move || {
+                    join(&m, None, r, 3, || unreachable!(), t).unwrap().payload
+                })
             })
             .collect();
-        let j = join(&master, 0, 3, || Ok(b"id".to_vec()), t).unwrap();
+        let j = join(&master, None, 0, 3, || Ok(b"id".to_vec()), t).unwrap();
         assert_eq!(j.peers.len(), 2);
         for o in others {
             assert_eq!(o.join().unwrap(), b"id");
@@ -177,15 +182,29 @@ mod tests {
     #[test]
     fn a_missing_rank_is_named_after_the_timeout() {
         let master = format!("127.0.0.1:{}", free_port());
-        let e = join(&master, 0, 2, || Ok(vec![]), Duration::from_millis(300))
-            .err()
-            .unwrap()
-            .to_string();
+        let e = join(
+            &master,
+            None,
+            0,
+            2,
+            || Ok(vec![]),
+            Duration::from_millis(300),
+        )
+        .err()
+        .unwrap()
+        .to_string();
         assert!(e.contains("only 1 of 2 ranks") && e.contains("[1]"), "{e}");
-        let e = join(&master, 1, 2, || Ok(vec![]), Duration::from_millis(300))
-            .err()
-            .unwrap()
-            .to_string();
+        let e = join(
+            &master,
+            None,
+            1,
+            2,
+            || Ok(vec![]),
+            Duration::from_millis(300),
+        )
+        .err()
+        .unwrap()
+        .to_string();
         assert!(e.contains("could not reach rank 0"), "{e}");
     }
 }

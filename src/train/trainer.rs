@@ -32,6 +32,7 @@ use crate::data::loader::{Batch, Cursor, Loader, Split};
 use crate::data::tokenizer::Tokenizer;
 use crate::dist::Communicator;
 use crate::model::{Model, ModelConfig, Workspace};
+use crate::train::agree;
 use crate::train::checkpoint::{self, tensors_in_order};
 use crate::train::memory;
 use crate::train::metrics::{MetricsLog, StepMetrics};
@@ -272,6 +273,16 @@ impl<'a, B: GenerationBackend> Run<'a, B> {
         } else {
             None
         };
+        // Every rank trains the same thing, or none does.
+        if let Some(comm) = comm {
+            let resume_words = match &resume {
+                None => "no (a fresh run)".to_string(),
+                Some(Resume::Latest) => "the latest checkpoint".to_string(),
+                Some(Resume::Step(s)) => format!("step {s}"),
+            };
+            let mine = agree::describe(cfg, &config_text, tok.fingerprint(), &resume_words)?;
+            agree::check(comm, &mine)?;
+        }
         let tokens_per_step = (d.batch_size * d.seq_len * t_cfg.grad_accum * world) as u64;
         if lead {
             print_overview(&mcfg, &loader, tokens_per_step, t_cfg.steps);
@@ -702,7 +713,7 @@ const SAFE_ON_RESUME: &[&str] = &[
 ];
 
 /// Every leaf of a TOML document as `section.key` → value (arrays are leaves).
-fn flatten_toml(
+pub(crate) fn flatten_toml(
     prefix: &str,
     v: &toml::Value,
     out: &mut std::collections::BTreeMap<String, String>,
