@@ -127,7 +127,7 @@ fn gb(x: f64) -> String {
 /// Print the plan; stop with advice when it does not fit.
 pub fn check(p: &MemoryPlan, world: usize, zero_stage: u8, batch: usize) -> Result<()> {
     eprintln!(
-        "memory plan per device (world {world}, ZeRO-{zero_stage}): weights {}, gradients {}, optimizer {}, activations {}{} = {} of {} available",
+        "memory plan per device (world {world}, ZeRO-{zero_stage}): weights {}, gradients {}, optimizer {}, activations {}{} = {}{}",
         gb(p.weights),
         gb(p.grads),
         gb(p.optimizer),
@@ -138,7 +138,11 @@ pub fn check(p: &MemoryPlan, world: usize, zero_stage: u8, batch: usize) -> Resu
             String::new()
         },
         gb(p.total()),
-        gb(p.available)
+        if p.available > 0.0 {
+            format!(" of {} available", gb(p.available))
+        } else {
+            " (the device's memory is unknown: not checked)".to_string()
+        }
     );
     if p.available > 0.0 && p.total() > p.available {
         let state = p.weights + p.grads + p.optimizer + p.buckets;
