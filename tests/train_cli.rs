@@ -556,7 +556,7 @@ fn hugging_face_export_convert_and_bad_checkpoints() {
                 v["architectures"] = serde_json::json!(["GPT2LMHeadModel"])
             })
         }),
-        &["architecture GPT2LMHeadModel is not supported"],
+        &["architectures = [\"GPT2LMHeadModel\"] is not supported"],
     );
     assert_clean_error(
         &broken("b3", &|p| {
