@@ -705,6 +705,18 @@ mod tests {
         dir
     }
 
+    /// Every parameter of `cfg`, filled with 0.5.
+    fn constant_tensors(cfg: &ModelConfig) -> Vec<NamedTensor> {
+        cfg.params()
+            .into_iter()
+            .map(|p| NamedTensor {
+                data: vec![0.5; p.numel()],
+                name: p.name,
+                shape: p.shape,
+            })
+            .collect()
+    }
+
     fn base() -> Value {
         json!({
             "architectures": ["LlamaForCausalLM"], "vocab_size": 300, "hidden_size": 64,
@@ -836,15 +848,7 @@ mod tests {
     fn a_tensor_the_config_does_not_describe_is_an_error() {
         let mut cfg = model_config(config_dir(base()).path()).unwrap();
         cfg.resolve(300).unwrap();
-        let mut tensors: Vec<NamedTensor> = cfg
-            .params()
-            .into_iter()
-            .map(|p| NamedTensor {
-                data: vec![0.5; p.numel()],
-                name: p.name,
-                shape: p.shape,
-            })
-            .collect();
+        let mut tensors = constant_tensors(&cfg);
         // What a model with attention_bias carries, under a config that says false.
         tensors.push(NamedTensor {
             name: "model.layers.0.self_attn.q_proj.bias".into(),
@@ -884,15 +888,7 @@ mod tests {
         .unwrap();
         let mut cfg = model_config(dir.path()).unwrap();
         cfg.resolve(300).unwrap();
-        let tensors: Vec<NamedTensor> = cfg
-            .params()
-            .into_iter()
-            .map(|p| NamedTensor {
-                data: vec![0.5; p.numel()],
-                name: p.name,
-                shape: p.shape,
-            })
-            .collect();
+        let tensors = constant_tensors(&cfg);
         let out = tempfile::tempdir().unwrap();
         let opts = ExportOptions {
             bf16: true,

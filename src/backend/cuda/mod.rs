@@ -411,6 +411,32 @@ impl CudaBackend {
         unsafe { b.launch(cfg) }.unwrap_or_else(|e| panic!("CUDA launch {what}: {e:?}"));
     }
 
+    /// Grow the fp32 partial sums of a two-pass column reduction to `len` (grow-only).
+    fn grow_partials(&self, scratch: &mut Scratch, len: usize) {
+        if scratch.partials.len() < len {
+            scratch.partials = self
+                .stream
+                .alloc_zeros::<f32>(len)
+                .expect("CUDA allocation");
+        }
+    }
+
+    /// dst[j] += Σ_p partials[p, j] over `nparts` rows of `d`, in row order (fp32 dst).
+    fn reduce_partials_add(&self, scratch: &Scratch, dst: &mut CudaBuf, nparts: usize, d: usize) {
+        let (nparts_i32, d_i32) = (i(nparts), i(d));
+        self.launch(
+            "reduce_partials_add",
+            &self.k.reduce_partials_add,
+            grid(d),
+            |b| {
+                b.arg(dst.f_mut())
+                    .arg(&scratch.partials)
+                    .arg(&nparts_i32)
+                    .arg(&d_i32);
+            },
+        );
+    }
+
     /// Upload small host integer arrays into scratch slot `slot` (grow-only).
     fn ints(&self, scratch: &mut Scratch, slot: usize, host: &[u32]) {
         while scratch.ints.len() <= slot {
@@ -856,12 +882,7 @@ impl Backend for CudaBackend {
         let n = rstd.len;
         let nblocks = n.div_ceil(RMSNORM_BWD_ROWS);
         let mut s = self.scratch.lock().expect("scratch");
-        if s.partials.len() < nblocks * d {
-            s.partials = self
-                .stream
-                .alloc_zeros::<f32>(nblocks * d)
-                .expect("CUDA allocation");
-        }
+        self.grow_partials(&mut s, nblocks * d);
         let cfg = LaunchConfig {
             grid_dim: (nblocks as u32, 1, 1),
             block_dim: (256, 1, 1),
@@ -881,19 +902,7 @@ impl Backend for CudaBackend {
                 .arg(&d_i32)
                 .arg(&rows_per_block);
         });
-        let nblocks_i32 = i(nblocks);
-        let d_i32 = i(d);
-        self.launch(
-            "reduce_partials_add",
-            &self.k.reduce_partials_add,
-            grid(d),
-            |b| {
-                b.arg(dw.f_mut())
-                    .arg(&s.partials)
-                    .arg(&nblocks_i32)
-                    .arg(&d_i32);
-            },
-        );
+        self.reduce_partials_add(&s, dw, nblocks, d);
     }
 
     fn rope(
@@ -1159,19 +1168,13 @@ impl Backend for CudaBackend {
         let rows = dy.len / d;
         let nblocks = rows.div_ceil(BIAS_GRAD_ROWS);
         let mut s = self.scratch.lock().expect("scratch");
-        if s.partials.len() < nblocks * d {
-            s.partials = self
-                .stream
-                .alloc_zeros::<f32>(nblocks * d)
-                .expect("CUDA allocation");
-        }
+        self.grow_partials(&mut s, nblocks * d);
         let cfg = LaunchConfig {
             grid_dim: (nblocks as u32, 1, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let (rows_i32, d_i32, per_block, nblocks_i32) =
-            (i(rows), i(d), i(BIAS_GRAD_ROWS), i(nblocks));
+        let (rows_i32, d_i32, per_block) = (i(rows), i(d), i(BIAS_GRAD_ROWS));
         self.launch("bias_grad_partials", &self.k.bias_grad_partials, cfg, |a| {
             a.arg(&mut s.partials)
                 .arg(dy.h())
@@ -1179,17 +1182,7 @@ impl Backend for CudaBackend {
                 .arg(&d_i32)
                 .arg(&per_block);
         });
-        self.launch(
-            "reduce_partials_add",
-            &self.k.reduce_partials_add,
-            grid(d),
-            |a| {
-                a.arg(db.f_mut())
-                    .arg(&s.partials)
-                    .arg(&nblocks_i32)
-                    .arg(&d_i32);
-            },
-        );
+        self.reduce_partials_add(&s, db, nblocks, d);
     }
 
     fn sum_squares(&self, x: &CudaBuf) -> f64 {
