@@ -137,10 +137,11 @@ pub struct TrainConfig {
     pub attention: AttentionKernel,
     /// Bitwise repeatable CUDA backward: dQ without atomics (costs a second pass over the keys).
     pub deterministic: bool,
-    /// Recompute the cheap activations (both RMSNorm outputs and the SwiGLU product) in the
-    /// backward instead of keeping them: 2·d + F fewer values per token and layer, for one extra
-    /// pass of norms and SwiGLU. Gradients are unchanged (bitwise on the CPU).
-    pub recompute: bool,
+    /// What the backward rebuilds instead of keeping: `false` (nothing), `true` or "norms" (both
+    /// RMSNorm outputs and the SwiGLU product: 2·d + F fewer values per token and layer, for one
+    /// extra pass of norms and SwiGLU), or "full" (each layer keeps its input only and runs again
+    /// inside the backward: one extra forward). Gradients are unchanged (bitwise on the CPU).
+    pub recompute: crate::model::Recompute,
     /// Data parallelism: gradient bucket size in MB (of fp32 gradients) for the overlapped
     /// reduction.
     pub bucket_mb: f64,
@@ -196,7 +197,7 @@ impl Default for TrainConfig {
             device_memory_gb: 0.0,
             attention: AttentionKernel::Flash,
             deterministic: false,
-            recompute: false,
+            recompute: crate::model::Recompute::None,
             bucket_mb: 25.0,
             comm_timeout_s: 600.0,
         }

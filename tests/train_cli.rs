@@ -1206,3 +1206,27 @@ fn exit_codes_tell_the_truth() {
     let o = train_in(d, "u", &["--set", "train.steps=4", "--resume"], &[]);
     assert_clean_error(&o, &["every one of the 2 step(s)", "skipped"]);
 }
+
+#[test]
+fn full_recomputation_trains_bitwise_like_keeping_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("c.toml"), CONFIG).unwrap();
+    let run = |out: &str, recompute: &str| {
+        let set = format!("train.recompute={recompute}");
+        let o = train_in(d, out, &["--set", "train.steps=3", "--set", &set], &[]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        metrics(&d.join(out))
+    };
+    let keep = run("keep", "false");
+    let full = run("full", "\"full\"");
+    assert_eq!(keep.len(), full.len());
+    for (a, b) in keep.iter().zip(&full) {
+        for key in ["loss", "grad_norm"] {
+            assert_eq!(a[key], b[key], "step {}: {key}", a["step"]);
+        }
+    }
+    // A name kiln does not know is one line naming the key.
+    let o = train_in(d, "bad", &["--set", "train.recompute=\"some\""], &[]);
+    assert_clean_error(&o, &["recompute", "\"full\""]);
+}

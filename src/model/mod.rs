@@ -16,9 +16,61 @@ pub mod config;
 pub mod generate;
 pub mod presets;
 
+use serde::{Deserialize, Serialize};
+
 use crate::backend::{AdamW, AttnShape, Backend, BufKind};
 use crate::rng::Rng;
 pub use config::{ModelConfig, ParamInfo, RopeScaling};
+
+/// What the backward rebuilds instead of keeping (`train.recompute`). Gradients are the same
+/// either way (bitwise on the CPU); memory and time trade.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Recompute {
+    /// Keep every activation the backward needs.
+    #[default]
+    None,
+    /// Rebuild the cheap ones (both RMSNorm outputs and the SwiGLU product) from one shared
+    /// scratch: 2·d + F fewer values per token and layer.
+    Norms,
+    /// Keep each layer's input only and run the whole layer again inside the backward, in one
+    /// shared layer of scratch (one extra forward of every layer).
+    Full,
+}
+
+/// `train.recompute` is `false`, `true` (the norms and SwiGLU), or one of "none", "norms",
+/// "full"; written back as `false`, `true` and "full", so older configs read unchanged.
+impl Serialize for Recompute {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Recompute::None => s.serialize_bool(false),
+            Recompute::Norms => s.serialize_bool(true),
+            Recompute::Full => s.serialize_str("full"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Recompute {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Name(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bool(false) => Ok(Recompute::None),
+            Raw::Bool(true) => Ok(Recompute::Norms),
+            Raw::Name(n) => match n.as_str() {
+                "none" => Ok(Recompute::None),
+                "norms" => Ok(Recompute::Norms),
+                "full" => Ok(Recompute::Full),
+                other => Err(serde::de::Error::custom(format!(
+                    "recompute = {other:?}: expected false, true, \"none\", \"norms\" or \"full\""
+                ))),
+            },
+        }
+    }
+}
 
 /// Indices of one layer's parameters in `Model::params`.
 #[derive(Clone, Copy, Debug)]
@@ -113,12 +165,21 @@ pub struct Workspace<B: Backend> {
     pub dup: B::Buf,   // (N, F)
     pub dact: B::Buf,  // (N, F)
     pub positions: Vec<u32>,
-    /// `train.recompute`: the layers keep no xn1, xn2 or act; the forward writes them into the
-    /// shared scratch below and the backward rebuilds them there from x, h, gate and up.
-    pub recompute: bool,
-    pub rc_xn: B::Buf,   // (N, d) when recomputing, else empty
+    /// `train.recompute`. Norms: the layers keep no xn1, xn2 or act; the forward writes them
+    /// into the shared scratch below and the backward rebuilds them there from x, h, gate and up.
+    /// Full: the layers keep x only; every layer runs in `full`, forward and again in backward.
+    pub recompute: Recompute,
+    pub rc_xn: B::Buf,   // (N, d) with Norms, else empty
     pub rc_rstd: B::Buf, // (N)
     pub rc_act: B::Buf,  // (N, F)
+    /// One layer's activations, shared by every layer, with Full (None otherwise).
+    pub full: Option<LayerActs<B>>,
+}
+
+/// The shared scratch the forward writes xn1, xn2 and act into under `Recompute::Norms`.
+struct NormScratch<'a, B: Backend> {
+    xn: &'a mut B::Buf,
+    act: &'a mut B::Buf,
 }
 
 pub struct Model<B: Backend> {
@@ -265,16 +326,16 @@ impl<B: Backend> Model<B> {
     }
 
     pub fn workspace(&self, backend: &B, batch: usize, seq: usize) -> Workspace<B> {
-        self.workspace_with(backend, batch, seq, false)
+        self.workspace_with(backend, batch, seq, Recompute::None)
     }
 
-    /// As [`Model::workspace`], recomputing the norms and SwiGLU in the backward when `recompute`.
+    /// As [`Model::workspace`], recomputing what `recompute` says in the backward.
     pub fn workspace_with(
         &self,
         backend: &B,
         batch: usize,
         seq: usize,
-        recompute: bool,
+        recompute: Recompute,
     ) -> Workspace<B> {
         let c = &self.cfg;
         let n = batch * seq;
@@ -282,26 +343,34 @@ impl<B: Backend> Model<B> {
         let (qd, kvd) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
         let z = |len: usize| backend.alloc(len, BufKind::Act);
         let stat = |len: usize| backend.alloc(len, BufKind::Stat);
-        // Kept per layer unless recomputed.
-        let kept = |len: usize| z(if recompute { 0 } else { len });
-        let layers = (0..c.n_layers)
-            .map(|_| LayerActs {
+        // One layer's activations; `cheap`: whether xn1, xn2 and act are kept, `rest`: the others.
+        let acts = |cheap: bool, rest: bool| {
+            let (c1, r1) = (if cheap { 1 } else { 0 }, if rest { 1 } else { 0 });
+            LayerActs {
                 x: z(n * d),
-                rstd1: stat(n),
-                xn1: kept(n * d),
-                q: z(n * qd),
-                k: z(n * kvd),
-                v: z(n * kvd),
-                att: z(n * qd),
-                lse: stat(batch * c.n_heads * seq),
-                h: z(n * d),
-                rstd2: stat(n),
-                xn2: kept(n * d),
-                gate: z(n * f),
-                up: z(n * f),
-                act: kept(n * f),
+                rstd1: stat(r1 * n),
+                xn1: z(c1 * n * d),
+                q: z(r1 * n * qd),
+                k: z(r1 * n * kvd),
+                v: z(r1 * n * kvd),
+                att: z(r1 * n * qd),
+                lse: stat(r1 * batch * c.n_heads * seq),
+                h: z(r1 * n * d),
+                rstd2: stat(r1 * n),
+                xn2: z(c1 * n * d),
+                gate: z(r1 * n * f),
+                up: z(r1 * n * f),
+                act: z(c1 * n * f),
+            }
+        };
+        let layers = (0..c.n_layers)
+            .map(|_| match recompute {
+                Recompute::None => acts(true, true),
+                Recompute::Norms => acts(false, true),
+                Recompute::Full => acts(false, false),
             })
             .collect();
+        let norms = recompute == Recompute::Norms;
         Workspace {
             batch,
             seq,
@@ -321,9 +390,10 @@ impl<B: Backend> Model<B> {
             dact: z(n * f),
             positions: (0..n).map(|i| (i % seq) as u32).collect(),
             recompute,
-            rc_xn: z(if recompute { n * d } else { 0 }),
-            rc_rstd: stat(if recompute { n } else { 0 }),
-            rc_act: z(if recompute { n * f } else { 0 }),
+            rc_xn: z(if norms { n * d } else { 0 }),
+            rc_rstd: stat(if norms { n } else { 0 }),
+            rc_act: z(if norms { n * f } else { 0 }),
+            full: (recompute == Recompute::Full).then(|| acts(true, true)),
         }
     }
 
@@ -348,73 +418,28 @@ impl<B: Backend> Model<B> {
             ws.seq <= c.max_seq_len,
             "sequence longer than model.max_seq_len"
         );
-        let (d, f, hd) = (c.dim, c.ffn_dim, c.head_dim);
-        let (qd, kvd) = (c.n_heads * hd, c.n_kv_heads * hd);
-        let eps = c.norm_eps as f32;
+        let (d, eps) = (c.dim, c.norm_eps as f32);
         let shape = self.attn_shape(ws);
         let p = &self.params;
         be.embedding(&mut ws.layers[0].x, &p[self.embed], inputs, d);
         for l in 0..c.n_layers {
-            let lp = self.layers[l];
             let (done, rest) = ws.layers.split_at_mut(l + 1);
-            let a = &mut done[l];
-            let xn1 = if ws.recompute {
-                &mut ws.rc_xn
-            } else {
-                &mut a.xn1
-            };
-            be.rmsnorm(xn1, &mut a.rstd1, &a.x, &p[lp.input_norm], d, eps);
-            be.matmul(&mut a.q, xn1, &p[lp.q], n, d, qd);
-            be.matmul(&mut a.k, xn1, &p[lp.k], n, d, kvd);
-            be.matmul(&mut a.v, xn1, &p[lp.v], n, d, kvd);
-            add_bias(be, &mut a.q, p, lp.q_b);
-            add_bias(be, &mut a.k, p, lp.k_b);
-            add_bias(be, &mut a.v, p, lp.v_b);
-            be.rope(
-                &mut a.q,
-                &ws.positions,
-                c.n_heads,
-                hd,
-                &self.rope_cos,
-                &self.rope_sin,
-            );
-            be.rope(
-                &mut a.k,
-                &ws.positions,
-                c.n_kv_heads,
-                hd,
-                &self.rope_cos,
-                &self.rope_sin,
-            );
-            be.attention(&mut a.att, &mut a.lse, &a.q, &a.k, &a.v, doc_ids, shape);
-            // h = x + att · Woᵀ
-            be.matmul(&mut a.h, &a.att, &p[lp.o], n, qd, d);
-            add_bias(be, &mut a.h, p, lp.o_b);
-            be.add_assign(&mut a.h, &a.x);
-            let xn2 = if ws.recompute {
-                &mut ws.rc_xn
-            } else {
-                &mut a.xn2
-            };
-            be.rmsnorm(xn2, &mut a.rstd2, &a.h, &p[lp.post_norm], d, eps);
-            be.matmul(&mut a.gate, xn2, &p[lp.gate], n, d, f);
-            be.matmul(&mut a.up, xn2, &p[lp.up], n, d, f);
-            add_bias(be, &mut a.gate, p, lp.gate_b);
-            add_bias(be, &mut a.up, p, lp.up_b);
-            let act = if ws.recompute {
-                &mut ws.rc_act
-            } else {
-                &mut a.act
-            };
-            be.swiglu(act, &a.gate, &a.up);
-            // next x = h + act · Wdownᵀ
             let next = match rest.first_mut() {
                 Some(nl) => &mut nl.x,
                 None => &mut ws.x_final,
             };
-            be.matmul(next, act, &p[lp.down], n, f, d);
-            add_bias(be, next, p, lp.down_b);
-            be.add_assign(next, &a.h);
+            let a = match ws.full.as_mut() {
+                Some(full) => {
+                    be.copy(&mut full.x, &done[l].x);
+                    full
+                }
+                None => &mut done[l],
+            };
+            let norms = (ws.recompute == Recompute::Norms).then_some(NormScratch {
+                xn: &mut ws.rc_xn,
+                act: &mut ws.rc_act,
+            });
+            self.layer_forward(be, l, a, next, norms, &ws.positions, doc_ids, shape);
         }
         be.rmsnorm(
             &mut ws.xn_f,
@@ -432,6 +457,79 @@ impl<B: Backend> Model<B> {
             d,
             c.vocab_size,
         );
+    }
+
+    /// Layer `l` on its input `a.x`: every activation into `a` (xn1, xn2 and act into `norms`
+    /// instead when given) and the layer's output into `next`.
+    #[allow(clippy::too_many_arguments)]
+    fn layer_forward(
+        &self,
+        be: &B,
+        l: usize,
+        a: &mut LayerActs<B>,
+        next: &mut B::Buf,
+        mut norms: Option<NormScratch<'_, B>>,
+        positions: &[u32],
+        doc_ids: &[u32],
+        shape: AttnShape,
+    ) {
+        let c = &self.cfg;
+        let n = shape.batch * shape.seq;
+        let (d, f, hd) = (c.dim, c.ffn_dim, c.head_dim);
+        let (qd, kvd) = (c.n_heads * hd, c.n_kv_heads * hd);
+        let eps = c.norm_eps as f32;
+        let p = &self.params;
+        let lp = self.layers[l];
+        let xn1: &mut B::Buf = match norms.as_mut() {
+            Some(s) => &mut *s.xn,
+            None => &mut a.xn1,
+        };
+        be.rmsnorm(xn1, &mut a.rstd1, &a.x, &p[lp.input_norm], d, eps);
+        be.matmul(&mut a.q, xn1, &p[lp.q], n, d, qd);
+        be.matmul(&mut a.k, xn1, &p[lp.k], n, d, kvd);
+        be.matmul(&mut a.v, xn1, &p[lp.v], n, d, kvd);
+        add_bias(be, &mut a.q, p, lp.q_b);
+        add_bias(be, &mut a.k, p, lp.k_b);
+        add_bias(be, &mut a.v, p, lp.v_b);
+        be.rope(
+            &mut a.q,
+            positions,
+            c.n_heads,
+            hd,
+            &self.rope_cos,
+            &self.rope_sin,
+        );
+        be.rope(
+            &mut a.k,
+            positions,
+            c.n_kv_heads,
+            hd,
+            &self.rope_cos,
+            &self.rope_sin,
+        );
+        be.attention(&mut a.att, &mut a.lse, &a.q, &a.k, &a.v, doc_ids, shape);
+        // h = x + att · Woᵀ
+        be.matmul(&mut a.h, &a.att, &p[lp.o], n, qd, d);
+        add_bias(be, &mut a.h, p, lp.o_b);
+        be.add_assign(&mut a.h, &a.x);
+        let xn2: &mut B::Buf = match norms.as_mut() {
+            Some(s) => &mut *s.xn,
+            None => &mut a.xn2,
+        };
+        be.rmsnorm(xn2, &mut a.rstd2, &a.h, &p[lp.post_norm], d, eps);
+        be.matmul(&mut a.gate, xn2, &p[lp.gate], n, d, f);
+        be.matmul(&mut a.up, xn2, &p[lp.up], n, d, f);
+        add_bias(be, &mut a.gate, p, lp.gate_b);
+        add_bias(be, &mut a.up, p, lp.up_b);
+        let act: &mut B::Buf = match norms.as_mut() {
+            Some(s) => &mut *s.act,
+            None => &mut a.act,
+        };
+        be.swiglu(act, &a.gate, &a.up);
+        // next x = h + act · Wdownᵀ
+        be.matmul(next, act, &p[lp.down], n, f, d);
+        add_bias(be, next, p, lp.down_b);
+        be.add_assign(next, &a.h);
     }
 
     /// Loss of the last forward: Σ mask·nll (returned) and dlogits = scale · ∂/∂logits in place.
@@ -484,11 +582,14 @@ impl<B: Backend> Model<B> {
         let (d, f, hd) = (c.dim, c.ffn_dim, c.head_dim);
         let (qd, kvd) = (c.n_heads * hd, c.n_kv_heads * hd);
         let shape = self.attn_shape(ws);
-        let p = &self.params;
-        let g = &mut self.grads;
+        // The gradients are borrowed apart from the model, which a full recompute runs forward.
+        let mut grads = std::mem::take(&mut self.grads);
+        let g = &mut grads;
+        let this = &*self;
+        let p = &this.params;
         // logits = xn_f · Wlmᵀ
         be.matmul_dw(
-            &mut g[self.lm_head],
+            &mut g[this.lm_head],
             &ws.logits,
             &ws.xn_f,
             n,
@@ -498,7 +599,7 @@ impl<B: Backend> Model<B> {
         be.matmul_dx(
             &mut ws.dxn,
             &ws.logits,
-            &p[self.lm_head],
+            &p[this.lm_head],
             n,
             d,
             c.vocab_size,
@@ -507,20 +608,36 @@ impl<B: Backend> Model<B> {
         be.fill_zero(&mut ws.dres);
         be.rmsnorm_bwd(
             &mut ws.dres,
-            &mut g[self.final_norm],
+            &mut g[this.final_norm],
             &ws.dxn,
             &ws.x_final,
-            &p[self.final_norm],
+            &p[this.final_norm],
             &ws.rstd_f,
             d,
         );
         ready(&groups[0], g);
         for l in (0..c.n_layers).rev() {
-            let lp = self.layers[l];
-            let a = &ws.layers[l];
+            let lp = this.layers[l];
             let eps = c.norm_eps as f32;
+            if let Some(full) = ws.full.as_mut() {
+                // Run the layer again from its input (the same operations on the same inputs).
+                // Its output lands where the next layer's input was, which that layer's
+                // backward no longer needs.
+                let (done, rest) = ws.layers.split_at_mut(l + 1);
+                let next = match rest.first_mut() {
+                    Some(nl) => &mut nl.x,
+                    None => &mut ws.x_final,
+                };
+                be.copy(&mut full.x, &done[l].x);
+                this.layer_forward(be, l, full, next, None, &ws.positions, doc_ids, shape);
+            }
+            let a = match ws.full.as_ref() {
+                Some(full) => full,
+                None => &ws.layers[l],
+            };
+            let norms = ws.recompute == Recompute::Norms;
             // Rebuild what the forward did not keep (the same operations on the same inputs).
-            let act = if ws.recompute {
+            let act = if norms {
                 be.swiglu(&mut ws.rc_act, &a.gate, &a.up);
                 &ws.rc_act
             } else {
@@ -533,7 +650,7 @@ impl<B: Backend> Model<B> {
             be.swiglu_bwd(&mut ws.dgate, &mut ws.dup, &ws.dact, &a.gate, &a.up);
             bias_grad(be, g, &ws.dgate, lp.gate_b);
             bias_grad(be, g, &ws.dup, lp.up_b);
-            let xn2 = if ws.recompute {
+            let xn2 = if norms {
                 be.rmsnorm(
                     &mut ws.rc_xn,
                     &mut ws.rc_rstd,
@@ -572,21 +689,21 @@ impl<B: Backend> Model<B> {
                 &ws.positions,
                 c.n_heads,
                 hd,
-                &self.rope_cos,
-                &self.rope_sin,
+                &this.rope_cos,
+                &this.rope_sin,
             );
             be.rope_bwd(
                 &mut ws.dk,
                 &ws.positions,
                 c.n_kv_heads,
                 hd,
-                &self.rope_cos,
-                &self.rope_sin,
+                &this.rope_cos,
+                &this.rope_sin,
             );
             bias_grad(be, g, &ws.dq, lp.q_b);
             bias_grad(be, g, &ws.dk, lp.k_b);
             bias_grad(be, g, &ws.dv, lp.v_b);
-            let xn1 = if ws.recompute {
+            let xn1 = if norms {
                 be.rmsnorm(
                     &mut ws.rc_xn,
                     &mut ws.rc_rstd,
@@ -616,8 +733,9 @@ impl<B: Backend> Model<B> {
             );
             ready(&groups[c.n_layers - l], g);
         }
-        be.embedding_dw(&mut g[self.embed], &ws.dres, inputs, d);
+        be.embedding_dw(&mut g[this.embed], &ws.dres, inputs, d);
         ready(&groups[c.n_layers + 1], g);
+        self.grads = grads;
     }
 
     /// One AdamW update of every parameter from its gradient and moments `m`, `v` (same order);

@@ -111,38 +111,70 @@ fn two_layer_model_gradients_match_finite_differences_in_f64() {
 }
 
 #[test]
-fn recomputing_norms_and_swiglu_gives_bitwise_identical_loss_and_gradients() {
+fn recomputing_norms_or_whole_layers_gives_bitwise_identical_loss_and_gradients() {
     let be = CpuBackend::<f32>::new();
-    for tie in [false, true] {
-        let cfg = tiny_cfg(tie);
+    for (tie, bias) in [(false, false), (true, true)] {
+        let mut cfg = tiny_cfg(tie);
+        cfg.attention_bias = bias;
+        cfg.mlp_bias = bias;
         let (b, t) = (2, 7);
         let mut c = case(b, t);
         c.doc_ids = vec![0, 0, 0, 1, 1, 1, 1, 2, 2, 3, 3, 3, 3, 3];
-        let run = |recompute: bool| {
+        let run = |recompute: Recompute| {
             let mut model = Model::new(&be, &cfg, 11);
+            // Biases start at zero; give them values so their gradients and uses show.
+            for (i, info) in model.info.clone().iter().enumerate() {
+                if info.name.ends_with(".bias") {
+                    let v: Vec<f32> = (0..info.numel())
+                        .map(|j| 0.05 * (j % 7) as f32 - 0.1)
+                        .collect();
+                    model.params[i] = be.upload(&v);
+                }
+            }
             let mut ws = model.workspace_with(&be, b, t, recompute);
             model.zero_grads(&be);
             model.forward(&be, &mut ws, &c.inputs, &c.doc_ids);
             let loss = model.loss(&be, &mut ws, &c.targets, &c.mask, 0.5);
             model.backward(&be, &mut ws, &c.inputs, &c.doc_ids);
-            // the layers keep nothing the backward rebuilds
-            let kept: usize = ws
+            // What the layers keep: the cheap activations, and everything else but x.
+            let cheap: usize = ws
                 .layers
                 .iter()
                 .map(|a| a.xn1.len() + a.xn2.len() + a.act.len())
                 .sum();
-            (loss, model.grads.clone(), kept)
+            let rest: usize = ws
+                .layers
+                .iter()
+                .map(|a| {
+                    a.q.len()
+                        + a.k.len()
+                        + a.v.len()
+                        + a.att.len()
+                        + a.h.len()
+                        + a.gate.len()
+                        + a.up.len()
+                })
+                .sum();
+            (loss, model.grads.clone(), cheap, rest)
         };
-        let (l0, g0, kept0) = run(false);
-        let (l1, g1, kept1) = run(true);
-        assert_eq!(l0.to_bits(), l1.to_bits());
-        assert!(kept0 > 0 && kept1 == 0);
+        let (l0, g0, cheap0, rest0) = run(Recompute::None);
+        assert!(cheap0 > 0 && rest0 > 0);
         assert!(g0.iter().flatten().any(|&x| x != 0.0));
-        for (a, b) in g0.iter().zip(&g1) {
-            assert!(
-                a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
-                "gradients differ with recomputation"
+        for (mode, keeps_rest) in [(Recompute::Norms, true), (Recompute::Full, false)] {
+            let (l1, g1, cheap1, rest1) = run(mode);
+            assert_eq!(l0.to_bits(), l1.to_bits(), "{mode:?}: loss");
+            assert_eq!(
+                (cheap1, rest1 > 0),
+                (0, keeps_rest),
+                "{mode:?}: what the layers keep"
             );
+            for (i, (a, b)) in g0.iter().zip(&g1).enumerate() {
+                assert!(
+                    a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "{mode:?}: gradient of {} differs",
+                    cfg.params()[i].name
+                );
+            }
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use anyhow::{bail, Result};
 
-use crate::model::ModelConfig;
+use crate::model::{ModelConfig, Recompute};
 
 /// Bytes per element of each kind of state on a backend.
 #[derive(Clone, Copy, Debug)]
@@ -78,7 +78,7 @@ pub fn plan(
     world: usize,
     zero_stage: u8,
     bucket_elems: usize,
-    recompute: bool,
+    recompute: Recompute,
     w: Widths,
     available: f64,
 ) -> MemoryPlan {
@@ -91,12 +91,13 @@ pub fn plan(
     );
     // Saved per layer and token: x, xn1, q, k, v, att, h, xn2, gate, up, act (model/mod.rs LayerActs).
     let per_layer = 4.0 * d + 2.0 * qd + 2.0 * kvd + 3.0 * f;
-    // With `train.recompute`, xn1, xn2 and act are rebuilt in the backward from one shared
-    // scratch (xn, rstd, act) instead.
-    let (saved, scratch) = if recompute {
-        (per_layer - 2.0 * d - f, d + 1.0 + f)
-    } else {
-        (per_layer, 0.0)
+    // `train.recompute`: with norms, xn1, xn2 and act are rebuilt in the backward from one
+    // shared scratch (xn, rstd, act) instead; with full, a layer keeps its input x only and runs
+    // again in one shared layer of activations.
+    let (saved, scratch) = match recompute {
+        Recompute::None => (per_layer, 0.0),
+        Recompute::Norms => (per_layer - 2.0 * d - f, d + 1.0 + f),
+        Recompute::Full => (d, per_layer),
     };
     // Plus the final norm, the logits (which hold their gradient) and one layer of gradient scratch.
     let acts =
@@ -191,8 +192,8 @@ mod tests {
     #[test]
     fn recomputation_drops_the_norm_and_swiglu_activations() {
         let m = llama3_8b();
-        let keep = plan(&m, 1, 4096, 1, 0, 1 << 22, false, CUDA, 80e9);
-        let rc = plan(&m, 1, 4096, 1, 0, 1 << 22, true, CUDA, 80e9);
+        let keep = plan(&m, 1, 4096, 1, 0, 1 << 22, Recompute::None, CUDA, 80e9);
+        let rc = plan(&m, 1, 4096, 1, 0, 1 << 22, Recompute::Norms, CUDA, 80e9);
         // (2·d + F) values per token and layer fewer, (d + 1 + F) of shared scratch more
         let per_token = (32.0 * (2.0 * 4096.0 + 14336.0) - (4096.0 + 1.0 + 14336.0)) * 2.0;
         let saved = keep.activations - rc.activations;
@@ -201,11 +202,32 @@ mod tests {
     }
 
     #[test]
+    fn full_recomputation_keeps_each_layers_input_and_one_layer_of_scratch() {
+        let m = llama3_8b();
+        let keep = plan(&m, 1, 4096, 1, 0, 1 << 22, Recompute::None, CUDA, 80e9);
+        let full = plan(&m, 1, 4096, 1, 0, 1 << 22, Recompute::Full, CUDA, 80e9);
+        // Per layer: x, xn1, q, k, v, att, h, xn2, gate, up, act (4d + 2·H·D + 2·Hkv·D + 3F).
+        let per_layer = 4.0 * 4096.0 + 2.0 * 4096.0 + 2.0 * 1024.0 + 3.0 * 14336.0;
+        // 32 layers keep all of it without recomputation; with it they keep x (d) and share one
+        // layer of scratch.
+        let saved = (32.0 * per_layer - (32.0 * 4096.0 + per_layer)) * 2.0 * 4096.0;
+        assert!((keep.activations - full.activations - saved).abs() < 1.0);
+        // 32 layers of 8B at 4,096 tokens: 19.9 GB of activations become 3.3 GB, a third of it
+        // the logits.
+        assert!(
+            keep.activations > 19e9 && full.activations < 3.4e9,
+            "{} {}",
+            keep.activations,
+            full.activations
+        );
+    }
+
+    #[test]
     fn llama3_8b_state_is_counted_and_zero1_shards_the_optimizer() {
         let m = llama3_8b();
         assert_eq!(m.num_params(), 8_030_261_248);
-        let p0 = plan(&m, 1, 4096, 4, 0, 1 << 22, false, CUDA, 80e9);
-        let p1 = plan(&m, 1, 4096, 4, 1, 1 << 22, false, CUDA, 80e9);
+        let p0 = plan(&m, 1, 4096, 4, 0, 1 << 22, Recompute::None, CUDA, 80e9);
+        let p1 = plan(&m, 1, 4096, 4, 1, 1 << 22, Recompute::None, CUDA, 80e9);
         assert!((p0.optimizer / p1.optimizer - 4.0).abs() < 1e-9);
         assert!((p0.weights - 6.0 * 8_030_261_248.0).abs() < 1.0);
         // 8B with fp32 master weights and gradients cannot fit one 80 GB device even with ZeRO-1.
@@ -213,7 +235,7 @@ mod tests {
         assert!(e.contains("weights and gradients alone do not fit"), "{e}");
         // On 141 GB devices it fits with ZeRO-1 over 4 ranks at one sequence of 4096.
         assert!(check(
-            &plan(&m, 1, 4096, 4, 1, 1 << 22, false, CUDA, 141e9),
+            &plan(&m, 1, 4096, 4, 1, 1 << 22, Recompute::None, CUDA, 141e9),
             4,
             1,
             1
@@ -231,14 +253,14 @@ mod tests {
         m.n_kv_heads = 4;
         m.head_dim = 64;
         assert!(check(
-            &plan(&m, 8, 1024, 1, 0, 1 << 22, false, CUDA, 80e9),
+            &plan(&m, 8, 1024, 1, 0, 1 << 22, Recompute::None, CUDA, 80e9),
             1,
             0,
             8
         )
         .is_ok());
         let e = check(
-            &plan(&m, 512, 4096, 1, 0, 1 << 22, false, CUDA, 80e9),
+            &plan(&m, 512, 4096, 1, 0, 1 << 22, Recompute::None, CUDA, 80e9),
             1,
             0,
             512,

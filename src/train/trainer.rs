@@ -706,6 +706,8 @@ const SAFE_ON_RESUME: &[&str] = &[
     "train.peak_tflops",
     "train.zero_stage",
     "train.bucket_mb",
+    // The gradients are the same whatever the backward recomputes.
+    "train.recompute",
     "eval.every",
     "eval.max_items",
     "eval.batch",
