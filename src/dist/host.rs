@@ -303,12 +303,9 @@ impl HostComm {
         let timeout = Duration::from_secs_f64(cfg.train.comm_timeout_s);
         if env.rank == 0 {
             eprintln!(
-                "rendezvous: rank 0 of {} waiting at {}{} (CPU communicator over TCP)",
+                "rendezvous: rank 0 of {} waiting at {} (CPU communicator over TCP)",
                 env.world,
-                env.master,
-                env.port_note
-                    .as_ref()
-                    .map_or(String::new(), |n| format!(" ({n})"))
+                env.waiting_at()
             );
         }
         let joined = super::rendezvous::join(

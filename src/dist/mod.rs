@@ -127,6 +127,16 @@ pub struct DistEnv {
     pub source: &'static str,
 }
 
+impl DistEnv {
+    /// Rank 0's rendezvous address for the start-up line, with why its port was chosen.
+    pub fn waiting_at(&self) -> String {
+        match &self.port_note {
+            Some(n) => format!("{} ({n})", self.master),
+            None => self.master.clone(),
+        }
+    }
+}
+
 /// The rendezvous port when none is given (torchrun's default).
 pub const DEFAULT_PORT: u16 = 29500;
 

@@ -62,15 +62,12 @@ impl NcclComm {
         })?;
         if env.rank == 0 {
             eprintln!(
-                "NCCL {}.{}.{}: rank 0 of {} waiting at {}{}",
+                "NCCL {}.{}.{}: rank 0 of {} waiting at {}",
                 version / 10000,
                 version / 100 % 100,
                 version % 100,
                 env.world,
-                env.master,
-                env.port_note
-                    .as_ref()
-                    .map_or(String::new(), |n| format!(" ({n})"))
+                env.waiting_at()
             );
         }
         let joined = super::rendezvous::join(
