@@ -30,6 +30,12 @@ extern "C" __global__ void add_bf16(bf16* y, const bf16* x, int n) {
     }
 }
 
+extern "C" __global__ void add_f32_range(float* y, int y_off, const float* x, int x_off, int n) {
+    for (size_t i = grid_stride_start(); i < (size_t)n; i += grid_stride_step()) {
+        y[(size_t)y_off + i] += x[(size_t)x_off + i];
+    }
+}
+
 extern "C" __global__ void add_bias_bf16(bf16* y, const bf16* b, int n, int d) {
     for (size_t i = grid_stride_start(); i < (size_t)n; i += grid_stride_step()) {
         store_bf16(y, i, load_bf16(y, i) + load_bf16(b, i % (size_t)d));

@@ -127,7 +127,9 @@ pub struct TrainConfig {
     pub peak_tflops: f64,
     /// Data-parallel processes the run is planned for (the memory plan divides sharded state by it).
     pub world_size: usize,
-    /// 0: every rank holds the whole optimizer state; 1: Adam moments sharded over ranks (ZeRO-1).
+    /// Data parallelism's sharding (DeepSpeed's ZeRO stages): 0, every rank holds the whole state;
+    /// 1, the fp32 master weights and Adam moments are sharded over the ranks (each keeps the
+    /// model in the compute precision); 2, the fp32 gradients too (reduced on every micro-batch).
     pub zero_stage: u8,
     /// Memory available per device in GB for the memory plan (0 = detect: the GPU's memory, or
     /// the machine's RAM for the CPU backend).
@@ -439,8 +441,14 @@ impl Config {
         {
             bail!("train: beta1 and beta2 must be in [0, 1) and eps positive");
         }
-        if t.world_size == 0 || t.zero_stage > 1 {
-            bail!("train.world_size must be positive and train.zero_stage 0 or 1");
+        if t.world_size == 0 {
+            bail!("train.world_size must be positive");
+        }
+        if t.zero_stage > 2 {
+            bail!(
+                "train.zero_stage = {} is not supported: 0 (nothing sharded), 1 (master weights and moments) or 2 (and gradients)",
+                t.zero_stage
+            );
         }
         let positive = |x: f64| x > 0.0 && x.is_finite();
         if !positive(t.bucket_mb) || !positive(t.comm_timeout_s) {

@@ -257,6 +257,19 @@ fn rope_swiglu_embedding_and_elementwise_match_cpu() {
     let mut ca = a.clone();
     cpu.add_assign(&mut ca, &b);
     assert_close("add_assign", &gpu.download(&ga), &ca, 1e-2);
+    // A reduced gradient slice added into a shard's gradients: offsets on both sides.
+    let (dst, src) = (random(5000, 16, 1.0), random(7000, 17, 1.0));
+    let mut gd = gpu.upload_as(&dst, BufKind::Grad);
+    gpu.add_range(
+        &mut gd,
+        700,
+        &gpu.upload_as(&src, BufKind::Grad),
+        1234,
+        4099,
+    );
+    let mut cd = dst.clone();
+    cpu.add_range(&mut cd, 700, &src, 1234, 4099);
+    assert_close("add_range", &gpu.download(&gd), &cd, 1e-6);
     let gr = random(m, 11, 1.0);
     let sg = gpu.sum_squares(&gpu.upload_as(&gr, BufKind::Grad));
     let sc = cpu.sum_squares(&gr);

@@ -188,6 +188,26 @@ pub fn copy_range<B: Backend + ?Sized>(
     }
 }
 
+/// `add_range`: as `copy_range`, both buffers in full precision.
+#[track_caller]
+pub fn add_range<B: Backend + ?Sized>(
+    be: &B,
+    dst: &B::Buf,
+    dst_off: usize,
+    src: &B::Buf,
+    src_off: usize,
+    len: usize,
+) {
+    let op = Op::new(be, "add_range");
+    for (arg, buf, off) in [("dst", dst, dst_off), ("src", src, src_off)] {
+        let have = op.kind(arg, buf, Full).len(buf);
+        assert!(
+            off.checked_add(len).is_some_and(|end| end <= have),
+            "add_range: {arg} has {have} elements, {arg}_off + len = {off} + {len} reaches past it"
+        );
+    }
+}
+
 // ---- linear layers --------------------------------------------------------------------------------
 
 /// `matmul` and `matmul_rowwise` (`name`): y [m, n], x [m, k], w [n, k].

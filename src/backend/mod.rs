@@ -126,6 +126,17 @@ pub trait Backend: Send + Sync {
         len: usize,
     );
 
+    /// dst[dst_off..dst_off + len] += src[src_off..src_off + len] in full precision (both
+    /// `Grad`, `Optim` or `Stat`: a sharded optimizer summing reduced gradient slices).
+    fn add_range(
+        &self,
+        dst: &mut Self::Buf,
+        dst_off: usize,
+        src: &Self::Buf,
+        src_off: usize,
+        len: usize,
+    );
+
     // ---- linear layers --------------------------------------------------------------------
     /// y[m, n] = x[m, k] · w[n, k]ᵀ  (overwrite)
     fn matmul(&self, y: &mut Self::Buf, x: &Self::Buf, w: &Self::Buf, m: usize, k: usize, n: usize);

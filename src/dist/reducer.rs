@@ -1,51 +1,74 @@
-//! Data-parallel gradient reduction and the ZeRO-1 optimizer step, over any backend and
-//! [`Communicator`].
+//! Data-parallel gradient reduction and the sharded optimizer step (ZeRO-1 and ZeRO-2), over any
+//! backend and [`Communicator`].
 //!
-//! * **Buckets.** Parameters are grouped, in the order the backward finishes them (head, last
-//!   layer … first layer, embedding: `Model::grad_ready_groups`), into buckets of about
-//!   `train.bucket_mb`. Each bucket is one flat buffer padded to a multiple of the world size.
-//! * **Overlap.** On the last micro-batch of a step the model's backward calls
-//!   [`Reducer::on_ready`] per layer; when every parameter of a bucket is final its gradients are
-//!   copied into the bucket and the bucket's collective is queued (on NCCL's own stream, while
-//!   the backward of earlier layers continues on the compute stream). Earlier micro-batches only
-//!   accumulate locally.
-//! * **ZeRO-0:** each bucket is all-reduced and copied back into the gradients; every rank then
-//!   runs the ordinary AdamW over all parameters with full moments.
-//! * **ZeRO-1:** each bucket is reduce-scattered: rank r receives the summed slice r of every
-//!   bucket. Its slices cut parameters into *segments*; rank r keeps Adam moments for its
-//!   segments only, updates the fp32 master of those segments, and an all-gather of each
-//!   bucket's parameters in the compute precision (bf16 on CUDA, f32 on the CPU) brings every
-//!   rank the whole updated model. Before a checkpoint the fp32 masters are all-gathered too.
+//! * **Buckets.** Parameters are grouped as the backward finishes them (head, last layer … first
+//!   layer, embedding: `Model::grad_ready_groups`); each group is cut into buckets of at most
+//!   `train.bucket_mb`, a parameter larger than that split over several. A bucket never spans two
+//!   groups, so every bucket of a group can be reduced the moment the group is final. Each bucket
+//!   is one flat buffer padded to a multiple of the world size.
+//! * **Overlap.** The model's backward calls [`Reducer::on_event`] per group; when a group is final
+//!   its gradients are copied into its buckets and the buckets' collectives are queued (on NCCL's
+//!   own stream, while the backward of earlier layers continues on the compute stream).
+//! * **ZeRO-0:** each bucket is all-reduced on the last micro-batch of a step and copied back into
+//!   the gradients; every rank then runs the ordinary AdamW over all parameters with full moments.
+//! * **ZeRO-1:** each bucket is reduce-scattered on the last micro-batch: rank r receives the summed
+//!   slice r of every bucket. Its slices cut parameters into *segments*; rank r alone keeps the
+//!   fp32 master weights and Adam moments of its segments. It updates them, and an all-gather of
+//!   each bucket in the compute precision (bf16 on CUDA, f32 on the CPU) brings every rank the
+//!   whole updated model, which is stored in the compute precision only.
+//! * **ZeRO-2:** as ZeRO-1, and the gradients are sharded too: a group's gradients get storage when
+//!   the backward starts on it ([`GradEvent::Begin`]) and lose it once copied into the buckets, and
+//!   the buckets are reduce-scattered on *every* micro-batch, each rank adding its slice into the
+//!   fp32 gradients of its segments. (The alternative, accumulating whole bf16 gradients locally
+//!   and reducing once per step, holds 2 bytes per parameter on every rank and rounds the sum to
+//!   bf16; reducing every micro-batch holds 4/world bytes per parameter plus one group in flight,
+//!   costs `grad_accum` reductions per step, which overlap the backward, and keeps fp32 sums: the
+//!   choice of DeepSpeed's ZeRO-2 and FSDP.)
 //! * **Memory.** Buckets go through a ring of [`RING`] slot buffers of the largest bucket (fp32
-//!   gradients, plus compute-precision parameters under ZeRO-1), not a second copy of the model.
+//!   gradients, plus compute-precision parameters when sharded), not a second copy of the model.
 //!
 //! The loss is a mean over all tokens of the global batch: the trainer scales by 1 / (tokens of
 //! every rank), so the summed gradients equal the single-process gradients of the whole batch.
+
+use std::ops::Range;
 
 use anyhow::{bail, Result};
 
 use super::Communicator;
 use crate::backend::{AdamW, Backend, BufKind};
-use crate::model::Model;
+use crate::model::GradEvent;
 
 /// Parameters grouped into flat buckets.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BucketPlan {
     pub buckets: Vec<Bucket>,
+    /// The buckets of each ready group, in order.
+    pub groups: Vec<Range<usize>>,
     pub world: usize,
+}
+
+/// A run of one parameter's elements inside a bucket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Piece {
+    pub param: usize,
+    /// Offset of the piece within the parameter.
+    pub param_off: usize,
+    /// Offset of the piece within the bucket.
+    pub bucket_off: usize,
+    pub len: usize,
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Bucket {
-    /// (parameter index, offset in the bucket, elements), in ready order.
-    pub members: Vec<(usize, usize, usize)>,
-    /// Σ elements of the members.
+    /// Pieces in ready order; together they fill 0..len.
+    pub pieces: Vec<Piece>,
+    /// Σ elements of the pieces.
     pub len: usize,
     /// `len` rounded up to a multiple of the world size.
     pub padded: usize,
 }
 
-/// A piece of one parameter inside rank r's slice of one bucket (ZeRO-1).
+/// A piece of one parameter inside rank r's slice of one bucket (ZeRO-1 and 2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Segment {
     pub bucket: usize,
@@ -58,52 +81,67 @@ pub struct Segment {
 }
 
 impl BucketPlan {
-    /// Buckets of at most `cap` elements (a larger parameter gets a bucket of its own), filled in
-    /// the order of `groups` (`Model::grad_ready_groups`).
+    /// Buckets of at most `cap` elements, each within one of `groups` (`Model::grad_ready_groups`)
+    /// and filled in their order; a parameter that does not fit the rest of a bucket continues in
+    /// the next.
     pub fn new(groups: &[Vec<usize>], numel: &[usize], cap: usize, world: usize) -> Self {
+        let cap = cap.max(1);
         let mut buckets: Vec<Bucket> = Vec::new();
-        let mut cur = Bucket {
-            members: Vec::new(),
+        let mut ranges = Vec::with_capacity(groups.len());
+        let empty = || Bucket {
+            pieces: Vec::new(),
             len: 0,
             padded: 0,
         };
-        for &p in groups.iter().flatten() {
-            let n = numel[p];
-            if !cur.members.is_empty() && cur.len + n > cap {
-                buckets.push(std::mem::replace(
-                    &mut cur,
-                    Bucket {
-                        members: Vec::new(),
-                        len: 0,
-                        padded: 0,
-                    },
-                ));
+        for group in groups {
+            let start = buckets.len();
+            let mut cur = empty();
+            for &p in group {
+                let mut off = 0;
+                while off < numel[p] {
+                    if cur.len == cap {
+                        buckets.push(std::mem::replace(&mut cur, empty()));
+                    }
+                    let len = (numel[p] - off).min(cap - cur.len);
+                    cur.pieces.push(Piece {
+                        param: p,
+                        param_off: off,
+                        bucket_off: cur.len,
+                        len,
+                    });
+                    cur.len += len;
+                    off += len;
+                }
             }
-            cur.members.push((p, cur.len, n));
-            cur.len += n;
-        }
-        if !cur.members.is_empty() {
-            buckets.push(cur);
+            if cur.len > 0 {
+                buckets.push(cur);
+            }
+            ranges.push(start..buckets.len());
         }
         for b in &mut buckets {
             b.padded = b.len.div_ceil(world) * world;
         }
-        BucketPlan { buckets, world }
+        BucketPlan {
+            buckets,
+            groups: ranges,
+            world,
+        }
     }
 
-    /// Rank `rank`'s segments: its slice of every bucket cut at parameter boundaries.
+    /// Rank `rank`'s segments: its slice of every bucket cut at parameter boundaries, in bucket
+    /// order.
     pub fn segments(&self, rank: usize) -> Vec<Segment> {
         let mut out = Vec::new();
         for (bi, b) in self.buckets.iter().enumerate() {
             let s = b.padded / self.world;
             let (lo, hi) = (rank * s, (rank + 1) * s);
-            for &(p, off, n) in &b.members {
-                let (a, z) = (off.max(lo), (off + n).min(hi));
+            for pc in &b.pieces {
+                let (a, z) = (pc.bucket_off.max(lo), (pc.bucket_off + pc.len).min(hi));
                 if a < z {
                     out.push(Segment {
                         bucket: bi,
-                        param: p,
-                        param_off: a - off,
+                        param: pc.param,
+                        param_off: pc.param_off + (a - pc.bucket_off),
                         bucket_off: a,
                         len: z - a,
                     });
@@ -112,126 +150,159 @@ impl BucketPlan {
         }
         out
     }
+
+    /// Elements of the largest bucket (the size of a ring slot).
+    pub fn largest(&self) -> usize {
+        self.buckets.iter().map(|b| b.padded).max().unwrap_or(0)
+    }
 }
 
 /// Bucket buffers in flight at once: bucket b uses slot b mod RING; before a slot is reused,
 /// the compute stream waits for the collectives queued so far and takes the older bucket's result.
 pub const RING: usize = 3;
 
-/// Rank r's part of the optimizer under ZeRO-1: Adam moments of its segments, and scratch for
-/// the segments' master weights and gradients.
+/// Rank r's part of a sharded optimizer: fp32 master weights, Adam moments and (summed)
+/// gradients of its segments.
 pub struct Shard<B: Backend> {
     pub segments: Vec<Segment>,
+    /// The segments of each bucket.
+    by_bucket: Vec<Range<usize>>,
+    /// Master weights (`BufKind::Param`: the fp32 master and its compute copy).
+    pub p: Vec<B::Buf>,
     pub m: Vec<B::Buf>,
     pub v: Vec<B::Buf>,
-    p: Vec<B::Buf>,
     g: Vec<B::Buf>,
 }
+
+/// One rank's piece of a sharded optimizer state, on the host: (parameter, offset, master
+/// weights, exp_avg, exp_avg_sq).
+pub type HostPiece = (usize, usize, Vec<f32>, Vec<f32>, Vec<f32>);
 
 /// Buckets, their buffers, and the step's progress.
 pub struct Reducer<B: Backend> {
     pub plan: BucketPlan,
-    bucket_of: Vec<usize>,
-    /// RING slots of the largest padded bucket: fp32 gradients (also the fp32 master gather).
+    /// 0, 1 or 2.
+    pub stage: u8,
+    numel: Vec<usize>,
+    /// RING slots of the largest padded bucket: fp32 gradients.
     grad_slots: Vec<B::Buf>,
-    /// ZeRO-1: RING slots for the parameters' all-gather in the compute precision (bf16 on CUDA).
+    /// Sharded: RING slots for the parameters' all-gather in the compute precision.
     param_slots: Vec<B::Buf>,
-    /// Parameters of each bucket not yet final in this step.
-    pending: Vec<usize>,
-    /// Buckets whose collective is queued / whose result has been taken, this step.
+    /// Buckets whose collective is queued / whose result has been taken, this micro-batch.
     launched: usize,
     retired: usize,
+    /// ZeRO-2 after a step's first micro-batch: reduced slices add into the shard's gradients.
+    accumulate: bool,
     error: Option<anyhow::Error>,
     pub shard: Option<Shard<B>>,
 }
 
 impl<B: Backend> Reducer<B> {
-    /// Buckets of about `bucket_elems` elements for `model` over `world` ranks; `zero1` shards the
-    /// optimizer (moments start at zero; see [`Reducer::load_moments`]).
+    /// Buckets of at most `bucket_elems` elements over `groups` (`Model::grad_ready_groups`) of
+    /// parameters of `numel` elements, for rank `rank` of `world`, at ZeRO `stage` (0, 1 or 2).
+    /// Sharded, the masters and moments start at zero: see [`Reducer::load`].
     pub fn new(
         be: &B,
-        model: &Model<B>,
+        groups: &[Vec<usize>],
+        numel: &[usize],
         rank: usize,
         world: usize,
-        zero1: bool,
+        stage: u8,
         bucket_elems: usize,
     ) -> Self {
-        let numel: Vec<usize> = model.info.iter().map(|p| p.numel()).collect();
-        let plan = BucketPlan::new(
-            &model.grad_ready_groups(),
-            &numel,
-            bucket_elems.max(1),
-            world,
-        );
-        let mut bucket_of = vec![usize::MAX; numel.len()];
-        for (bi, b) in plan.buckets.iter().enumerate() {
-            for &(p, _, _) in &b.members {
-                bucket_of[p] = bi;
-            }
-        }
-        let slot_len = plan.buckets.iter().map(|b| b.padded).max().unwrap_or(0);
+        let plan = BucketPlan::new(groups, numel, bucket_elems, world);
+        let slot_len = plan.largest();
         let slots = |kind| {
             (0..RING.min(plan.buckets.len()))
                 .map(|_| be.alloc(slot_len, kind))
                 .collect::<Vec<_>>()
         };
         let grad_slots = slots(BufKind::Grad);
-        let (param_slots, shard) = if zero1 {
+        let (param_slots, shard) = if stage >= 1 {
             let segments = plan.segments(rank);
+            let mut by_bucket = vec![0..0; plan.buckets.len()];
+            for (i, s) in segments.iter().enumerate() {
+                let r = &mut by_bucket[s.bucket];
+                if r.start == r.end {
+                    *r = i..i;
+                }
+                r.end = i + 1;
+            }
             let alloc = |kind| segments.iter().map(|s| be.alloc(s.len, kind)).collect();
             let shard = Shard {
+                p: alloc(BufKind::Param),
                 m: alloc(BufKind::Optim),
                 v: alloc(BufKind::Optim),
-                p: alloc(BufKind::Param),
                 g: alloc(BufKind::Grad),
+                by_bucket,
                 segments,
             };
             (slots(BufKind::Act), Some(shard))
         } else {
             (Vec::new(), None)
         };
-        let pending = plan.buckets.iter().map(|b| b.members.len()).collect();
         Reducer {
             plan,
-            bucket_of,
+            stage,
+            numel: numel.to_vec(),
             grad_slots,
             param_slots,
-            pending,
             launched: 0,
             retired: 0,
+            accumulate: false,
             error: None,
             shard,
         }
     }
 
-    /// Forget the previous step's progress (call before the last micro-batch's backward).
-    pub fn begin_step(&mut self) {
-        for (p, b) in self.pending.iter_mut().zip(&self.plan.buckets) {
-            *p = b.members.len();
-        }
+    /// Forget the previous micro-batch's progress (call before a backward that reduces);
+    /// `first`: the step's first micro-batch (ZeRO-2 then overwrites its summed gradients
+    /// instead of adding to them).
+    pub fn begin_micro(&mut self, first: bool) {
         self.launched = 0;
         self.retired = 0;
+        self.accumulate = self.stage >= 2 && !first;
         self.error = None;
     }
 
-    /// The backward's hook: the gradients of `group` are final. Queues the collective of every
-    /// bucket this completes. Errors are kept for [`Reducer::finish`].
-    pub fn on_ready(
+    /// The backward's hook. `Begin`: ZeRO-2 gives the group's gradients storage (zeroed).
+    /// `Ready`: queue the collectives of the group's buckets; ZeRO-2 then drops the gradients.
+    /// Errors are kept for [`Reducer::finish`].
+    pub fn on_event(
         &mut self,
         be: &B,
         comm: &dyn Communicator<B>,
-        group: &[usize],
+        event: GradEvent,
+        group: usize,
+        params: &[usize],
         grads: &mut [B::Buf],
     ) {
-        for &p in group {
-            let b = self.bucket_of[p];
-            self.pending[b] -= 1;
-            if self.pending[b] > 0 || self.error.is_some() {
-                continue;
+        match event {
+            GradEvent::Begin => {
+                if self.stage >= 2 {
+                    for &p in params {
+                        if be.buf_len(&grads[p]) != self.numel[p] {
+                            grads[p] = be.alloc(self.numel[p], BufKind::Grad);
+                        }
+                    }
+                }
             }
-            debug_assert_eq!(b, self.launched, "buckets complete in order");
-            if let Err(e) = self.launch(be, comm, b, grads) {
-                self.error = Some(e);
+            GradEvent::Ready => {
+                for b in self.plan.groups[group].clone() {
+                    if self.error.is_some() {
+                        return;
+                    }
+                    debug_assert_eq!(b, self.launched, "buckets complete in order");
+                    if let Err(e) = self.launch(be, comm, b, grads) {
+                        self.error = Some(e);
+                    }
+                }
+                if self.stage >= 2 {
+                    // The copies into the buckets are queued before the storage is released.
+                    for &p in params {
+                        grads[p] = be.alloc(0, BufKind::Grad);
+                    }
+                }
             }
         }
     }
@@ -248,8 +319,8 @@ impl<B: Backend> Reducer<B> {
         }
         let bucket = &self.plan.buckets[b];
         let slot = &mut self.grad_slots[b % RING];
-        for &(q, off, n) in &bucket.members {
-            be.copy_range(slot, off, &grads[q], 0, n);
+        for pc in &bucket.pieces {
+            be.copy_range(slot, pc.bucket_off, &grads[pc.param], pc.param_off, pc.len);
         }
         if self.shard.is_some() {
             comm.reduce_scatter(be, slot, bucket.padded)?;
@@ -261,7 +332,7 @@ impl<B: Backend> Reducer<B> {
     }
 
     /// Take the results of buckets up to (not including) `end`: ZeRO-0 copies the summed
-    /// gradients back, ZeRO-1 copies this rank's slice into its segments.
+    /// gradients back, a sharded optimizer copies (or adds) this rank's slice into its segments.
     fn retire_through(
         &mut self,
         be: &B,
@@ -277,14 +348,23 @@ impl<B: Backend> Reducer<B> {
             let slot = &self.grad_slots[b % RING];
             match &mut self.shard {
                 None => {
-                    for &(q, off, n) in &self.plan.buckets[b].members {
-                        be.copy_range(&mut grads[q], 0, slot, off, n);
+                    for pc in &self.plan.buckets[b].pieces {
+                        be.copy_range(
+                            &mut grads[pc.param],
+                            pc.param_off,
+                            slot,
+                            pc.bucket_off,
+                            pc.len,
+                        );
                     }
                 }
                 Some(sh) => {
-                    for (s, g) in sh.segments.iter().zip(&mut sh.g) {
-                        if s.bucket == b {
-                            be.copy_range(g, 0, slot, s.bucket_off, s.len);
+                    for i in sh.by_bucket[b].clone() {
+                        let s = sh.segments[i];
+                        if self.accumulate {
+                            be.add_range(&mut sh.g[i], 0, slot, s.bucket_off, s.len);
+                        } else {
+                            be.copy_range(&mut sh.g[i], 0, slot, s.bucket_off, s.len);
                         }
                     }
                 }
@@ -294,15 +374,14 @@ impl<B: Backend> Reducer<B> {
         Ok(())
     }
 
-    /// Wait for the step's reductions. ZeRO-0: the summed gradients are back in `grads`.
-    /// ZeRO-1: this rank's summed slices are in its segments, and the global gradient norm is
-    /// returned (the caller computes it from `grads` otherwise).
-    pub fn finish(
+    /// Wait (on the compute stream, without blocking the host) for this micro-batch's reductions:
+    /// their results are taken and every slot is free again.
+    pub fn drain(
         &mut self,
         be: &B,
         comm: &dyn Communicator<B>,
         grads: &mut [B::Buf],
-    ) -> Result<Option<f64>> {
+    ) -> Result<()> {
         if let Some(e) = self.error.take() {
             return Err(e);
         }
@@ -313,7 +392,19 @@ impl<B: Backend> Reducer<B> {
                 self.launched
             );
         }
-        self.retire_through(be, comm, n, grads)?;
+        self.retire_through(be, comm, n, grads)
+    }
+
+    /// Finish the step's reductions. ZeRO-0: the summed gradients are back in `grads`. Sharded:
+    /// this rank's summed slices are in its segments, and the global gradient norm is returned
+    /// (the caller computes it from `grads` otherwise).
+    pub fn finish(
+        &mut self,
+        be: &B,
+        comm: &dyn Communicator<B>,
+        grads: &mut [B::Buf],
+    ) -> Result<Option<f64>> {
+        self.drain(be, comm, grads)?;
         // The host reads norms next: the reductions must be done (and bounded by the timeout).
         comm.sync(be)?;
         match &self.shard {
@@ -326,71 +417,51 @@ impl<B: Backend> Reducer<B> {
         }
     }
 
-    /// ZeRO-1: AdamW on this rank's segments (their fp32 master in `model` is updated), then an
-    /// all-gather of every bucket's parameters in the compute precision brings every rank the
-    /// updated model. `hp.weight_decay` applies to the parameters that decay. On a backend with
-    /// a narrower compute copy, the fp32 master of other ranks' segments is then stale until
-    /// [`Reducer::gather_masters`].
-    pub fn step_zero1(
+    /// Sharded: AdamW on this rank's segments (their fp32 masters), then an all-gather of every
+    /// bucket in the compute precision brings every rank the updated model `params`.
+    /// `decays[p]`: whether `hp.weight_decay` applies to parameter p.
+    pub fn step(
         &mut self,
         be: &B,
         comm: &dyn Communicator<B>,
-        model: &mut Model<B>,
+        params: &mut [B::Buf],
+        decays: &[bool],
         hp: AdamW,
     ) -> Result<()> {
         let Some(sh) = &mut self.shard else {
-            bail!("internal: step_zero1 without ZeRO-1");
+            bail!("internal: a sharded step without a shard");
         };
         for (i, s) in sh.segments.iter().enumerate() {
             let hp = AdamW {
-                weight_decay: if model.info[s.param].decay {
+                weight_decay: if decays[s.param] {
                     hp.weight_decay
                 } else {
                     0.0
                 },
                 ..hp
             };
-            be.copy_range(&mut sh.p[i], 0, &model.params[s.param], s.param_off, s.len);
             be.adamw(&mut sh.p[i], &sh.g[i], &mut sh.m[i], &mut sh.v[i], hp);
-            be.copy_range(&mut model.params[s.param], s.param_off, &sh.p[i], 0, s.len);
         }
-        self.gather(be, comm, &mut model.params, false)
+        self.gather(be, comm, params)
     }
 
-    /// ZeRO-1: bring every rank the fp32 master of every segment (before a checkpoint).
-    pub fn gather_masters(
-        &mut self,
-        be: &B,
-        comm: &dyn Communicator<B>,
-        params: &mut [B::Buf],
-    ) -> Result<()> {
-        if self.shard.is_none() {
-            return Ok(());
-        }
-        self.gather(be, comm, params, true)
-    }
-
-    /// All-gather each bucket's parameters through the ring: this rank's segments in, everyone's
-    /// out. `masters`: through the fp32 slots (master weights); else the compute-precision slots.
-    fn gather(
-        &mut self,
-        be: &B,
-        comm: &dyn Communicator<B>,
-        params: &mut [B::Buf],
-        masters: bool,
-    ) -> Result<()> {
+    /// All-gather each bucket's parameters through the ring in the compute precision: this
+    /// rank's master segments in, everyone's out into `params`.
+    fn gather(&mut self, be: &B, comm: &dyn Communicator<B>, params: &mut [B::Buf]) -> Result<()> {
         let Some(sh) = &self.shard else {
             return Ok(());
         };
-        let slots = if masters {
-            &mut self.grad_slots
-        } else {
-            &mut self.param_slots
-        };
+        let slots = &mut self.param_slots;
         let buckets = &self.plan.buckets;
         let unpack = |be: &B, slot: &B::Buf, b: usize, params: &mut [B::Buf]| {
-            for &(q, off, n) in &buckets[b].members {
-                be.copy_range(&mut params[q], 0, slot, off, n);
+            for pc in &buckets[b].pieces {
+                be.copy_range(
+                    &mut params[pc.param],
+                    pc.param_off,
+                    slot,
+                    pc.bucket_off,
+                    pc.len,
+                );
             }
         };
         for b in 0..buckets.len() {
@@ -399,8 +470,9 @@ impl<B: Backend> Reducer<B> {
                 unpack(be, &slots[(b - RING) % RING], b - RING, params);
             }
             let slot = &mut slots[b % RING];
-            for s in sh.segments.iter().filter(|s| s.bucket == b) {
-                be.copy_range(slot, s.bucket_off, &params[s.param], s.param_off, s.len);
+            for i in sh.by_bucket[b].clone() {
+                let s = sh.segments[i];
+                be.copy_range(slot, s.bucket_off, &sh.p[i], 0, s.len);
             }
             comm.all_gather(be, slot, buckets[b].padded)?;
         }
@@ -411,27 +483,43 @@ impl<B: Backend> Reducer<B> {
         Ok(())
     }
 
-    /// ZeRO-1: set this rank's moments from whole host moments (parameter order), e.g. from a
-    /// checkpoint written with any world size.
-    pub fn load_moments(&mut self, be: &B, m: &[Vec<f32>], v: &[Vec<f32>]) {
+    /// Sharded: set this rank's masters and moments from whole host tensors (parameter order),
+    /// e.g. from a checkpoint written with any world size and stage; moments default to zero.
+    pub fn load(
+        &mut self,
+        be: &B,
+        params: &[Vec<f32>],
+        moments: Option<(&[Vec<f32>], &[Vec<f32>])>,
+    ) {
         if let Some(sh) = &mut self.shard {
             for (i, s) in sh.segments.iter().enumerate() {
                 let r = s.param_off..s.param_off + s.len;
-                sh.m[i] = be.upload_as(&m[s.param][r.clone()], BufKind::Optim);
-                sh.v[i] = be.upload_as(&v[s.param][r], BufKind::Optim);
+                sh.p[i] = be.upload_as(&params[s.param][r.clone()], BufKind::Param);
+                if let Some((m, v)) = moments {
+                    sh.m[i] = be.upload_as(&m[s.param][r.clone()], BufKind::Optim);
+                    sh.v[i] = be.upload_as(&v[s.param][r], BufKind::Optim);
+                }
             }
         }
     }
 
-    /// ZeRO-1: this rank's moments as (parameter, offset, exp_avg, exp_avg_sq) host pieces.
-    pub fn moment_pieces(&self, be: &B) -> Vec<(usize, usize, Vec<f32>, Vec<f32>)> {
+    /// Sharded: this rank's state as host pieces, for its checkpoint shard.
+    pub fn pieces(&self, be: &B) -> Vec<HostPiece> {
         match &self.shard {
             None => Vec::new(),
             Some(sh) => sh
                 .segments
                 .iter()
-                .zip(sh.m.iter().zip(&sh.v))
-                .map(|(s, (m, v))| (s.param, s.param_off, be.download(m), be.download(v)))
+                .enumerate()
+                .map(|(i, s)| {
+                    (
+                        s.param,
+                        s.param_off,
+                        be.download(&sh.p[i]),
+                        be.download(&sh.m[i]),
+                        be.download(&sh.v[i]),
+                    )
+                })
                 .collect(),
         }
     }
@@ -442,14 +530,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn buckets_respect_the_cap_and_segments_tile_every_parameter_once() {
+    fn buckets_are_bounded_stay_within_groups_and_segments_tile_every_parameter_once() {
         let groups = vec![vec![3, 4], vec![0, 1, 2], vec![5]];
         let numel = [7, 3, 11, 2, 5, 40];
         let plan = BucketPlan::new(&groups, &numel, 12, 3);
-        // 2+5 | 7+3 | 11 | 40: the 40-element parameter gets a bucket of its own.
+        // 2+5 | 7+3+2 of 11 | the other 9 | 40 in pieces of 12, 12, 12, 4: no bucket exceeds the
+        // cap, none spans two groups.
         let lens: Vec<usize> = plan.buckets.iter().map(|b| b.len).collect();
-        assert_eq!(lens, vec![7, 10, 11, 40]);
+        assert_eq!(lens, vec![7, 12, 9, 12, 12, 12, 4]);
+        assert_eq!(plan.groups, vec![0..1, 1..3, 3..7]);
+        assert_eq!(plan.largest(), 12);
         assert!(plan.buckets.iter().all(|b| b.padded % 3 == 0));
+        let mut in_buckets: Vec<Vec<bool>> = numel.iter().map(|&n| vec![false; n]).collect();
+        for b in &plan.buckets {
+            let mut at = 0;
+            for pc in &b.pieces {
+                assert_eq!(pc.bucket_off, at, "pieces fill the bucket in order");
+                at += pc.len;
+                for x in &mut in_buckets[pc.param][pc.param_off..pc.param_off + pc.len] {
+                    assert!(!*x, "in two buckets");
+                    *x = true;
+                }
+            }
+            assert_eq!(at, b.len);
+        }
+        assert!(in_buckets.iter().flatten().all(|&x| x));
         let mut covered: Vec<Vec<bool>> = numel.iter().map(|&n| vec![false; n]).collect();
         for r in 0..3 {
             for s in plan.segments(r) {

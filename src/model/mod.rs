@@ -198,8 +198,18 @@ pub struct Model<B: Backend> {
     pub rope_sin: B::Buf,
 }
 
-/// The backward's hook: `(group, grads)` when the gradients of a group of parameters are final.
-pub type GradsReady<'a, B> = dyn FnMut(&[usize], &mut [<B as Backend>::Buf]) + 'a;
+/// What the backward tells its hook about a group of parameters ([`Model::grad_ready_groups`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GradEvent {
+    /// The backward is about to accumulate into the group's gradients (a sharded optimizer
+    /// gives them storage here).
+    Begin,
+    /// The group's gradients are final for this micro-batch.
+    Ready,
+}
+
+/// The backward's hook: `(event, group index, the group's parameters, grads)`.
+pub type GradHook<'a, B> = dyn FnMut(GradEvent, usize, &[usize], &mut [<B as Backend>::Buf]) + 'a;
 
 /// Standard normal samples (Box–Muller) from the project's RNG.
 fn normal(rng: &mut Rng, n: usize, std: f64) -> Vec<f32> {
@@ -216,51 +226,68 @@ fn normal(rng: &mut Rng, n: usize, std: f64) -> Vec<f32> {
     out
 }
 
+/// The host tensors of a freshly initialised model, in `cfg.params()` order (what `Model::new`
+/// uploads).
+pub fn init_params(cfg: &ModelConfig, seed: u64) -> Vec<Vec<f32>> {
+    let info = cfg.params();
+    let mut rng = Rng::new(seed);
+    let resid_std = cfg.init_std / (2.0 * cfg.n_layers as f64).sqrt();
+    info.iter()
+        .map(|p| {
+            if p.name.ends_with(".bias") {
+                vec![0.0; p.numel()]
+            } else if p.shape.len() == 1 {
+                vec![1.0; p.numel()]
+            } else if p.name.ends_with("o_proj.weight") || p.name.ends_with("down_proj.weight") {
+                normal(&mut rng, p.numel(), resid_std)
+            } else {
+                normal(&mut rng, p.numel(), cfg.init_std)
+            }
+        })
+        .collect()
+}
+
 impl<B: Backend> Model<B> {
     /// A freshly initialised model (`cfg` already resolved).
     pub fn new(backend: &B, cfg: &ModelConfig, seed: u64) -> Self {
-        let info = cfg.params();
-        let mut rng = Rng::new(seed);
-        let resid_std = cfg.init_std / (2.0 * cfg.n_layers as f64).sqrt();
-        let host: Vec<Vec<f32>> = info
-            .iter()
-            .map(|p| {
-                if p.name.ends_with(".bias") {
-                    vec![0.0; p.numel()]
-                } else if p.shape.len() == 1 {
-                    vec![1.0; p.numel()]
-                } else if p.name.ends_with("o_proj.weight") || p.name.ends_with("down_proj.weight")
-                {
-                    normal(&mut rng, p.numel(), resid_std)
-                } else {
-                    normal(&mut rng, p.numel(), cfg.init_std)
-                }
-            })
-            .collect();
-        Self::from_host(backend, cfg, &host)
+        Self::from_host(backend, cfg, &init_params(cfg, seed))
     }
 
     /// A model from host tensors in `cfg.params()` order (checkpoints, imports).
     pub fn from_host(backend: &B, cfg: &ModelConfig, host: &[Vec<f32>]) -> Self {
-        Self::from_host_as(backend, cfg, host, BufKind::Param, true)
+        Self::from_host_as(backend, cfg, host, BufKind::Param, Some(true))
     }
 
+    /// A model for a sharded optimizer, which keeps the fp32 master weights of its shard itself:
+    /// parameters stored as the compute copy alone (`BufKind::Act`), and gradients allocated
+    /// whole (`full_grads`) or left empty (length 0) for the optimizer to give storage per group
+    /// during the backward ([`GradEvent::Begin`]).
+    pub fn for_sharded_optimizer(
+        backend: &B,
+        cfg: &ModelConfig,
+        host: &[Vec<f32>],
+        full_grads: bool,
+    ) -> Self {
+        Self::from_host_as(backend, cfg, host, BufKind::Act, Some(full_grads))
+    }
+
+    /// `grads`: None for none at all, Some(whole) for whole gradients or empty placeholders.
     fn from_host_as(
         backend: &B,
         cfg: &ModelConfig,
         host: &[Vec<f32>],
         kind: BufKind,
-        with_grads: bool,
+        grads: Option<bool>,
     ) -> Self {
         let info = cfg.params();
         assert_eq!(host.len(), info.len(), "tensor count");
         let params: Vec<B::Buf> = host.iter().map(|h| backend.upload_as(h, kind)).collect();
-        let grads = if with_grads {
-            info.iter()
-                .map(|p| backend.alloc(p.numel(), BufKind::Grad))
-                .collect()
-        } else {
-            Vec::new()
+        let grads = match grads {
+            None => Vec::new(),
+            Some(whole) => info
+                .iter()
+                .map(|p| backend.alloc(if whole { p.numel() } else { 0 }, BufKind::Grad))
+                .collect(),
         };
         let index = |name: &str| {
             info.iter()
@@ -317,7 +344,7 @@ impl<B: Backend> Model<B> {
     /// A model for generation only: parameters stored as activations (bf16 alone on the GPU, no
     /// fp32 master copy) and no gradients.
     pub fn for_inference(backend: &B, cfg: &ModelConfig, host: &[Vec<f32>]) -> Self {
-        Self::from_host_as(backend, cfg, host, BufKind::Act, false)
+        Self::from_host_as(backend, cfg, host, BufKind::Act, None)
     }
 
     /// Parameters as host tensors, in `info` order.
@@ -546,7 +573,7 @@ impl<B: Backend> Model<B> {
 
     /// Backward from dlogits in `ws.logits`, accumulating into `self.grads`.
     pub fn backward(&mut self, be: &B, ws: &mut Workspace<B>, inputs: &[u32], doc_ids: &[u32]) {
-        self.backward_hooked(be, ws, inputs, doc_ids, &mut |_, _| {});
+        self.backward_hooked(be, ws, inputs, doc_ids, &mut |_, _, _, _| {});
     }
 
     /// The groups of parameters whose gradients are final, in the order `backward_hooked`
@@ -565,16 +592,19 @@ impl<B: Backend> Model<B> {
         groups
     }
 
-    /// As [`Model::backward`], calling `ready(group, grads)` as soon as the gradients of a group
-    /// of parameters (see [`Model::grad_ready_groups`]) are final for this micro-batch, so a
-    /// data-parallel reducer can start reducing them while the backward goes on.
+    /// As [`Model::backward`], calling `hook(Begin, ..)` before the backward first writes a group's
+    /// gradients (see [`Model::grad_ready_groups`]) and `hook(Ready, ..)` as soon as they are final
+    /// for this micro-batch, so a data-parallel reducer can start reducing them while the backward
+    /// goes on, and a sharded one can hold only the gradients being computed. `Begin` lists every
+    /// parameter whose gradient the backward is about to write: the head's includes a tied
+    /// embedding, whose group is final last.
     pub fn backward_hooked(
         &mut self,
         be: &B,
         ws: &mut Workspace<B>,
         inputs: &[u32],
         doc_ids: &[u32],
-        ready: &mut GradsReady<'_, B>,
+        hook: &mut GradHook<'_, B>,
     ) {
         let groups = self.grad_ready_groups();
         let c = self.cfg.clone();
@@ -587,6 +617,9 @@ impl<B: Backend> Model<B> {
         let g = &mut grads;
         let this = &*self;
         let p = &this.params;
+        // A tied output projection is the embedding: its gradient starts here and is final last.
+        let head_writes = [groups[0].as_slice(), &[this.lm_head]].concat();
+        hook(GradEvent::Begin, 0, &head_writes, g);
         // logits = xn_f · Wlmᵀ
         be.matmul_dw(
             &mut g[this.lm_head],
@@ -615,10 +648,12 @@ impl<B: Backend> Model<B> {
             &ws.rstd_f,
             d,
         );
-        ready(&groups[0], g);
+        hook(GradEvent::Ready, 0, &groups[0], g);
         for l in (0..c.n_layers).rev() {
             let lp = this.layers[l];
             let eps = c.norm_eps as f32;
+            let gi = c.n_layers - l;
+            hook(GradEvent::Begin, gi, &groups[gi], g);
             if let Some(full) = ws.full.as_mut() {
                 // Run the layer again from its input (the same operations on the same inputs).
                 // Its output lands where the next layer's input was, which that layer's
@@ -731,10 +766,12 @@ impl<B: Backend> Model<B> {
                 &a.rstd1,
                 d,
             );
-            ready(&groups[c.n_layers - l], g);
+            hook(GradEvent::Ready, gi, &groups[gi], g);
         }
+        let gi = c.n_layers + 1;
+        hook(GradEvent::Begin, gi, &groups[gi], g);
         be.embedding_dw(&mut g[this.embed], &ws.dres, inputs, d);
-        ready(&groups[c.n_layers + 1], g);
+        hook(GradEvent::Ready, gi, &groups[gi], g);
         self.grads = grads;
     }
 

@@ -1,7 +1,8 @@
 //! Training checkpoints on disk: `root/step_000100/` holds `model.safetensors` (fp32 master
-//! weights, Hugging Face tensor names), `optimizer.safetensors` (`{param}.exp_avg`,
-//! `{param}.exp_avg_sq`) or, from a ZeRO-1 run, one optimizer shard per rank
-//! (`optimizer.rank00000.safetensors`, …, joined into whole tensors on load), `state.json`
+//! weights, Hugging Face tensor names) and `optimizer.safetensors` (`{param}.exp_avg`,
+//! `{param}.exp_avg_sq`) or, from a sharded run (ZeRO-1, 2), one model shard and one optimizer
+//! shard per rank (`model.rank00000.safetensors` with `model.index.json`,
+//! `optimizer.rank00000.safetensors`, …, joined into whole tensors on load), `state.json`
 //! (`{"step": .., ...the trainer's state...}`) and, written last, an empty `DONE` marker. A checkpoint is assembled in `root/.step_000100.tmp/`, every file
 //! fsynced, the directory renamed into place, and only then marked done, so a crash leaves either
 //! a complete checkpoint or one that `list`/`latest`/`load` ignore or refuse. The safetensors files
@@ -24,6 +25,7 @@ pub use crate::safetensors_io::{
 /// File names inside a checkpoint directory.
 const MODEL_FILE: &str = "model.safetensors";
 const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+const MODEL_INDEX_FILE: &str = "model.index.json";
 const STATE_FILE: &str = "state.json";
 const DONE_FILE: &str = "DONE";
 
@@ -63,12 +65,12 @@ fn parse_step_dir_name(name: &str) -> Option<u64> {
 /// Returns the checkpoint directory. Overwrites an existing step dir.
 pub fn save(root: &Path, ckpt: &Checkpoint, keep_last: usize) -> Result<PathBuf> {
     let tmp = begin(root, ckpt.step)?;
-    write_parts(&tmp, ckpt, true)?;
+    write_parts(&tmp, ckpt, true, true)?;
     commit(root, ckpt.step, keep_last)
 }
 
 /// The temporary directory `root/.step_{step:06}.tmp/` a checkpoint is assembled in; with
-/// [`begin`], [`write_parts`], [`write_optimizer_shard`] and [`commit`] several ranks write one
+/// [`begin`], [`write_parts`], [`write_model_shard`], [`write_optimizer_shard`] and [`commit`] several ranks write one
 /// checkpoint (rank 0 begins and commits; barriers in between are the caller's).
 pub fn tmp_dir(root: &Path, step: u64) -> PathBuf {
     root.join(format!(".{}.tmp", step_dir_name(step)))
@@ -85,22 +87,29 @@ pub fn begin(root: &Path, step: u64) -> Result<PathBuf> {
     Ok(tmp)
 }
 
-/// Write model.safetensors, state.json and (with `with_optimizer`) optimizer.safetensors into
-/// the temporary directory `tmp`.
-pub fn write_parts(tmp: &Path, ckpt: &Checkpoint, with_optimizer: bool) -> Result<()> {
+/// Write state.json and (with `with_model`, `with_optimizer`) model.safetensors and
+/// optimizer.safetensors into the temporary directory `tmp`.
+pub fn write_parts(
+    tmp: &Path,
+    ckpt: &Checkpoint,
+    with_model: bool,
+    with_optimizer: bool,
+) -> Result<()> {
     let state = state_json(ckpt)?;
-    let format_pt = HashMap::from([("format".to_string(), "pt".to_string())]);
-    write_safetensors(&tmp.join(MODEL_FILE), &ckpt.model, Some(format_pt))?;
+    if with_model {
+        let format_pt = HashMap::from([("format".to_string(), "pt".to_string())]);
+        write_safetensors(&tmp.join(MODEL_FILE), &ckpt.model, Some(format_pt))?;
+    }
     if with_optimizer {
         write_safetensors(&tmp.join(OPTIMIZER_FILE), &ckpt.optimizer, None)?;
     }
     write_atomic(&tmp.join(STATE_FILE), &state)
 }
 
-/// One rank's share of a sharded optimizer (ZeRO-1): pieces (parameter name, offset within it,
-/// exp_avg, exp_avg_sq), written as `optimizer.rank{rank:05}.safetensors` with 1-D tensors
-/// `{param}.exp_avg@{offset}` and `{param}.exp_avg_sq@{offset}`. [`load`] joins the shards of all
-/// ranks back into whole tensors, so a run can resume with any world size.
+/// One rank's share of a sharded optimizer (ZeRO-1 and 2): pieces (parameter name, offset
+/// within it, exp_avg, exp_avg_sq), written as `optimizer.rank{rank:05}.safetensors` with 1-D
+/// tensors `{param}.exp_avg@{offset}` and `{param}.exp_avg_sq@{offset}`. [`load`] joins the
+/// shards of all ranks back into whole tensors, so a run can resume with any world size.
 pub fn write_optimizer_shard(
     tmp: &Path,
     rank: usize,
@@ -109,18 +118,63 @@ pub fn write_optimizer_shard(
     let mut tensors = Vec::with_capacity(2 * pieces.len());
     for (name, off, m, v) in pieces {
         for (suffix, data) in [("exp_avg", m), ("exp_avg_sq", v)] {
-            tensors.push(NamedTensor {
-                name: format!("{name}.{suffix}@{off}"),
-                shape: vec![data.len()],
-                data: data.clone(),
-            });
+            tensors.push(piece(&format!("{name}.{suffix}"), *off, data));
         }
     }
-    write_safetensors(&tmp.join(shard_file_name(rank)), &tensors, None)
+    write_safetensors(
+        &tmp.join(shard_file_name("optimizer", rank)),
+        &tensors,
+        None,
+    )
 }
 
-fn shard_file_name(rank: usize) -> String {
-    format!("optimizer.rank{rank:05}.safetensors")
+/// One rank's share of sharded master weights: pieces (parameter name, offset, fp32 values) as
+/// `model.rank{rank:05}.safetensors` with 1-D tensors `{param}@{offset}`. Rank 0 also writes
+/// [`write_model_index`]; [`load`] joins the shards into whole tensors.
+pub fn write_model_shard(
+    tmp: &Path,
+    rank: usize,
+    pieces: &[(String, usize, Vec<f32>)],
+) -> Result<()> {
+    let tensors: Vec<NamedTensor> = pieces
+        .iter()
+        .map(|(name, off, data)| piece(name, *off, data))
+        .collect();
+    let format_pt = HashMap::from([("format".to_string(), "pt".to_string())]);
+    write_safetensors(
+        &tmp.join(shard_file_name("model", rank)),
+        &tensors,
+        Some(format_pt),
+    )
+}
+
+/// `model.index.json` of sharded master weights: how many shard files there are and the shape of
+/// every tensor they piece together.
+pub fn write_model_index(tmp: &Path, shards: usize, shapes: &[(String, Vec<usize>)]) -> Result<()> {
+    let index = ModelIndex {
+        shards,
+        tensors: shapes.iter().cloned().collect(),
+    };
+    let text = serde_json::to_vec_pretty(&index)?;
+    write_atomic(&tmp.join(MODEL_INDEX_FILE), &text)
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ModelIndex {
+    shards: usize,
+    tensors: std::collections::BTreeMap<String, Vec<usize>>,
+}
+
+fn piece(name: &str, off: usize, data: &[f32]) -> NamedTensor {
+    NamedTensor {
+        name: format!("{name}@{off}"),
+        shape: vec![data.len()],
+        data: data.to_vec(),
+    }
+}
+
+fn shard_file_name(what: &str, rank: usize) -> String {
+    format!("{what}.rank{rank:05}.safetensors")
 }
 
 /// Rename the temporary directory of step `step` into place, mark it DONE, prune old ones.
@@ -149,8 +203,34 @@ pub fn commit(root: &Path, step: u64, keep_last: usize) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// The optimizer of a checkpoint directory: optimizer.safetensors, or the ZeRO-1 shards of every
-/// rank joined into whole `{param}.exp_avg` / `{param}.exp_avg_sq` tensors shaped like `model`'s.
+/// The master weights of a checkpoint directory: model.safetensors, or the shards of every rank
+/// joined into whole tensors as `model.index.json` describes them.
+fn read_model(dir: &Path) -> Result<Vec<NamedTensor>> {
+    let whole = dir.join(MODEL_FILE);
+    let index_path = dir.join(MODEL_INDEX_FILE);
+    if whole.exists() || !index_path.exists() {
+        return read_safetensors(&whole);
+    }
+    let bytes = read_file(&index_path)?;
+    let index: ModelIndex = serde_json::from_slice(&bytes)
+        .map_err(|e| anyhow!("{}: not a model index: {e}", index_path.display()))?;
+    let files: Vec<PathBuf> = (0..index.shards)
+        .map(|r| dir.join(shard_file_name("model", r)))
+        .collect();
+    for f in &files {
+        if !f.exists() {
+            bail!(
+                "{}: missing file (model.index.json lists {} model shards)",
+                f.display(),
+                index.shards
+            );
+        }
+    }
+    join_pieces(dir, &files, index.tensors.into_iter().collect(), "model")
+}
+
+/// The optimizer of a checkpoint directory: optimizer.safetensors, or the shards of every rank
+/// joined into whole `{param}.exp_avg` / `{param}.exp_avg_sq` tensors shaped like `model`'s.
 /// Also returns the number of shard files (0 for an unsharded optimizer).
 fn read_optimizer(dir: &Path, model: &[NamedTensor]) -> Result<(Vec<NamedTensor>, usize)> {
     let whole = dir.join(OPTIMIZER_FILE);
@@ -158,26 +238,47 @@ fn read_optimizer(dir: &Path, model: &[NamedTensor]) -> Result<(Vec<NamedTensor>
         return Ok((read_safetensors(&whole)?, 0));
     }
     let mut shards = Vec::new();
-    while dir.join(shard_file_name(shards.len())).exists() {
-        shards.push(dir.join(shard_file_name(shards.len())));
+    while dir
+        .join(shard_file_name("optimizer", shards.len()))
+        .exists()
+    {
+        shards.push(dir.join(shard_file_name("optimizer", shards.len())));
     }
     if shards.is_empty() {
         bail!("{}: missing file", whole.display());
     }
-    let mut out: Vec<NamedTensor> = Vec::new();
+    let targets = model
+        .iter()
+        .flat_map(|t| {
+            ["exp_avg", "exp_avg_sq"].map(|s| (format!("{}.{s}", t.name), t.shape.clone()))
+        })
+        .collect();
+    Ok((
+        join_pieces(dir, &shards, targets, "optimizer")?,
+        shards.len(),
+    ))
+}
+
+/// Whole tensors `targets` (name, shape) from 1-D pieces `NAME@OFFSET` in `files`, every
+/// element covered.
+fn join_pieces(
+    dir: &Path,
+    files: &[PathBuf],
+    targets: Vec<(String, Vec<usize>)>,
+    what: &str,
+) -> Result<Vec<NamedTensor>> {
+    let mut out: Vec<NamedTensor> = Vec::with_capacity(targets.len());
     let mut index: HashMap<String, (usize, Vec<bool>)> = HashMap::new();
-    for t in model {
-        for suffix in ["exp_avg", "exp_avg_sq"] {
-            let name = format!("{}.{suffix}", t.name);
-            index.insert(name.clone(), (out.len(), vec![false; t.data.len()]));
-            out.push(NamedTensor {
-                name,
-                shape: t.shape.clone(),
-                data: vec![0.0; t.data.len()],
-            });
-        }
+    for (name, shape) in targets {
+        let n = shape.iter().product();
+        index.insert(name.clone(), (out.len(), vec![false; n]));
+        out.push(NamedTensor {
+            name,
+            shape,
+            data: vec![0.0; n],
+        });
     }
-    for path in &shards {
+    for path in files {
         for t in read_safetensors(path)? {
             let parsed = t
                 .name
@@ -188,7 +289,7 @@ fn read_optimizer(dir: &Path, model: &[NamedTensor]) -> Result<(Vec<NamedTensor>
             };
             let Some((i, seen)) = index.get_mut(&name) else {
                 bail!(
-                    "{}: tensor {} belongs to no parameter of model.safetensors",
+                    "{}: tensor {} belongs to no parameter of the model",
                     path.display(),
                     t.name
                 );
@@ -210,15 +311,15 @@ fn read_optimizer(dir: &Path, model: &[NamedTensor]) -> Result<(Vec<NamedTensor>
     for t in &out {
         if !index[&t.name].1.iter().all(|&x| x) {
             bail!(
-                "{}: the {} optimizer shards do not cover all of {}: a shard file is missing",
+                "{}: the {} {what} shards do not cover all of {}: a shard file is missing",
                 dir.display(),
-                shards.len(),
+                files.len(),
                 t.name
             );
         }
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok((out, shards.len()))
+    Ok(out)
 }
 
 /// `state.json` bytes: the caller's state object with `"step"` set.
@@ -310,7 +411,7 @@ pub fn load(dir: &Path) -> Result<Checkpoint> {
     if !dir.join(DONE_FILE).is_file() {
         bail!("{}: incomplete checkpoint (no DONE marker)", dir.display());
     }
-    let model = read_safetensors(&dir.join(MODEL_FILE))?;
+    let model = read_model(dir)?;
     let (optimizer, _shards) = read_optimizer(dir, &model)?;
 
     let path = dir.join(STATE_FILE);
@@ -512,7 +613,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let ck = checkpoint(7);
         let tmp = begin(root.path(), 7).unwrap();
-        write_parts(&tmp, &ck, false).unwrap();
+        write_parts(&tmp, &ck, true, false).unwrap();
         // Every model tensor split in two pieces over two ranks, values = index (+ 0.5 for v).
         for (rank, half) in [(0usize, 0usize), (1, 1)] {
             let pieces: Vec<_> = ck

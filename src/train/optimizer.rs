@@ -1,13 +1,16 @@
-//! The optimizer a run steps with, and everything data parallelism changes about a step: which
-//! backward reduces gradients, where the gradient norm comes from, which AdamW runs, and who
-//! writes which part of a checkpoint. The training step calls the same five methods on one
-//! process, under ZeRO-0 and under ZeRO-1; the branches live here.
+//! The optimizer a run steps with, and everything data parallelism changes about a step: how the
+//! model's state is stored, which backward reduces gradients, where the gradient norm comes from,
+//! which AdamW runs, and who writes which part of a checkpoint. The training step calls the same
+//! methods on one process and at every ZeRO stage; the branches live here.
 //!
 //! * One process: full AdamW moments, a plain backward, the norm of the local gradients.
 //! * Data parallel, ZeRO-0: full moments on every rank; the last micro-batch's backward hands
 //!   finished layers to the reducer (bucketed all-reduce), then the same AdamW everywhere.
-//! * Data parallel, ZeRO-1: the reducer reduce-scatters into this rank's segments and holds
-//!   their moments; AdamW runs on the segments and an all-gather brings back the whole model.
+//! * ZeRO-1: the model keeps its weights in the compute precision only; the reducer
+//!   reduce-scatters into this rank's segments and holds their fp32 masters and moments; AdamW runs
+//!   on the segments and an all-gather brings back the whole model.
+//! * ZeRO-2: as ZeRO-1, and the model holds gradients only for the group the backward is
+//!   computing; every micro-batch is reduce-scattered into the shard's fp32 gradients.
 
 use std::path::Path;
 
@@ -17,7 +20,7 @@ use crate::backend::{AdamW, Backend, BufKind};
 use crate::data::loader::Batch;
 use crate::dist::reducer::Reducer;
 use crate::dist::Communicator;
-use crate::model::{Model, Workspace};
+use crate::model::{Model, ModelConfig, Workspace};
 use crate::train::checkpoint::{self, Checkpoint, NamedTensor};
 
 /// Whole Adam moments in parameter order, as a checkpoint holds them (host f32).
@@ -40,51 +43,60 @@ struct DataParallel<'c, B: Backend> {
 }
 
 impl<'c, B: Backend> Optimizer<'c, B> {
-    /// Moments from `resumed` (or zero). With `comm`, every rank first takes rank 0's
-    /// parameters, and `zero_stage >= 1` shards the moments over the ranks.
-    pub fn new(
+    /// The model and its optimizer from host parameters `host` (`cfg.params()` order) and
+    /// moments `resumed` (or zero). On one process or at ZeRO-0 every rank keeps whole state and
+    /// first takes rank 0's parameters; at `zero_stage` 1 or 2 each rank keeps the masters and
+    /// moments of its shard, taken from `host` (every rank reads the same checkpoint or
+    /// initialisation), and at 2 the gradients too.
+    pub fn build(
         be: &B,
-        model: &mut Model<B>,
+        cfg: &ModelConfig,
+        host: &[Vec<f32>],
         comm: Option<&'c dyn Communicator<B>>,
         zero_stage: u8,
         bucket_elems: usize,
         resumed: Option<HostMoments>,
-    ) -> Result<Self> {
-        let sharded = comm.is_some() && zero_stage >= 1;
-        let (m, v) = if sharded {
-            (Vec::new(), Vec::new())
-        } else {
-            match &resumed {
-                Some(h) => (upload(be, &h.m), upload(be, &h.v)),
-                None => {
-                    let zeros = || {
-                        model
-                            .info
-                            .iter()
-                            .map(|p| be.alloc(p.numel(), BufKind::Optim))
-                            .collect()
-                    };
-                    (zeros(), zeros())
-                }
-            }
+    ) -> Result<(Model<B>, Self)> {
+        let Some(comm) = comm else {
+            let model = Model::from_host(be, cfg, host);
+            let (m, v) = whole_moments(be, &model, resumed);
+            return Ok((model, Optimizer { m, v, dp: None }));
         };
-        let dp = match comm {
-            None => None,
-            Some(comm) => {
-                for p in &mut model.params {
-                    let n = be.buf_len(p);
-                    comm.broadcast(be, p, n, 0)?;
-                }
-                comm.sync(be)?;
-                let (rank, world) = (comm.rank(), comm.world());
-                let mut reducer = Reducer::new(be, model, rank, world, sharded, bucket_elems);
-                if let Some(h) = &resumed {
-                    reducer.load_moments(be, &h.m, &h.v);
-                }
-                Some(DataParallel { comm, reducer })
+        let (rank, world) = (comm.rank(), comm.world());
+        let numel: Vec<usize> = cfg.params().iter().map(|p| p.numel()).collect();
+        if zero_stage == 0 {
+            let mut model = Model::from_host(be, cfg, host);
+            for p in &mut model.params {
+                let n = be.buf_len(p);
+                comm.broadcast(be, p, n, 0)?;
             }
-        };
-        Ok(Optimizer { m, v, dp })
+            comm.sync(be)?;
+            let (m, v) = whole_moments(be, &model, resumed);
+            let groups = model.grad_ready_groups();
+            let reducer = Reducer::new(be, &groups, &numel, rank, world, 0, bucket_elems);
+            return Ok((
+                model,
+                Optimizer {
+                    m,
+                    v,
+                    dp: Some(DataParallel { comm, reducer }),
+                },
+            ));
+        }
+        let model = Model::for_sharded_optimizer(be, cfg, host, zero_stage < 2);
+        let groups = model.grad_ready_groups();
+        let mut reducer = Reducer::new(be, &groups, &numel, rank, world, zero_stage, bucket_elems);
+        let moments = resumed.as_ref().map(|h| (h.m.as_slice(), h.v.as_slice()));
+        reducer.load(be, host, moments);
+        let dp = Some(DataParallel { comm, reducer });
+        Ok((
+            model,
+            Optimizer {
+                m: Vec::new(),
+                v: Vec::new(),
+                dp,
+            },
+        ))
     }
 
     /// (rank, world size).
@@ -97,11 +109,18 @@ impl<'c, B: Backend> Optimizer<'c, B> {
     /// The start-up line of a data-parallel run (None on one process).
     pub fn describe(&self, bucket_mb: f64) -> Option<String> {
         let d = self.dp.as_ref()?;
+        let r = &d.reducer;
+        let what = match r.stage {
+            0 => "whole optimizer state on every rank",
+            1 => "fp32 master weights and moments sharded",
+            _ => "fp32 master weights, moments and gradients sharded",
+        };
         Some(format!(
-            "data parallel: {} ranks, ZeRO-{}, {} gradient buckets of up to {bucket_mb} MB, reduced as the backward finishes each",
+            "data parallel: {} ranks, ZeRO-{} ({what}), {} gradient buckets of up to {bucket_mb} MB, reduced as the backward finishes each{}",
             d.comm.world(),
-            u8::from(d.reducer.shard.is_some()),
-            d.reducer.plan.buckets.len(),
+            r.stage,
+            r.plan.buckets.len(),
+            if r.stage >= 2 { " on every micro-batch" } else { "" },
         ))
     }
 
@@ -114,25 +133,40 @@ impl<'c, B: Backend> Optimizer<'c, B> {
         Ok(buf[0])
     }
 
-    /// The backward of one micro-batch, accumulating into `model.grads`. On the last micro-batch
-    /// of a data-parallel step each bucket's reduction is queued as soon as its layers are done.
+    /// The backward of one micro-batch (`first`, `last`: its place in the step), accumulating into
+    /// the gradients. On the last micro-batch of a data-parallel step (every micro-batch at
+    /// ZeRO-2) each bucket's reduction is queued as soon as its layers are done.
     pub fn backward(
         &mut self,
         be: &B,
         model: &mut Model<B>,
         ws: &mut Workspace<B>,
         batch: &Batch,
+        first: bool,
         last: bool,
-    ) {
+    ) -> Result<()> {
         match &mut self.dp {
-            Some(d) if last => {
+            Some(d) if last || d.reducer.stage >= 2 => {
                 let (reducer, comm) = (&mut d.reducer, d.comm);
-                reducer.begin_step();
-                model.backward_hooked(be, ws, &batch.inputs, &batch.doc_ids, &mut |g, grads| {
-                    reducer.on_ready(be, comm, g, grads)
-                });
+                reducer.begin_micro(first);
+                model.backward_hooked(
+                    be,
+                    ws,
+                    &batch.inputs,
+                    &batch.doc_ids,
+                    &mut |event, group, params, grads| {
+                        reducer.on_event(be, comm, event, group, params, grads)
+                    },
+                );
+                if !last {
+                    reducer.drain(be, comm, &mut model.grads)?;
+                }
+                Ok(())
             }
-            _ => model.backward(be, ws, &batch.inputs, &batch.doc_ids),
+            _ => {
+                model.backward(be, ws, &batch.inputs, &batch.doc_ids);
+                Ok(())
+            }
         }
     }
 
@@ -155,7 +189,10 @@ impl<'c, B: Backend> Optimizer<'c, B> {
     /// One AdamW update of every parameter (decay only where the parameter decays).
     pub fn update(&mut self, be: &B, model: &mut Model<B>, hp: AdamW) -> Result<()> {
         match &mut self.dp {
-            Some(d) if d.reducer.shard.is_some() => d.reducer.step_zero1(be, d.comm, model, hp),
+            Some(d) if d.reducer.shard.is_some() => {
+                let decays: Vec<bool> = model.info.iter().map(|p| p.decay).collect();
+                d.reducer.step(be, d.comm, &mut model.params, &decays, hp)
+            }
             _ => {
                 model.adamw_step(be, &mut self.m, &mut self.v, hp);
                 Ok(())
@@ -165,9 +202,9 @@ impl<'c, B: Backend> Optimizer<'c, B> {
 
     /// Write the checkpoint of `state` (a `TrainState`, serialised) at `step` under `out`. On
     /// one process: one atomic save. Data parallel: every rank takes part (rank 0 prepares the
-    /// directory and writes the weights and the state, and the whole optimizer unless it is
-    /// sharded; under ZeRO-1 each rank writes its optimizer shard; rank 0 marks it DONE after a
-    /// barrier).
+    /// directory and writes the state, and at ZeRO-0 the weights and the whole optimizer; when
+    /// sharded each rank writes its shard of the masters and moments and rank 0 the model's
+    /// index; rank 0 marks it DONE after a barrier).
     pub fn save(
         &mut self,
         be: &B,
@@ -185,7 +222,6 @@ impl<'c, B: Backend> Optimizer<'c, B> {
         let (comm, reducer) = (d.comm, &mut d.reducer);
         let rank = comm.rank();
         let sharded = reducer.shard.is_some();
-        reducer.gather_masters(be, comm, &mut model.params)?;
         comm.sync(be)?;
         if rank == 0 {
             checkpoint::begin(out, step)?;
@@ -193,22 +229,60 @@ impl<'c, B: Backend> Optimizer<'c, B> {
         comm.barrier()?;
         let tmp = checkpoint::tmp_dir(out, step);
         if sharded {
-            let pieces: Vec<(String, usize, Vec<f32>, Vec<f32>)> = reducer
-                .moment_pieces(be)
-                .into_iter()
-                .map(|(p, off, mm, vv)| (model.info[p].name.clone(), off, mm, vv))
-                .collect();
-            checkpoint::write_optimizer_shard(&tmp, rank, &pieces)?;
-        }
-        if rank == 0 {
-            let ck = checkpoint_of(be, model, &self.m, &self.v, step, state, !sharded);
-            checkpoint::write_parts(&tmp, &ck, !sharded)?;
+            let name = |p: usize| model.info[p].name.clone();
+            let mut masters = Vec::new();
+            let mut moments = Vec::new();
+            for (p, off, w, m, v) in reducer.pieces(be) {
+                masters.push((name(p), off, w));
+                moments.push((name(p), off, m, v));
+            }
+            checkpoint::write_model_shard(&tmp, rank, &masters)?;
+            checkpoint::write_optimizer_shard(&tmp, rank, &moments)?;
+            if rank == 0 {
+                let shapes: Vec<(String, Vec<usize>)> = model
+                    .info
+                    .iter()
+                    .map(|p| (p.name.clone(), p.shape.clone()))
+                    .collect();
+                checkpoint::write_model_index(&tmp, comm.world(), &shapes)?;
+                let ck = Checkpoint {
+                    step,
+                    model: Vec::new(),
+                    optimizer: Vec::new(),
+                    state,
+                };
+                checkpoint::write_parts(&tmp, &ck, false, false)?;
+            }
+        } else if rank == 0 {
+            let ck = checkpoint_of(be, model, &self.m, &self.v, step, state, true);
+            checkpoint::write_parts(&tmp, &ck, true, true)?;
         }
         comm.barrier()?;
         if rank == 0 {
             checkpoint::commit(out, step, keep_last)?;
         }
         comm.barrier()
+    }
+}
+
+/// Whole moments from `resumed`, or zero.
+fn whole_moments<B: Backend>(
+    be: &B,
+    model: &Model<B>,
+    resumed: Option<HostMoments>,
+) -> (Vec<B::Buf>, Vec<B::Buf>) {
+    match resumed {
+        Some(h) => (upload(be, &h.m), upload(be, &h.v)),
+        None => {
+            let zeros = || {
+                model
+                    .info
+                    .iter()
+                    .map(|p| be.alloc(p.numel(), BufKind::Optim))
+                    .collect()
+            };
+            (zeros(), zeros())
+        }
     }
 }
 

@@ -303,10 +303,10 @@ impl<'a, B: GenerationBackend> Run<'a, B> {
             config: config_text,
         };
         let mut config_changes = None;
-        let (mut model, moments) = match &resume {
-            None => (init_model(be, &mcfg, &tok, t_cfg.seed)?, None),
+        let (host, moments) = match &resume {
+            None => (init_params(&mcfg, &tok, t_cfg.seed)?, None),
             Some(which) => {
-                let (model, moments, resumed, dir) = load_checkpoint(be, &mcfg, out, which)?;
+                let (host, moments, resumed, dir) = load_checkpoint(&mcfg, out, which)?;
                 loader.restore(resumed.cursor.clone())?;
                 if lead {
                     eprintln!("resumed from {} (step {})", dir.display(), resumed.step);
@@ -332,17 +332,19 @@ impl<'a, B: GenerationBackend> Run<'a, B> {
                     config_hash: state.config_hash,
                     ..resumed
                 };
-                (model, Some(moments))
+                (host, Some(moments))
             }
         };
-        let opt = Optimizer::new(
+        let (model, opt) = Optimizer::build(
             be,
-            &mut model,
+            &mcfg,
+            &host,
             comm,
             t_cfg.zero_stage,
             t_cfg.bucket_elems(),
             moments,
         )?;
+        drop(host);
         let metrics = if lead {
             if let Some(line) = opt.describe(t_cfg.bucket_mb) {
                 eprintln!("{line}");
@@ -408,15 +410,21 @@ impl<'a, B: GenerationBackend> Run<'a, B> {
 
         self.model.zero_grads(be);
         let mut loss_sum = 0.0;
+        let micro = batches.len();
         for (i, batch) in batches.iter().enumerate() {
             self.model
                 .forward(be, &mut self.ws, &batch.inputs, &batch.doc_ids);
             loss_sum += self
                 .model
                 .loss(be, &mut self.ws, &batch.targets, &batch.loss_mask, scale);
-            let last = i + 1 == batches.len();
-            self.opt
-                .backward(be, &mut self.model, &mut self.ws, batch, last);
+            self.opt.backward(
+                be,
+                &mut self.model,
+                &mut self.ws,
+                batch,
+                i == 0,
+                i + 1 == micro,
+            )?;
         }
         let grad_norm = self.opt.reduce(be, &mut self.model)?;
         let loss = self.opt.sum_over_ranks(loss_sum)? / tokens.max(1) as f64;
@@ -586,31 +594,26 @@ fn check_memory<B: Backend>(be: &B, cfg: &Config, mcfg: &ModelConfig) -> Result<
     memory::check(&plan, t_cfg.world_size, t_cfg.zero_stage, d.batch_size)
 }
 
-/// A fresh model: from `model.init_from = "hf:PATH"`, else initialised from `seed`.
-fn init_model<B: Backend>(
-    be: &B,
-    mcfg: &ModelConfig,
-    tok: &Tokenizer,
-    seed: u64,
-) -> Result<Model<B>> {
+/// A fresh model's parameters (host, `mcfg.params()` order): from `model.init_from = "hf:PATH"`,
+/// else initialised from `seed`.
+fn init_params(mcfg: &ModelConfig, tok: &Tokenizer, seed: u64) -> Result<Vec<Vec<f32>>> {
     Ok(match init_from_hf(mcfg)? {
         Some(dir) => {
             let (_, host) = crate::hf::load(&dir, Some(tok.vocab_size() as usize))?;
             eprintln!("initialised from {}", dir.display());
-            Model::from_host(be, mcfg, &host)
+            host
         }
-        None => Model::new(be, mcfg, seed),
+        None => crate::model::init_params(mcfg, seed),
     })
 }
 
-/// The model, the whole Adam moments and the training state of the checkpoint `which` under
-/// `out`, and its directory.
-fn load_checkpoint<B: Backend>(
-    be: &B,
+/// The parameters (host), the whole Adam moments and the training state of the checkpoint
+/// `which` under `out`, and its directory.
+fn load_checkpoint(
     mcfg: &ModelConfig,
     out: &Path,
     which: &Resume,
-) -> Result<(Model<B>, HostMoments, TrainState, PathBuf)> {
+) -> Result<(Vec<Vec<f32>>, HostMoments, TrainState, PathBuf)> {
     let dir = match which {
         Resume::Latest => match checkpoint::latest(out)? {
             Some((_, dir)) => dir,
@@ -632,8 +635,7 @@ fn load_checkpoint<B: Backend>(
     let opt_file = dir.join("optimizer.safetensors");
     let m = tensors_in_order(&opt_file, &info, ck.optimizer.clone(), ".exp_avg")?;
     let v = tensors_in_order(&opt_file, &info, ck.optimizer, ".exp_avg_sq")?;
-    let model = Model::from_host(be, mcfg, &params);
-    Ok((model, HostMoments { m, v }, state, dir))
+    Ok((params, HostMoments { m, v }, state, dir))
 }
 
 /// The `[eval]` task files, read and validated once (None without `[eval]`).

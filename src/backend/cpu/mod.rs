@@ -1115,6 +1115,21 @@ impl<T: Float> Backend for CpuBackend<T> {
         dst[dst_off..dst_off + len].copy_from_slice(&src[src_off..src_off + len]);
     }
 
+    fn add_range(
+        &self,
+        dst: &mut Vec<T>,
+        dst_off: usize,
+        src: &Vec<T>,
+        src_off: usize,
+        len: usize,
+    ) {
+        contract::add_range(self, dst, dst_off, src, src_off, len);
+        add_assign(
+            &mut dst[dst_off..dst_off + len],
+            &src[src_off..src_off + len],
+        );
+    }
+
     fn matmul(&self, y: &mut Vec<T>, x: &Vec<T>, w: &Vec<T>, m: usize, k: usize, n: usize) {
         contract::matmul(self, "matmul", y, x, w, (m, k, n));
         matmul(y, x, w, m, k, n);

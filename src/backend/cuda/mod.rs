@@ -88,6 +88,7 @@ struct Kernels {
     adamw: CudaFunction,
     add_bf16: CudaFunction,
     add_bias_bf16: CudaFunction,
+    add_f32_range: CudaFunction,
     bias_grad_partials: CudaFunction,
     sum_squares_f32: CudaFunction,
     cast_f32_to_bf16: CudaFunction,
@@ -299,6 +300,7 @@ impl CudaBackend {
             adamw: f(&adamw, "adamw")?,
             add_bf16: f(&ew, "add_bf16")?,
             add_bias_bf16: f(&ew, "add_bias_bf16")?,
+            add_f32_range: f(&ew, "add_f32_range")?,
             bias_grad_partials: f(&ew, "bias_grad_partials")?,
             sum_squares_f32: f(&ew, "sum_squares_f32")?,
             cast_f32_to_bf16: f(&ew, "cast_f32_to_bf16")?,
@@ -751,6 +753,25 @@ impl Backend for CudaBackend {
                 )
                 .expect("CUDA copy");
         }
+    }
+
+    fn add_range(
+        &self,
+        dst: &mut CudaBuf,
+        dst_off: usize,
+        src: &CudaBuf,
+        src_off: usize,
+        len: usize,
+    ) {
+        contract::add_range(self, dst, dst_off, src, src_off, len);
+        let (d_i32, s_i32, n_i32) = (i(dst_off), i(src_off), i(len));
+        self.launch("add_f32_range", &self.k.add_f32_range, grid(len), |b| {
+            b.arg(dst.f_mut())
+                .arg(&d_i32)
+                .arg(src.f())
+                .arg(&s_i32)
+                .arg(&n_i32);
+        });
     }
 
     fn matmul(&self, y: &mut CudaBuf, x: &CudaBuf, w: &CudaBuf, m: usize, k: usize, n: usize) {
