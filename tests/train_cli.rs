@@ -679,20 +679,43 @@ fn paper_recipes_parse_match_their_vanilla_twins_and_print_a_memory_plan() {
             root,
         );
         let err = stderr(&o);
+        // The recipe fits 8 × 80 GB with headroom at ZeRO-2.
+        assert!(o.status.success(), "{err}");
         assert!(
-            err.contains("memory plan per device (world 4, ZeRO-1)"),
+            err.contains("memory plan per device (world 8, ZeRO-2)")
+                && err.contains("= 56.28 GB of 80.00 GB available"),
             "{err}"
         );
         assert!(err.contains("8.03 B parameters"), "{err}");
-        // 8B with fp32 master weights and gradients does not fit 80 GB: the plan says what to change.
-        assert_clean_error(&o, &["weights and gradients alone do not fit"]);
+        // The table for choosing: world 4 and 8 at every stage.
+        assert!(
+            err.contains("world   4: ZeRO-0 164.6 GB does not fit, ZeRO-1 96.3 GB does not fit, ZeRO-2 74.4 GB fits"),
+            "{err}"
+        );
+        // At ZeRO-0 the state alone does not fit 80 GB: the plan says what to change.
         let o = kiln(
             &[
                 "plan",
                 "--config",
                 &format!("configs/llama3-8b-{domain}-ipt.toml"),
                 "--set",
-                "train.device_memory_gb=141",
+                "train.zero_stage=0",
+            ],
+            root,
+        );
+        assert_clean_error(&o, &["set train.zero_stage = 2"]);
+        // 4 × 80 GB, as the config's comment says: full recomputation.
+        let o = kiln(
+            &[
+                "plan",
+                "--config",
+                &format!("configs/llama3-8b-{domain}-ipt.toml"),
+                "--set",
+                "train.world_size=4",
+                "--set",
+                "train.grad_accum=16",
+                "--set",
+                "train.recompute=\"full\"",
             ],
             root,
         );

@@ -48,5 +48,46 @@ pub fn plan_cmd(a: PlanArgs) -> Result<()> {
         widths,
         available,
     );
+    // The same run at other world sizes and ZeRO stages, for choosing a setting.
+    let mut worlds = vec![t.world_size, 4, 8];
+    worlds.sort_unstable();
+    worlds.dedup();
+    eprintln!(
+        "per-device total by world size and ZeRO stage (train.recompute = {}):",
+        match t.recompute {
+            crate::model::Recompute::None => "\"none\"",
+            crate::model::Recompute::Norms => "\"norms\"",
+            crate::model::Recompute::Full => "\"full\"",
+        }
+    );
+    for &world in &worlds {
+        let cells: Vec<String> = (0..=2u8)
+            .map(|stage| {
+                let q = plan(
+                    &m,
+                    cfg.data.batch_size,
+                    cfg.data.seq_len,
+                    world,
+                    stage,
+                    t.bucket_elems(),
+                    t.recompute,
+                    widths,
+                    available,
+                );
+                let fits = if available <= 0.0 {
+                    ""
+                } else if q.total() <= available {
+                    " fits"
+                } else {
+                    " does not fit"
+                };
+                format!("ZeRO-{stage} {:.1} GB{fits}", q.total() / 1e9)
+            })
+            .collect();
+        eprintln!("  world {world:>3}: {}", cells.join(", "));
+    }
+    eprintln!(
+        "  (ZeRO-3, which would shard the compute copy of the weights too, is not available yet)"
+    );
     check(&p, t.world_size, t.zero_stage, cfg.data.batch_size)
 }

@@ -178,6 +178,9 @@ pub struct Shard<B: Backend> {
 /// weights, exp_avg, exp_avg_sq).
 pub type HostPiece = (usize, usize, Vec<f32>, Vec<f32>, Vec<f32>);
 
+/// Whole Adam moments (exp_avg, exp_avg_sq) on the host, in parameter order.
+pub type WholeMoments<'a> = (&'a [Vec<f32>], &'a [Vec<f32>]);
+
 /// Buckets, their buffers, and the step's progress.
 pub struct Reducer<B: Backend> {
     pub plan: BucketPlan,
@@ -485,12 +488,7 @@ impl<B: Backend> Reducer<B> {
 
     /// Sharded: set this rank's masters and moments from whole host tensors (parameter order),
     /// e.g. from a checkpoint written with any world size and stage; moments default to zero.
-    pub fn load(
-        &mut self,
-        be: &B,
-        params: &[Vec<f32>],
-        moments: Option<(&[Vec<f32>], &[Vec<f32>])>,
-    ) {
+    pub fn load(&mut self, be: &B, params: &[Vec<f32>], moments: Option<WholeMoments<'_>>) {
         if let Some(sh) = &mut self.shard {
             for (i, s) in sh.segments.iter().enumerate() {
                 let r = s.param_off..s.param_off + s.len;

@@ -56,10 +56,12 @@ pub struct MemoryPlan {
     pub grads: f64,
     pub optimizer: f64,
     pub activations: f64,
-    /// Data parallelism's bucket slots (fp32 gradients, plus compute-precision weights under
-    /// ZeRO-1). 0 on one device.
+    /// Data parallelism's bucket slots (fp32 gradients, plus compute-precision weights when
+    /// sharded). 0 on one device.
     pub buckets: f64,
     pub available: f64,
+    /// What the backward recomputes (for the advice when the plan does not fit).
+    pub recompute: Recompute,
 }
 
 impl MemoryPlan {
@@ -102,22 +104,53 @@ pub fn plan(
     // Plus the final norm, the logits (which hold their gradient) and one layer of gradient scratch.
     let acts =
         tokens * (m.n_layers as f64 * saved + 2.0 * d + m.vocab_size as f64 + per_layer + scratch);
+    // ZeRO stages apply to data-parallel runs only; one process keeps everything.
+    let stage = if world > 1 { zero_stage } else { 0 };
+    let shard = n / world as f64;
     MemoryPlan {
-        weights: n * w.weights,
-        grads: n * w.grads,
-        optimizer: n * w.optimizer / if zero_stage >= 1 { world as f64 } else { 1.0 },
+        // Sharded: the model in the compute precision, and the fp32 masters (with their compute
+        // copy, the all-gather's source) of this rank's shard.
+        weights: if stage >= 1 {
+            n * w.activations + shard * w.weights
+        } else {
+            n * w.weights
+        },
+        // ZeRO-2: this rank's summed shard, and storage for the group being computed.
+        grads: if stage >= 2 {
+            (shard + largest_group(m) as f64) * w.grads
+        } else {
+            n * w.grads
+        },
+        optimizer: if stage >= 1 { shard } else { n } * w.optimizer,
         activations: acts * w.activations,
         buckets: if world > 1 {
-            // The reducer's ring of slots, each as large as the largest bucket (a parameter
-            // larger than the bucket size gets a bucket of its own).
-            let largest = m.params().iter().map(|p| p.numel()).max().unwrap_or(0);
-            let slot = bucket_elems.max(largest).min(m.num_params()) as f64;
-            let per = w.grads + if zero_stage >= 1 { w.activations } else { 0.0 };
-            crate::dist::reducer::RING as f64 * slot * per
+            // The reducer's ring of slots, each as large as the largest bucket (at most the
+            // bucket size: larger parameters are split).
+            let slot = bucket_elems.min(m.num_params()).div_ceil(world) * world;
+            let per = w.grads + if stage >= 1 { w.activations } else { 0.0 };
+            crate::dist::reducer::RING as f64 * slot as f64 * per
         } else {
             0.0
         },
         available,
+        recompute,
+    }
+}
+
+/// Elements of gradient storage a ZeRO-2 backward holds at once: one group (the head, a layer, or
+/// the embedding); a tied embedding's gradient is held from the head to the end.
+fn largest_group(m: &ModelConfig) -> usize {
+    let info = m.params();
+    let size = |f: &dyn Fn(&str) -> bool| -> usize {
+        info.iter().filter(|p| f(&p.name)).map(|p| p.numel()).sum()
+    };
+    let layer = size(&|n| n.starts_with("model.layers.0."));
+    let embed = size(&|n| n == "model.embed_tokens.weight");
+    let head = size(&|n| n == "model.norm.weight" || n == "lm_head.weight");
+    if m.tie_embeddings {
+        embed + head.max(layer)
+    } else {
+        layer.max(head).max(embed)
     }
 }
 
@@ -147,18 +180,23 @@ pub fn check(p: &MemoryPlan, world: usize, zero_stage: u8, batch: usize) -> Resu
     );
     if p.available > 0.0 && p.total() > p.available {
         let state = p.weights + p.grads + p.optimizer + p.buckets;
-        let advice = if p.weights + p.grads > p.available {
-            "the weights and gradients alone do not fit one device, and kiln does not shard them yet (ZeRO-2/3): use devices with more memory or a smaller model"
-        } else if state > p.available {
-            if zero_stage == 0 {
-                "set train.zero_stage = 1 to shard the optimizer state over train.world_size devices, or use more devices"
+        let full = if p.recompute == Recompute::Full {
+            ""
+        } else {
+            "set train.recompute = \"full\", or "
+        };
+        let advice = if state > p.available {
+            if world == 1 {
+                "the model's state alone does not fit one device: train on several (train.world_size) with train.zero_stage = 2 to shard it, or use a smaller model".to_string()
+            } else if zero_stage < 2 {
+                "set train.zero_stage = 2 to shard the master weights, gradients and optimizer state over the train.world_size devices, or raise train.world_size".to_string()
             } else {
-                "the sharded optimizer state still does not fit: raise train.world_size or use a smaller model"
+                "the sharded state still does not fit: raise train.world_size or use a smaller model (ZeRO-3, which would shard the compute copy of the weights too, is not available yet)".to_string()
             }
         } else if batch > 1 {
-            "lower data.batch_size (raise train.grad_accum to keep the tokens per step) or data.seq_len"
+            format!("{full}lower data.batch_size (raise train.grad_accum to keep the tokens per step) or data.seq_len")
         } else {
-            "lower data.seq_len"
+            format!("{full}lower data.seq_len")
         };
         bail!(
             "the run needs {} per device but {} is available: {advice}",
@@ -223,24 +261,37 @@ mod tests {
     }
 
     #[test]
-    fn llama3_8b_state_is_counted_and_zero1_shards_the_optimizer() {
+    fn llama3_8b_state_is_counted_and_each_zero_stage_shards_more() {
         let m = llama3_8b();
+        let n = 8_030_261_248.0;
         assert_eq!(m.num_params(), 8_030_261_248);
-        let p0 = plan(&m, 1, 4096, 4, 0, 1 << 22, Recompute::None, CUDA, 80e9);
-        let p1 = plan(&m, 1, 4096, 4, 1, 1 << 22, Recompute::None, CUDA, 80e9);
+        let at = |world, stage, rc| plan(&m, 1, 4096, world, stage, 1 << 22, rc, CUDA, 80e9);
+        let p0 = at(4, 0, Recompute::None);
+        let p1 = at(4, 1, Recompute::None);
+        let p2 = at(4, 2, Recompute::None);
+        assert!((p0.weights - 6.0 * n).abs() < 1.0);
+        // ZeRO-1: bf16 weights everywhere, fp32 masters (+ their bf16 copy) and moments of a quarter.
+        assert!((p1.weights - (2.0 * n + 6.0 * n / 4.0)).abs() < 1.0);
         assert!((p0.optimizer / p1.optimizer - 4.0).abs() < 1e-9);
-        assert!((p0.weights - 6.0 * 8_030_261_248.0).abs() < 1.0);
-        // 8B with fp32 master weights and gradients cannot fit one 80 GB device even with ZeRO-1.
+        assert_eq!(p0.grads, p1.grads);
+        // ZeRO-2: a quarter of the fp32 gradients, plus the largest group while the backward
+        // computes it: the head (the output projection, 128256 × 4096, and the final norm).
+        assert!((p2.grads - 4.0 * (n / 4.0 + 128256.0 * 4096.0 + 4096.0)).abs() < 1.0);
+        // Buckets are bounded: three slots of 4 Mi elements in fp32 and bf16.
+        assert!((p2.buckets - 3.0 * (1 << 22) as f64 * 6.0).abs() < 1.0);
+        // Unsharded state does not fit one 80 GB device; the advice is ZeRO-2.
+        let e = check(&p0, 4, 0, 1).unwrap_err().to_string();
+        assert!(e.contains("train.zero_stage = 2"), "{e}");
+        // ZeRO-1's state fits, its activations do not: the advice is recomputation.
         let e = check(&p1, 4, 1, 1).unwrap_err().to_string();
-        assert!(e.contains("weights and gradients alone do not fit"), "{e}");
-        // On 141 GB devices it fits with ZeRO-1 over 4 ranks at one sequence of 4096.
-        assert!(check(
-            &plan(&m, 1, 4096, 4, 1, 1 << 22, Recompute::None, CUDA, 141e9),
-            4,
-            1,
-            1
-        )
-        .is_ok());
+        assert!(e.contains("train.recompute = \"full\""), "{e}");
+        // The paper's recipe, 4,096 tokens per device: fits 80 GB at ZeRO-2 with full
+        // recomputation over 4 devices, and over 8.
+        for world in [4, 8] {
+            let p = at(world, 2, Recompute::Full);
+            assert!(p.total() < 60e9, "world {world}: {}", p.total());
+            assert!(check(&p, world, 2, 1).is_ok());
+        }
     }
 
     #[test]
