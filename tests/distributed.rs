@@ -247,6 +247,84 @@ fn sharded_resume_is_exact_at_the_same_world_and_stage_and_resplits_for_others()
     assert!(d.join("one/step_000006/model.safetensors").exists());
 }
 
+#[test]
+fn measured_memory_of_real_steps_is_the_plan_within_ten_percent_at_every_stage_and_recompute() {
+    use kiln::backend::cpu::CpuBackend;
+    use kiln::backend::tracked::{Tracked, KINDS};
+    use kiln::train::memory::{plan, Widths};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    world_ready(d);
+    let mut worst = 0.0f64;
+    for (world, zero) in [(1, 0), (2, 0), (2, 1), (2, 2), (4, 2)] {
+        for recompute in ["false", "true", "\"full\""] {
+            let name = format!("mem-{world}-{zero}-{}", recompute.trim_matches('"'));
+            let cfg = config(
+                d,
+                &[
+                    ("train.out_dir", &format!("\"{}/{name}\"", d.display())),
+                    ("train.world_size", &world.to_string()),
+                    ("data.batch_size", &(4 / world).to_string()),
+                    ("train.zero_stage", &zero.to_string()),
+                    ("train.recompute", recompute),
+                    ("train.steps", "2"),
+                    // Wider than the tokens' logits, so that every kind of state weighs.
+                    ("model.dim", "64"),
+                    ("model.ffn_dim", "192"),
+                ],
+            );
+            let peaks = kiln::train::ranks::ranks_as_threads(&cfg, |comm| {
+                let be = Tracked::new(CpuBackend::<f32>::new());
+                if world == 1 {
+                    kiln::train::trainer::train(&be, &cfg, None, None)?;
+                } else {
+                    let comm = kiln::dist::TrackedComm(comm);
+                    kiln::train::trainer::train_dist(&be, &cfg, None, None, Some(&comm))?;
+                }
+                Ok(be.peaks())
+            })
+            .unwrap();
+            let tok = kiln::data::tokenizer::Tokenizer::from_file(&cfg.data.tokenizer, None, None)
+                .unwrap();
+            let m = kiln::train::setup::resolve_model(&cfg, &tok).unwrap();
+            let t = &cfg.train;
+            let p = plan(
+                &m,
+                cfg.data.batch_size,
+                cfg.data.seq_len,
+                world,
+                zero,
+                t.bucket_elems(),
+                t.recompute,
+                Widths::CPU,
+                0.0,
+            );
+            for (rank, got) in peaks.iter().enumerate() {
+                for (i, kind) in KINDS.iter().enumerate() {
+                    let (want, have) = (p.by_kind[i], got.peak[i] as f64);
+                    let err = (have - want).abs() / want.max(1.0);
+                    worst = worst.max(err);
+                    eprintln!("{name} rank {rank} {kind:?}: measured {have} B, planned {want:.0} B ({:+.1}%)", 100.0 * (have - want) / want.max(1.0));
+                    assert!(
+                        err < 0.10,
+                        "{name}, rank {rank}, {kind:?}: measured {have} bytes at the peak, planned {want}"
+                    );
+                }
+                let total = got.peak_total as f64;
+                assert!(
+                    (total - p.total()).abs() / p.total() < 0.10,
+                    "{name}, rank {rank}: measured peak {total} bytes in all, planned {}",
+                    p.total()
+                );
+            }
+        }
+    }
+    eprintln!(
+        "worst measured-against-planned difference by kind: {:.1}%",
+        100.0 * worst
+    );
+}
+
 /// Run `cmd` with a deadline; kill it and fail the test if it does not finish.
 fn run_with_deadline(cmd: &mut Command, limit: Duration) -> std::process::Output {
     let mut child = cmd

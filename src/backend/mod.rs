@@ -23,6 +23,7 @@ pub mod contract;
 pub mod cpu;
 #[cfg(any(feature = "cuda", feature = "cuda-emu"))]
 pub mod cuda;
+pub mod tracked;
 
 /// Shape of one attention call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,6 +104,12 @@ pub trait Backend: Send + Sync {
 
     /// Wait until all queued work is done (a no-op on the CPU; timing on a GPU needs it).
     fn synchronize(&self) {}
+
+    /// Bytes of buffers alive and at their peak, by kind, where the backend measures them
+    /// ([`tracked::Tracked`]); None otherwise.
+    fn memory_peaks(&self) -> Option<tracked::MemPeaks> {
+        None
+    }
 
     // ---- memory ---------------------------------------------------------------------------
     /// A zero-filled buffer.

@@ -5,6 +5,7 @@
 use anyhow::{bail, Result};
 
 use crate::backend::cpu::CpuBackend;
+use crate::backend::tracked::Tracked;
 use crate::backend::{AttentionKernel, GenerationBackend};
 use crate::cli::Device;
 use crate::config::Config;
@@ -69,6 +70,19 @@ impl DeviceBackend for crate::backend::cuda::CudaBackend {
     }
 }
 
+/// A measured backend runs, joins and trains as its inner one does.
+impl<B: DeviceBackend> DeviceBackend for Tracked<B> {
+    fn join<'a>(&'a self, env: &DistEnv, cfg: &Config) -> Result<Box<dyn Communicator<Self> + 'a>> {
+        Ok(Box::new(crate::dist::TrackedComm(
+            self.inner.join(env, cfg)?,
+        )))
+    }
+
+    fn training_notes(&self, cfg: &Config) -> Vec<String> {
+        self.inner.training_notes(cfg)
+    }
+}
+
 /// A command's work, run on whichever backend `--device` names.
 pub trait OnDevice {
     type Out;
@@ -83,6 +97,8 @@ pub struct Placement {
     pub ordinal: usize,
     /// `train.attention` and `train.deterministic` for a CUDA backend that trains.
     pub attention: Option<(AttentionKernel, bool)>,
+    /// Count the bytes of every buffer by kind ([`Tracked`]): training reports its measured peak.
+    pub measure_memory: bool,
 }
 
 impl Placement {
@@ -91,6 +107,7 @@ impl Placement {
             device,
             ordinal: 0,
             attention: None,
+            measure_memory: false,
         }
     }
 }
@@ -106,6 +123,7 @@ pub fn check(device: Device) -> Result<()> {
 /// Open the backend `at` names and run `work` on it.
 pub fn on_device<W: OnDevice>(at: Placement, work: W) -> Result<W::Out> {
     match at.device {
+        Device::Cpu if at.measure_memory => work.run(&Tracked::new(CpuBackend::<f32>::new())),
         Device::Cpu => work.run(&CpuBackend::<f32>::new()),
         Device::Cuda => on_cuda(at, work),
     }
@@ -117,6 +135,9 @@ fn on_cuda<W: OnDevice>(at: Placement, work: W) -> Result<W::Out> {
         crate::backend::cuda::CudaBackend::new(at.ordinal).map_err(|e| anyhow::anyhow!(e))?;
     if let Some((kernel, deterministic)) = at.attention {
         be.set_attention(kernel, deterministic);
+    }
+    if at.measure_memory {
+        return work.run(&Tracked::new(be));
     }
     work.run(&be)
 }

@@ -75,6 +75,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
             device: a.device,
             ordinal: env.as_ref().map_or(0, |e| e.local_rank),
             attention: Some((cfg.train.attention, cfg.train.deterministic)),
+            measure_memory: true,
         };
         let work = TrainOnDevice {
             cfg: &cfg,

@@ -34,6 +34,7 @@ pub fn experiment_world(a: ExperimentWorldArgs) -> Result<()> {
         set_threads(cfg.train.threads);
         let at = Placement {
             attention: Some((cfg.train.attention, cfg.train.deterministic)),
+            measure_memory: true,
             ..Placement::new(device)
         };
         device::on_device(at, TrainOnDevice::single(cfg, resume, None))

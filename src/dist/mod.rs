@@ -23,6 +23,7 @@ pub mod rendezvous;
 
 use anyhow::{bail, Result};
 
+use crate::backend::tracked::{Tracked, TrackedBuf};
 use crate::backend::Backend;
 
 /// Collectives over the ranks of one data-parallel group, in place on backend buffers. Every
@@ -57,6 +58,52 @@ pub trait Communicator<B: Backend>: Send + Sync {
     /// As `wait`, and block the host until the queued collectives are done, failing after the
     /// timeout (call before the host reads anything that depends on them).
     fn sync(&self, be: &B) -> Result<()>;
+}
+
+/// A communicator for a [`Tracked`] backend: the same collectives, on the inner backend's
+/// buffers, over `C` (a communicator of the inner backend, by value, reference or box).
+pub struct TrackedComm<C>(pub C);
+
+impl<B: Backend, C: std::ops::Deref + Send + Sync> Communicator<Tracked<B>> for TrackedComm<C>
+where
+    C::Target: Communicator<B>,
+{
+    fn rank(&self) -> usize {
+        self.0.rank()
+    }
+    fn world(&self) -> usize {
+        self.0.world()
+    }
+    fn all_reduce(&self, be: &Tracked<B>, buf: &mut TrackedBuf<B>, len: usize) -> Result<()> {
+        self.0.all_reduce(&be.inner, &mut buf.inner, len)
+    }
+    fn reduce_scatter(&self, be: &Tracked<B>, buf: &mut TrackedBuf<B>, len: usize) -> Result<()> {
+        self.0.reduce_scatter(&be.inner, &mut buf.inner, len)
+    }
+    fn all_gather(&self, be: &Tracked<B>, buf: &mut TrackedBuf<B>, len: usize) -> Result<()> {
+        self.0.all_gather(&be.inner, &mut buf.inner, len)
+    }
+    fn broadcast(
+        &self,
+        be: &Tracked<B>,
+        buf: &mut TrackedBuf<B>,
+        len: usize,
+        root: usize,
+    ) -> Result<()> {
+        self.0.broadcast(&be.inner, &mut buf.inner, len, root)
+    }
+    fn all_reduce_host(&self, x: &mut [f64]) -> Result<()> {
+        self.0.all_reduce_host(x)
+    }
+    fn barrier(&self) -> Result<()> {
+        self.0.barrier()
+    }
+    fn wait(&self, be: &Tracked<B>) -> Result<()> {
+        self.0.wait(&be.inner)
+    }
+    fn sync(&self, be: &Tracked<B>) -> Result<()> {
+        self.0.sync(&be.inner)
+    }
 }
 
 /// Every rank gets `root`'s bytes (`mine` is read on `root` only), over the host all-reduce: the

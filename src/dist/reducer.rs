@@ -490,12 +490,17 @@ impl<B: Backend> Reducer<B> {
     /// e.g. from a checkpoint written with any world size and stage; moments default to zero.
     pub fn load(&mut self, be: &B, params: &[Vec<f32>], moments: Option<WholeMoments<'_>>) {
         if let Some(sh) = &mut self.shard {
+            // Each zero buffer is released before its replacement is made: no segment is held twice.
+            let set = |buf: &mut B::Buf, host: &[f32], kind| {
+                *buf = be.alloc(0, kind);
+                *buf = be.upload_as(host, kind);
+            };
             for (i, s) in sh.segments.iter().enumerate() {
                 let r = s.param_off..s.param_off + s.len;
-                sh.p[i] = be.upload_as(&params[s.param][r.clone()], BufKind::Param);
+                set(&mut sh.p[i], &params[s.param][r.clone()], BufKind::Param);
                 if let Some((m, v)) = moments {
-                    sh.m[i] = be.upload_as(&m[s.param][r.clone()], BufKind::Optim);
-                    sh.v[i] = be.upload_as(&v[s.param][r], BufKind::Optim);
+                    set(&mut sh.m[i], &m[s.param][r.clone()], BufKind::Optim);
+                    set(&mut sh.v[i], &v[s.param][r], BufKind::Optim);
                 }
             }
         }

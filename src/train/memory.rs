@@ -15,6 +15,8 @@ pub struct Widths {
     /// Both Adam moments.
     pub optimizer: f64,
     pub activations: f64,
+    /// Per-row statistics and tables kept in full precision (RMSNorm's rstd, attention's lse).
+    pub stats: f64,
 }
 
 impl Widths {
@@ -31,6 +33,7 @@ impl Widths {
             grads: be.elem_bytes(BufKind::Grad) as f64,
             optimizer: 2.0 * optim,
             activations: be.elem_bytes(BufKind::Act) as f64,
+            stats: be.elem_bytes(BufKind::Stat) as f64,
         }
     }
 
@@ -40,6 +43,7 @@ impl Widths {
         grads: 4.0,
         optimizer: 8.0,
         activations: 2.0,
+        stats: 4.0,
     };
     /// The CPU reference: f32 everything.
     pub const CPU: Widths = Widths {
@@ -47,6 +51,7 @@ impl Widths {
         grads: 4.0,
         optimizer: 8.0,
         activations: 4.0,
+        stats: 4.0,
     };
 }
 
@@ -62,6 +67,9 @@ pub struct MemoryPlan {
     pub available: f64,
     /// What the backward recomputes (for the advice when the plan does not fit).
     pub recompute: Recompute,
+    /// The same bytes by the kind of buffer that holds them (`backend::tracked::KINDS` order:
+    /// Param, Grad, Optim, Act, Stat), to hold against a measured step.
+    pub by_kind: [f64; 5],
 }
 
 impl MemoryPlan {
@@ -91,62 +99,98 @@ pub fn plan(
         (m.n_heads * m.head_dim) as f64,
         (m.n_kv_heads * m.head_dim) as f64,
     );
-    // Saved per layer and token: x, xn1, q, k, v, att, h, xn2, gate, up, act (model/mod.rs LayerActs).
+    // Kept per layer and token (model/mod.rs LayerActs): x, xn1, q, k, v, att, h, xn2, gate, up,
+    // act in the compute precision; rstd1, rstd2 and the attention's lse (one per head) as
+    // statistics.
     let per_layer = 4.0 * d + 2.0 * qd + 2.0 * kvd + 3.0 * f;
+    let per_layer_stats = 2.0 + m.n_heads as f64;
     // `train.recompute`: with norms, xn1, xn2 and act are rebuilt in the backward from one
     // shared scratch (xn, rstd, act) instead; with full, a layer keeps its input x only and runs
-    // again in one shared layer of activations.
-    let (saved, scratch) = match recompute {
-        Recompute::None => (per_layer, 0.0),
-        Recompute::Norms => (per_layer - 2.0 * d - f, d + 1.0 + f),
-        Recompute::Full => (d, per_layer),
+    // again in one shared layer of activations. (kept, shared scratch) per token:
+    let ((saved, saved_stats), (scratch, scratch_stats)) = match recompute {
+        Recompute::None => ((per_layer, per_layer_stats), (0.0, 0.0)),
+        Recompute::Norms => ((per_layer - 2.0 * d - f, per_layer_stats), (d + f, 1.0)),
+        Recompute::Full => ((d, 0.0), (per_layer, per_layer_stats)),
     };
-    // Plus the final norm, the logits (which hold their gradient) and one layer of gradient scratch.
-    let acts =
-        tokens * (m.n_layers as f64 * saved + 2.0 * d + m.vocab_size as f64 + per_layer + scratch);
+    let layers = m.n_layers as f64;
+    // Plus the final norm's input and output and its rstd, the logits (which hold their
+    // gradient), and the backward's scratch: dres, dxn, dq, datt, dk, dv, dgate, dup, dact.
+    let grad_scratch = 2.0 * d + 2.0 * qd + 2.0 * kvd + 3.0 * f;
+    let act_values =
+        tokens * (layers * saved + scratch + 2.0 * d + m.vocab_size as f64 + grad_scratch);
+    // The RoPE tables: cos and sin of every position, D/2 each.
+    let stat_values =
+        tokens * (layers * saved_stats + scratch_stats + 1.0) + (m.max_seq_len * m.head_dim) as f64;
     // ZeRO stages apply to data-parallel runs only; one process keeps everything.
     let stage = if world > 1 { zero_stage } else { 0 };
     let shard = n / world as f64;
-    MemoryPlan {
-        // Sharded: the model in the compute precision, and the fp32 masters (with their compute
-        // copy, the all-gather's source) of this rank's shard.
-        weights: if stage >= 1 {
-            n * w.activations + shard * w.weights
-        } else {
-            n * w.weights
-        },
-        // ZeRO-2: this rank's summed shard, and storage for the group being computed.
-        grads: if stage >= 2 {
-            (shard + largest_group(m) as f64) * w.grads
-        } else {
-            n * w.grads
-        },
-        optimizer: if stage >= 1 { shard } else { n } * w.optimizer,
-        activations: acts * w.activations,
-        buckets: if world > 1 {
-            // The reducer's ring of slots, each as large as the largest bucket (at most the
-            // bucket size: larger parameters are split).
-            let slot = bucket_elems.min(m.num_params()).div_ceil(world) * world;
-            let per = w.grads + if stage >= 1 { w.activations } else { 0.0 };
-            crate::dist::reducer::RING as f64 * slot as f64 * per
+    // Sharded: the model in the compute precision, and the fp32 masters (with their compute
+    // copy, the all-gather's source) of this rank's shard.
+    let (masters, compute_weights) = if stage >= 1 {
+        (shard * w.weights, n * w.activations)
+    } else {
+        (n * w.weights, 0.0)
+    };
+    // ZeRO-1: whole local gradients, and this rank's summed shard beside them; ZeRO-2: the
+    // summed shard, and storage for the group being computed.
+    let grads = match stage {
+        0 => n,
+        1 => n + shard,
+        _ => shard + largest_group(m) as f64,
+    } * w.grads;
+    let optimizer = if stage >= 1 { shard } else { n } * w.optimizer;
+    // The reducer's ring of slots, each as large as the largest bucket: at most the bucket size
+    // (larger parameters are split), at most the largest group (buckets stay within one).
+    let (grad_slots, param_slots) = if world > 1 {
+        let (layer, head, embed) = group_sizes(m);
+        let largest = bucket_elems.min(layer.max(head).max(embed));
+        let slots = (crate::dist::reducer::RING * largest.div_ceil(world) * world) as f64;
+        let params = if stage >= 1 {
+            slots * w.activations
         } else {
             0.0
-        },
+        };
+        (slots * w.grads, params)
+    } else {
+        (0.0, 0.0)
+    };
+    let (acts, stats) = (act_values * w.activations, stat_values * w.stats);
+    MemoryPlan {
+        weights: masters + compute_weights,
+        grads,
+        optimizer,
+        activations: acts + stats,
+        buckets: grad_slots + param_slots,
         available,
         recompute,
+        by_kind: [
+            masters,
+            grads + grad_slots,
+            optimizer,
+            compute_weights + acts + param_slots,
+            stats,
+        ],
     }
+}
+
+/// Elements of one layer's parameters, of the head group (final norm and an untied output
+/// projection) and of the embedding.
+fn group_sizes(m: &ModelConfig) -> (usize, usize, usize) {
+    let info = m.params();
+    let size = |f: &dyn Fn(&str) -> bool| -> usize {
+        info.iter().filter(|p| f(&p.name)).map(|p| p.numel()).sum()
+    };
+    (
+        size(&|n| n.starts_with("model.layers.0.")),
+        size(&|n| n == "model.norm.weight" || n == "lm_head.weight"),
+        size(&|n| n == "model.embed_tokens.weight"),
+    )
 }
 
 /// Elements of gradient storage a ZeRO-2 backward holds at once: one group (the head, a layer, or
 /// the embedding); a tied embedding's gradient is held from the head to the end.
 fn largest_group(m: &ModelConfig) -> usize {
-    let info = m.params();
-    let size = |f: &dyn Fn(&str) -> bool| -> usize {
-        info.iter().filter(|p| f(&p.name)).map(|p| p.numel()).sum()
-    };
-    let layer = size(&|n| n.starts_with("model.layers.0."));
-    let embed = size(&|n| n == "model.embed_tokens.weight");
-    let head = size(&|n| n == "model.norm.weight" || n == "lm_head.weight");
+    let (layer, head, embed) = group_sizes(m);
     if m.tie_embeddings {
         embed + head.max(layer)
     } else {
@@ -154,8 +198,30 @@ fn largest_group(m: &ModelConfig) -> usize {
     }
 }
 
+/// The peak of a real step's buffers, by kind, against the plan (printed after a run's first step).
+pub fn measured_line(p: &MemoryPlan, m: &crate::backend::tracked::MemPeaks) -> String {
+    use crate::backend::tracked::KINDS;
+    let kinds: Vec<String> = KINDS
+        .iter()
+        .zip(&m.peak)
+        .zip(&p.by_kind)
+        .map(|((k, &have), &want)| format!("{k:?} {} (planned {})", gb(have as f64), gb(want)))
+        .collect();
+    format!(
+        "memory measured after the first step: peak {} of buffers (planned {}): {}",
+        gb(m.peak_total as f64),
+        gb(p.total()),
+        kinds.join(", ")
+    )
+}
+
+/// Bytes in GB with two decimals, or in MB below 1 GB (small models would read 0.00 GB).
 fn gb(x: f64) -> String {
-    format!("{:.2} GB", x / 1e9)
+    if x < 1e9 {
+        format!("{:.2} MB", x / 1e6)
+    } else {
+        format!("{:.2} GB", x / 1e9)
+    }
 }
 
 /// Print the plan; stop with advice when it does not fit.
@@ -220,20 +286,16 @@ mod tests {
         m
     }
 
-    const CUDA: Widths = Widths {
-        weights: 6.0,
-        grads: 4.0,
-        optimizer: 8.0,
-        activations: 2.0,
-    };
+    const CUDA: Widths = Widths::CUDA;
 
     #[test]
     fn recomputation_drops_the_norm_and_swiglu_activations() {
         let m = llama3_8b();
         let keep = plan(&m, 1, 4096, 1, 0, 1 << 22, Recompute::None, CUDA, 80e9);
         let rc = plan(&m, 1, 4096, 1, 0, 1 << 22, Recompute::Norms, CUDA, 80e9);
-        // (2·d + F) values per token and layer fewer, (d + 1 + F) of shared scratch more
-        let per_token = (32.0 * (2.0 * 4096.0 + 14336.0) - (4096.0 + 1.0 + 14336.0)) * 2.0;
+        // (2·d + F) values per token and layer fewer, (d + F) of shared scratch more (bf16), and
+        // one shared rstd (fp32)
+        let per_token = (32.0 * (2.0 * 4096.0 + 14336.0) - (4096.0 + 14336.0)) * 2.0 - 4.0;
         let saved = keep.activations - rc.activations;
         assert!((saved - 4096.0 * per_token).abs() < 1.0, "{saved}");
         assert_eq!(keep.weights, rc.weights);
@@ -247,8 +309,9 @@ mod tests {
         // Per layer: x, xn1, q, k, v, att, h, xn2, gate, up, act (4d + 2·H·D + 2·Hkv·D + 3F).
         let per_layer = 4.0 * 4096.0 + 2.0 * 4096.0 + 2.0 * 1024.0 + 3.0 * 14336.0;
         // 32 layers keep all of it without recomputation; with it they keep x (d) and share one
-        // layer of scratch.
-        let saved = (32.0 * per_layer - (32.0 * 4096.0 + per_layer)) * 2.0 * 4096.0;
+        // layer of scratch; the same for the statistics (2 rstd, 32 lse per token and layer).
+        let saved = (32.0 * per_layer - (32.0 * 4096.0 + per_layer)) * 2.0 * 4096.0
+            + 31.0 * 34.0 * 4.0 * 4096.0;
         assert!((keep.activations - full.activations - saved).abs() < 1.0);
         // 32 layers of 8B at 4,096 tokens: 19.9 GB of activations become 3.3 GB, a third of it
         // the logits.
@@ -273,7 +336,7 @@ mod tests {
         // ZeRO-1: bf16 weights everywhere, fp32 masters (+ their bf16 copy) and moments of a quarter.
         assert!((p1.weights - (2.0 * n + 6.0 * n / 4.0)).abs() < 1.0);
         assert!((p0.optimizer / p1.optimizer - 4.0).abs() < 1e-9);
-        assert_eq!(p0.grads, p1.grads);
+        assert!((p1.grads - p0.grads - 4.0 * n / 4.0).abs() < 1.0);
         // ZeRO-2: a quarter of the fp32 gradients, plus the largest group while the backward
         // computes it: the head (the output projection, 128256 × 4096, and the final norm).
         assert!((p2.grads - 4.0 * (n / 4.0 + 128256.0 * 4096.0 + 4096.0)).abs() < 1.0);

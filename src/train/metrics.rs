@@ -27,6 +27,9 @@ pub struct StepMetrics {
     /// Task scores when `[eval]` ran at this step.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub eval: Option<Vec<crate::eval::TaskScores>>,
+    /// Peak bytes of the backend's buffers so far, in GB, where it measures them.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub mem_peak_gb: Option<f64>,
     /// On the first step after a resume that changed safe config keys: `key: old -> new`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub config_changes: Option<Vec<String>>,

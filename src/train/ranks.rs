@@ -5,9 +5,11 @@
 use anyhow::{bail, Result};
 
 use crate::backend::cpu::CpuBackend;
+use crate::backend::tracked::Tracked;
 use crate::config::Config;
 use crate::dist::host::{thread_group, HostComm};
 use crate::dist::PeerStopped;
+use crate::dist::TrackedComm;
 use crate::train::trainer::{train_dist, Resume, TrainSummary};
 
 /// Data-parallel training on the CPU backend with `train.world_size` ranks as threads of this
@@ -19,18 +21,31 @@ pub fn train_ranks_as_threads(
     resume: Option<Resume>,
     until: Option<u64>,
 ) -> Result<TrainSummary> {
+    let mut all = ranks_as_threads(cfg, |comm| {
+        let be = Tracked::new(CpuBackend::<f32>::new());
+        train_dist(&be, cfg, resume.clone(), until, Some(&TrackedComm(comm)))
+    })?;
+    Ok(all.swap_remove(0))
+}
+
+/// `work` on `train.world_size` ranks as threads of this process, each with its in-process
+/// communicator; every rank's result in rank order. When a rank fails, the others stop with an
+/// error and the failing rank's error (or panic) is returned.
+pub fn ranks_as_threads<R: Send>(
+    cfg: &Config,
+    work: impl Fn(&HostComm) -> Result<R> + Sync,
+) -> Result<Vec<R>> {
     let world = cfg.train.world_size;
     let timeout = std::time::Duration::from_secs_f64(cfg.train.comm_timeout_s);
     let group = thread_group(world, timeout);
-    let results: Vec<std::thread::Result<Result<TrainSummary>>> = std::thread::scope(|s| {
+    let work = &work;
+    let results: Vec<std::thread::Result<Result<R>>> = std::thread::scope(|s| {
         let handles: Vec<_> = group
             .into_iter()
             .map(|ex| {
-                let resume = resume.clone();
                 s.spawn(move || {
-                    let be = CpuBackend::<f32>::new();
                     let comm = HostComm::new(Box::new(ex));
-                    train_dist(&be, cfg, resume, until, Some(&comm))
+                    work(&comm)
                 })
             })
             .collect();
@@ -38,7 +53,7 @@ pub fn train_ranks_as_threads(
     });
     // Report the root cause: a panic first, then the first error that is not another rank's echo.
     let mut first_err: Option<(bool, anyhow::Error)> = None;
-    let mut summary = None;
+    let mut out = Vec::with_capacity(world);
     for (rank, r) in results.into_iter().enumerate() {
         match r {
             Err(p) => {
@@ -56,13 +71,12 @@ pub fn train_ranks_as_threads(
                     _ => first_err = Some((echo, e.context(format!("rank {rank}")))),
                 }
             }
-            Ok(Ok(s)) if rank == 0 => summary = Some(s),
-            Ok(Ok(_)) => {}
+            Ok(Ok(x)) => out.push(x),
         }
     }
-    match (first_err, summary) {
-        (Some((_, e)), _) => Err(e),
-        (None, Some(s)) => Ok(s),
-        (None, None) => bail!("internal: rank 0 returned no summary"),
+    match first_err {
+        Some((_, e)) => Err(e),
+        None if out.len() == world => Ok(out),
+        None => bail!("internal: {} of {world} ranks returned", out.len()),
     }
 }

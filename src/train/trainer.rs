@@ -168,6 +168,11 @@ pub fn train_dist<B: GenerationBackend>(
         skipped += u64::from(record.skipped);
         summary.history.push(record);
         summary.steps_run += 1;
+        if summary.steps_run == 1 {
+            if let (Some(p), Some(m)) = (&run.planned, be.memory_peaks()) {
+                eprintln!("{}", memory::measured_line(p, &m));
+            }
+        }
         let step = run.state.step;
         if (t_cfg.checkpoint_every > 0 && step % t_cfg.checkpoint_every == 0) || step == last_step {
             run.save()?;
@@ -223,6 +228,8 @@ struct Run<'a, B: GenerationBackend> {
     fault: Option<FaultInjection>,
     /// Safe config keys changed since the checkpoint, recorded on the next metrics line.
     config_changes: Option<Vec<String>>,
+    /// The memory plan (rank 0), held against the measured peak after the first step.
+    planned: Option<memory::MemoryPlan>,
     /// Rank 0 holds the run directory for the whole run.
     _lock: Option<RunLock>,
 }
@@ -284,9 +291,10 @@ impl<'a, B: GenerationBackend> Run<'a, B> {
             agree::check(comm, &mine)?;
         }
         let tokens_per_step = (d.batch_size * d.seq_len * t_cfg.grad_accum * world) as u64;
+        let mut planned = None;
         if lead {
             print_overview(&mcfg, &loader, tokens_per_step, t_cfg.steps);
-            check_memory(be, cfg, &mcfg)?;
+            planned = Some(check_memory(be, cfg, &mcfg)?);
         }
 
         // Model and optimizer state: fresh or from a checkpoint.
@@ -384,6 +392,7 @@ impl<'a, B: GenerationBackend> Run<'a, B> {
             },
             fault: FaultInjection::from_env()?,
             config_changes,
+            planned,
             _lock: lock,
         })
     }
@@ -532,6 +541,7 @@ impl<'a, B: GenerationBackend> Run<'a, B> {
             val_loss,
             skipped: !s.applied,
             eval,
+            mem_peak_gb: be.memory_peaks().map(|p| p.peak_total as f64 / 1e9),
             config_changes: self.config_changes.take(),
         })
     }
@@ -573,7 +583,11 @@ fn print_overview(mcfg: &ModelConfig, loader: &Loader, tokens_per_step: u64, ste
 }
 
 /// Stop before allocating anything when the run cannot fit.
-fn check_memory<B: Backend>(be: &B, cfg: &Config, mcfg: &ModelConfig) -> Result<()> {
+fn check_memory<B: Backend>(
+    be: &B,
+    cfg: &Config,
+    mcfg: &ModelConfig,
+) -> Result<memory::MemoryPlan> {
     let (d, t_cfg) = (&cfg.data, &cfg.train);
     let available = if t_cfg.device_memory_gb > 0.0 {
         t_cfg.device_memory_gb * 1e9
@@ -591,7 +605,8 @@ fn check_memory<B: Backend>(be: &B, cfg: &Config, mcfg: &ModelConfig) -> Result<
         memory::Widths::of(be),
         available,
     );
-    memory::check(&plan, t_cfg.world_size, t_cfg.zero_stage, d.batch_size)
+    memory::check(&plan, t_cfg.world_size, t_cfg.zero_stage, d.batch_size)?;
+    Ok(plan)
 }
 
 /// A fresh model's parameters (host, `mcfg.params()` order): from `model.init_from = "hf:PATH"`,
