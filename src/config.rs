@@ -129,7 +129,9 @@ pub struct TrainConfig {
     pub world_size: usize,
     /// Data parallelism's sharding (DeepSpeed's ZeRO stages): 0, every rank holds the whole state;
     /// 1, the fp32 master weights and Adam moments are sharded over the ranks (each keeps the
-    /// model in the compute precision); 2, the fp32 gradients too (reduced on every micro-batch).
+    /// model in the compute precision); 2, the fp32 gradients too (reduced on every micro-batch);
+    /// 3, the compute copy of the weights too (each unit's gathered around its forward and its
+    /// backward).
     pub zero_stage: u8,
     /// Memory available per device in GB for the memory plan (0 = detect: the GPU's memory, or
     /// the machine's RAM for the CPU backend).
@@ -444,9 +446,9 @@ impl Config {
         if t.world_size == 0 {
             bail!("train.world_size must be positive");
         }
-        if t.zero_stage > 2 {
+        if t.zero_stage > 3 {
             bail!(
-                "train.zero_stage = {} is not supported: 0 (nothing sharded), 1 (master weights and moments) or 2 (and gradients)",
+                "train.zero_stage = {} is not a ZeRO stage: 0 (nothing sharded), 1 (master weights and moments), 2 (and gradients) or 3 (and the weights themselves)",
                 t.zero_stage
             );
         }

@@ -138,6 +138,8 @@ fn n_ranks_with_batch_b_match_one_rank_with_batch_n_b_at_every_zero_stage() {
         ("4 ranks x 1, ZeRO-0", "4", "1", "0"),
         ("2 ranks x 2, ZeRO-2", "2", "2", "2"),
         ("4 ranks x 1, ZeRO-2", "4", "1", "2"),
+        ("2 ranks x 2, ZeRO-3", "2", "2", "3"),
+        ("4 ranks x 1, ZeRO-3", "4", "1", "3"),
     ];
     for (i, (what, world, batch, zero)) in cases.iter().enumerate() {
         let name = format!("dp{i}");
@@ -162,6 +164,47 @@ fn n_ranks_with_batch_b_match_one_rank_with_batch_n_b_at_every_zero_stage() {
         assert!(err < 1e-4, "{what}: relative error {err:e}");
         assert!(loss_err < 1e-5, "{what}: loss relative error {loss_err:e}");
     }
+}
+
+#[test]
+fn zero3_validates_with_the_whole_model_gathered_on_every_rank() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    world_ready(d);
+    let val_losses = |zero: &str| {
+        let name = format!("val-zero{zero}");
+        let cfg = config(
+            d,
+            &[
+                ("train.out_dir", &format!("\"{}/{name}\"", d.display())),
+                ("train.world_size", "2"),
+                ("data.batch_size", "2"),
+                ("train.zero_stage", zero),
+                ("data.val_fraction", "0.1"),
+                ("train.eval_every", "2"),
+                ("train.eval_batches", "2"),
+            ],
+        );
+        kiln::train::ranks::train_ranks_as_threads(&cfg, None, None).unwrap();
+        std::fs::read_to_string(d.join(&name).join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["val_loss"].as_f64()
+            })
+            .collect::<Vec<f64>>()
+    };
+    let (want, got) = (val_losses("0"), val_losses("3"));
+    // Steps 2, 4 and 6; the weights move between them, and ZeRO-3 sees the same ones.
+    assert_eq!(want.len(), 3, "{want:?}");
+    assert!((want[0] - want[2]).abs() > 1e-3, "{want:?}");
+    for (a, b) in got.iter().zip(&want) {
+        assert!(
+            ((a - b) / b).abs() < 1e-5,
+            "ZeRO-3 {got:?} vs ZeRO-0 {want:?}"
+        );
+    }
+    assert_eq!(got.len(), want.len());
 }
 
 #[test]
@@ -244,6 +287,7 @@ fn sharded_resume_is_exact_at_the_same_world_and_stage_and_resplits_for_others()
         .join("four-zero1/step_000006/optimizer.rank00003.safetensors")
         .exists());
     resplit("one", &set("one", "1", "4", "0"));
+    resplit("two-zero3", &set("two-zero3", "2", "2", "3"));
     assert!(d.join("one/step_000006/model.safetensors").exists());
 }
 
@@ -251,12 +295,12 @@ fn sharded_resume_is_exact_at_the_same_world_and_stage_and_resplits_for_others()
 fn measured_memory_of_real_steps_is_the_plan_within_ten_percent_at_every_stage_and_recompute() {
     use kiln::backend::cpu::CpuBackend;
     use kiln::backend::tracked::{Tracked, KINDS};
-    use kiln::train::memory::{plan, Widths};
+    use kiln::train::memory::{plan, Setting, Widths};
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     world_ready(d);
     let mut worst = 0.0f64;
-    for (world, zero) in [(1, 0), (2, 0), (2, 1), (2, 2), (4, 2)] {
+    for (world, zero) in [(1, 0), (2, 0), (2, 1), (2, 2), (2, 3), (4, 2), (4, 3)] {
         for recompute in ["false", "true", "\"full\""] {
             let name = format!("mem-{world}-{zero}-{}", recompute.trim_matches('"'));
             let cfg = config(
@@ -287,18 +331,7 @@ fn measured_memory_of_real_steps_is_the_plan_within_ten_percent_at_every_stage_a
             let tok = kiln::data::tokenizer::Tokenizer::from_file(&cfg.data.tokenizer, None, None)
                 .unwrap();
             let m = kiln::train::setup::resolve_model(&cfg, &tok).unwrap();
-            let t = &cfg.train;
-            let p = plan(
-                &m,
-                cfg.data.batch_size,
-                cfg.data.seq_len,
-                world,
-                zero,
-                t.bucket_elems(),
-                t.recompute,
-                Widths::CPU,
-                0.0,
-            );
+            let p = plan(&m, &Setting::of(&cfg), Widths::CPU, 0.0);
             for (rank, got) in peaks.iter().enumerate() {
                 for (i, kind) in KINDS.iter().enumerate() {
                     let (want, have) = (p.by_kind[i], got.peak[i] as f64);
@@ -362,29 +395,35 @@ fn a_rank_that_panics_stops_the_other_threads_with_an_error() {
     let d = dir.path();
     world_ready(d);
     write_config(d);
-    let o = run_with_deadline(
-        Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .args([
-                "train",
-                "--config",
-                "c.toml",
-                "--set",
-                "train.world_size=3",
-                "--set",
-                "data.batch_size=1",
-                "--ranks-as-threads",
-            ])
-            .env("KILN_FAULT", "panic@1:2")
-            .current_dir(d),
-        Duration::from_secs(120),
-    );
-    let err = stderr(&o);
-    assert!(!o.status.success(), "{err}");
-    let last = err.lines().rfind(|l| l.starts_with("error:")).unwrap_or("");
-    assert!(
-        last.contains("rank 1 panicked") && last.contains("on purpose"),
-        "{err}"
-    );
+    for zero in ["0", "3"] {
+        let o = run_with_deadline(
+            Command::new(env!("CARGO_BIN_EXE_kiln"))
+                .args([
+                    "train",
+                    "--config",
+                    "c.toml",
+                    "--set",
+                    "train.world_size=3",
+                    "--set",
+                    "data.batch_size=1",
+                    "--set",
+                    &format!("train.zero_stage={zero}"),
+                    "--set",
+                    &format!("train.out_dir=\"run-zero{zero}\""),
+                    "--ranks-as-threads",
+                ])
+                .env("KILN_FAULT", "panic@1:2")
+                .current_dir(d),
+            Duration::from_secs(120),
+        );
+        let err = stderr(&o);
+        assert!(!o.status.success(), "ZeRO-{zero}: {err}");
+        let last = err.lines().rfind(|l| l.starts_with("error:")).unwrap_or("");
+        assert!(
+            last.contains("rank 1 panicked") && last.contains("on purpose"),
+            "ZeRO-{zero}: {err}"
+        );
+    }
 }
 
 #[test]

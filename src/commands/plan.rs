@@ -6,7 +6,7 @@ use crate::backend::cpu::system_memory_bytes;
 use crate::cli::{Device, PlanArgs};
 use crate::config::Config;
 use crate::data::tokenizer::Tokenizer;
-use crate::train::memory::{check, plan, Widths};
+use crate::train::memory::{check, plan, Setting, Widths};
 
 pub fn plan_cmd(a: PlanArgs) -> Result<()> {
     let cfg = Config::load(a.config.config.as_deref(), &a.config.overrides)?;
@@ -37,17 +37,8 @@ pub fn plan_cmd(a: PlanArgs) -> Result<()> {
         m.vocab_size,
         cfg.data.batch_size * cfg.data.seq_len
     );
-    let p = plan(
-        &m,
-        cfg.data.batch_size,
-        cfg.data.seq_len,
-        t.world_size,
-        t.zero_stage,
-        t.bucket_elems(),
-        t.recompute,
-        widths,
-        available,
-    );
+    let setting = Setting::of(&cfg);
+    let p = plan(&m, &setting, widths, available);
     // The same run at other world sizes and ZeRO stages, for choosing a setting.
     let mut worlds = vec![t.world_size, 4, 8];
     worlds.sort_unstable();
@@ -61,16 +52,15 @@ pub fn plan_cmd(a: PlanArgs) -> Result<()> {
         }
     );
     for &world in &worlds {
-        let cells: Vec<String> = (0..=2u8)
+        let cells: Vec<String> = (0..=3u8)
             .map(|stage| {
                 let q = plan(
                     &m,
-                    cfg.data.batch_size,
-                    cfg.data.seq_len,
-                    world,
-                    stage,
-                    t.bucket_elems(),
-                    t.recompute,
+                    &Setting {
+                        world,
+                        zero_stage: stage,
+                        ..setting
+                    },
                     widths,
                     available,
                 );
@@ -86,8 +76,5 @@ pub fn plan_cmd(a: PlanArgs) -> Result<()> {
             .collect();
         eprintln!("  world {world:>3}: {}", cells.join(", "));
     }
-    eprintln!(
-        "  (ZeRO-3, which would shard the compute copy of the weights too, is not available yet)"
-    );
     check(&p, t.world_size, t.zero_stage, cfg.data.batch_size)
 }

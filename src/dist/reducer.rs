@@ -36,7 +36,7 @@ use anyhow::{bail, Result};
 
 use super::Communicator;
 use crate::backend::{AdamW, Backend, BufKind};
-use crate::model::GradEvent;
+use crate::model::{GradEvent, PassHook};
 
 /// Parameters grouped into flat buckets.
 #[derive(Clone, Debug, PartialEq)]
@@ -184,9 +184,16 @@ pub type WholeMoments<'a> = (&'a [Vec<f32>], &'a [Vec<f32>]);
 /// Buckets, their buffers, and the step's progress.
 pub struct Reducer<B: Backend> {
     pub plan: BucketPlan,
-    /// 0, 1 or 2.
+    /// 0, 1, 2 or 3.
     pub stage: u8,
     numel: Vec<usize>,
+    /// The parameters of each ready group, and each parameter's group.
+    group_params: Vec<Vec<usize>>,
+    group_of: Vec<usize>,
+    /// ZeRO-3: whether a group's weights are in the model, and the all-gathers queued for it
+    /// (bucket, buffer).
+    present: Vec<bool>,
+    inflight: Vec<Vec<(usize, B::Buf)>>,
     /// RING slots of the largest padded bucket: fp32 gradients.
     grad_slots: Vec<B::Buf>,
     /// Sharded: RING slots for the parameters' all-gather in the compute precision.
@@ -221,6 +228,12 @@ impl<B: Backend> Reducer<B> {
                 .collect::<Vec<_>>()
         };
         let grad_slots = slots(BufKind::Grad);
+        let mut group_of = vec![usize::MAX; numel.len()];
+        for (g, ps) in groups.iter().enumerate() {
+            for &p in ps {
+                group_of[p] = g;
+            }
+        }
         let (param_slots, shard) = if stage >= 1 {
             let segments = plan.segments(rank);
             let mut by_bucket = vec![0..0; plan.buckets.len()];
@@ -240,11 +253,21 @@ impl<B: Backend> Reducer<B> {
                 by_bucket,
                 segments,
             };
-            (slots(BufKind::Act), Some(shard))
+            // ZeRO-3 gathers each group into buffers of its own when it is needed.
+            let param_slots = if stage >= 3 {
+                Vec::new()
+            } else {
+                slots(BufKind::Act)
+            };
+            (param_slots, Some(shard))
         } else {
             (Vec::new(), None)
         };
         Reducer {
+            present: vec![stage < 3; groups.len()],
+            inflight: groups.iter().map(|_| Vec::new()).collect(),
+            group_params: groups.to_vec(),
+            group_of,
             plan,
             stage,
             numel: numel.to_vec(),
@@ -265,7 +288,6 @@ impl<B: Backend> Reducer<B> {
         self.launched = 0;
         self.retired = 0;
         self.accumulate = self.stage >= 2 && !first;
-        self.error = None;
     }
 
     /// The backward's hook. `Begin`: ZeRO-2 gives the group's gradients storage (zeroed).
@@ -420,8 +442,154 @@ impl<B: Backend> Reducer<B> {
         }
     }
 
-    /// Sharded: AdamW on this rank's segments (their fp32 masters), then an all-gather of every
-    /// bucket in the compute precision brings every rank the updated model `params`.
+    /// The error a hook kept (a collective that failed inside a pass), if any.
+    pub fn take_error(&mut self) -> Result<()> {
+        match self.error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// The groups `params` belong to, each once, in order.
+    fn groups_of(&self, params: &[usize]) -> Vec<usize> {
+        let mut out: Vec<usize> = Vec::new();
+        for &p in params {
+            let g = self.group_of[p];
+            if !out.contains(&g) {
+                out.push(g);
+            }
+        }
+        out
+    }
+
+    /// ZeRO-3: queue the all-gather of group `g`'s weights, each bucket into a buffer of its own
+    /// (this rank's masters' compute copy in, everyone's out).
+    fn gather_group(&mut self, be: &B, comm: &dyn Communicator<B>, g: usize) {
+        let Some(sh) = &self.shard else { return };
+        for b in self.plan.groups[g].clone() {
+            let padded = self.plan.buckets[b].padded;
+            let mut buf = be.alloc(padded, BufKind::Act);
+            for i in sh.by_bucket[b].clone() {
+                let s = sh.segments[i];
+                be.copy_range(&mut buf, s.bucket_off, &sh.p[i], 0, s.len);
+            }
+            if self.error.is_none() {
+                if let Err(e) = comm.all_gather(be, &mut buf, padded) {
+                    self.error = Some(e);
+                }
+            }
+            self.inflight[g].push((b, buf));
+        }
+    }
+
+    /// ZeRO-3: give group `g`'s parameters storage and fill them from its gathered buckets, each
+    /// bucket's buffer freed as soon as it is unpacked. (After a failed collective the weights
+    /// are wrong but present; the step fails at its end.)
+    fn unpack_group(&mut self, be: &B, g: usize, params: &mut [B::Buf]) {
+        for &p in &self.group_params[g] {
+            if be.buf_len(&params[p]) != self.numel[p] {
+                params[p] = be.alloc(self.numel[p], BufKind::Act);
+            }
+        }
+        for (b, buf) in std::mem::take(&mut self.inflight[g]) {
+            for pc in &self.plan.buckets[b].pieces {
+                be.copy_range(
+                    &mut params[pc.param],
+                    pc.param_off,
+                    &buf,
+                    pc.bucket_off,
+                    pc.len,
+                );
+            }
+        }
+        self.present[g] = true;
+    }
+
+    /// ZeRO-3: make the weights of `need` present (gathering what was not prefetched), then start
+    /// gathering those of `next`.
+    pub fn need(
+        &mut self,
+        be: &B,
+        comm: &dyn Communicator<B>,
+        params: &mut [B::Buf],
+        need: &[usize],
+        next: &[usize],
+    ) {
+        if self.stage < 3 {
+            return;
+        }
+        let missing: Vec<usize> = self
+            .groups_of(need)
+            .into_iter()
+            .filter(|&g| !self.present[g])
+            .collect();
+        for &g in &missing {
+            if self.inflight[g].is_empty() {
+                self.gather_group(be, comm, g);
+            }
+        }
+        if !missing.is_empty() {
+            if let Err(e) = comm.wait(be) {
+                self.error.get_or_insert(e);
+            }
+            for &g in &missing {
+                self.unpack_group(be, g, params);
+            }
+        }
+        for g in self.groups_of(next) {
+            if !self.present[g] && self.inflight[g].is_empty() {
+                self.gather_group(be, comm, g);
+            }
+        }
+    }
+
+    /// ZeRO-3: free the weights of `done`'s groups.
+    pub fn release(&mut self, be: &B, params: &mut [B::Buf], done: &[usize]) {
+        if self.stage < 3 {
+            return;
+        }
+        for g in self.groups_of(done) {
+            if self.present[g] {
+                for &p in &self.group_params[g] {
+                    params[p] = be.alloc(0, BufKind::Act);
+                }
+                self.present[g] = false;
+            }
+        }
+    }
+
+    /// ZeRO-3: gather the whole model into `params`, one group at a time (for validation and
+    /// evaluation, which run on rank 0 with every weight); [`Reducer::release_all`] frees it.
+    pub fn gather_all(
+        &mut self,
+        be: &B,
+        comm: &dyn Communicator<B>,
+        params: &mut [B::Buf],
+    ) -> Result<()> {
+        for g in 0..self.group_params.len() {
+            if !self.present[g] {
+                if self.inflight[g].is_empty() {
+                    self.gather_group(be, comm, g);
+                }
+                if let Err(e) = comm.wait(be) {
+                    self.error.get_or_insert(e);
+                }
+                self.unpack_group(be, g, params);
+            }
+        }
+        comm.sync(be)?;
+        self.take_error()
+    }
+
+    /// ZeRO-3: free every group's weights.
+    pub fn release_all(&mut self, be: &B, params: &mut [B::Buf]) {
+        let all: Vec<usize> = (0..params.len()).collect();
+        self.release(be, params, &all);
+    }
+
+    /// Sharded: AdamW on this rank's segments (their fp32 masters), then (below ZeRO-3) an
+    /// all-gather of every bucket in the compute precision brings every rank the updated model
+    /// `params`; ZeRO-3 gathers each group when a pass needs it.
     /// `decays[p]`: whether `hp.weight_decay` applies to parameter p.
     pub fn step(
         &mut self,
@@ -444,6 +612,9 @@ impl<B: Backend> Reducer<B> {
                 ..hp
             };
             be.adamw(&mut sh.p[i], &sh.g[i], &mut sh.m[i], &mut sh.v[i], hp);
+        }
+        if self.stage >= 3 {
+            return Ok(());
         }
         self.gather(be, comm, params)
     }
@@ -525,6 +696,33 @@ impl<B: Backend> Reducer<B> {
                 })
                 .collect(),
         }
+    }
+}
+
+/// The reducer as the model's [`PassHook`]: gradient events reduce buckets; at ZeRO-3 weight
+/// events gather and free each unit's weights.
+pub struct Hook<'a, B: Backend> {
+    pub reducer: &'a mut Reducer<B>,
+    pub comm: &'a dyn Communicator<B>,
+}
+
+impl<B: Backend> PassHook<B> for Hook<'_, B> {
+    fn weights(&mut self, be: &B, params: &mut [B::Buf], need: &[usize], next: &[usize]) {
+        self.reducer.need(be, self.comm, params, need, next);
+    }
+    fn weights_done(&mut self, be: &B, params: &mut [B::Buf], done: &[usize]) {
+        self.reducer.release(be, params, done);
+    }
+    fn grads(
+        &mut self,
+        be: &B,
+        event: GradEvent,
+        group: usize,
+        params: &[usize],
+        grads: &mut [B::Buf],
+    ) {
+        self.reducer
+            .on_event(be, self.comm, event, group, params, grads);
     }
 }
 

@@ -208,8 +208,56 @@ pub enum GradEvent {
     Ready,
 }
 
-/// The backward's hook: `(event, group index, the group's parameters, grads)`.
-pub type GradHook<'a, B> = dyn FnMut(GradEvent, usize, &[usize], &mut [<B as Backend>::Buf]) + 'a;
+/// What a data-parallel optimizer does around the model's passes; every method defaults to
+/// nothing. Parameter lists are indices into `Model::params`.
+pub trait PassHook<B: Backend> {
+    /// The weights of `need` are used next (they must be in `params` when this returns), then
+    /// those of `next` (a hint: a sharded optimizer starts gathering them).
+    fn weights(&mut self, _be: &B, _params: &mut [B::Buf], _need: &[usize], _next: &[usize]) {}
+    /// The weights of `done` are not used again in this pass (a sharded optimizer frees them).
+    fn weights_done(&mut self, _be: &B, _params: &mut [B::Buf], _done: &[usize]) {}
+    /// A gradient event of group `group` (`Model::grad_ready_groups`), whose parameters are
+    /// `params` (for `Begin`: every parameter whose gradient the backward is about to write).
+    fn grads(
+        &mut self,
+        _be: &B,
+        _event: GradEvent,
+        _group: usize,
+        _params: &[usize],
+        _grads: &mut [B::Buf],
+    ) {
+    }
+}
+
+/// No hook: every parameter is resident.
+pub struct NoHook;
+impl<B: Backend> PassHook<B> for NoHook {}
+
+/// The parameters a pass computes with: resident in the model, or taken out of it and handed to
+/// a hook before and after each unit of work.
+enum Weights<'a, B: Backend> {
+    Resident(&'a [B::Buf]),
+    Hooked(&'a mut [B::Buf], &'a mut dyn PassHook<B>),
+}
+
+impl<B: Backend> Weights<'_, B> {
+    fn get(&self) -> &[B::Buf] {
+        match self {
+            Weights::Resident(p) => p,
+            Weights::Hooked(p, _) => p,
+        }
+    }
+    fn need(&mut self, be: &B, need: &[usize], next: &[usize]) {
+        if let Weights::Hooked(p, h) = self {
+            h.weights(be, p, need, next);
+        }
+    }
+    fn done(&mut self, be: &B, done: &[usize]) {
+        if let Weights::Hooked(p, h) = self {
+            h.weights_done(be, p, done);
+        }
+    }
+}
 
 /// Standard normal samples (Box–Muller) from the project's RNG.
 fn normal(rng: &mut Rng, n: usize, std: f64) -> Vec<f32> {
@@ -259,16 +307,22 @@ impl<B: Backend> Model<B> {
     }
 
     /// A model for a sharded optimizer, which keeps the fp32 master weights of its shard itself:
-    /// parameters stored as the compute copy alone (`BufKind::Act`), and gradients allocated
-    /// whole (`full_grads`) or left empty (length 0) for the optimizer to give storage per group
-    /// during the backward ([`GradEvent::Begin`]).
+    /// parameters stored as the compute copy alone (`BufKind::Act`), whole (`whole_params`) or
+    /// left empty (length 0) for the optimizer to gather around each unit of work
+    /// ([`PassHook::weights`]), and gradients whole (`whole_grads`) or left empty for the
+    /// optimizer to give storage per group during the backward ([`GradEvent::Begin`]).
     pub fn for_sharded_optimizer(
         backend: &B,
         cfg: &ModelConfig,
         host: &[Vec<f32>],
-        full_grads: bool,
+        whole_params: bool,
+        whole_grads: bool,
     ) -> Self {
-        Self::from_host_as(backend, cfg, host, BufKind::Act, Some(full_grads))
+        if whole_params {
+            return Self::from_host_as(backend, cfg, host, BufKind::Act, Some(whole_grads));
+        }
+        let empty: Vec<Vec<f32>> = host.iter().map(|_| Vec::new()).collect();
+        Self::from_host_as(backend, cfg, &empty, BufKind::Act, Some(whole_grads))
     }
 
     /// `grads`: None for none at all, Some(whole) for whole gradients or empty placeholders.
@@ -438,6 +492,43 @@ impl<B: Backend> Model<B> {
     /// Forward pass over inputs (B·T token ids) with per-token document ids; leaves logits
     /// (N, V) in `ws.logits` and every activation backward needs in `ws`.
     pub fn forward(&self, be: &B, ws: &mut Workspace<B>, inputs: &[u32], doc_ids: &[u32]) {
+        self.forward_with(be, ws, inputs, doc_ids, Weights::Resident(&self.params));
+    }
+
+    /// As [`Model::forward`], handing each unit's weights to `hook` before they are used and
+    /// after (the embedding, each layer, the head; the head's stay for the backward).
+    pub fn forward_hooked(
+        &mut self,
+        be: &B,
+        ws: &mut Workspace<B>,
+        inputs: &[u32],
+        doc_ids: &[u32],
+        hook: &mut dyn PassHook<B>,
+    ) {
+        let mut params = std::mem::take(&mut self.params);
+        self.forward_with(be, ws, inputs, doc_ids, Weights::Hooked(&mut params, hook));
+        self.params = params;
+    }
+
+    /// The parameters of each unit of work: the embedding, each layer, and the head (the final
+    /// norm and the output projection, which is the embedding when tied).
+    fn units(&self) -> (Vec<usize>, Vec<Vec<usize>>, Vec<usize>) {
+        let layers = self.layers.iter().map(|lp| lp.backward_order()).collect();
+        (
+            vec![self.embed],
+            layers,
+            vec![self.final_norm, self.lm_head],
+        )
+    }
+
+    fn forward_with(
+        &self,
+        be: &B,
+        ws: &mut Workspace<B>,
+        inputs: &[u32],
+        doc_ids: &[u32],
+        mut w: Weights<'_, B>,
+    ) {
         let c = &self.cfg;
         let n = ws.batch * ws.seq;
         assert_eq!(inputs.len(), n, "inputs must be B·T tokens");
@@ -447,9 +538,12 @@ impl<B: Backend> Model<B> {
         );
         let (d, eps) = (c.dim, c.norm_eps as f32);
         let shape = self.attn_shape(ws);
-        let p = &self.params;
-        be.embedding(&mut ws.layers[0].x, &p[self.embed], inputs, d);
+        let (embed, layers, head) = self.units();
+        w.need(be, &embed, &layers[0]);
+        be.embedding(&mut ws.layers[0].x, &w.get()[self.embed], inputs, d);
+        w.done(be, &embed);
         for l in 0..c.n_layers {
+            w.need(be, &layers[l], layers.get(l + 1).unwrap_or(&head));
             let (done, rest) = ws.layers.split_at_mut(l + 1);
             let next = match rest.first_mut() {
                 Some(nl) => &mut nl.x,
@@ -466,8 +560,21 @@ impl<B: Backend> Model<B> {
                 xn: &mut ws.rc_xn,
                 act: &mut ws.rc_act,
             });
-            self.layer_forward(be, l, a, next, norms, &ws.positions, doc_ids, shape);
+            self.layer_forward(
+                be,
+                w.get(),
+                l,
+                a,
+                next,
+                norms,
+                &ws.positions,
+                doc_ids,
+                shape,
+            );
+            w.done(be, &layers[l]);
         }
+        w.need(be, &head, &[]);
+        let p = w.get();
         be.rmsnorm(
             &mut ws.xn_f,
             &mut ws.rstd_f,
@@ -492,6 +599,7 @@ impl<B: Backend> Model<B> {
     fn layer_forward(
         &self,
         be: &B,
+        p: &[B::Buf],
         l: usize,
         a: &mut LayerActs<B>,
         next: &mut B::Buf,
@@ -505,7 +613,6 @@ impl<B: Backend> Model<B> {
         let (d, f, hd) = (c.dim, c.ffn_dim, c.head_dim);
         let (qd, kvd) = (c.n_heads * hd, c.n_kv_heads * hd);
         let eps = c.norm_eps as f32;
-        let p = &self.params;
         let lp = self.layers[l];
         let xn1: &mut B::Buf = match norms.as_mut() {
             Some(s) => &mut *s.xn,
@@ -573,7 +680,7 @@ impl<B: Backend> Model<B> {
 
     /// Backward from dlogits in `ws.logits`, accumulating into `self.grads`.
     pub fn backward(&mut self, be: &B, ws: &mut Workspace<B>, inputs: &[u32], doc_ids: &[u32]) {
-        self.backward_hooked(be, ws, inputs, doc_ids, &mut |_, _, _, _| {});
+        self.backward_hooked(be, ws, inputs, doc_ids, &mut NoHook);
     }
 
     /// The groups of parameters whose gradients are final, in the order `backward_hooked`
@@ -604,7 +711,7 @@ impl<B: Backend> Model<B> {
         ws: &mut Workspace<B>,
         inputs: &[u32],
         doc_ids: &[u32],
-        hook: &mut GradHook<'_, B>,
+        hook: &mut dyn PassHook<B>,
     ) {
         let groups = self.grad_ready_groups();
         let c = self.cfg.clone();
@@ -612,14 +719,18 @@ impl<B: Backend> Model<B> {
         let (d, f, hd) = (c.dim, c.ffn_dim, c.head_dim);
         let (qd, kvd) = (c.n_heads * hd, c.n_kv_heads * hd);
         let shape = self.attn_shape(ws);
-        // The gradients are borrowed apart from the model, which a full recompute runs forward.
+        // The gradients and weights are borrowed apart from the model, which a full recompute
+        // runs forward; the hook changes what they hold between units of work.
         let mut grads = std::mem::take(&mut self.grads);
+        let mut params = std::mem::take(&mut self.params);
         let g = &mut grads;
         let this = &*self;
-        let p = &this.params;
+        let (_, units, head) = this.units();
+        hook.weights(be, &mut params, &head, &units[c.n_layers - 1]);
+        let p = &params;
         // A tied output projection is the embedding: its gradient starts here and is final last.
         let head_writes = [groups[0].as_slice(), &[this.lm_head]].concat();
-        hook(GradEvent::Begin, 0, &head_writes, g);
+        hook.grads(be, GradEvent::Begin, 0, &head_writes, g);
         // logits = xn_f · Wlmᵀ
         be.matmul_dw(
             &mut g[this.lm_head],
@@ -648,12 +759,16 @@ impl<B: Backend> Model<B> {
             &ws.rstd_f,
             d,
         );
-        hook(GradEvent::Ready, 0, &groups[0], g);
+        hook.grads(be, GradEvent::Ready, 0, &groups[0], g);
+        hook.weights_done(be, &mut params, &head);
         for l in (0..c.n_layers).rev() {
             let lp = this.layers[l];
             let eps = c.norm_eps as f32;
             let gi = c.n_layers - l;
-            hook(GradEvent::Begin, gi, &groups[gi], g);
+            let next: &[usize] = if l > 0 { &units[l - 1] } else { &[] };
+            hook.weights(be, &mut params, &units[l], next);
+            let p = &params;
+            hook.grads(be, GradEvent::Begin, gi, &groups[gi], g);
             if let Some(full) = ws.full.as_mut() {
                 // Run the layer again from its input (the same operations on the same inputs).
                 // Its output lands where the next layer's input was, which that layer's
@@ -664,7 +779,7 @@ impl<B: Backend> Model<B> {
                     None => &mut ws.x_final,
                 };
                 be.copy(&mut full.x, &done[l].x);
-                this.layer_forward(be, l, full, next, None, &ws.positions, doc_ids, shape);
+                this.layer_forward(be, p, l, full, next, None, &ws.positions, doc_ids, shape);
             }
             let a = match ws.full.as_ref() {
                 Some(full) => full,
@@ -766,13 +881,16 @@ impl<B: Backend> Model<B> {
                 &a.rstd1,
                 d,
             );
-            hook(GradEvent::Ready, gi, &groups[gi], g);
+            hook.grads(be, GradEvent::Ready, gi, &groups[gi], g);
+            hook.weights_done(be, &mut params, &units[l]);
         }
+        // The embedding's gradient needs no weights.
         let gi = c.n_layers + 1;
-        hook(GradEvent::Begin, gi, &groups[gi], g);
+        hook.grads(be, GradEvent::Begin, gi, &groups[gi], g);
         be.embedding_dw(&mut g[this.embed], &ws.dres, inputs, d);
-        hook(GradEvent::Ready, gi, &groups[gi], g);
+        hook.grads(be, GradEvent::Ready, gi, &groups[gi], g);
         self.grads = grads;
+        self.params = params;
     }
 
     /// One AdamW update of every parameter from its gradient and moments `m`, `v` (same order);

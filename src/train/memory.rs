@@ -78,20 +78,48 @@ impl MemoryPlan {
     }
 }
 
-/// Bytes of one step on one device: a micro-batch of `batch` × `seq` tokens; with several ranks,
-/// gradient buckets of about `bucket_elems` elements.
-#[allow(clippy::too_many_arguments)]
-pub fn plan(
-    m: &ModelConfig,
-    batch: usize,
-    seq: usize,
-    world: usize,
-    zero_stage: u8,
-    bucket_elems: usize,
-    recompute: Recompute,
-    w: Widths,
-    available: f64,
-) -> MemoryPlan {
+/// How a run is set up, as far as its memory goes.
+#[derive(Clone, Copy, Debug)]
+pub struct Setting {
+    /// A micro-batch of `batch` × `seq` tokens.
+    pub batch: usize,
+    pub seq: usize,
+    pub world: usize,
+    pub zero_stage: u8,
+    /// Gradient bucket size in elements (`train.bucket_mb`).
+    pub bucket_elems: usize,
+    pub recompute: Recompute,
+    /// The run validates or evaluates: at ZeRO-3 every rank then gathers the whole model.
+    pub evaluates: bool,
+}
+
+impl Setting {
+    /// The setting of `cfg`.
+    pub fn of(cfg: &crate::config::Config) -> Self {
+        let t = &cfg.train;
+        Setting {
+            batch: cfg.data.batch_size,
+            seq: cfg.data.seq_len,
+            world: t.world_size,
+            zero_stage: t.zero_stage,
+            bucket_elems: t.bucket_elems(),
+            recompute: t.recompute,
+            evaluates: cfg.data.val_fraction > 0.0 || cfg.eval.is_some(),
+        }
+    }
+}
+
+/// Bytes of one training step on one device.
+pub fn plan(m: &ModelConfig, s: &Setting, w: Widths, available: f64) -> MemoryPlan {
+    let Setting {
+        batch,
+        seq,
+        world,
+        zero_stage,
+        bucket_elems,
+        recompute,
+        evaluates,
+    } = *s;
     let n = m.num_params() as f64;
     let tokens = (batch * seq) as f64;
     let (d, f) = (m.dim as f64, m.ffn_dim as f64);
@@ -125,11 +153,22 @@ pub fn plan(
     let stage = if world > 1 { zero_stage } else { 0 };
     let shard = n / world as f64;
     // Sharded: the model in the compute precision, and the fp32 masters (with their compute
-    // copy, the all-gather's source) of this rank's shard.
-    let (masters, compute_weights) = if stage >= 1 {
-        (shard * w.weights, n * w.activations)
-    } else {
-        (n * w.weights, 0.0)
+    // copy, the all-gather's source) of this rank's shard. ZeRO-3 holds the weights of two units
+    // of work at once (one in use, the next one's gather in flight) — or the whole model while
+    // rank 0 validates or evaluates.
+    let (masters, compute_weights) = match stage {
+        0 => (n * w.weights, 0.0),
+        1 | 2 => (shard * w.weights, n * w.activations),
+        _ => {
+            let (layer, head, embed) = group_sizes(m);
+            let head = if m.tie_embeddings { head + embed } else { head };
+            let mut in_flight = (embed + layer).max(layer + head);
+            if m.n_layers > 1 {
+                in_flight = in_flight.max(2 * layer);
+            }
+            let held = if evaluates { n } else { in_flight as f64 };
+            (shard * w.weights, held * w.activations)
+        }
     };
     // ZeRO-1: whole local gradients, and this rank's summed shard beside them; ZeRO-2: the
     // summed shard, and storage for the group being computed.
@@ -145,7 +184,9 @@ pub fn plan(
         let (layer, head, embed) = group_sizes(m);
         let largest = bucket_elems.min(layer.max(head).max(embed));
         let slots = (crate::dist::reducer::RING * largest.div_ceil(world) * world) as f64;
-        let params = if stage >= 1 {
+        // ZeRO-1 and 2 all-gather the updated weights through slots too; ZeRO-3 gathers into
+        // the units' own buffers, counted with the weights.
+        let params = if stage == 1 || stage == 2 {
             slots * w.activations
         } else {
             0.0
@@ -256,8 +297,10 @@ pub fn check(p: &MemoryPlan, world: usize, zero_stage: u8, batch: usize) -> Resu
                 "the model's state alone does not fit one device: train on several (train.world_size) with train.zero_stage = 2 to shard it, or use a smaller model".to_string()
             } else if zero_stage < 2 {
                 "set train.zero_stage = 2 to shard the master weights, gradients and optimizer state over the train.world_size devices, or raise train.world_size".to_string()
+            } else if zero_stage < 3 {
+                "set train.zero_stage = 3 to shard the weights themselves too, or raise train.world_size".to_string()
             } else {
-                "the sharded state still does not fit: raise train.world_size or use a smaller model (ZeRO-3, which would shard the compute copy of the weights too, is not available yet)".to_string()
+                "the sharded state still does not fit: raise train.world_size or use a smaller model".to_string()
             }
         } else if batch > 1 {
             format!("{full}lower data.batch_size (raise train.grad_accum to keep the tokens per step) or data.seq_len")
@@ -286,13 +329,33 @@ mod tests {
         m
     }
 
-    const CUDA: Widths = Widths::CUDA;
+    /// The plan on CUDA widths, with 4 Mi-element buckets and no evaluation.
+    fn at(
+        m: &ModelConfig,
+        batch: usize,
+        seq: usize,
+        world: usize,
+        zero_stage: u8,
+        recompute: Recompute,
+        available: f64,
+    ) -> MemoryPlan {
+        let s = Setting {
+            batch,
+            seq,
+            world,
+            zero_stage,
+            bucket_elems: 1 << 22,
+            recompute,
+            evaluates: false,
+        };
+        plan(m, &s, Widths::CUDA, available)
+    }
 
     #[test]
     fn recomputation_drops_the_norm_and_swiglu_activations() {
         let m = llama3_8b();
-        let keep = plan(&m, 1, 4096, 1, 0, 1 << 22, Recompute::None, CUDA, 80e9);
-        let rc = plan(&m, 1, 4096, 1, 0, 1 << 22, Recompute::Norms, CUDA, 80e9);
+        let keep = at(&m, 1, 4096, 1, 0, Recompute::None, 80e9);
+        let rc = at(&m, 1, 4096, 1, 0, Recompute::Norms, 80e9);
         // (2·d + F) values per token and layer fewer, (d + F) of shared scratch more (bf16), and
         // one shared rstd (fp32)
         let per_token = (32.0 * (2.0 * 4096.0 + 14336.0) - (4096.0 + 14336.0)) * 2.0 - 4.0;
@@ -304,8 +367,8 @@ mod tests {
     #[test]
     fn full_recomputation_keeps_each_layers_input_and_one_layer_of_scratch() {
         let m = llama3_8b();
-        let keep = plan(&m, 1, 4096, 1, 0, 1 << 22, Recompute::None, CUDA, 80e9);
-        let full = plan(&m, 1, 4096, 1, 0, 1 << 22, Recompute::Full, CUDA, 80e9);
+        let keep = at(&m, 1, 4096, 1, 0, Recompute::None, 80e9);
+        let full = at(&m, 1, 4096, 1, 0, Recompute::Full, 80e9);
         // Per layer: x, xn1, q, k, v, att, h, xn2, gate, up, act (4d + 2·H·D + 2·Hkv·D + 3F).
         let per_layer = 4.0 * 4096.0 + 2.0 * 4096.0 + 2.0 * 1024.0 + 3.0 * 14336.0;
         // 32 layers keep all of it without recomputation; with it they keep x (d) and share one
@@ -328,7 +391,7 @@ mod tests {
         let m = llama3_8b();
         let n = 8_030_261_248.0;
         assert_eq!(m.num_params(), 8_030_261_248);
-        let at = |world, stage, rc| plan(&m, 1, 4096, world, stage, 1 << 22, rc, CUDA, 80e9);
+        let at = |world, stage, rc| at(&m, 1, 4096, world, stage, rc, 80e9);
         let p0 = at(4, 0, Recompute::None);
         let p1 = at(4, 1, Recompute::None);
         let p2 = at(4, 2, Recompute::None);
@@ -366,21 +429,10 @@ mod tests {
         m.n_heads = 8;
         m.n_kv_heads = 4;
         m.head_dim = 64;
-        assert!(check(
-            &plan(&m, 8, 1024, 1, 0, 1 << 22, Recompute::None, CUDA, 80e9),
-            1,
-            0,
-            8
-        )
-        .is_ok());
-        let e = check(
-            &plan(&m, 512, 4096, 1, 0, 1 << 22, Recompute::None, CUDA, 80e9),
-            1,
-            0,
-            512,
-        )
-        .unwrap_err()
-        .to_string();
+        assert!(check(&at(&m, 8, 1024, 1, 0, Recompute::None, 80e9), 1, 0, 8).is_ok());
+        let e = check(&at(&m, 512, 4096, 1, 0, Recompute::None, 80e9), 1, 0, 512)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("lower data.batch_size"), "{e}");
     }
 }

@@ -11,6 +11,9 @@
 //!   on the segments and an all-gather brings back the whole model.
 //! * ZeRO-2: as ZeRO-1, and the model holds gradients only for the group the backward is
 //!   computing; every micro-batch is reduce-scattered into the shard's fp32 gradients.
+//! * ZeRO-3: as ZeRO-2, and the model holds weights only around the unit being computed: each
+//!   unit's are all-gathered before its forward and again before its backward, the next unit's
+//!   gather queued meanwhile, and freed after.
 
 use std::path::Path;
 
@@ -18,7 +21,7 @@ use anyhow::Result;
 
 use crate::backend::{AdamW, Backend, BufKind};
 use crate::data::loader::Batch;
-use crate::dist::reducer::Reducer;
+use crate::dist::reducer::{Hook, Reducer};
 use crate::dist::Communicator;
 use crate::model::{Model, ModelConfig, Workspace};
 use crate::train::checkpoint::{self, Checkpoint, NamedTensor};
@@ -83,7 +86,7 @@ impl<'c, B: Backend> Optimizer<'c, B> {
                 },
             ));
         }
-        let model = Model::for_sharded_optimizer(be, cfg, host, zero_stage < 2);
+        let model = Model::for_sharded_optimizer(be, cfg, host, zero_stage < 3, zero_stage < 2);
         let groups = model.grad_ready_groups();
         let mut reducer = Reducer::new(be, &groups, &numel, rank, world, zero_stage, bucket_elems);
         let moments = resumed.as_ref().map(|h| (h.m.as_slice(), h.v.as_slice()));
@@ -113,7 +116,8 @@ impl<'c, B: Backend> Optimizer<'c, B> {
         let what = match r.stage {
             0 => "whole optimizer state on every rank",
             1 => "fp32 master weights and moments sharded",
-            _ => "fp32 master weights, moments and gradients sharded",
+            2 => "fp32 master weights, moments and gradients sharded",
+            _ => "weights, gradients and moments sharded, each unit's weights gathered when needed",
         };
         Some(format!(
             "data parallel: {} ranks, ZeRO-{} ({what}), {} gradient buckets of up to {bucket_mb} MB, reduced as the backward finishes each{}",
@@ -133,6 +137,52 @@ impl<'c, B: Backend> Optimizer<'c, B> {
         Ok(buf[0])
     }
 
+    /// The forward of one micro-batch (ZeRO-3 gathers each unit's weights around it).
+    pub fn forward(
+        &mut self,
+        be: &B,
+        model: &mut Model<B>,
+        ws: &mut Workspace<B>,
+        batch: &Batch,
+    ) -> Result<()> {
+        match &mut self.dp {
+            Some(d) if d.reducer.stage >= 3 => {
+                let mut hook = Hook {
+                    reducer: &mut d.reducer,
+                    comm: d.comm,
+                };
+                model.forward_hooked(be, ws, &batch.inputs, &batch.doc_ids, &mut hook);
+                d.reducer.take_error()
+            }
+            _ => {
+                model.forward(be, ws, &batch.inputs, &batch.doc_ids);
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether the model holds only the weights of the unit being computed (ZeRO-3); then
+    /// [`Optimizer::gather_model`] must run on every rank before the model is used whole.
+    pub fn model_is_sharded(&self) -> bool {
+        self.dp.as_ref().is_some_and(|d| d.reducer.stage >= 3)
+    }
+
+    /// ZeRO-3: gather the whole model (every rank takes part) for validation or evaluation, until
+    /// [`Optimizer::release_model`]; nothing otherwise.
+    pub fn gather_model(&mut self, be: &B, model: &mut Model<B>) -> Result<()> {
+        match &mut self.dp {
+            Some(d) if d.reducer.stage >= 3 => d.reducer.gather_all(be, d.comm, &mut model.params),
+            _ => Ok(()),
+        }
+    }
+
+    /// ZeRO-3: free what [`Optimizer::gather_model`] gathered.
+    pub fn release_model(&mut self, be: &B, model: &mut Model<B>) {
+        if let Some(d) = &mut self.dp {
+            d.reducer.release_all(be, &mut model.params);
+        }
+    }
+
     /// The backward of one micro-batch (`first`, `last`: its place in the step), accumulating into
     /// the gradients. On the last micro-batch of a data-parallel step (every micro-batch at
     /// ZeRO-2) each bucket's reduction is queued as soon as its layers are done.
@@ -147,19 +197,14 @@ impl<'c, B: Backend> Optimizer<'c, B> {
     ) -> Result<()> {
         match &mut self.dp {
             Some(d) if last || d.reducer.stage >= 2 => {
-                let (reducer, comm) = (&mut d.reducer, d.comm);
-                reducer.begin_micro(first);
-                model.backward_hooked(
-                    be,
-                    ws,
-                    &batch.inputs,
-                    &batch.doc_ids,
-                    &mut |event, group, params, grads| {
-                        reducer.on_event(be, comm, event, group, params, grads)
-                    },
-                );
+                d.reducer.begin_micro(first);
+                let mut hook = Hook {
+                    reducer: &mut d.reducer,
+                    comm: d.comm,
+                };
+                model.backward_hooked(be, ws, &batch.inputs, &batch.doc_ids, &mut hook);
                 if !last {
-                    reducer.drain(be, comm, &mut model.grads)?;
+                    d.reducer.drain(be, d.comm, &mut model.grads)?;
                 }
                 Ok(())
             }

@@ -421,8 +421,7 @@ impl<'a, B: GenerationBackend> Run<'a, B> {
         let mut loss_sum = 0.0;
         let micro = batches.len();
         for (i, batch) in batches.iter().enumerate() {
-            self.model
-                .forward(be, &mut self.ws, &batch.inputs, &batch.doc_ids);
+            self.opt.forward(be, &mut self.model, &mut self.ws, batch)?;
             loss_sum += self
                 .model
                 .loss(be, &mut self.ws, &batch.targets, &batch.loss_mask, scale);
@@ -496,6 +495,14 @@ impl<'a, B: GenerationBackend> Run<'a, B> {
     fn observe(&mut self, s: StepDone, step_s: f64, start: Instant) -> Result<StepMetrics> {
         let (be, t_cfg) = (self.be, &self.cfg.train);
         let due = |every: u64| (every > 0 && s.step.is_multiple_of(every)) || s.step == t_cfg.steps;
+        // Rank 0 validates and evaluates with the whole model: under ZeRO-3 every rank takes part
+        // in gathering it first (each decides alike, from the config and the step).
+        let whole = self.opt.model_is_sharded()
+            && ((self.cfg.data.val_fraction > 0.0 && due(t_cfg.eval_every))
+                || self.cfg.eval.as_ref().is_some_and(|e| due(e.every)));
+        if whole {
+            self.opt.gather_model(be, &mut self.model)?;
+        }
         let val_loss = match self.val.as_mut() {
             Some(vl) if due(t_cfg.eval_every) => Some(validate(
                 be,
@@ -524,6 +531,9 @@ impl<'a, B: GenerationBackend> Run<'a, B> {
             }
             _ => None,
         };
+        if whole {
+            self.opt.release_model(be, &mut self.model);
+        }
         let tokens_per_s = self.tokens_per_step as f64 / step_s.max(1e-9);
         Ok(StepMetrics {
             step: s.step,
@@ -596,12 +606,7 @@ fn check_memory<B: Backend>(
     };
     let plan = memory::plan(
         mcfg,
-        d.batch_size,
-        d.seq_len,
-        t_cfg.world_size,
-        t_cfg.zero_stage,
-        t_cfg.bucket_elems(),
-        t_cfg.recompute,
+        &memory::Setting::of(cfg),
         memory::Widths::of(be),
         available,
     );
