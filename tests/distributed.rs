@@ -208,6 +208,67 @@ fn zero3_validates_with_the_whole_model_gathered_on_every_rank() {
 }
 
 #[test]
+fn a_zero3_run_from_the_cli_exports_its_sharded_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    world_ready(d);
+    write_config(d);
+    let o = run_with_deadline(
+        Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args([
+                "train",
+                "--config",
+                "c.toml",
+                "--set",
+                "train.world_size=2",
+                "--set",
+                "data.batch_size=2",
+                "--set",
+                "train.zero_stage=3",
+                "--set",
+                "train.steps=3",
+                "--ranks-as-threads",
+            ])
+            .current_dir(d),
+        Duration::from_secs(120),
+    );
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("ZeRO-3"), "{err}");
+    // The measured peak is reported against the plan after the first step.
+    assert!(
+        err.contains("memory measured after the first step"),
+        "{err}"
+    );
+    let ck = d.join("run/step_000003");
+    assert!(ck.join("model.rank00001.safetensors").exists());
+    assert!(!ck.join("model.safetensors").exists());
+    let o = kiln(
+        &[
+            "export",
+            "--checkpoint",
+            "run",
+            "--to-hf",
+            "hf",
+            "--dtype",
+            "f32",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (_, exported) = kiln::hf::load(&d.join("hf"), None).unwrap();
+    let joined = checkpoint::load(&ck).unwrap().model;
+    let cfg = config(d, &[]);
+    let tok = kiln::data::tokenizer::Tokenizer::from_file(&cfg.data.tokenizer, None, None).unwrap();
+    let m = kiln::train::setup::resolve_model(&cfg, &tok).unwrap();
+    let want = checkpoint::tensors_in_order(&ck, &m.params(), joined, "").unwrap();
+    assert_eq!(exported.len(), want.len());
+    for (a, b) in exported.iter().zip(&want) {
+        assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()));
+    }
+}
+
+#[test]
 fn sharded_resume_is_exact_at_the_same_world_and_stage_and_resplits_for_others() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

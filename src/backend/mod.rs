@@ -105,6 +105,12 @@ pub trait Backend: Send + Sync {
     /// Wait until all queued work is done (a no-op on the CPU; timing on a GPU needs it).
     fn synchronize(&self) {}
 
+    /// Bytes of device memory in use now, as the device reports it (every allocation, the
+    /// backend's buffers and everything else); None where there is no such figure (the CPU).
+    fn device_memory_in_use(&self) -> Option<f64> {
+        None
+    }
+
     /// Bytes of buffers alive and at their peak, by kind, where the backend measures them
     /// ([`tracked::Tracked`]); None otherwise.
     fn memory_peaks(&self) -> Option<tracked::MemPeaks> {

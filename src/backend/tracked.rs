@@ -124,6 +124,9 @@ impl<B: Backend> Backend for Tracked<B> {
     fn synchronize(&self) {
         self.inner.synchronize()
     }
+    fn device_memory_in_use(&self) -> Option<f64> {
+        self.inner.device_memory_in_use()
+    }
     fn memory_peaks(&self) -> Option<MemPeaks> {
         Some(self.peaks())
     }

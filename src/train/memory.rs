@@ -240,7 +240,12 @@ fn largest_group(m: &ModelConfig) -> usize {
 }
 
 /// The peak of a real step's buffers, by kind, against the plan (printed after a run's first step).
-pub fn measured_line(p: &MemoryPlan, m: &crate::backend::tracked::MemPeaks) -> String {
+/// `device`: the memory the device reports in use (everything, not only the buffers).
+pub fn measured_line(
+    p: &MemoryPlan,
+    m: &crate::backend::tracked::MemPeaks,
+    device: Option<f64>,
+) -> String {
     use crate::backend::tracked::KINDS;
     let kinds: Vec<String> = KINDS
         .iter()
@@ -249,10 +254,14 @@ pub fn measured_line(p: &MemoryPlan, m: &crate::backend::tracked::MemPeaks) -> S
         .map(|((k, &have), &want)| format!("{k:?} {} (planned {})", gb(have as f64), gb(want)))
         .collect();
     format!(
-        "memory measured after the first step: peak {} of buffers (planned {}): {}",
+        "memory measured after the first step: peak {} of buffers (planned {}): {}{}",
         gb(m.peak_total as f64),
         gb(p.total()),
-        kinds.join(", ")
+        kinds.join(", "),
+        device.map_or(String::new(), |d| format!(
+            "; the device reports {} in use",
+            gb(d)
+        ))
     )
 }
 
@@ -391,10 +400,10 @@ mod tests {
         let m = llama3_8b();
         let n = 8_030_261_248.0;
         assert_eq!(m.num_params(), 8_030_261_248);
-        let at = |world, stage, rc| at(&m, 1, 4096, world, stage, rc, 80e9);
-        let p0 = at(4, 0, Recompute::None);
-        let p1 = at(4, 1, Recompute::None);
-        let p2 = at(4, 2, Recompute::None);
+        let cu = |world, stage, rc| at(&m, 1, 4096, world, stage, rc, 80e9);
+        let p0 = cu(4, 0, Recompute::None);
+        let p1 = cu(4, 1, Recompute::None);
+        let p2 = cu(4, 2, Recompute::None);
         assert!((p0.weights - 6.0 * n).abs() < 1.0);
         // ZeRO-1: bf16 weights everywhere, fp32 masters (+ their bf16 copy) and moments of a quarter.
         assert!((p1.weights - (2.0 * n + 6.0 * n / 4.0)).abs() < 1.0);
@@ -403,18 +412,27 @@ mod tests {
         // ZeRO-2: a quarter of the fp32 gradients, plus the largest group while the backward
         // computes it: the head (the output projection, 128256 × 4096, and the final norm).
         assert!((p2.grads - 4.0 * (n / 4.0 + 128256.0 * 4096.0 + 4096.0)).abs() < 1.0);
+        // ZeRO-3: the masters of an eighth, and the bf16 weights of two units of work at once
+        // (at most a layer, 218,112,000, and the head, 128256 × 4096 + 4096); no gather slots.
+        let p3 = cu(8, 3, Recompute::None);
+        let held = 218_112_000.0 + 128256.0 * 4096.0 + 4096.0;
+        assert!((p3.weights - (6.0 * n / 8.0 + 2.0 * held)).abs() < 1.0);
+        assert!((p3.buckets - 3.0 * (1 << 22) as f64 * 4.0).abs() < 1.0);
         // Buckets are bounded: three slots of 4 Mi elements in fp32 and bf16.
         assert!((p2.buckets - 3.0 * (1 << 22) as f64 * 6.0).abs() < 1.0);
         // Unsharded state does not fit one 80 GB device; the advice is ZeRO-2.
         let e = check(&p0, 4, 0, 1).unwrap_err().to_string();
         assert!(e.contains("train.zero_stage = 2"), "{e}");
-        // ZeRO-1's state fits, its activations do not: the advice is recomputation.
         let e = check(&p1, 4, 1, 1).unwrap_err().to_string();
+        assert!(e.contains("train.zero_stage = 2"), "{e}");
+        // ZeRO-2's state fits, two sequences' activations do not: the advice is recomputation.
+        let p = at(&m, 2, 4096, 4, 2, Recompute::None, 80e9);
+        let e = check(&p, 4, 2, 2).unwrap_err().to_string();
         assert!(e.contains("train.recompute = \"full\""), "{e}");
         // The paper's recipe, 4,096 tokens per device: fits 80 GB at ZeRO-2 with full
         // recomputation over 4 devices, and over 8.
         for world in [4, 8] {
-            let p = at(world, 2, Recompute::Full);
+            let p = cu(world, 2, Recompute::Full);
             assert!(p.total() < 60e9, "world {world}: {}", p.total());
             assert!(check(&p, world, 2, 1).is_ok());
         }

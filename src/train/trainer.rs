@@ -170,7 +170,10 @@ pub fn train_dist<B: GenerationBackend>(
         summary.steps_run += 1;
         if summary.steps_run == 1 {
             if let (Some(p), Some(m)) = (&run.planned, be.memory_peaks()) {
-                eprintln!("{}", memory::measured_line(p, &m));
+                eprintln!(
+                    "{}",
+                    memory::measured_line(p, &m, be.device_memory_in_use())
+                );
             }
         }
         let step = run.state.step;

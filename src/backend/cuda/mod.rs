@@ -629,6 +629,11 @@ impl Backend for CudaBackend {
         self.ctx.total_mem().ok().map(|b| b as f64)
     }
 
+    fn device_memory_in_use(&self) -> Option<f64> {
+        let (free, total) = self.ctx.mem_get_info().ok()?;
+        Some(total.saturating_sub(free) as f64)
+    }
+
     /// Dense bf16 peak of known devices (never the sparse figure); 0 for others.
     fn peak_flops(&self) -> f64 {
         let name = self.device_name();

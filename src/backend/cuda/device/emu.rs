@@ -85,6 +85,11 @@ impl CudaContext {
         Err(EmuError("emulated device memory is host memory".into()))
     }
 
+    /// (free, total) device memory: none of its own either.
+    pub fn mem_get_info(&self) -> Result<(usize, usize), EmuError> {
+        Err(EmuError("emulated device memory is host memory".into()))
+    }
+
     pub fn default_stream(self: &Arc<Self>) -> Arc<CudaStream> {
         Arc::new(CudaStream { _private: () })
     }
