@@ -1,5 +1,5 @@
 //! Data parallelism: the communicator boundary, where a process learns its rank, the TCP
-//! rendezvous, the launcher, and the gradient reducer with ZeRO-1.
+//! rendezvous, the launcher, and the gradient reducer with the sharded state of ZeRO-1, 2 and 3.
 //!
 //! * [`Communicator`]: the collectives the trainer needs (all-reduce, reduce-scatter, all-gather,
 //!   broadcast, barrier, and a small host all-reduce for token counts and norms), in place on a
@@ -10,7 +10,9 @@
 //!   torchrun's or SLURM's environment variables.
 //! * `rendezvous.rs`: rank 0 listens, every other rank connects; rank 0 hands out the NCCL id.
 //! * `launch.rs`: `kiln launch` starts one process per device and stops them all when one fails.
-//! * `reducer.rs`: gradients in buckets reduced as their layers finish backward; ZeRO-1.
+//! * `reducer.rs`: gradients in buckets reduced as their layers finish backward; the sharded
+//!   masters, moments and gradients of ZeRO-1 and 2; ZeRO-3's weights gathered around each unit.
+//! * [`TrackedComm`]: the same collectives for a memory-measuring backend.
 //!
 //! It does not know about models beyond parameter indices and the backward's ready groups.
 

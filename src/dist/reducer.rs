@@ -1,5 +1,5 @@
-//! Data-parallel gradient reduction and the sharded optimizer step (ZeRO-1 and ZeRO-2), over any
-//! backend and [`Communicator`].
+//! Data-parallel gradient reduction, the sharded optimizer step (ZeRO-1, 2, 3) and ZeRO-3's
+//! weight gathering, over any backend and [`Communicator`].
 //!
 //! * **Buckets.** Parameters are grouped as the backward finishes them (head, last layer … first
 //!   layer, embedding: `Model::grad_ready_groups`); each group is cut into buckets of at most
@@ -24,6 +24,11 @@
 //!   bf16; reducing every micro-batch holds 4/world bytes per parameter plus one group in flight,
 //!   costs `grad_accum` reductions per step, which overlap the backward, and keeps fp32 sums: the
 //!   choice of DeepSpeed's ZeRO-2 and FSDP.)
+//! * **ZeRO-3:** as ZeRO-2, and the model holds weights only around the unit of work it computes
+//!   ([`PassHook::weights`]): each group's buckets are all-gathered from the ranks' masters into
+//!   buffers of their own, unpacked and freed bucket by bucket, the next unit's gather queued on
+//!   the communication stream while this unit computes, and the unit's weights freed after it
+//!   ([`PassHook::weights_done`]).
 //! * **Memory.** Buckets go through a ring of [`RING`] slot buffers of the largest bucket (fp32
 //!   gradients, plus compute-precision parameters when sharded), not a second copy of the model.
 //!
