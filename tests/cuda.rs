@@ -507,6 +507,34 @@ fn small_run(dir: &std::path::Path, out: &str, steps: u64) -> kiln::config::Conf
 }
 
 #[test]
+fn measured_memory_of_a_cuda_step_is_the_plan() {
+    // The buffers of real steps on CUDA storage widths (fp32 master + bf16 copy, bf16
+    // activations, fp32 gradients, moments and statistics) against the plan, kind by kind.
+    use kiln::backend::tracked::{Tracked, KINDS};
+    use kiln::train::memory::{plan, Setting, Widths};
+    let Some(gpu) = device() else { return };
+    let be = Tracked::new(gpu);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small_run(dir.path(), "mem", 2);
+    cfg.data.val_fraction = 0.0;
+    kiln::train::trainer::train(&be, &cfg, None, None).unwrap();
+    let got = be.peaks();
+    let tok = kiln::data::tokenizer::Tokenizer::from_file(&cfg.data.tokenizer, None, None).unwrap();
+    let m = kiln::train::setup::resolve_model(&cfg, &tok).unwrap();
+    let w = Widths::of(&be);
+    assert_eq!((w.weights, w.activations), (6.0, 2.0));
+    let p = plan(&m, &Setting::of(&cfg), w, 0.0);
+    for (i, kind) in KINDS.iter().enumerate() {
+        let (want, have) = (p.by_kind[i], got.peak[i] as f64);
+        eprintln!("{kind:?}: measured {have} B, planned {want:.0} B");
+        assert!(
+            (have - want).abs() / want < 0.10,
+            "{kind:?}: measured {have}, planned {want}"
+        );
+    }
+}
+
+#[test]
 fn training_on_cuda_follows_the_cpu_loss_curve() {
     let Some(gpu) = device() else { return };
     let cpu = CpuBackend::<f32>::new();

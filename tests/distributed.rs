@@ -1,10 +1,10 @@
 //! Data parallelism without GPUs, on the CPU backend: N ranks × micro-batch b train to the same
-//! parameters as 1 rank × N·b (f32 tolerance), with gradient accumulation, at ZeRO-0, 1 and 2
+//! parameters as 1 rank × N·b (f32 tolerance), with gradient accumulation, at ZeRO-0 to 3
 //! (buckets smaller than the embedding, which is split over several); resuming a sharded run with
 //! the same world size and stage is bitwise exact, and with another world size and stage re-splits
-//! the state; a
+//! the state; validation and export at ZeRO-3; measured memory against the plan at every stage; a
 //! rank that panics stops the others with an error instead of a hang; `kiln launch` runs two CPU
-//! processes over the TCP rendezvous and stops the survivors when one fails.
+//! processes over the TCP rendezvous (ZeRO-3) and stops the survivors when one fails.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -493,7 +493,7 @@ fn kiln_launch_runs_two_cpu_processes_like_two_threads_and_stops_survivors_on_fa
     let d = dir.path();
     world_ready(d);
     write_config(d);
-    // Two processes over the TCP rendezvous (ZeRO-1) ...
+    // Two processes over the TCP rendezvous (ZeRO-3: weights gathered around every unit) ...
     let o = run_with_deadline(
         Command::new(env!("CARGO_BIN_EXE_kiln"))
             .args([
@@ -509,7 +509,7 @@ fn kiln_launch_runs_two_cpu_processes_like_two_threads_and_stops_survivors_on_fa
                 "--set",
                 "data.batch_size=2",
                 "--set",
-                "train.zero_stage=1",
+                "train.zero_stage=3",
             ])
             .current_dir(d),
         Duration::from_secs(300),
@@ -522,7 +522,7 @@ fn kiln_launch_runs_two_cpu_processes_like_two_threads_and_stops_survivors_on_fa
             ("train.out_dir", &format!("\"{}/threads\"", d.display())),
             ("train.world_size", "2"),
             ("data.batch_size", "2"),
-            ("train.zero_stage", "1"),
+            ("train.zero_stage", "3"),
         ],
     );
     let want = params_at(&threads, 6);
@@ -530,9 +530,11 @@ fn kiln_launch_runs_two_cpu_processes_like_two_threads_and_stops_survivors_on_fa
     for (a, b) in got.iter().zip(&want) {
         assert_eq!(a.data, b.data, "{}", a.name);
     }
-    assert!(d
-        .join("procs/step_000006/optimizer.rank00001.safetensors")
-        .exists());
+    for f in ["optimizer", "model"] {
+        assert!(d
+            .join(format!("procs/step_000006/{f}.rank00001.safetensors"))
+            .exists());
+    }
 
     // One launched rank runs the data-parallel path (rendezvous, reducer) and matches the plain
     // single-process run bitwise.

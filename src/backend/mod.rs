@@ -95,6 +95,12 @@ pub trait Backend: Send + Sync {
     /// (for bandwidth figures).
     fn elem_bytes(&self, kind: BufKind) -> usize;
 
+    /// Bytes one element of a buffer of this kind occupies in all its storages (CUDA parameters:
+    /// the fp32 master and the bf16 copy); what memory plans and measurements count.
+    fn storage_bytes(&self, kind: BufKind) -> usize {
+        self.elem_bytes(kind)
+    }
+
     /// Memory one device has, in bytes (None when unknown).
     fn device_memory_bytes(&self) -> Option<f64>;
 

@@ -95,7 +95,7 @@ impl<B: Backend> Tracked<B> {
     }
 
     fn wrap(&self, inner: B::Buf, kind: BufKind) -> TrackedBuf<B> {
-        let bytes = (self.inner.buf_len(&inner) * self.inner.elem_bytes(kind)) as u64;
+        let bytes = (self.inner.buf_len(&inner) * self.inner.storage_bytes(kind)) as u64;
         self.counter.add(kind, bytes);
         TrackedBuf {
             inner,
@@ -114,6 +114,9 @@ impl<B: Backend> Backend for Tracked<B> {
     }
     fn elem_bytes(&self, kind: BufKind) -> usize {
         self.inner.elem_bytes(kind)
+    }
+    fn storage_bytes(&self, kind: BufKind) -> usize {
+        self.inner.storage_bytes(kind)
     }
     fn device_memory_bytes(&self) -> Option<f64> {
         self.inner.device_memory_bytes()

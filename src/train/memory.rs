@@ -23,17 +23,13 @@ impl Widths {
     /// The widths a backend stores each kind of state in.
     pub fn of<B: crate::backend::Backend>(be: &B) -> Self {
         use crate::backend::BufKind;
-        let (param, optim) = (
-            be.elem_bytes(BufKind::Param) as f64,
-            be.elem_bytes(BufKind::Optim) as f64,
-        );
+        let w = |kind| be.storage_bytes(kind) as f64;
         Widths {
-            // A compute copy narrower than the fp32 master is stored beside it.
-            weights: if param < optim { param + optim } else { param },
-            grads: be.elem_bytes(BufKind::Grad) as f64,
-            optimizer: 2.0 * optim,
-            activations: be.elem_bytes(BufKind::Act) as f64,
-            stats: be.elem_bytes(BufKind::Stat) as f64,
+            weights: w(BufKind::Param),
+            grads: w(BufKind::Grad),
+            optimizer: 2.0 * w(BufKind::Optim),
+            activations: w(BufKind::Act),
+            stats: w(BufKind::Stat),
         }
     }
 

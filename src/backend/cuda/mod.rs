@@ -625,6 +625,13 @@ impl Backend for CudaBackend {
         }
     }
 
+    fn storage_bytes(&self, kind: BufKind) -> usize {
+        match kind {
+            BufKind::Param => 6,
+            other => self.elem_bytes(other),
+        }
+    }
+
     fn device_memory_bytes(&self) -> Option<f64> {
         self.ctx.total_mem().ok().map(|b| b as f64)
     }
