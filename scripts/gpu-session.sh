@@ -19,7 +19,8 @@
 #   4. flash attention vs SDPA at the Llama-3-8B head shape (D 128, T up to 4096, causal and
 #      packed documents)
 #   5. the same training through `kiln launch` and NCCL at world size 1, and with reference attention
-#   6. batched generation of a Mistral-7B-shaped model vs transformers
+#   6. ZeRO-3 through NCCL at world size 1, small and at the widest 8B-layer shape one GPU holds
+#   7. batched generation of a Mistral-7B-shaped model vs transformers
 # Data: data/world is carried (gpu-prepare.sh builds it); the script refuses to start without it
 # rather than rebuild it there.
 set -uo pipefail
@@ -104,13 +105,28 @@ else
   step compare-attention 60 "$cenv" "$py" "$here/compare_torch.py" --kiln "$kiln" --device cuda --attention --iters 5
   step launch-nccl-1 45 "$cenv" "$kiln" launch --nproc-per-node 1 -- train --device cuda "${cfg[@]}" --set "train.out_dir=\"$work/nccl\""
 fi
+if [ $emulated = 1 ]; then
+  skip zero3-nccl-1 "needs NCCL"
+  skip zero3-large "needs a GPU's memory"
+else
+  # ZeRO-3 through NCCL at world size 1: every unit's weights gathered and freed around it.
+  step zero3-nccl-1 45 "$cenv" "$kiln" launch --nproc-per-node 1 -- train --device cuda "${cfg[@]}" --set "train.out_dir=\"$work/zero3\"" --set train.zero_stage=3
+  # The widest Llama-3-8B layers one H200 holds at ZeRO-3 and world size 1 (24 layers, 5.2 B
+  # parameters with the world's vocabulary; plan about 100 GB): measured memory and tokens/s
+  # beside the plan (the first-step line in the log).
+  step zero3-large 120 "$cenv" "$kiln" launch --nproc-per-node 1 -- train --device cuda "${cfg[@]}" \
+    --set model.dim=4096 --set model.n_layers=24 --set model.n_heads=32 --set model.n_kv_heads=8 \
+    --set model.ffn_dim=14336 --set model.max_seq_len=4096 --set data.seq_len=4096 --set data.batch_size=1 \
+    --set train.steps=6 --set train.log_every=1 --set train.zero_stage=3 --set 'train.recompute="full"' \
+    --set "train.out_dir=\"$work/zero3-large\""
+fi
 step train-reference 45 "$cenv" "$kiln" train --device cuda "${cfg[@]}" --set "train.out_dir=\"$work/reference\"" --set train.attention=reference
 if [ $emulated = 1 ]; then
   skip compare-generate "needs transformers on a GPU"
 else
   step compare-generate 90 "$cenv" "$py" "$here/compare_generate.py" --kiln "$kiln" --device cuda
 fi
-for run in flash reference nccl; do
+for run in flash reference nccl zero3 zero3-large; do
   [ -f "$work/$run/metrics.jsonl" ] && cp "$work/$run/metrics.jsonl" "$out/metrics-$run.jsonl"
 done
 rm -rf "$work"

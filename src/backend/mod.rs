@@ -117,6 +117,11 @@ pub trait Backend: Send + Sync {
         None
     }
 
+    /// The device allocator's high-water mark in bytes, where there is one (CUDA's memory pool).
+    fn allocator_peak(&self) -> Option<f64> {
+        None
+    }
+
     /// Bytes of buffers alive and at their peak, by kind, where the backend measures them
     /// ([`tracked::Tracked`]); None otherwise.
     fn memory_peaks(&self) -> Option<tracked::MemPeaks> {

@@ -130,6 +130,9 @@ impl<B: Backend> Backend for Tracked<B> {
     fn device_memory_in_use(&self) -> Option<f64> {
         self.inner.device_memory_in_use()
     }
+    fn allocator_peak(&self) -> Option<f64> {
+        self.inner.allocator_peak()
+    }
     fn memory_peaks(&self) -> Option<MemPeaks> {
         Some(self.peaks())
     }

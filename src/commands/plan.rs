@@ -59,6 +59,7 @@ pub fn plan_cmd(a: PlanArgs) -> Result<()> {
                     &Setting {
                         world,
                         zero_stage: stage,
+                        data_parallel: world > 1,
                         ..setting
                     },
                     widths,

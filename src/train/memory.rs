@@ -87,6 +87,9 @@ pub struct Setting {
     pub recompute: Recompute,
     /// The run validates or evaluates: at ZeRO-3 every rank then gathers the whole model.
     pub evaluates: bool,
+    /// The run takes the data-parallel path, where ZeRO stages apply: several ranks, or one
+    /// launched rank (`kiln launch`, torchrun); a plain single process keeps everything.
+    pub data_parallel: bool,
 }
 
 impl Setting {
@@ -101,6 +104,7 @@ impl Setting {
             bucket_elems: t.bucket_elems(),
             recompute: t.recompute,
             evaluates: cfg.data.val_fraction > 0.0 || cfg.eval.is_some(),
+            data_parallel: t.world_size > 1,
         }
     }
 }
@@ -115,6 +119,7 @@ pub fn plan(m: &ModelConfig, s: &Setting, w: Widths, available: f64) -> MemoryPl
         bucket_elems,
         recompute,
         evaluates,
+        data_parallel,
     } = *s;
     let n = m.num_params() as f64;
     let tokens = (batch * seq) as f64;
@@ -146,7 +151,7 @@ pub fn plan(m: &ModelConfig, s: &Setting, w: Widths, available: f64) -> MemoryPl
     let stat_values =
         tokens * (layers * saved_stats + scratch_stats + 1.0) + (m.max_seq_len * m.head_dim) as f64;
     // ZeRO stages apply to data-parallel runs only; one process keeps everything.
-    let stage = if world > 1 { zero_stage } else { 0 };
+    let stage = if data_parallel { zero_stage } else { 0 };
     let shard = n / world as f64;
     // Sharded: the model in the compute precision, and the fp32 masters (with their compute
     // copy, the all-gather's source) of this rank's shard. ZeRO-3 holds the weights of two units
@@ -176,7 +181,7 @@ pub fn plan(m: &ModelConfig, s: &Setting, w: Widths, available: f64) -> MemoryPl
     let optimizer = if stage >= 1 { shard } else { n } * w.optimizer;
     // The reducer's ring of slots, each as large as the largest bucket: at most the bucket size
     // (larger parameters are split), at most the largest group (buckets stay within one).
-    let (grad_slots, param_slots) = if world > 1 {
+    let (grad_slots, param_slots) = if data_parallel {
         let (layer, head, embed) = group_sizes(m);
         let largest = bucket_elems.min(layer.max(head).max(embed));
         let slots = (crate::dist::reducer::RING * largest.div_ceil(world) * world) as f64;
@@ -236,10 +241,12 @@ fn largest_group(m: &ModelConfig) -> usize {
 }
 
 /// The peak of a real step's buffers, by kind, against the plan (printed after a run's first step).
-/// `device`: the memory the device reports in use (everything, not only the buffers).
+/// `allocator`: the device allocator's peak; `device`: the memory the device reports in use
+/// (everything, not only the buffers).
 pub fn measured_line(
     p: &MemoryPlan,
     m: &crate::backend::tracked::MemPeaks,
+    allocator: Option<f64>,
     device: Option<f64>,
 ) -> String {
     use crate::backend::tracked::KINDS;
@@ -250,10 +257,14 @@ pub fn measured_line(
         .map(|((k, &have), &want)| format!("{k:?} {} (planned {})", gb(have as f64), gb(want)))
         .collect();
     format!(
-        "memory measured after the first step: peak {} of buffers (planned {}): {}{}",
+        "memory measured after the first step: peak {} of buffers (planned {}): {}{}{}",
         gb(m.peak_total as f64),
         gb(p.total()),
         kinds.join(", "),
+        allocator.map_or(String::new(), |a| format!(
+            "; the allocator peaked at {}",
+            gb(a)
+        )),
         device.map_or(String::new(), |d| format!(
             "; the device reports {} in use",
             gb(d)
@@ -352,6 +363,7 @@ mod tests {
             bucket_elems: 1 << 22,
             recompute,
             evaluates: false,
+            data_parallel: world > 1,
         };
         plan(m, &s, Widths::CUDA, available)
     }

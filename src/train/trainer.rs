@@ -172,7 +172,7 @@ pub fn train_dist<B: GenerationBackend>(
             if let (Some(p), Some(m)) = (&run.planned, be.memory_peaks()) {
                 eprintln!(
                     "{}",
-                    memory::measured_line(p, &m, be.device_memory_in_use())
+                    memory::measured_line(p, &m, be.allocator_peak(), be.device_memory_in_use())
                 );
             }
         }
@@ -297,7 +297,7 @@ impl<'a, B: GenerationBackend> Run<'a, B> {
         let mut planned = None;
         if lead {
             print_overview(&mcfg, &loader, tokens_per_step, t_cfg.steps);
-            planned = Some(check_memory(be, cfg, &mcfg)?);
+            planned = Some(check_memory(be, cfg, &mcfg, comm.is_some())?);
         }
 
         // Model and optimizer state: fresh or from a checkpoint.
@@ -596,10 +596,12 @@ fn print_overview(mcfg: &ModelConfig, loader: &Loader, tokens_per_step: u64, ste
 }
 
 /// Stop before allocating anything when the run cannot fit.
+/// `data_parallel`: the run has a communicator (several ranks, or one launched rank).
 fn check_memory<B: Backend>(
     be: &B,
     cfg: &Config,
     mcfg: &ModelConfig,
+    data_parallel: bool,
 ) -> Result<memory::MemoryPlan> {
     let (d, t_cfg) = (&cfg.data, &cfg.train);
     let available = if t_cfg.device_memory_gb > 0.0 {
@@ -609,7 +611,10 @@ fn check_memory<B: Backend>(
     };
     let plan = memory::plan(
         mcfg,
-        &memory::Setting::of(cfg),
+        &memory::Setting {
+            data_parallel,
+            ..memory::Setting::of(cfg)
+        },
         memory::Widths::of(be),
         available,
     );

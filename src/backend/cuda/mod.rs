@@ -636,6 +636,10 @@ impl Backend for CudaBackend {
         self.ctx.total_mem().ok().map(|b| b as f64)
     }
 
+    fn allocator_peak(&self) -> Option<f64> {
+        device::pool_peak_bytes(&self.ctx).ok().map(|b| b as f64)
+    }
+
     fn device_memory_in_use(&self) -> Option<f64> {
         let (free, total) = self.ctx.mem_get_info().ok()?;
         Some(total.saturating_sub(free) as f64)

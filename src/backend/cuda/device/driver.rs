@@ -26,6 +26,32 @@ pub fn set_max_dynamic_shared(f: &CudaFunction, bytes: usize) -> Result<(), Stri
     .map_err(|e| format!("{e:?}"))
 }
 
+/// The high-water mark, in bytes, of the device's default memory pool: the stream-ordered
+/// allocator every buffer comes from (cudarc allocates with `cuMemAllocAsync`).
+pub fn pool_peak_bytes(ctx: &Arc<CudaContext>) -> Result<u64, String> {
+    use cudarc::driver::sys;
+    ctx.bind_to_thread().map_err(|e| format!("{e:?}"))?;
+    let dev =
+        cudarc::driver::result::device::get(ctx.ordinal() as i32).map_err(|e| format!("{e:?}"))?;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let mut high: u64 = 0;
+    // SAFETY: `pool` and `high` are valid out-pointers of the types the two calls write (a pool
+    // handle; the attribute's documented cuuint64_t); the device comes from the live context.
+    unsafe {
+        sys::cuDeviceGetDefaultMemPool(&mut pool, dev)
+            .result()
+            .map_err(|e| format!("{e:?}"))?;
+        sys::cuMemPoolGetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+            (&mut high as *mut u64).cast(),
+        )
+        .result()
+        .map_err(|e| format!("{e:?}"))?;
+    }
+    Ok(high)
+}
+
 /// The CUDA libraries kiln loads at run time that cannot be found (scripts/cuda-env.sh puts them
 /// on LD_LIBRARY_PATH).
 pub fn missing_libraries() -> Vec<&'static str> {

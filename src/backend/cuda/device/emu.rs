@@ -95,6 +95,11 @@ impl CudaContext {
     }
 }
 
+/// The emulator's memory is the host's: no allocator peak of its own.
+pub fn pool_peak_bytes(_ctx: &Arc<CudaContext>) -> Result<u64, String> {
+    Err("emulated device memory is host memory".into())
+}
+
 /// A loaded kernel file.
 pub struct CudaModule {
     file: &'static str,

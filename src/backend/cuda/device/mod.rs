@@ -8,7 +8,7 @@
 //!   execution model, and interprets exactly the GEMM arguments kiln passes to cuBLASLt.
 //!
 //! The interface, and all of it: a context per device (`CudaContext`: `new`, `name`, `total_mem`,
-//! `mem_get_info`, `default_stream`), kernel files (`load_module`, `CudaModule::load_function`,
+//! `mem_get_info`, `default_stream`; `pool_peak_bytes`, the allocator's high-water mark), kernel files (`load_module`, `CudaModule::load_function`,
 //! `set_max_dynamic_shared`), device memory (`CudaSlice<T>` with `len`, `slice`, `slice_mut`;
 //! the stream's `alloc_zeros`, `clone_htod`, `memcpy_htod`, `clone_dtoh`, `memcpy_dtod`,
 //! `memset_zeros`, `synchronize`; raw addresses through `DevicePtr` / `DevicePtrMut`),
