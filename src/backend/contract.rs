@@ -178,12 +178,34 @@ pub fn copy_range<B: Backend + ?Sized>(
     src_off: usize,
     len: usize,
 ) {
-    let op = Op::new(be, "copy_range");
-    for (arg, buf, off) in [("dst", dst, dst_off), ("src", src, src_off)] {
-        let have = op.len(buf);
+    ranges(
+        &Op::new(be, "copy_range"),
+        None,
+        [dst, src],
+        [dst_off, src_off],
+        len,
+    );
+}
+
+/// dst[dst_off..+len] and src[src_off..+len] lie inside their buffers (of `precision`, when
+/// given).
+#[track_caller]
+fn ranges<B: Backend + ?Sized>(
+    op: &Op<'_, B>,
+    precision: Option<Precision>,
+    bufs: [&B::Buf; 2],
+    offs: [usize; 2],
+    len: usize,
+) {
+    for ((arg, buf), off) in ["dst", "src"].into_iter().zip(bufs).zip(offs) {
+        let have = match precision {
+            Some(p) => op.kind(arg, buf, p).len(buf),
+            None => op.len(buf),
+        };
         assert!(
             off.checked_add(len).is_some_and(|end| end <= have),
-            "copy_range: {arg} has {have} elements, {arg}_off + len = {off} + {len} reaches past it"
+            "{}: {arg} has {have} elements, {arg}_off + len = {off} + {len} reaches past it",
+            op.name
         );
     }
 }
@@ -199,13 +221,7 @@ pub fn add_range<B: Backend + ?Sized>(
     len: usize,
 ) {
     let op = Op::new(be, "add_range");
-    for (arg, buf, off) in [("dst", dst, dst_off), ("src", src, src_off)] {
-        let have = op.kind(arg, buf, Full).len(buf);
-        assert!(
-            off.checked_add(len).is_some_and(|end| end <= have),
-            "add_range: {arg} has {have} elements, {arg}_off + len = {off} + {len} reaches past it"
-        );
-    }
+    ranges(&op, Some(Full), [dst, src], [dst_off, src_off], len);
 }
 
 // ---- linear layers --------------------------------------------------------------------------------

@@ -1096,6 +1096,21 @@ fn contract_rejects_a_copy_range_past_the_source() {
 }
 
 #[test]
+#[should_panic(expected = "add_range: dst has 8 elements, dst_off + len = 6 + 3 reaches past it")]
+fn contract_rejects_an_add_range_past_the_destination() {
+    let mut dst = vec![0f32; 8];
+    cpu32().add_range(&mut dst, 6, &vec![1f32; 4], 0, 3);
+}
+
+#[test]
+fn add_range_adds_one_range_into_another_and_leaves_the_rest() {
+    let mut dst: Vec<f32> = (0..8).map(|i| i as f32).collect();
+    let src: Vec<f32> = (0..5).map(|i| 10.0 * i as f32).collect();
+    cpu32().add_range(&mut dst, 3, &src, 1, 4);
+    assert_eq!(dst, vec![0.0, 1.0, 2.0, 13.0, 24.0, 35.0, 46.0, 7.0]);
+}
+
+#[test]
 #[should_panic(expected = "matmul: x has 11 elements, m·k = 12")]
 fn contract_rejects_a_short_matmul_operand() {
     let (m, k, n) = (3, 4, 5);
