@@ -400,7 +400,7 @@ pub struct PrepArgs {
     /// tokenizer.json to encode with.
     #[arg(long, short)]
     pub tokenizer: PathBuf,
-    /// Input files.
+    /// Input files, directories (every file below, in path order) and globs (quoted: 'data/*.jsonl.zst').
     #[arg(long, short, required = true, num_args = 1..)]
     pub input: Vec<PathBuf>,
     /// Output directory for the shards.
@@ -409,12 +409,25 @@ pub struct PrepArgs {
     /// Shard name prefix: NAME_00000.kiln, NAME_00001.kiln, ...
     #[arg(long, default_value = "data")]
     pub name: String,
-    /// Input kind (default: by extension, .jsonl → jsonl, else text).
+    /// How the inputs are stored (default: by extension, .gz gzip, .zst zstd, else plain).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub format: crate::data::input::Format,
+    /// Input kind (default: by extension under any compression, .jsonl/.json → jsonl, else text).
     #[arg(long, value_enum)]
     pub kind: Option<InputKind>,
-    /// JSONL field holding the text.
+    /// JSONL field holding the text (a dotted path reaches nested fields: meta.text).
     #[arg(long, default_value = "text")]
     pub field: String,
+    /// --kind instructions: the field of the instruction (dotted path; OpenOrca: question).
+    #[arg(long, default_value = "question")]
+    pub instruction_field: String,
+    /// --kind instructions: the field of the response (dotted path; OpenOrca: response).
+    #[arg(long, default_value = "response")]
+    pub response_field: String,
+    /// Keep only the JSON records where PATH == VALUE (or != VALUE); repeatable, all must hold.
+    /// E.g. --filter 'meta.pile_set_name == "PubMed Abstracts"'.
+    #[arg(long)]
+    pub filter: Vec<String>,
     /// How plain-text files split into documents.
     #[arg(long, value_enum, default_value = "file")]
     pub text_split: TextSplit,

@@ -490,4 +490,232 @@ fn prep_memory_stays_flat_on_a_100_mb_input() {
         d.join("out/big_00001.kiln").exists(),
         "shards roll at --shard-size"
     );
+    // The same input as zstd (generated here, streamed both ways): the same tokens, flat memory.
+    {
+        let src = std::io::BufReader::new(std::fs::File::open(d.join("big.jsonl")).unwrap());
+        let dst = std::io::BufWriter::new(std::fs::File::create(d.join("big.jsonl.zst")).unwrap());
+        ruzstd::encoding::compress(src, dst, ruzstd::encoding::CompressionLevel::Fastest);
+    }
+    let o = kiln(
+        &[
+            "prep",
+            "-t",
+            "tok.json",
+            "-i",
+            "big.jsonl.zst",
+            "-o",
+            "out",
+            "--name",
+            "bigzst",
+            "--shard-size",
+            "16MB",
+        ],
+        d,
+    );
+    let zerr = stderr(&o);
+    assert!(o.status.success(), "{zerr}");
+    eprintln!("{zerr}");
+    let field = |s: &str, after: &str| -> String {
+        s.split(after)
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    // "prep NAME: L lines, D documents, T tokens, ...": the counts after the name agree.
+    let counts = |s: &str| {
+        s.split(": ")
+            .nth(1)
+            .unwrap()
+            .split(", ")
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    assert_eq!(counts(&zerr), counts(&err));
+    let zpeak: f64 = field(&zerr, "peak RSS ").parse().unwrap();
+    assert!(
+        zpeak < 150.0,
+        "prep of 100 MB of zstd used {zpeak} MB peak: memory is not flat"
+    );
+}
+
+/// Every document of the shards `dir/NAME_*.kiln`, as token lists, in order.
+fn shard_documents(dir: &Path, name: &str, vocab: u64) -> Vec<Vec<u32>> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let f = p.file_name().unwrap().to_string_lossy().to_string();
+            f.starts_with(&format!("{name}_")) && f.ends_with(".kiln")
+        })
+        .collect();
+    paths.sort();
+    let mut out = Vec::new();
+    for p in paths {
+        let s = kiln::data::shard::Shard::open(&p, vocab, None).unwrap();
+        for i in 0..s.num_documents() {
+            let mut t = Vec::new();
+            s.extend_tokens(s.document(i), &mut t);
+            out.push(t);
+        }
+    }
+    out
+}
+
+#[test]
+fn compressed_pile_and_dolma_records_with_a_filter_and_openorca_instructions_prepare_like_plain_jsonl(
+) {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    train_tokenizer(d);
+    let vocab = Tokenizer::from_file(&d.join("tok.json"), None, None)
+        .unwrap()
+        .vocab_size();
+    // Pile-shaped records: text and meta.pile_set_name; a third are PubMed Abstracts.
+    let docs = documents();
+    let sets = ["PubMed Abstracts", "Pile-CC", "Github"];
+    let pile: String = docs
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            serde_json::json!({"text": t, "meta": {"pile_set_name": sets[i % 3]}}).to_string()
+                + "\n"
+        })
+        .collect();
+    let pubmed: Vec<String> = docs.iter().step_by(3).cloned().collect();
+    write_jsonl(&d.join("pubmed.jsonl"), &pubmed);
+    std::fs::create_dir_all(d.join("pile")).unwrap();
+    // The Pile ships .jsonl.zst; Dolma ships .json.gz (JSONL inside).
+    let zst = ruzstd::encoding::compress_to_vec(
+        pile.as_bytes(),
+        ruzstd::encoding::CompressionLevel::Fastest,
+    );
+    std::fs::write(d.join("pile/00.jsonl.zst"), zst).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(pile.as_bytes()).unwrap();
+    std::fs::write(d.join("dolma.json.gz"), gz.finish().unwrap()).unwrap();
+    let prep = |input: &str, name: &str, extra: &[&str]| {
+        let mut args = vec![
+            "prep",
+            "--tokenizer",
+            "tok.json",
+            "--input",
+            input,
+            "--out",
+            "shards",
+            "--name",
+            name,
+        ];
+        args.extend_from_slice(extra);
+        let o = kiln(&args, d);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stderr(&o)
+    };
+    prep("pubmed.jsonl", "plain", &[]);
+    let want = shard_documents(&d.join("shards"), "plain", vocab);
+    assert_eq!(want.len(), 100);
+    let filter = ["--filter", r#"meta.pile_set_name == "PubMed Abstracts""#];
+    // A directory (its .zst inside), a .json.gz, and a glob.
+    for (input, name) in [
+        ("pile", "zst"),
+        ("dolma.json.gz", "gz"),
+        ("pil*/*.zst", "glob"),
+    ] {
+        let err = prep(input, name, &filter);
+        assert!(
+            err.contains("--filter kept 100 record(s), dropped 200"),
+            "{err}"
+        );
+        assert_eq!(
+            shard_documents(&d.join("shards"), name, vocab),
+            want,
+            "{input}"
+        );
+    }
+    // OpenOrca-shaped general instructions: the system prompt dropped, the instruction (trailing
+    // space trimmed) and the response (trimmed) joined by a newline; the same as JSONL holding
+    // exactly that text.
+    let orca: Vec<serde_json::Value> = docs
+        .iter()
+        .take(50)
+        .enumerate()
+        .map(|(i, t)| {
+            serde_json::json!({"id": format!("niv.{i}"), "system_prompt": "You are an AI assistant.",
+                "question": format!("Summarise: {t}"), "response": format!("  It is document {i}.")})
+        })
+        .collect();
+    let body: String = orca.iter().map(|v| v.to_string() + "\n").collect();
+    std::fs::write(d.join("orca.jsonl"), body).unwrap();
+    let joined: Vec<String> = orca
+        .iter()
+        .map(|v| {
+            format!(
+                "{}\n{}",
+                v["question"].as_str().unwrap().trim_end(),
+                v["response"].as_str().unwrap().trim()
+            )
+        })
+        .collect();
+    write_jsonl(&d.join("joined.jsonl"), &joined);
+    prep("orca.jsonl", "orca", &["--kind", "instructions"]);
+    prep("joined.jsonl", "joined", &[]);
+    let got = shard_documents(&d.join("shards"), "orca", vocab);
+    assert_eq!(got.len(), 50);
+    assert_eq!(got, shard_documents(&d.join("shards"), "joined", vocab));
+    // A field mapping for other sets (LIMA-style conversations [instruction, response]).
+    let lima: String = orca
+        .iter()
+        .map(|v| {
+            serde_json::json!({"conversations": [v["question"], v["response"]]}).to_string() + "\n"
+        })
+        .collect();
+    std::fs::write(d.join("lima.jsonl"), lima).unwrap();
+    prep(
+        "lima.jsonl",
+        "lima",
+        &[
+            "--kind",
+            "instructions",
+            "--instruction-field",
+            "conversations.0",
+            "--response-field",
+            "conversations.1",
+        ],
+    );
+    assert_eq!(shard_documents(&d.join("shards"), "lima", vocab), got);
+    // Bad filters and formats are one line naming the problem.
+    let o = kiln(
+        &[
+            "prep",
+            "--tokenizer",
+            "tok.json",
+            "--input",
+            "pubmed.jsonl",
+            "--out",
+            "s2",
+            "--filter",
+            "meta.x = 1",
+        ],
+        d,
+    );
+    assert_clean_error(&o, &["--filter", "PATH == VALUE"]);
+    let o = kiln(
+        &[
+            "prep",
+            "--tokenizer",
+            "tok.json",
+            "--input",
+            "pubmed.jsonl",
+            "--out",
+            "s2",
+            "--format",
+            "zstd",
+        ],
+        d,
+    );
+    assert_clean_error(&o, &["pubmed.jsonl: not a zstd file"]);
 }

@@ -55,10 +55,19 @@ pub fn tokenizer(cmd: TokenizerCommand) -> Result<()> {
 pub fn prep_cmd(a: PrepArgs) -> Result<()> {
     set_threads(a.threads.unwrap_or(0));
     let tok = Tokenizer::from_file(&a.tokenizer, a.bos_token.as_deref(), a.eos_token.as_deref())?;
+    let filters = a
+        .filter
+        .iter()
+        .map(|f| crate::data::input::Filter::parse(f))
+        .collect::<Result<Vec<_>>>()?;
     let opts = PrepOptions {
         inputs: a.input,
+        format: a.format,
         kind: a.kind,
         field: a.field,
+        instruction_field: a.instruction_field,
+        response_field: a.response_field,
+        filters,
         text_split: a.text_split,
         out_dir: a.out,
         name: a.name.clone(),

@@ -5,6 +5,7 @@
 pub mod augment;
 pub mod bpe;
 pub mod finetune;
+pub mod input;
 pub mod loader;
 pub mod prep;
 pub mod pretokenize;

@@ -1,17 +1,19 @@
 //! `kiln prep`: text → token shards.
 //!
-//! Reads plain text, JSONL (`text` field, name configurable), augmented records (templated into
-//! natural documents by `data::augment`) or synthesizer fine-tuning records (packed one-shot
-//! examples with loss-mask bits, `data::finetune`), tokenizes on all cores, and writes kiln shards,
+//! Reads plain text, JSONL (`text` field, name configurable), instruction–response records (general
+//! instructions as pre-training text: instruction, newline, response), augmented records (templated
+//! into natural documents by `data::augment`) or synthesizer fine-tuning records (packed one-shot
+//! examples with loss-mask bits, `data::finetune`), plain or compressed, from files, directories
+//! and globs (`data::input`), keeps the JSON records that pass every `--filter`, tokenizes on all
+//! cores, and writes kiln shards,
 //! rolling to a new shard at a size. It streams: input is read in chunks of a few MB, each chunk is
 //! encoded in parallel (order kept) and written before the next is read, so memory stays flat
 //! however large the input.
 //!
 //! Every bad line is reported as `file:line: problem`; `skip_bad_lines` counts and skips them.
 
-use std::fs::File;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -20,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::augment::template_chain;
 use super::finetune::pack_examples;
+use super::input::{self, lookup, Filter, Format};
 use super::records::{parse_record, AugmentedRecord, FinetuneRecord, Pair};
 use super::shard::ShardWriter;
 use super::tokenizer::Tokenizer;
@@ -39,6 +42,12 @@ pub enum InputKind {
     /// JSONL augmented records with an optional `source`: synthesizer fine-tuning sequences
     /// (adjacent records of one source packed together, loss only on the pairs).
     Finetune,
+    /// JSONL instruction–response records (general instructions as pre-training text, the paper's
+    /// recommendation for a base model): the instruction (trailing whitespace trimmed) and the
+    /// response (trimmed) joined by a newline, no chat template, any system prompt dropped, one
+    /// record per document. Fields: OpenOrca's
+    /// `question` and `response` unless `--instruction-field` / `--response-field` say otherwise.
+    Instructions,
 }
 
 /// How a plain-text file splits into documents.
@@ -55,10 +64,18 @@ pub enum TextSplit {
 
 #[derive(Clone, Debug)]
 pub struct PrepOptions {
+    /// Files, directories and globs (`data::input::expand`).
     pub inputs: Vec<PathBuf>,
-    /// None: `.jsonl`/`.json` → Jsonl, anything else → Text.
+    /// How the files are stored (compression).
+    pub format: Format,
+    /// None: `.jsonl`/`.json` (compressed or not) → Jsonl, anything else → Text.
     pub kind: Option<InputKind>,
     pub field: String,
+    /// Instructions: the dotted paths of the instruction and the response.
+    pub instruction_field: String,
+    pub response_field: String,
+    /// JSON records are kept when every filter holds.
+    pub filters: Vec<Filter>,
     pub text_split: TextSplit,
     pub out_dir: PathBuf,
     /// Shard file prefix: `{name}_{index:05}.kiln`.
@@ -79,8 +96,12 @@ impl Default for PrepOptions {
     fn default() -> Self {
         PrepOptions {
             inputs: Vec::new(),
+            format: Format::Auto,
             kind: None,
             field: "text".into(),
+            instruction_field: "question".into(),
+            response_field: "response".into(),
+            filters: Vec::new(),
             text_split: TextSplit::File,
             out_dir: PathBuf::from("shards"),
             name: "data".into(),
@@ -99,6 +120,10 @@ pub struct PrepStats {
     pub input_bytes: u64,
     pub lines: u64,
     pub skipped_lines: u64,
+    /// JSON records dropped by the filters, and kept (when there are filters).
+    pub filtered_out: u64,
+    pub kept_records: u64,
+    pub filtering: bool,
     pub documents: u64,
     pub tokens: u64,
     pub shards: Vec<PathBuf>,
@@ -126,7 +151,7 @@ impl PrepStats {
     /// The one-line log report of the run that wrote the shards named `name`.
     pub fn report(&self, name: &str) -> String {
         format!(
-            "prep {name}: {} lines, {} documents, {} tokens, {} shard(s), {:.1} MB in {:.2}s ({:.1} MB/s, {:.2} M tokens/s, peak RSS {} MB){}",
+            "prep {name}: {} lines, {} documents, {} tokens, {} shard(s), {:.1} MB in {:.2}s ({:.1} MB/s, {:.2} M tokens/s, peak RSS {} MB){}{}",
             self.lines,
             self.documents,
             self.tokens,
@@ -136,7 +161,8 @@ impl PrepStats {
             self.mb_per_s(),
             self.tokens_per_s() / 1e6,
             self.peak_rss_bytes.map_or("?".to_string(), |b| format!("{:.0}", b as f64 / 1e6)),
-            if self.skipped_lines > 0 { format!(", skipped {} bad line(s)", self.skipped_lines) } else { String::new() }
+            if self.skipped_lines > 0 { format!(", skipped {} bad line(s)", self.skipped_lines) } else { String::new() },
+            if self.filtered_out > 0 || self.filtering { format!("; --filter kept {} record(s), dropped {}", self.kept_records, self.filtered_out) } else { String::new() }
         )
     }
 }
@@ -202,9 +228,9 @@ impl Drop for ShardSink<'_> {
     }
 }
 
-fn kind_for(path: &Path, kind: Option<InputKind>) -> InputKind {
-    kind.unwrap_or_else(|| match path.extension().and_then(|e| e.to_str()) {
-        Some("jsonl") | Some("json") => InputKind::Jsonl,
+fn kind_for(path: &Path, format: Format, kind: Option<InputKind>) -> InputKind {
+    kind.unwrap_or_else(|| match input::content_extension(path, format).as_deref() {
+        Some("jsonl" | "json") => InputKind::Jsonl,
         _ => InputKind::Text,
     })
 }
@@ -214,32 +240,43 @@ pub fn prep(tok: &Tokenizer, opts: &PrepOptions) -> Result<PrepStats> {
     if opts.inputs.is_empty() {
         bail!("no input files given");
     }
+    let inputs = input::expand(&opts.inputs)?;
     let mut total_bytes = 0;
-    for p in &opts.inputs {
+    for p in &inputs {
         let meta =
             std::fs::metadata(p).with_context(|| format!("{}: cannot read input", p.display()))?;
-        if !meta.is_file() {
-            bail!("{}: not a regular file", p.display());
-        }
         total_bytes += meta.len();
+    }
+    if !opts.filters.is_empty() {
+        if let Some(p) = inputs
+            .iter()
+            .find(|p| kind_for(p, opts.format, opts.kind) == InputKind::Text)
+        {
+            bail!(
+                "{}: --filter applies to JSON records, and this input is plain text (set --kind)",
+                p.display()
+            );
+        }
     }
     std::fs::create_dir_all(&opts.out_dir)
         .with_context(|| format!("{}: cannot create output directory", opts.out_dir.display()))?;
-    let with_mask = opts
-        .inputs
+    let with_mask = inputs
         .iter()
-        .any(|p| kind_for(p, opts.kind) == InputKind::Finetune);
+        .any(|p| kind_for(p, opts.format, opts.kind) == InputKind::Finetune);
     let mut sink = ShardSink {
         tok,
         opts,
         with_mask,
         writer: None,
-        stats: PrepStats::default(),
+        stats: PrepStats {
+            filtering: !opts.filters.is_empty(),
+            ..PrepStats::default()
+        },
     };
     let bar = progress_bar(opts.progress, total_bytes);
     let start = Instant::now();
-    for (fi, path) in opts.inputs.iter().enumerate() {
-        let kind = kind_for(path, opts.kind);
+    for (fi, path) in inputs.iter().enumerate() {
+        let kind = kind_for(path, opts.format, opts.kind);
         prep_file(tok, opts, fi as u64, path, kind, &mut sink, &bar, start)?;
     }
     sink.close()?;
@@ -247,8 +284,8 @@ pub fn prep(tok: &Tokenizer, opts: &PrepOptions) -> Result<PrepStats> {
     let mut stats = std::mem::take(&mut sink.stats);
     if stats.documents == 0 {
         bail!(
-            "no documents in {}: nothing to write (empty inputs, or every line was skipped)",
-            opts.inputs
+            "no documents in {}: nothing to write (empty inputs, or every line was skipped or filtered out)",
+            inputs
                 .iter()
                 .map(|p| p.display().to_string())
                 .collect::<Vec<_>>()
@@ -285,8 +322,9 @@ fn prep_file(
     bar: &indicatif::ProgressBar,
     start: Instant,
 ) -> Result<()> {
-    let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let opened = input::open(path, opts.format)?;
+    let mut reader = opened.reader;
+    let mut shown = 0u64;
     let file_seed = derive_seed(opts.seed, file_index);
     let mut units: Vec<Unit> = Vec::new();
     let mut chunk_bytes = 0usize;
@@ -328,7 +366,7 @@ fn prep_file(
         // Encode a chunk when it is large enough (keeping the last, possibly open, group) or at EOF.
         if eof || (chunk_bytes >= opts.chunk_bytes && units.len() > 1) {
             let keep = if eof
-                || matches!(kind, InputKind::Jsonl)
+                || matches!(kind, InputKind::Jsonl | InputKind::Instructions)
                 || kind == InputKind::Text && opts.text_split == TextSplit::Line
             {
                 0
@@ -337,7 +375,10 @@ fn prep_file(
             };
             let ready: Vec<Unit> = units.drain(..units.len() - keep.min(units.len())).collect();
             encode_units(tok, opts, path, kind, file_seed, &ready, sink)?;
-            bar.inc(chunk_bytes as u64);
+            // Progress in bytes of the file (compressed bytes for a compressed file).
+            let consumed = opened.consumed.load(Ordering::Relaxed);
+            bar.inc(consumed.saturating_sub(shown));
+            shown = consumed;
             let secs = start.elapsed().as_secs_f64().max(1e-9);
             bar.set_message(format!(
                 "{:.2} M tok/s",
@@ -368,7 +409,7 @@ fn add_line(
         })
     };
     match kind {
-        InputKind::Jsonl => new_unit(units, line),
+        InputKind::Jsonl | InputKind::Instructions => new_unit(units, line),
         InputKind::Text => match opts.text_split {
             TextSplit::Line => {
                 if !line.trim().is_empty() {
@@ -424,14 +465,16 @@ fn encode_units(
     units: &[Unit],
     sink: &mut ShardSink,
 ) -> Result<()> {
-    let results: Vec<Result<Vec<Doc>, (u64, String)>> = units
+    let results: Vec<Result<Encoded, (u64, String)>> = units
         .par_iter()
         .map(|u| encode_unit(tok, opts, kind, file_seed, u))
         .collect();
     for r in results {
         match r {
-            Ok(docs) => {
-                for d in &docs {
+            Ok(e) => {
+                sink.stats.filtered_out += e.dropped;
+                sink.stats.kept_records += e.kept;
+                for d in &e.docs {
                     sink.push(d)?;
                 }
             }
@@ -447,18 +490,55 @@ fn encode_units(
     Ok(())
 }
 
+/// A unit's documents, and how many of its JSON records the filters kept and dropped.
+#[derive(Default)]
+struct Encoded {
+    docs: Vec<Doc>,
+    kept: u64,
+    dropped: u64,
+}
+
+/// Parse a JSON line; None when a filter drops it.
+fn record(
+    opts: &PrepOptions,
+    raw: &str,
+    line: u64,
+    e: &mut Encoded,
+) -> Result<Option<serde_json::Value>, (u64, String)> {
+    let v: serde_json::Value =
+        serde_json::from_str(raw).map_err(|err| (line, format!("invalid JSON: {err}")))?;
+    if opts.filters.iter().all(|f| f.keeps(&v)) {
+        e.kept += 1;
+        Ok(Some(v))
+    } else {
+        e.dropped += 1;
+        Ok(None)
+    }
+}
+
+/// The string at a dotted path of a record, or the problem.
+fn string_at<'v>(v: &'v serde_json::Value, path: &str) -> Result<&'v str, String> {
+    let keys: Vec<&str> = path.split('.').collect();
+    match lookup(v, &keys) {
+        Some(serde_json::Value::String(s)) => Ok(s),
+        Some(_) => Err(format!("field {path:?} is not a string")),
+        None => Err(format!("no {path:?} field")),
+    }
+}
+
 fn encode_unit(
     tok: &Tokenizer,
     opts: &PrepOptions,
     kind: InputKind,
     file_seed: u64,
     unit: &Unit,
-) -> Result<Vec<Doc>, (u64, String)> {
+) -> Result<Encoded, (u64, String)> {
     let doc = |text: &str, line: u64| -> Result<Doc, (u64, String)> {
         tok.encode_document(text)
             .map(|ids| (ids, None))
             .map_err(|e| (line, e.to_string()))
     };
+    let mut out = Encoded::default();
     match kind {
         InputKind::Text => {
             let text = unit
@@ -467,34 +547,35 @@ fn encode_unit(
                 .map(|(_, l)| l.as_str())
                 .collect::<Vec<_>>()
                 .join("\n");
-            if text.trim().is_empty() {
-                return Ok(vec![]);
+            if !text.trim().is_empty() {
+                out.docs.push(doc(&text, unit.line)?);
             }
-            Ok(vec![doc(&text, unit.line)?])
         }
-        InputKind::Jsonl => {
+        InputKind::Jsonl | InputKind::Instructions => {
             let (line, raw) = &unit.lines[0];
             if raw.trim().is_empty() {
-                return Ok(vec![]);
+                return Ok(out);
             }
-            let v: serde_json::Value =
-                serde_json::from_str(raw).map_err(|e| (*line, format!("invalid JSON: {e}")))?;
-            match v.get(&opts.field) {
-                Some(serde_json::Value::String(s)) => {
-                    if s.is_empty() {
-                        Ok(vec![])
-                    } else {
-                        Ok(vec![doc(s, *line)?])
-                    }
-                }
-                Some(_) => Err((*line, format!("field {:?} is not a string", opts.field))),
-                None => Err((*line, format!("no {:?} field", opts.field))),
+            let Some(v) = record(opts, raw, *line, &mut out)? else {
+                return Ok(out);
+            };
+            let text = if kind == InputKind::Jsonl {
+                string_at(&v, &opts.field)
+                    .map_err(|e| (*line, e))?
+                    .to_string()
+            } else {
+                let q = string_at(&v, &opts.instruction_field).map_err(|e| (*line, e))?;
+                let a = string_at(&v, &opts.response_field).map_err(|e| (*line, e))?;
+                format!("{}\n{}", q.trim_end(), a.trim())
+            };
+            if !text.is_empty() {
+                out.docs.push(doc(&text, *line)?);
             }
         }
         InputKind::Augmented => {
             let mut records = Vec::with_capacity(unit.lines.len());
             for (line, raw) in &unit.lines {
-                if raw.trim().is_empty() {
+                if raw.trim().is_empty() || record(opts, raw, *line, &mut out)?.is_none() {
                     continue;
                 }
                 let r: AugmentedRecord = parse_record(raw).map_err(|e| (*line, e))?;
@@ -505,15 +586,14 @@ fn encode_unit(
                 .map(|r| (r.text.as_str(), r.pairs.as_slice()))
                 .collect();
             let seed = derive_seed(file_seed, unit.line);
-            template_chain(&entries, seed)
-                .into_iter()
-                .map(|d| doc(&d.text, unit.line))
-                .collect()
+            for d in template_chain(&entries, seed) {
+                out.docs.push(doc(&d.text, unit.line)?);
+            }
         }
         InputKind::Finetune => {
             let mut records = Vec::with_capacity(unit.lines.len());
             for (line, raw) in &unit.lines {
-                if raw.trim().is_empty() {
+                if raw.trim().is_empty() || record(opts, raw, *line, &mut out)?.is_none() {
                     continue;
                 }
                 let r: FinetuneRecord = parse_record(raw).map_err(|e| (*line, e))?;
@@ -524,10 +604,9 @@ fn encode_unit(
                 .map(|r| (r.text.as_str(), r.pairs.as_slice()));
             let docs = pack_examples(tok, examples, opts.finetune_max_tokens)
                 .map_err(|e| (unit.line, e.to_string()))?;
-            Ok(docs
-                .into_iter()
-                .map(|(ids, mask)| (ids, Some(mask)))
-                .collect())
+            out.docs
+                .extend(docs.into_iter().map(|(ids, mask)| (ids, Some(mask))));
         }
     }
+    Ok(out)
 }
