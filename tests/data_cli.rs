@@ -719,3 +719,132 @@ fn compressed_pile_and_dolma_records_with_a_filter_and_openorca_instructions_pre
     );
     assert_clean_error(&o, &["pubmed.jsonl: not a zstd file"]);
 }
+
+/// A parquet file of string columns (`schema` a parquet message type of required UTF8 byte arrays,
+/// possibly in groups; `columns` the leaf columns' values in schema order), written in row groups of
+/// `per_group` rows, snappy-compressed, as the public datasets ship.
+fn write_parquet(path: &Path, schema: &str, columns: &[Vec<String>], per_group: usize) {
+    use parquet::basic::Compression;
+    use parquet::data_type::{ByteArray, ByteArrayType};
+    use parquet::file::properties::WriterProperties;
+    use parquet::file::writer::SerializedFileWriter;
+    let schema = std::sync::Arc::new(parquet::schema::parser::parse_message_type(schema).unwrap());
+    let props = std::sync::Arc::new(
+        WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .build(),
+    );
+    let file = std::fs::File::create(path).unwrap();
+    let mut w = SerializedFileWriter::new(file, schema, props).unwrap();
+    let rows = columns[0].len();
+    for start in (0..rows).step_by(per_group) {
+        let end = (start + per_group).min(rows);
+        let mut g = w.next_row_group().unwrap();
+        for col in columns {
+            let mut c = g.next_column().unwrap().unwrap();
+            let values: Vec<ByteArray> = col[start..end]
+                .iter()
+                .map(|v| ByteArray::from(v.as_str()))
+                .collect();
+            c.typed::<ByteArrayType>()
+                .write_batch(&values, None, None)
+                .unwrap();
+            c.close().unwrap();
+        }
+        g.close().unwrap();
+    }
+    w.close().unwrap();
+}
+
+#[test]
+fn parquet_records_of_pile_and_openorca_shapes_prepare_like_plain_jsonl() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    train_tokenizer(d);
+    let vocab = Tokenizer::from_file(&d.join("tok.json"), None, None)
+        .unwrap()
+        .vocab_size();
+    let docs = documents();
+    let sets: Vec<String> = (0..docs.len())
+        .map(|i| ["PubMed Abstracts", "Pile-CC", "Github"][i % 3].to_string())
+        .collect();
+    // Nested like the Pile's records: text, meta.pile_set_name; 7 row groups.
+    write_parquet(
+        &d.join("pile.parquet"),
+        "message pile { REQUIRED BYTE_ARRAY text (UTF8); REQUIRED GROUP meta { REQUIRED BYTE_ARRAY pile_set_name (UTF8); } }",
+        &[docs.clone(), sets],
+        45,
+    );
+    let pubmed: Vec<String> = docs.iter().step_by(3).cloned().collect();
+    write_jsonl(&d.join("pubmed.jsonl"), &pubmed);
+    let prep = |args: &[&str]| {
+        let mut all = vec!["prep", "--tokenizer", "tok.json", "--out", "shards"];
+        all.extend_from_slice(args);
+        let o = kiln(&all, d);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stderr(&o)
+    };
+    prep(&["--input", "pubmed.jsonl", "--name", "plain"]);
+    let err = prep(&[
+        "--input",
+        "pile.parquet",
+        "--name",
+        "pq",
+        "--filter",
+        r#"meta.pile_set_name == "PubMed Abstracts""#,
+    ]);
+    assert!(
+        err.contains("--filter kept 100 record(s), dropped 200"),
+        "{err}"
+    );
+    let want = shard_documents(&d.join("shards"), "plain", vocab);
+    assert_eq!(want.len(), 100);
+    assert_eq!(shard_documents(&d.join("shards"), "pq", vocab), want);
+    // OpenOrca's columns: id, system_prompt, question, response.
+    let n = 40;
+    let col = |f: &dyn Fn(usize) -> String| (0..n).map(f).collect::<Vec<String>>();
+    let orca = [
+        col(&|i| format!("niv.{i}")),
+        col(&|_| "You are a helpful assistant.".to_string()),
+        col(&|i| format!("Summarise: {}", docs[i])),
+        col(&|i| format!("It is document {i}.")),
+    ];
+    write_parquet(
+        &d.join("orca.parquet"),
+        "message orca { REQUIRED BYTE_ARRAY id (UTF8); REQUIRED BYTE_ARRAY system_prompt (UTF8); REQUIRED BYTE_ARRAY question (UTF8); REQUIRED BYTE_ARRAY response (UTF8); }",
+        &orca,
+        16,
+    );
+    let joined: Vec<String> = (0..n)
+        .map(|i| format!("{}\n{}", orca[2][i].trim_end(), orca[3][i].trim()))
+        .collect();
+    write_jsonl(&d.join("joined.jsonl"), &joined);
+    prep(&[
+        "--input",
+        "orca.parquet",
+        "--name",
+        "orca",
+        "--kind",
+        "instructions",
+    ]);
+    prep(&["--input", "joined.jsonl", "--name", "joined"]);
+    let got = shard_documents(&d.join("shards"), "orca", vocab);
+    assert_eq!(got.len(), n);
+    assert_eq!(got, shard_documents(&d.join("shards"), "joined", vocab));
+    // A file that is not parquet is one line naming it.
+    let o = kiln(
+        &[
+            "prep",
+            "--tokenizer",
+            "tok.json",
+            "--input",
+            "pubmed.jsonl",
+            "--out",
+            "s2",
+            "--format",
+            "parquet",
+        ],
+        d,
+    );
+    assert_clean_error(&o, &["pubmed.jsonl: not a parquet file"]);
+}

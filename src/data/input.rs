@@ -1,7 +1,8 @@
 //! Where `kiln prep` and `kiln synth` read from: input paths (files, directories, globs) expanded
 //! in a deterministic order, and each file opened as a stream of lines through its compression
-//! (plain, gzip: `.gz`, zstd: `.zst`), chosen by extension or `--format`. Decoding streams, so
-//! memory stays flat whatever the size of the input. Also the `--filter` expressions over JSON
+//! (plain, gzip: `.gz`, zstd: `.zst`) or as parquet (`.parquet`: each row one JSON line, nested
+//! groups as objects), chosen by extension or `--format`. Decoding streams (parquet one row group
+//! at a time), so memory stays flat whatever the size of the input. Also the `--filter` expressions over JSON
 //! records (`meta.pile_set_name == "PubMed Abstracts"`).
 
 use std::fs::File;
@@ -23,6 +24,9 @@ pub enum Format {
     Plain,
     Gzip,
     Zstd,
+    /// Parquet: every row becomes one JSON record (columns by name, nested groups as objects,
+    /// lists as arrays).
+    Parquet,
 }
 
 impl Format {
@@ -34,6 +38,7 @@ impl Format {
         match path.extension().and_then(|e| e.to_str()) {
             Some("gz") => Format::Gzip,
             Some("zst" | "zstd") => Format::Zstd,
+            Some("parquet" | "pq") => Format::Parquet,
             _ => Format::Plain,
         }
     }
@@ -41,6 +46,9 @@ impl Format {
 
 /// The extension of `path` once a compression suffix is removed (`a.jsonl.zst` → `jsonl`).
 pub fn content_extension(path: &Path, format: Format) -> Option<String> {
+    if format.of(path) == Format::Parquet {
+        return Some("jsonl".into());
+    }
     let name = path.file_name()?.to_str()?;
     let stem = match format.of(path) {
         Format::Gzip | Format::Zstd => name.rsplit_once('.').map_or(name, |(s, _)| s),
@@ -163,6 +171,75 @@ impl<R: Read> Read for ZstdFrames<R> {
     }
 }
 
+/// A parquet file's rows as JSON lines, read one row group at a time; `consumed` advances by the
+/// file's size in proportion to the rows read.
+struct ParquetLines {
+    rows: parquet::record::reader::RowIter<'static>,
+    path: PathBuf,
+    line: Vec<u8>,
+    at: usize,
+    read: u64,
+    total: u64,
+    size: u64,
+    consumed: Arc<AtomicU64>,
+}
+
+impl Read for ParquetLines {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.at == self.line.len() {
+            match self.rows.next() {
+                None => return Ok(0),
+                Some(Err(e)) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("{}: row {}: {e}", self.path.display(), self.read + 1),
+                    ))
+                }
+                Some(Ok(row)) => {
+                    self.line.clear();
+                    serde_json::to_writer(&mut self.line, &row.to_json_value())?;
+                    self.line.push(b'\n');
+                    self.at = 0;
+                    self.read += 1;
+                    let done = self.size * self.read / self.total.max(1);
+                    self.consumed.store(done, Ordering::Relaxed);
+                }
+            }
+        }
+        let n = buf.len().min(self.line.len() - self.at);
+        buf[..n].copy_from_slice(&self.line[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// Open a parquet file as JSON lines.
+fn open_parquet(
+    path: &Path,
+    file: File,
+    consumed: Arc<AtomicU64>,
+) -> Result<Box<dyn BufRead + Send>> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let reader = SerializedFileReader::new(file)
+        .map_err(|e| anyhow!("{}: not a parquet file: {e}", path.display()))?;
+    let total = reader.metadata().file_metadata().num_rows().max(0) as u64;
+    let rows = parquet::record::reader::RowIter::from_file_into(Box::new(reader));
+    Ok(Box::new(BufReader::with_capacity(
+        1 << 20,
+        ParquetLines {
+            rows,
+            path: path.to_path_buf(),
+            line: Vec::new(),
+            at: 0,
+            read: 0,
+            total,
+            size,
+            consumed,
+        },
+    )))
+}
+
 /// An opened input: its decoded lines, and how many bytes of the file have been read so far.
 pub struct Opened {
     pub reader: Box<dyn BufRead + Send>,
@@ -173,12 +250,18 @@ pub struct Opened {
 pub fn open(path: &Path, format: Format) -> Result<Opened> {
     let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     let consumed = Arc::new(AtomicU64::new(0));
+    if format.of(path) == Format::Parquet {
+        let reader = open_parquet(path, file, consumed.clone())?;
+        return Ok(Opened { reader, consumed });
+    }
     let counted = Counted {
         inner: file,
         count: consumed.clone(),
     };
     let reader: Box<dyn BufRead + Send> = match format.of(path) {
-        Format::Auto | Format::Plain => Box::new(BufReader::with_capacity(1 << 20, counted)),
+        Format::Auto | Format::Plain | Format::Parquet => {
+            Box::new(BufReader::with_capacity(1 << 20, counted))
+        }
         Format::Gzip => Box::new(BufReader::with_capacity(
             1 << 20,
             flate2::read::MultiGzDecoder::new(BufReader::new(counted)),
