@@ -516,6 +516,20 @@ fn record(
     }
 }
 
+/// Whether a grouped record (augmented, fine-tuning) passes the filters. Without filters it is not
+/// parsed here: its own parser reads it once.
+fn passes(
+    opts: &PrepOptions,
+    raw: &str,
+    line: u64,
+    e: &mut Encoded,
+) -> Result<bool, (u64, String)> {
+    if opts.filters.is_empty() {
+        return Ok(true);
+    }
+    Ok(record(opts, raw, line, e)?.is_some())
+}
+
 /// The string at a dotted path of a record, or the problem.
 fn string_at<'v>(v: &'v serde_json::Value, path: &str) -> Result<&'v str, String> {
     let keys: Vec<&str> = path.split('.').collect();
@@ -575,7 +589,7 @@ fn encode_unit(
         InputKind::Augmented => {
             let mut records = Vec::with_capacity(unit.lines.len());
             for (line, raw) in &unit.lines {
-                if raw.trim().is_empty() || record(opts, raw, *line, &mut out)?.is_none() {
+                if raw.trim().is_empty() || !passes(opts, raw, *line, &mut out)? {
                     continue;
                 }
                 let r: AugmentedRecord = parse_record(raw).map_err(|e| (*line, e))?;
@@ -593,7 +607,7 @@ fn encode_unit(
         InputKind::Finetune => {
             let mut records = Vec::with_capacity(unit.lines.len());
             for (line, raw) in &unit.lines {
-                if raw.trim().is_empty() || record(opts, raw, *line, &mut out)?.is_none() {
+                if raw.trim().is_empty() || !passes(opts, raw, *line, &mut out)? {
                     continue;
                 }
                 let r: FinetuneRecord = parse_record(raw).map_err(|e| (*line, e))?;

@@ -179,6 +179,17 @@ pub struct Shard<B: Backend> {
     g: Vec<B::Buf>,
 }
 
+impl<B: Backend> Shard<B> {
+    /// Copy this rank's masters of bucket `b` (their compute copy, when `buf` is a compute
+    /// buffer) to their places in `buf`, the all-gather's input.
+    fn pack(&self, be: &B, b: usize, buf: &mut B::Buf) {
+        for i in self.by_bucket[b].clone() {
+            let s = self.segments[i];
+            be.copy_range(buf, s.bucket_off, &self.p[i], 0, s.len);
+        }
+    }
+}
+
 /// One rank's piece of a sharded optimizer state, on the host: (parameter, offset, master
 /// weights, exp_avg, exp_avg_sq).
 pub type HostPiece = (usize, usize, Vec<f32>, Vec<f32>, Vec<f32>);
@@ -474,10 +485,7 @@ impl<B: Backend> Reducer<B> {
         for b in self.plan.groups[g].clone() {
             let padded = self.plan.buckets[b].padded;
             let mut buf = be.alloc(padded, BufKind::Act);
-            for i in sh.by_bucket[b].clone() {
-                let s = sh.segments[i];
-                be.copy_range(&mut buf, s.bucket_off, &sh.p[i], 0, s.len);
-            }
+            sh.pack(be, b, &mut buf);
             if self.error.is_none() {
                 if let Err(e) = comm.all_gather(be, &mut buf, padded) {
                     self.error = Some(e);
@@ -649,10 +657,7 @@ impl<B: Backend> Reducer<B> {
                 unpack(be, &slots[(b - RING) % RING], b - RING, params);
             }
             let slot = &mut slots[b % RING];
-            for i in sh.by_bucket[b].clone() {
-                let s = sh.segments[i];
-                be.copy_range(slot, s.bucket_off, &sh.p[i], 0, s.len);
-            }
+            sh.pack(be, b, slot);
             comm.all_gather(be, slot, buckets[b].padded)?;
         }
         comm.wait(be)?;
