@@ -105,9 +105,22 @@ pub struct SynthArgs {
     /// kiln run/checkpoint directory.
     #[arg(long)]
     pub model: PathBuf,
-    /// Raw texts: JSONL with a "text" field per line.
-    #[arg(long, short)]
-    pub input: PathBuf,
+    /// Raw texts: JSONL records with a text field (--field), plain, gzip (.gz), zstd (.zst) or
+    /// parquet; files, directories (their files, sorted) and globs, in the order given.
+    #[arg(long, short, required = true, num_args = 1..)]
+    pub input: Vec<PathBuf>,
+    /// How the inputs are stored (default: by extension, .gz gzip, .zst zstd, .parquet parquet,
+    /// else plain). Compressed and parquet inputs are decoded once into OUT.input.jsonl, which
+    /// is removed when the run completes.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub format: crate::data::input::Format,
+    /// The field holding the text (a dotted path reaches nested fields: meta.abstract).
+    #[arg(long, default_value = "text")]
+    pub field: String,
+    /// Keep only records where PATH == VALUE (or drop them: PATH != VALUE); repeatable, all must
+    /// hold. E.g. --filter 'meta.pile_set_name == "PubMed Abstracts"'.
+    #[arg(long)]
+    pub filter: Vec<String>,
     /// Augmented records (JSONL, for `kiln prep --kind augmented`); OUT.progress.json beside it.
     #[arg(long, short)]
     pub out: PathBuf,

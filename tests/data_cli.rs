@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 mod common;
 
-use common::{assert_clean_error, kiln, stderr};
+use common::{assert_clean_error, kiln, stderr, write_parquet, write_parquet_with};
 use kiln::data::loader::{Loader, LoaderOptions, SourceSpec, Split};
 use kiln::data::shard::write_llmc_shard;
 use kiln::data::tokenizer::Tokenizer;
@@ -494,7 +494,7 @@ fn prep_memory_stays_flat_on_a_100_mb_input() {
     {
         let src = std::io::BufReader::new(std::fs::File::open(d.join("big.jsonl")).unwrap());
         let dst = std::io::BufWriter::new(std::fs::File::create(d.join("big.jsonl.zst")).unwrap());
-        ruzstd::encoding::compress(src, dst, ruzstd::encoding::CompressionLevel::Fastest);
+        zstd::stream::copy_encode(src, dst, 3).unwrap();
     }
     let o = kiln(
         &[
@@ -590,10 +590,7 @@ fn compressed_pile_and_dolma_records_with_a_filter_and_openorca_instructions_pre
     write_jsonl(&d.join("pubmed.jsonl"), &pubmed);
     std::fs::create_dir_all(d.join("pile")).unwrap();
     // The Pile ships .jsonl.zst; Dolma ships .json.gz (JSONL inside).
-    let zst = ruzstd::encoding::compress_to_vec(
-        pile.as_bytes(),
-        ruzstd::encoding::CompressionLevel::Fastest,
-    );
+    let zst = zstd::encode_all(pile.as_bytes(), 3).unwrap();
     std::fs::write(d.join("pile/00.jsonl.zst"), zst).unwrap();
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(pile.as_bytes()).unwrap();
@@ -720,42 +717,6 @@ fn compressed_pile_and_dolma_records_with_a_filter_and_openorca_instructions_pre
     assert_clean_error(&o, &["pubmed.jsonl: not a zstd file"]);
 }
 
-/// A parquet file of string columns (`schema` a parquet message type of required UTF8 byte arrays,
-/// possibly in groups; `columns` the leaf columns' values in schema order), written in row groups of
-/// `per_group` rows, snappy-compressed, as the public datasets ship.
-fn write_parquet(path: &Path, schema: &str, columns: &[Vec<String>], per_group: usize) {
-    use parquet::basic::Compression;
-    use parquet::data_type::{ByteArray, ByteArrayType};
-    use parquet::file::properties::WriterProperties;
-    use parquet::file::writer::SerializedFileWriter;
-    let schema = std::sync::Arc::new(parquet::schema::parser::parse_message_type(schema).unwrap());
-    let props = std::sync::Arc::new(
-        WriterProperties::builder()
-            .set_compression(Compression::SNAPPY)
-            .build(),
-    );
-    let file = std::fs::File::create(path).unwrap();
-    let mut w = SerializedFileWriter::new(file, schema, props).unwrap();
-    let rows = columns[0].len();
-    for start in (0..rows).step_by(per_group) {
-        let end = (start + per_group).min(rows);
-        let mut g = w.next_row_group().unwrap();
-        for col in columns {
-            let mut c = g.next_column().unwrap().unwrap();
-            let values: Vec<ByteArray> = col[start..end]
-                .iter()
-                .map(|v| ByteArray::from(v.as_str()))
-                .collect();
-            c.typed::<ByteArrayType>()
-                .write_batch(&values, None, None)
-                .unwrap();
-            c.close().unwrap();
-        }
-        g.close().unwrap();
-    }
-    w.close().unwrap();
-}
-
 #[test]
 fn parquet_records_of_pile_and_openorca_shapes_prepare_like_plain_jsonl() {
     let dir = tempfile::tempdir().unwrap();
@@ -768,12 +729,25 @@ fn parquet_records_of_pile_and_openorca_shapes_prepare_like_plain_jsonl() {
     let sets: Vec<String> = (0..docs.len())
         .map(|i| ["PubMed Abstracts", "Pile-CC", "Github"][i % 3].to_string())
         .collect();
-    // Nested like the Pile's records: text, meta.pile_set_name; 7 row groups.
-    write_parquet(
-        &d.join("pile.parquet"),
-        "message pile { REQUIRED BYTE_ARRAY text (UTF8); REQUIRED GROUP meta { REQUIRED BYTE_ARRAY pile_set_name (UTF8); } }",
-        &[docs.clone(), sets],
+    // Nested like the Pile's records: text, meta.pile_set_name; 7 row groups; snappy (as the Hub
+    // converts), and zstd and lz4 column chunks in a directory of their own.
+    let pile_schema = "message pile { REQUIRED BYTE_ARRAY text (UTF8); REQUIRED GROUP meta { REQUIRED BYTE_ARRAY pile_set_name (UTF8); } }";
+    let pile_cols = [docs.clone(), sets];
+    write_parquet(&d.join("pile.parquet"), pile_schema, &pile_cols, 45);
+    std::fs::create_dir_all(d.join("codecs")).unwrap();
+    let (first, second) = (
+        pile_cols.clone().map(|c| c[..150].to_vec()),
+        pile_cols.clone().map(|c| c[150..].to_vec()),
+    );
+    use parquet::basic::{Compression, ZstdLevel};
+    let zstd = Compression::ZSTD(ZstdLevel::try_new(3).unwrap());
+    write_parquet_with(&d.join("codecs/a.parquet"), pile_schema, &first, 45, zstd);
+    write_parquet_with(
+        &d.join("codecs/b.parquet"),
+        pile_schema,
+        &second,
         45,
+        Compression::LZ4_RAW,
     );
     let pubmed: Vec<String> = docs.iter().step_by(3).cloned().collect();
     write_jsonl(&d.join("pubmed.jsonl"), &pubmed);
@@ -800,6 +774,15 @@ fn parquet_records_of_pile_and_openorca_shapes_prepare_like_plain_jsonl() {
     let want = shard_documents(&d.join("shards"), "plain", vocab);
     assert_eq!(want.len(), 100);
     assert_eq!(shard_documents(&d.join("shards"), "pq", vocab), want);
+    prep(&[
+        "--input",
+        "codecs",
+        "--name",
+        "codecs",
+        "--filter",
+        r#"meta.pile_set_name == "PubMed Abstracts""#,
+    ]);
+    assert_eq!(shard_documents(&d.join("shards"), "codecs", vocab), want);
     // OpenOrca's columns: id, system_prompt, question, response.
     let n = 40;
     let col = |f: &dyn Fn(usize) -> String| (0..n).map(f).collect::<Vec<String>>();

@@ -225,6 +225,42 @@ fn synth_writes_chained_records_that_prep_reads() {
     assert!(o.status.success(), "{err}");
     // Linked records render into one document each: 5 chains.
     assert!(err.contains("9 lines, 5 documents"), "{err}");
+
+    // The same texts in parquet, nested (doc.body), among rows of another language that a filter
+    // drops: the same file, and no spool left behind.
+    let mut bodies = Vec::new();
+    let mut langs = Vec::new();
+    for (i, t) in all.iter().enumerate() {
+        bodies.push(t.clone());
+        langs.push("en".to_string());
+        if i % 2 == 0 {
+            bodies.push(format!("Ein anderer Text {i}."));
+            langs.push("de".to_string());
+        }
+    }
+    common::write_parquet(
+        &d.join("raw.parquet"),
+        "message m { REQUIRED GROUP doc { REQUIRED BYTE_ARRAY body (UTF8); } REQUIRED BYTE_ARRAY lang (UTF8); }",
+        &[bodies, langs],
+        4,
+    );
+    let mut args = synth_args(
+        "aug_pq.jsonl",
+        &["--field", "doc.body", "--filter", "lang == \"en\""],
+    );
+    args[4] = "raw.parquet";
+    let o = kiln(&args, d);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("9 texts (5 records dropped by --filter) in 5 chains"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(d.join("aug_pq.jsonl")).unwrap(),
+        std::fs::read(d.join("aug.jsonl")).unwrap()
+    );
+    assert!(!d.join("aug_pq.jsonl.input.jsonl").exists());
 }
 
 #[test]
@@ -297,7 +333,13 @@ fn synth_bad_input_gives_one_clear_line() {
         ],
         d,
     );
-    assert_clean_error(&o, &["missing.jsonl: no such input file"]);
+    assert_clean_error(&o, &["missing.jsonl: cannot read input"]);
+    let o = kiln(&synth_args("o.jsonl", &["--filter", "lang = 1"]), d);
+    assert_clean_error(&o, &["--filter", "PATH == VALUE"]);
+    let mut args = synth_args("o.jsonl", &[]);
+    args[4] = "corpus/*.zst";
+    let o = kiln(&args, d);
+    assert_clean_error(&o, &["corpus/*.zst: no file matches this pattern"]);
     let o = kiln(
         &[
             "synth",

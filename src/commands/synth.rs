@@ -7,17 +7,22 @@ use super::device::{self, DeviceBackend, OnDevice, Placement};
 use super::set_threads;
 use crate::backend::BufKind;
 use crate::cli::SynthArgs;
+use crate::data::input::Filter;
 use crate::model::batched::{Engine, GenLimits, GenPlan};
 use crate::model::generate::Sampling;
 use crate::model::Model;
-use crate::synth::{SynthOptions, SynthStats};
+use crate::synth::{SynthOptions, SynthStats, TextSource};
 use crate::train::setup::{open_model, OpenedModel};
 
 pub fn synth(a: SynthArgs) -> Result<()> {
     device::check(a.device)?;
-    if !a.input.exists() {
-        bail!("{}: no such input file", a.input.display());
-    }
+    // Name a missing input or a bad filter before the model is loaded.
+    crate::data::input::expand(&a.input)?;
+    let filters = a
+        .filter
+        .iter()
+        .map(|f| Filter::parse(f))
+        .collect::<Result<Vec<_>>>()?;
     set_threads(a.threads);
     let m = open_model(&a.model)?;
     // A Mistral model's sliding window is applied by the KV cache, so the context may pass it.
@@ -27,7 +32,12 @@ pub fn synth(a: SynthArgs) -> Result<()> {
         None => 4096.min(limit),
     };
     let opts = SynthOptions {
-        input: a.input.clone(),
+        input: TextSource {
+            inputs: a.input.clone(),
+            format: a.format,
+            field: a.field.clone(),
+            filters,
+        },
         out: a.out.clone(),
         rounds: a.rounds,
         max_new_tokens: a.max_new_tokens,
@@ -73,8 +83,13 @@ pub fn synth(a: SynthArgs) -> Result<()> {
     };
     let s = device::on_device(Placement::new(a.device), work)?;
     eprintln!(
-        "synth: {} texts in {} chains -> {} records, {} pairs ({:.2} per text), {} few-shot prompts, {} too long, {} bad line(s); {} tokens generated in {:.1}s{} -> {}",
+        "synth: {} texts{} in {} chains -> {} records, {} pairs ({:.2} per text), {} few-shot prompts, {} too long, {} bad line(s); {} tokens generated in {:.1}s{} -> {}",
         s.texts,
+        if a.filter.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} records dropped by --filter)", s.filtered)
+        },
         s.chains,
         s.records,
         s.pairs,

@@ -133,44 +133,6 @@ impl<R: Read> Read for Counted<R> {
     }
 }
 
-/// zstd frames one after another until the input ends (a file may hold several).
-struct ZstdFrames<R: Read> {
-    decoder:
-        Option<ruzstd::decoding::StreamingDecoder<BufReader<R>, ruzstd::decoding::FrameDecoder>>,
-}
-
-impl<R: Read> ZstdFrames<R> {
-    fn new(inner: R) -> std::io::Result<Self> {
-        let decoder = ruzstd::decoding::StreamingDecoder::new(BufReader::new(inner))
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
-        Ok(ZstdFrames {
-            decoder: Some(decoder),
-        })
-    }
-}
-
-impl<R: Read> Read for ZstdFrames<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        loop {
-            let Some(d) = self.decoder.as_mut() else {
-                return Ok(0);
-            };
-            let n = d.read(buf)?;
-            if n > 0 || buf.is_empty() {
-                return Ok(n);
-            }
-            // This frame is done: another may follow.
-            let mut inner = self.decoder.take().expect("present").into_inner();
-            if inner.fill_buf()?.is_empty() {
-                return Ok(0);
-            }
-            self.decoder = Some(ruzstd::decoding::StreamingDecoder::new(inner).map_err(|e| {
-                std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
-            })?);
-        }
-    }
-}
-
 /// A parquet file's rows as JSON lines, read one row group at a time; `consumed` advances by the
 /// file's size in proportion to the rows read.
 struct ParquetLines {
@@ -213,18 +175,42 @@ impl Read for ParquetLines {
     }
 }
 
-/// Open a parquet file as JSON lines.
+/// Open a parquet file as JSON lines of the top-level `columns` that it has (all when `None`).
 fn open_parquet(
     path: &Path,
     file: File,
     consumed: Arc<AtomicU64>,
+    columns: Option<&[String]>,
 ) -> Result<Box<dyn BufRead + Send>> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::schema::types::Type;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
     let reader = SerializedFileReader::new(file)
         .map_err(|e| anyhow!("{}: not a parquet file: {e}", path.display()))?;
     let total = reader.metadata().file_metadata().num_rows().max(0) as u64;
-    let rows = parquet::record::reader::RowIter::from_file_into(Box::new(reader));
+    // Only the columns a record needs are decoded (RefinedWeb's `content` without its URLs).
+    let projection = match columns {
+        None => None,
+        Some(names) => {
+            let schema = reader.metadata().file_metadata().schema();
+            let fields: Vec<_> = schema
+                .get_fields()
+                .iter()
+                .filter(|f| names.iter().any(|n| n == f.name()))
+                .cloned()
+                .collect();
+            let all = fields.len() == schema.get_fields().len();
+            (!all && !fields.is_empty()).then(|| {
+                Type::group_type_builder(schema.name())
+                    .with_fields(fields)
+                    .build()
+                    .expect("a subset of a valid schema")
+            })
+        }
+    };
+    let rows = parquet::record::reader::RowIter::from_file_into(Box::new(reader))
+        .project(projection)
+        .map_err(|e| anyhow!("{}: cannot select columns: {e}", path.display()))?;
     Ok(Box::new(BufReader::with_capacity(
         1 << 20,
         ParquetLines {
@@ -248,11 +234,20 @@ pub struct Opened {
 
 /// Open `path` for reading decoded bytes, through its compression.
 pub fn open(path: &Path, format: Format) -> Result<Opened> {
+    open_columns(path, format, None)
+}
+
+/// [`open`], decoding only the top-level `columns` of a parquet file (every column when `None`,
+/// or when it has none of them). Decoding runs ahead on a thread of its own ([`ReadAhead`]).
+pub fn open_columns(path: &Path, format: Format, columns: Option<&[String]>) -> Result<Opened> {
     let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     let consumed = Arc::new(AtomicU64::new(0));
     if format.of(path) == Format::Parquet {
-        let reader = open_parquet(path, file, consumed.clone())?;
-        return Ok(Opened { reader, consumed });
+        let reader = ReadAhead::spawn(open_parquet(path, file, consumed.clone(), columns)?);
+        return Ok(Opened {
+            reader: Box::new(reader),
+            consumed,
+        });
     }
     let counted = Counted {
         inner: file,
@@ -268,11 +263,130 @@ pub fn open(path: &Path, format: Format) -> Result<Opened> {
         )),
         Format::Zstd => Box::new(BufReader::with_capacity(
             1 << 20,
-            ZstdFrames::new(counted)
-                .map_err(|e| anyhow!("{}: not a zstd file: {e}", path.display()))?,
+            // libzstd's streaming decoder reads frame after frame until the input ends.
+            zstd::stream::read::Decoder::with_buffer(zstd_start(path, counted)?)
+                .map_err(|e| anyhow!("{}: cannot start a zstd decoder: {e}", path.display()))?,
         )),
     };
-    Ok(Opened { reader, consumed })
+    Ok(Opened {
+        reader: Box::new(ReadAhead::spawn(reader)),
+        consumed,
+    })
+}
+
+/// Blocks of decoded bytes read ahead by a thread of its own, so that reading and decompressing
+/// overlap the consumer's work (tokenizing, in `kiln prep`). At most [`ReadAhead::DEPTH`] blocks
+/// wait, so memory stays bounded; the thread ends at the end of the input, on an error (passed
+/// on), or when the reader is dropped.
+pub struct ReadAhead {
+    rx: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    block: Vec<u8>,
+    at: usize,
+    done: bool,
+}
+
+impl ReadAhead {
+    const BLOCK: usize = 1 << 20;
+    const DEPTH: usize = 4;
+
+    pub fn spawn(mut inner: Box<dyn BufRead + Send>) -> ReadAhead {
+        let (tx, rx) = std::sync::mpsc::sync_channel(Self::DEPTH);
+        std::thread::spawn(move || loop {
+            let mut block = vec![0u8; Self::BLOCK];
+            let mut n = 0;
+            let result = loop {
+                match inner.read(&mut block[n..]) {
+                    Ok(0) => break Ok(()),
+                    Ok(k) => {
+                        n += k;
+                        if n == block.len() {
+                            break Ok(());
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => break Err(e),
+                }
+            };
+            block.truncate(n);
+            let end = n < Self::BLOCK;
+            match result {
+                Err(e) => {
+                    // The bytes before the error first, then the error.
+                    if n > 0 && tx.send(Ok(block)).is_err() {
+                        return;
+                    }
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+                Ok(()) => {
+                    if (n > 0 && tx.send(Ok(block)).is_err()) || end {
+                        return;
+                    }
+                }
+            }
+        });
+        ReadAhead {
+            rx,
+            block: Vec::new(),
+            at: 0,
+            done: false,
+        }
+    }
+}
+
+impl Read for ReadAhead {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let have = self.fill_buf()?;
+        let n = have.len().min(buf.len());
+        buf[..n].copy_from_slice(&have[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl BufRead for ReadAhead {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        while self.at == self.block.len() && !self.done {
+            match self.rx.recv() {
+                Ok(Ok(block)) => {
+                    self.block = block;
+                    self.at = 0;
+                }
+                Ok(Err(e)) => {
+                    self.done = true;
+                    return Err(e);
+                }
+                // The thread ended: the input is done.
+                Err(_) => self.done = true,
+            }
+        }
+        Ok(&self.block[self.at..])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.at = (self.at + n).min(self.block.len());
+    }
+}
+
+/// `r` buffered, once its first bytes are checked to start a zstd frame (or a skippable one), so
+/// that a file that is not zstd is named at once rather than at the first read error.
+fn zstd_start<R: Read>(path: &Path, r: R) -> Result<BufReader<R>> {
+    let mut r = BufReader::new(r);
+    let head = r
+        .fill_buf()
+        .with_context(|| format!("{}: read error", path.display()))?;
+    if head.len() >= 4 {
+        let magic = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+        if magic != 0xFD2F_B528 && magic & 0xFFFF_FFF0 != 0x184D_2A50 {
+            bail!(
+                "{}: not a zstd file (it does not start with a zstd frame)",
+                path.display()
+            );
+        }
+    } else if !head.is_empty() {
+        bail!("{}: not a zstd file (too short)", path.display());
+    }
+    Ok(r)
 }
 
 /// One `--filter`: a dotted path into a JSON record compared with a JSON value.
@@ -357,14 +471,8 @@ mod tests {
         // Two zstd frames one after the other, under a name without the extension.
         let zst = dir.path().join("a.jsonl.data");
         let half = text.len() / 2;
-        let mut z = ruzstd::encoding::compress_to_vec(
-            &text.as_bytes()[..half],
-            ruzstd::encoding::CompressionLevel::Fastest,
-        );
-        z.extend(ruzstd::encoding::compress_to_vec(
-            &text.as_bytes()[half..],
-            ruzstd::encoding::CompressionLevel::Fastest,
-        ));
+        let mut z = zstd::encode_all(&text.as_bytes()[..half], 3).unwrap();
+        z.extend(zstd::encode_all(&text.as_bytes()[half..], 3).unwrap());
         std::fs::write(&zst, z).unwrap();
         for (path, format) in [
             (&plain, Format::Auto),

@@ -311,6 +311,26 @@ fn progress_bar(show: bool, total: u64) -> indicatif::ProgressBar {
     bar
 }
 
+/// The top-level fields a record of `kind` is read from (a parquet file decodes only these
+/// columns); `None` for kinds that keep whole records.
+fn needed_columns(kind: InputKind, opts: &PrepOptions) -> Option<Vec<String>> {
+    let fields: Vec<&str> = match kind {
+        InputKind::Jsonl => vec![&opts.field],
+        InputKind::Instructions => vec![&opts.instruction_field, &opts.response_field],
+        _ => return None,
+    }
+    .into_iter()
+    .map(|f| f.as_str())
+    .collect();
+    let mut cols: Vec<String> = fields
+        .into_iter()
+        .chain(opts.filters.iter().map(|f| f.path[0].as_str()))
+        .map(|f| f.split('.').next().unwrap_or(f).to_string())
+        .collect();
+    cols.dedup();
+    Some(cols)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn prep_file(
     tok: &Tokenizer,
@@ -322,7 +342,7 @@ fn prep_file(
     bar: &indicatif::ProgressBar,
     start: Instant,
 ) -> Result<()> {
-    let opened = input::open(path, opts.format)?;
+    let opened = input::open_columns(path, opts.format, needed_columns(kind, opts).as_deref())?;
     let mut reader = opened.reader;
     let mut shown = 0u64;
     let file_seed = derive_seed(opts.seed, file_index);

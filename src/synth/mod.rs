@@ -16,11 +16,11 @@
 //! (generation is batch-invariant there; see `model::batched`).
 
 pub mod chain;
+pub mod texts;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, BufWriter, Write};
-use std::os::unix::fs::FileExt;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -36,6 +36,8 @@ use crate::model::batched::{Engine, Finished, Request};
 use crate::model::generate::Sampling;
 use crate::rng::derive_seed;
 use chain::{chain_count, chain_members, chain_prompt, group_ids, push_entry, Entry};
+pub use texts::TextSource;
+use texts::{spool_path, text_in, Texts};
 
 /// What `synthesize` needs from a generator: the batched engine, or a scripted fake in tests.
 pub trait Generator {
@@ -65,7 +67,7 @@ impl<B: GenerationBackend> Generator for Engine<'_, B> {
 /// Settings of one synthesis run.
 #[derive(Clone, Debug)]
 pub struct SynthOptions {
-    pub input: PathBuf,
+    pub input: TextSource,
     pub out: PathBuf,
     /// M: 2 for general corpora, 3 for domain corpora (the paper).
     pub rounds: usize,
@@ -99,6 +101,9 @@ pub struct SynthStats {
     pub too_long: u64,
     /// Input lines skipped (bad JSON, no text).
     pub bad_lines: u64,
+    /// Input records a `--filter` dropped.
+    #[serde(default)]
+    pub filtered: u64,
     pub generated_tokens: u64,
     /// Chains that were already complete when this call started.
     #[serde(default)]
@@ -112,73 +117,12 @@ pub struct SynthStats {
 #[error("stopped after {0} output bytes (testing hook)")]
 pub struct Interrupted(pub u64);
 
-/// A valid input line: where its JSON is.
-struct LineRef {
-    line: u64,
-    offset: u64,
-    len: usize,
-}
-
-/// Index the input: byte ranges of lines with a non-empty string `text`; other non-blank lines
-/// are reported (one line each) and counted.
-fn index_input(path: &Path, report: &mut dyn FnMut(String)) -> Result<(Vec<LineRef>, u64)> {
-    let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-    let mut reader = BufReader::new(file);
-    let (mut valid, mut bad) = (Vec::new(), 0u64);
-    let (mut buf, mut offset, mut line) = (Vec::new(), 0u64, 0u64);
-    loop {
-        buf.clear();
-        let n = reader
-            .read_until(b'\n', &mut buf)
-            .with_context(|| format!("{}: read error", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        line += 1;
-        let start = offset;
-        offset += n as u64;
-        let problem = match std::str::from_utf8(&buf) {
-            Err(_) => Some("not valid UTF-8".to_string()),
-            Ok(s) if s.trim().is_empty() => continue,
-            Ok(s) => text_of(s).err(),
-        };
-        match problem {
-            None => valid.push(LineRef {
-                line,
-                offset: start,
-                len: n,
-            }),
-            Some(p) => {
-                bad += 1;
-                report(format!("{}:{line}: {p}; skipped", path.display()));
-            }
-        }
-    }
-    Ok((valid, bad))
-}
-
 /// The `text` of one input JSONL line, or a one-line description of what is wrong with it.
 pub fn text_of(line: &str) -> std::result::Result<String, String> {
     let v: Value = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
-    match v.get("text") {
-        Some(Value::String(t)) if !t.trim().is_empty() => Ok(t.clone()),
-        Some(Value::String(_)) => Err("empty \"text\"".into()),
-        Some(_) => Err("\"text\" is not a string".into()),
-        None => Err("no \"text\" field".into()),
-    }
+    text_in(&v, &["text".to_string()])
 }
 
-fn read_text(file: &File, path: &Path, r: &LineRef) -> Result<String> {
-    let mut buf = vec![0u8; r.len];
-    file.read_exact_at(&mut buf, r.offset)
-        .with_context(|| format!("{}:{}: read error", path.display(), r.line))?;
-    let s = std::str::from_utf8(&buf)
-        .map_err(|_| anyhow::anyhow!("{}:{}: changed while reading", path.display(), r.line))?;
-    text_of(s)
-        .map_err(|e| anyhow::anyhow!("{}:{}: {e} (changed while reading)", path.display(), r.line))
-}
-
-/// `OUT.progress.json`
 pub fn progress_path(out: &Path) -> PathBuf {
     let mut name = out.file_name().unwrap_or_default().to_os_string();
     name.push(".progress.json");
@@ -244,17 +188,32 @@ pub fn synthesize<G: Generator>(
     if opts.max_new_tokens == 0 || opts.context < 2 {
         bail!("--max-new-tokens must be positive and --context at least 2");
     }
+    let progress_file = progress_path(&opts.out);
+    let spool = spool_path(&opts.out);
+    let resuming = progress_file.exists();
+    if !resuming {
+        if std::fs::metadata(&opts.out).is_ok_and(|m| m.len() > 0) {
+            bail!(
+                "{}: exists and has no progress file ({}); remove it or choose another --out",
+                opts.out.display(),
+                progress_file.display()
+            );
+        }
+        if spool.exists() {
+            bail!(
+                "{}: exists and {} has no progress file; remove it or choose another --out",
+                spool.display(),
+                opts.out.display()
+            );
+        }
+    }
     let mut say = |s: String| eprintln!("{s}");
-    let (lines, bad_lines) = index_input(&opts.input, &mut say)?;
-    let n = lines.len();
+    let texts = Texts::index(&opts.input, &spool, &mut say)?;
+    let n = texts.len();
     let rounds = opts.rounds;
     let chains = chain_count(n, rounds);
-    let input_bytes = std::fs::metadata(&opts.input)
-        .with_context(|| format!("{}: cannot read", opts.input.display()))?
-        .len();
-    let settings = json!({
-        "input": opts.input.display().to_string(),
-        "input_bytes": input_bytes,
+    let mut settings = opts.input.settings(&texts.files)?;
+    let rest = json!({
         "texts": n,
         "rounds": rounds,
         "max_new_tokens": opts.max_new_tokens,
@@ -265,21 +224,16 @@ pub fn synthesize<G: Generator>(
         "model": opts.model_id,
         "tokenizer": format!("{:016x}", tok.fingerprint()),
     });
-    let progress_file = progress_path(&opts.out);
+    settings.extend(rest.as_object().expect("an object").clone());
+    let settings = Value::Object(settings);
     let (mut stats, first_chain, bytes) = match std::fs::read_to_string(&progress_file) {
         Ok(text) => resume_point(&progress_file, &text, &settings, &opts.out)?,
         Err(_) => {
-            if std::fs::metadata(&opts.out).is_ok_and(|m| m.len() > 0) {
-                bail!(
-                    "{}: exists and has no progress file ({}); remove it or choose another --out",
-                    opts.out.display(),
-                    progress_file.display()
-                );
-            }
             let stats = SynthStats {
                 texts: n as u64,
                 chains: chains as u64,
-                bad_lines,
+                bad_lines: texts.bad,
+                filtered: texts.filtered,
                 ..SynthStats::default()
             };
             save_progress(&progress_file, &settings, &stats, 0, 0, chains == 0)?;
@@ -306,12 +260,11 @@ pub fn synthesize<G: Generator>(
     };
     if first_chain >= chains {
         save_progress(&progress_file, &settings, &stats, chains, bytes, true)?;
+        texts.finish()?;
         stats.seconds = started.elapsed().as_secs_f64();
         return Ok(stats);
     }
 
-    let input = File::open(&opts.input)
-        .with_context(|| format!("{}: cannot open", opts.input.display()))?;
     let texts_before: usize = (0..first_chain)
         .map(|i| chain_members(i, n, rounds).len())
         .sum();
@@ -356,16 +309,14 @@ pub fn synthesize<G: Generator>(
                     complete.insert(i, c);
                     break;
                 }
-                let line = &lines[c.members[r]];
-                let text = read_text(&input, &opts.input, line)?;
+                let text = texts.get(c.members[r])?;
                 let mut zero = bos.clone();
                 tok.encode_into(&context_block(&text), &mut zero)?;
                 if zero.len() >= opts.context {
                     c.too_long += 1;
                     bar.println(format!(
-                        "{}:{}: too long: its prompt is {} tokens, the context {}; kept without pairs",
-                        opts.input.display(),
-                        line.line,
+                        "{}: too long: its prompt is {} tokens, the context {}; kept without pairs",
+                        texts.origin(c.members[r]),
                         zero.len(),
                         opts.context
                     ));
@@ -458,6 +409,7 @@ pub fn synthesize<G: Generator>(
         }
     }
     bar.finish_and_clear();
+    texts.finish()?;
     stats.seconds = started.elapsed().as_secs_f64();
     Ok(stats)
 }

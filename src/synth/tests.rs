@@ -93,7 +93,7 @@ fn setup(dir: &Path, texts: usize) -> (Tokenizer, SynthOptions) {
     }
     std::fs::write(dir.join("raw.jsonl"), input).unwrap();
     let opts = SynthOptions {
-        input: dir.join("raw.jsonl"),
+        input: TextSource::jsonl(&dir.join("raw.jsonl")),
         out: dir.join("aug.jsonl"),
         rounds: 3,
         max_new_tokens: 40,
@@ -284,4 +284,109 @@ fn a_resume_with_other_settings_or_a_foreign_output_is_refused() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("exists and has no progress file"), "{e}");
+}
+
+/// The same texts as a Pile-shaped corpus split over a zstd and a gzip file in a directory, among
+/// records of another subset that `--filter` drops: the output is byte-identical to the plain
+/// run, also when interrupted and resumed, and the decoded spool is gone once the run completes.
+#[test]
+fn compressed_filtered_inputs_give_the_records_of_plain_jsonl() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let (tok, opts) = setup(dir.path(), 30);
+    let full_stats = synthesize(&mut scripted(&tok), &tok, &opts).unwrap();
+    let full = std::fs::read(&opts.out).unwrap();
+
+    let raw = std::fs::read_to_string(dir.path().join("raw.jsonl")).unwrap();
+    let mut pile = Vec::new();
+    for (i, line) in raw.lines().enumerate() {
+        match serde_json::from_str::<Value>(line) {
+            Ok(Value::Object(mut m)) => {
+                m.insert(
+                    "meta".into(),
+                    json!({ "pile_set_name": "PubMed Abstracts" }),
+                );
+                pile.push(Value::Object(m).to_string());
+            }
+            _ => pile.push(line.to_string()),
+        }
+        if i % 3 == 0 {
+            let other =
+                json!({ "text": format!("fn f{i}() {{}}"), "meta": { "pile_set_name": "Github" } });
+            pile.push(other.to_string());
+        }
+    }
+    let half = pile.len() / 2;
+    let (a, b) = (
+        pile[..half].join("\n") + "\n",
+        pile[half..].join("\n") + "\n",
+    );
+    let d = dir.path().join("pile");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(
+        d.join("00.jsonl.zst"),
+        zstd::encode_all(a.as_bytes(), 3).unwrap(),
+    )
+    .unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(b.as_bytes()).unwrap();
+    std::fs::write(d.join("01.jsonl.gz"), gz.finish().unwrap()).unwrap();
+
+    let pile_opts = SynthOptions {
+        input: TextSource {
+            inputs: vec![d.clone()],
+            format: crate::data::input::Format::Auto,
+            field: "text".into(),
+            filters: vec![crate::data::input::Filter::parse(
+                "meta.pile_set_name == \"PubMed Abstracts\"",
+            )
+            .unwrap()],
+        },
+        out: dir.path().join("pile_aug.jsonl"),
+        ..opts.clone()
+    };
+    let s = synthesize(&mut scripted(&tok), &tok, &pile_opts).unwrap();
+    assert_eq!(std::fs::read(&pile_opts.out).unwrap(), full);
+    assert_eq!(
+        (s.texts, s.records, s.pairs),
+        (full_stats.texts, full_stats.records, full_stats.pairs)
+    );
+    assert_eq!(
+        s.filtered as usize,
+        raw.lines().count().div_ceil(3),
+        "the Github records"
+    );
+    assert_eq!(s.bad_lines, full_stats.bad_lines);
+    assert!(
+        !spool_path(&pile_opts.out).exists(),
+        "the spool is removed at the end"
+    );
+
+    // Interrupted after some output: the spool is there, and the resumed run gives the same file.
+    std::fs::remove_file(&pile_opts.out).unwrap();
+    std::fs::remove_file(progress_path(&pile_opts.out)).unwrap();
+    let cut = SynthOptions {
+        stop_after_bytes: Some(full.len() as u64 / 3),
+        ..pile_opts.clone()
+    };
+    assert!(synthesize(&mut scripted(&tok), &tok, &cut).is_err());
+    assert!(spool_path(&pile_opts.out).exists());
+    synthesize(&mut scripted(&tok), &tok, &pile_opts).unwrap();
+    assert_eq!(std::fs::read(&pile_opts.out).unwrap(), full);
+    assert!(!spool_path(&pile_opts.out).exists());
+
+    // A spool beside an output that has no progress file is not ours to overwrite.
+    let other = SynthOptions {
+        out: dir.path().join("fresh.jsonl"),
+        ..pile_opts.clone()
+    };
+    std::fs::write(spool_path(&other.out), "mine\n").unwrap();
+    let e = synthesize(&mut scripted(&tok), &tok, &other)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("fresh.jsonl.input.jsonl: exists"), "{e}");
+    assert_eq!(
+        std::fs::read_to_string(spool_path(&other.out)).unwrap(),
+        "mine\n"
+    );
 }

@@ -44,3 +44,51 @@ pub fn rel_err(got: &[f32], want: &[f32]) -> f64 {
     let den: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
     (num / den.max(1e-30)).sqrt()
 }
+
+/// A parquet file of string columns (`schema` a parquet message type of required UTF8 byte arrays,
+/// possibly in groups; `columns` the leaf columns' values in schema order), written in row groups of
+/// `per_group` rows, snappy-compressed, as the public datasets ship.
+pub fn write_parquet(path: &Path, schema: &str, columns: &[Vec<String>], per_group: usize) {
+    write_parquet_with(
+        path,
+        schema,
+        columns,
+        per_group,
+        parquet::basic::Compression::SNAPPY,
+    )
+}
+
+/// [`write_parquet`] with another codec for the column chunks.
+pub fn write_parquet_with(
+    path: &Path,
+    schema: &str,
+    columns: &[Vec<String>],
+    per_group: usize,
+    codec: parquet::basic::Compression,
+) {
+    use parquet::data_type::{ByteArray, ByteArrayType};
+    use parquet::file::properties::WriterProperties;
+    use parquet::file::writer::SerializedFileWriter;
+    let schema = std::sync::Arc::new(parquet::schema::parser::parse_message_type(schema).unwrap());
+    let props = std::sync::Arc::new(WriterProperties::builder().set_compression(codec).build());
+    let file = std::fs::File::create(path).unwrap();
+    let mut w = SerializedFileWriter::new(file, schema, props).unwrap();
+    let rows = columns[0].len();
+    for start in (0..rows).step_by(per_group) {
+        let end = (start + per_group).min(rows);
+        let mut g = w.next_row_group().unwrap();
+        for col in columns {
+            let mut c = g.next_column().unwrap().unwrap();
+            let values: Vec<ByteArray> = col[start..end]
+                .iter()
+                .map(|v| ByteArray::from(v.as_str()))
+                .collect();
+            c.typed::<ByteArrayType>()
+                .write_batch(&values, None, None)
+                .unwrap();
+            c.close().unwrap();
+        }
+        g.close().unwrap();
+    }
+    w.close().unwrap();
+}
