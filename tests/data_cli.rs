@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 mod common;
 
-use common::{assert_clean_error, kiln, stderr, write_parquet, write_parquet_with};
+use common::{
+    assert_clean_error, kiln, shard_documents, stderr, write_parquet, write_parquet_with,
+};
 use kiln::data::loader::{Loader, LoaderOptions, SourceSpec, Split};
 use kiln::data::shard::write_llmc_shard;
 use kiln::data::tokenizer::Tokenizer;
@@ -540,29 +542,6 @@ fn prep_memory_stays_flat_on_a_100_mb_input() {
         zpeak < 150.0,
         "prep of 100 MB of zstd used {zpeak} MB peak: memory is not flat"
     );
-}
-
-/// Every document of the shards `dir/NAME_*.kiln`, as token lists, in order.
-fn shard_documents(dir: &Path, name: &str, vocab: u64) -> Vec<Vec<u32>> {
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            let f = p.file_name().unwrap().to_string_lossy().to_string();
-            f.starts_with(&format!("{name}_")) && f.ends_with(".kiln")
-        })
-        .collect();
-    paths.sort();
-    let mut out = Vec::new();
-    for p in paths {
-        let s = kiln::data::shard::Shard::open(&p, vocab, None).unwrap();
-        for i in 0..s.num_documents() {
-            let mut t = Vec::new();
-            s.extend_tokens(s.document(i), &mut t);
-            out.push(t);
-        }
-    }
-    out
 }
 
 #[test]

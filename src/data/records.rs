@@ -19,6 +19,9 @@ pub struct Pair {
 /// `{"text": ..., "pairs": [{"q": ..., "a": ...}], "chain": id?}`
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AugmentedRecord {
+    /// `context` is accepted too: the synthesizer's fine-tuning collection, mixed into
+    /// pre-training from scratch, renders like augmented records.
+    #[serde(alias = "context")]
     pub text: String,
     #[serde(default)]
     pub pairs: Vec<Pair>,

@@ -188,6 +188,10 @@ pub fn synthesize<G: Generator>(
     if opts.max_new_tokens == 0 || opts.context < 2 {
         bail!("--max-new-tokens must be positive and --context at least 2");
     }
+    if let Some(parent) = opts.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("{}: cannot create the directory", parent.display()))?;
+    }
     let progress_file = progress_path(&opts.out);
     let spool = spool_path(&opts.out);
     let resuming = progress_file.exists();

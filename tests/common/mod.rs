@@ -2,6 +2,8 @@
 //! assert the one-line error contract.
 #![allow(dead_code)]
 
+pub mod standin;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -91,4 +93,87 @@ pub fn write_parquet_with(
         g.close().unwrap();
     }
     w.close().unwrap();
+}
+
+/// A parquet file of conversations as the Hugging Face Hub's parquet conversion writes them
+/// (WizardLM evol-instruct V2): `idx` and `conversations`, a LIST of `{from, value}` structs, all
+/// optional, snappy-compressed, one row group.
+pub fn write_parquet_conversations(path: &Path, rows: &[(String, Vec<(String, String)>)]) {
+    use parquet::basic::Compression;
+    use parquet::data_type::{ByteArray, ByteArrayType};
+    use parquet::file::properties::WriterProperties;
+    use parquet::file::writer::SerializedFileWriter;
+    let schema = "message schema {
+        OPTIONAL BYTE_ARRAY idx (UTF8);
+        OPTIONAL GROUP conversations (LIST) {
+            REPEATED GROUP list {
+                OPTIONAL GROUP element {
+                    OPTIONAL BYTE_ARRAY from (UTF8);
+                    OPTIONAL BYTE_ARRAY value (UTF8);
+                }
+            }
+        }
+    }";
+    let schema = std::sync::Arc::new(parquet::schema::parser::parse_message_type(schema).unwrap());
+    let props = std::sync::Arc::new(
+        WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .build(),
+    );
+    let mut w =
+        SerializedFileWriter::new(std::fs::File::create(path).unwrap(), schema, props).unwrap();
+    let mut g = w.next_row_group().unwrap();
+    // idx: definition level 1 when present.
+    let idx: Vec<ByteArray> = rows.iter().map(|r| ByteArray::from(r.0.as_str())).collect();
+    let mut c = g.next_column().unwrap().unwrap();
+    c.typed::<ByteArrayType>()
+        .write_batch(&idx, Some(&vec![1; rows.len()]), None)
+        .unwrap();
+    c.close().unwrap();
+    // conversations.list.element.{from,value}: every level present (definition 4); repetition 0
+    // starts a row, 1 continues its list.
+    for leaf in 0..2 {
+        let (mut values, mut def, mut rep) = (Vec::new(), Vec::new(), Vec::new());
+        for (_, turns) in rows {
+            for (k, (from, value)) in turns.iter().enumerate() {
+                values.push(ByteArray::from(if leaf == 0 {
+                    from.as_str()
+                } else {
+                    value.as_str()
+                }));
+                def.push(4i16);
+                rep.push(if k == 0 { 0i16 } else { 1 });
+            }
+        }
+        let mut c = g.next_column().unwrap().unwrap();
+        c.typed::<ByteArrayType>()
+            .write_batch(&values, Some(&def), Some(&rep))
+            .unwrap();
+        c.close().unwrap();
+    }
+    g.close().unwrap();
+    w.close().unwrap();
+}
+
+/// Every document of the shards `dir/NAME_*.kiln`, as token lists, in order.
+pub fn shard_documents(dir: &Path, name: &str, vocab: u64) -> Vec<Vec<u32>> {
+    let mut paths: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let f = p.file_name().unwrap().to_string_lossy().to_string();
+            f.starts_with(&format!("{name}_")) && f.ends_with(".kiln")
+        })
+        .collect();
+    paths.sort();
+    let mut out = Vec::new();
+    for p in paths {
+        let s = kiln::data::shard::Shard::open(&p, vocab, None).unwrap();
+        for i in 0..s.num_documents() {
+            let mut t = Vec::new();
+            s.extend_tokens(s.document(i), &mut t);
+            out.push(t);
+        }
+    }
+    out
 }
