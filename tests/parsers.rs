@@ -1272,3 +1272,122 @@ fn headers_claiming_huge_sizes_are_refused_before_allocating() {
     assert_eq!(f.ok, 0, "a huge claim was accepted");
     f.finish();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Compressed and parquet inputs (`kiln prep`, `kiln synth`).
+
+fn input_records() -> String {
+    (0..40)
+        .map(|i| {
+            format!(
+                "{}\n",
+                serde_json::json!({ "text": format!("Record {i}."), "meta": { "set": i % 3 } })
+            )
+        })
+        .collect()
+}
+
+/// Decode every line of `path` as `format`, on this thread (no read-ahead).
+fn decode_input(path: &Path, format: kiln::data::input::Format) -> Result<(), String> {
+    use std::io::BufRead;
+    let mut r = kiln::data::input::decoder(path, format, None)
+        .map_err(one_line)?
+        .reader;
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = r
+            .read_until(b'\n', &mut line)
+            .map_err(|e| format!("{}: read error: {e}", path.display()))?;
+        if n == 0 {
+            return Ok(());
+        }
+    }
+}
+
+fn fuzz_input(name: &'static str, seed: Vec<u8>, format: kiln::data::input::Format, magic: &[u8]) {
+    let mut f = Fuzz::new(name);
+    drive(
+        &mut f,
+        &[seed],
+        &mut |rng, s| {
+            let mut b = s.to_vec();
+            mutate_bytes(rng, &mut b, &[0, 4, 8]);
+            b
+        },
+        &[magic],
+        &mut |path, _| decode_input(path, format),
+    );
+    f.finish();
+}
+
+#[test]
+fn gzip_inputs_decode_or_fail_with_one_line() {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(input_records().as_bytes()).unwrap();
+    let seed = e.finish().unwrap();
+    fuzz_input(
+        "gzip input",
+        seed,
+        kiln::data::input::Format::Gzip,
+        &[0x1f, 0x8b, 8],
+    );
+}
+
+#[test]
+fn zstd_inputs_decode_or_fail_with_one_line() {
+    let seed = zstd::encode_all(input_records().as_bytes(), 3).unwrap();
+    fuzz_input(
+        "zstd input",
+        seed,
+        kiln::data::input::Format::Zstd,
+        &[0x28, 0xb5, 0x2f, 0xfd],
+    );
+}
+
+#[test]
+fn parquet_inputs_decode_or_fail_with_one_line() {
+    use parquet::basic::Compression;
+    use parquet::data_type::{ByteArray, ByteArrayType};
+    use parquet::file::properties::WriterProperties;
+    use parquet::file::writer::SerializedFileWriter;
+    let schema = "message m { REQUIRED BYTE_ARRAY text (UTF8); OPTIONAL GROUP meta { OPTIONAL BYTE_ARRAY set (UTF8); } }";
+    let schema = std::sync::Arc::new(parquet::schema::parser::parse_message_type(schema).unwrap());
+    let props = std::sync::Arc::new(
+        WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .build(),
+    );
+    let mut buf = Vec::new();
+    {
+        let mut w = SerializedFileWriter::new(&mut buf, schema, props).unwrap();
+        for g in 0..2 {
+            let mut rg = w.next_row_group().unwrap();
+            let text: Vec<ByteArray> = (0..10)
+                .map(|i| ByteArray::from(format!("Record {g}.{i}").as_str()))
+                .collect();
+            let mut c = rg.next_column().unwrap().unwrap();
+            c.typed::<ByteArrayType>()
+                .write_batch(&text, None, None)
+                .unwrap();
+            c.close().unwrap();
+            let sets: Vec<ByteArray> = (0..7)
+                .map(|i| ByteArray::from(format!("s{i}").as_str()))
+                .collect();
+            let def: Vec<i16> = (0..10).map(|i| if i < 7 { 2 } else { i % 2 }).collect();
+            let mut c = rg.next_column().unwrap().unwrap();
+            c.typed::<ByteArrayType>()
+                .write_batch(&sets, Some(&def), None)
+                .unwrap();
+            c.close().unwrap();
+            rg.close().unwrap();
+        }
+        w.close().unwrap();
+    }
+    fuzz_input(
+        "parquet input",
+        buf,
+        kiln::data::input::Format::Parquet,
+        b"PAR1",
+    );
+}

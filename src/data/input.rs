@@ -149,7 +149,22 @@ struct ParquetLines {
 impl Read for ParquetLines {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         if self.at == self.line.len() {
-            match self.rows.next() {
+            // The parquet reader trusts its input in places (it may panic on a corrupt file):
+            // a panic here is this file's error.
+            let rows = &mut self.rows;
+            let next = quietly(|| rows.next().map(|r| r.map(|row| row.to_json_value()))).map_err(
+                |_| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!(
+                            "{}: row {}: corrupt parquet data",
+                            self.path.display(),
+                            self.read + 1
+                        ),
+                    )
+                },
+            )?;
+            match next {
                 None => return Ok(0),
                 Some(Err(e)) => {
                     return Err(std::io::Error::new(
@@ -157,9 +172,9 @@ impl Read for ParquetLines {
                         format!("{}: row {}: {e}", self.path.display(), self.read + 1),
                     ))
                 }
-                Some(Ok(row)) => {
+                Some(Ok(value)) => {
                     self.line.clear();
-                    serde_json::to_writer(&mut self.line, &row.to_json_value())?;
+                    serde_json::to_writer(&mut self.line, &value)?;
                     self.line.push(b'\n');
                     self.at = 0;
                     self.read += 1;
@@ -182,12 +197,64 @@ fn open_parquet(
     consumed: Arc<AtomicU64>,
     columns: Option<&[String]>,
 ) -> Result<Box<dyn BufRead + Send>> {
+    // The parquet reader trusts its metadata in places (it may panic on a corrupt footer): a panic
+    // here is this file's error.
+    quietly(|| open_parquet_unguarded(path, file, consumed, columns))
+        .unwrap_or_else(|_| bail!("{}: not a parquet file (corrupt metadata)", path.display()))
+}
+
+thread_local! {
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Run `f`, catching a panic without the panic hook's report (the caller turns it into the one
+/// line that names the file). The hook is wrapped once, process-wide, and stays quiet only on this
+/// thread while `f` runs.
+fn quietly<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(std::cell::Cell::get) {
+                previous(info)
+            }
+        }));
+    });
+    QUIET.with(|q| q.set(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(false));
+    r
+}
+
+fn open_parquet_unguarded(
+    path: &Path,
+    file: File,
+    consumed: Arc<AtomicU64>,
+    columns: Option<&[String]>,
+) -> Result<Box<dyn BufRead + Send>> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     use parquet::schema::types::Type;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
     let reader = SerializedFileReader::new(file)
         .map_err(|e| anyhow!("{}: not a parquet file: {e}", path.display()))?;
     let total = reader.metadata().file_metadata().num_rows().max(0) as u64;
+    // Column chunks must lie in the file (the reader would panic on a negative range).
+    for (g, rg) in reader.metadata().row_groups().iter().enumerate() {
+        for c in rg.columns() {
+            let start = c
+                .dictionary_page_offset()
+                .unwrap_or(c.data_page_offset())
+                .min(c.data_page_offset());
+            let len = c.compressed_size();
+            if start < 0 || len < 0 || (start as u64).saturating_add(len as u64) > size {
+                bail!(
+                    "{}: not a parquet file (row group {g}: column {} lies outside the file)",
+                    path.display(),
+                    c.column_path()
+                );
+            }
+        }
+    }
     // Only the columns a record needs are decoded (RefinedWeb's `content` without its URLs).
     let projection = match columns {
         None => None,
@@ -240,14 +307,20 @@ pub fn open(path: &Path, format: Format) -> Result<Opened> {
 /// [`open`], decoding only the top-level `columns` of a parquet file (every column when `None`,
 /// or when it has none of them). Decoding runs ahead on a thread of its own ([`ReadAhead`]).
 pub fn open_columns(path: &Path, format: Format, columns: Option<&[String]>) -> Result<Opened> {
+    let d = decoder(path, format, columns)?;
+    Ok(Opened {
+        reader: Box::new(ReadAhead::spawn(d.reader)),
+        consumed: d.consumed,
+    })
+}
+
+/// [`open_columns`] without the read-ahead thread: decoding happens in the caller's reads.
+pub fn decoder(path: &Path, format: Format, columns: Option<&[String]>) -> Result<Opened> {
     let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     let consumed = Arc::new(AtomicU64::new(0));
     if format.of(path) == Format::Parquet {
-        let reader = ReadAhead::spawn(open_parquet(path, file, consumed.clone(), columns)?);
-        return Ok(Opened {
-            reader: Box::new(reader),
-            consumed,
-        });
+        let reader = open_parquet(path, file, consumed.clone(), columns)?;
+        return Ok(Opened { reader, consumed });
     }
     let counted = Counted {
         inner: file,
@@ -268,10 +341,7 @@ pub fn open_columns(path: &Path, format: Format, columns: Option<&[String]>) -> 
                 .map_err(|e| anyhow!("{}: cannot start a zstd decoder: {e}", path.display()))?,
         )),
     };
-    Ok(Opened {
-        reader: Box::new(ReadAhead::spawn(reader)),
-        consumed,
-    })
+    Ok(Opened { reader, consumed })
 }
 
 /// Blocks of decoded bytes read ahead by a thread of its own, so that reading and decompressing
@@ -280,6 +350,8 @@ pub fn open_columns(path: &Path, format: Format, columns: Option<&[String]>) -> 
 /// on), or when the reader is dropped.
 pub struct ReadAhead {
     rx: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    /// Joined when the channel closes, so that a decoder that panicked is an error, not an end.
+    thread: Option<std::thread::JoinHandle<()>>,
     block: Vec<u8>,
     at: usize,
     done: bool,
@@ -291,7 +363,7 @@ impl ReadAhead {
 
     pub fn spawn(mut inner: Box<dyn BufRead + Send>) -> ReadAhead {
         let (tx, rx) = std::sync::mpsc::sync_channel(Self::DEPTH);
-        std::thread::spawn(move || loop {
+        let thread = std::thread::spawn(move || loop {
             let mut block = vec![0u8; Self::BLOCK];
             let mut n = 0;
             let result = loop {
@@ -327,6 +399,7 @@ impl ReadAhead {
         });
         ReadAhead {
             rx,
+            thread: Some(thread),
             block: Vec::new(),
             at: 0,
             done: false,
@@ -356,8 +429,18 @@ impl BufRead for ReadAhead {
                     self.done = true;
                     return Err(e);
                 }
-                // The thread ended: the input is done.
-                Err(_) => self.done = true,
+                // The thread ended: the input is done, unless it panicked.
+                Err(_) => {
+                    self.done = true;
+                    if let Some(Err(p)) = self.thread.take().map(|t| t.join()) {
+                        let msg = p
+                            .downcast_ref::<String>()
+                            .map(String::as_str)
+                            .or_else(|| p.downcast_ref::<&str>().copied())
+                            .unwrap_or("a panic");
+                        return Err(std::io::Error::other(format!("the decoder failed: {msg}")));
+                    }
+                }
             }
         }
         Ok(&self.block[self.at..])
