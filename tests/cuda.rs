@@ -274,6 +274,34 @@ fn rope_swiglu_embedding_and_elementwise_match_cpu() {
     let sg = gpu.sum_squares(&gpu.upload_as(&gr, BufKind::Grad));
     let sc = cpu.sum_squares(&gr);
     assert!(((sg - sc) / sc).abs() < 1e-4, "sum_squares {sg} vs {sc}");
+    // Many tensors at once (the gradient norm): the per-tensor sums added in order, bit for bit,
+    // with tensors smaller than a block, of one element, and larger than all blocks together.
+    let sizes = [1usize, 7, 255, 4099, 300_001];
+    let hosts: Vec<Vec<f32>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(k, &n)| random(n, 40 + k as u64, 1.0))
+        .collect();
+    let bufs: Vec<_> = hosts
+        .iter()
+        .map(|h| gpu.upload_as(h, BufKind::Grad))
+        .collect();
+    // A stale partials row must not leak in: run a larger reduction first.
+    let _ = gpu.sum_squares_many(&bufs.iter().chain(&bufs).collect::<Vec<_>>());
+    let refs: Vec<_> = bufs.iter().collect();
+    let many = gpu.sum_squares_many(&refs);
+    let one_by_one: f64 = bufs.iter().map(|b| gpu.sum_squares(b)).sum();
+    assert_eq!(
+        many.to_bits(),
+        one_by_one.to_bits(),
+        "{many} vs {one_by_one}"
+    );
+    let cpu_many: f64 = hosts.iter().map(|h| cpu.sum_squares(h)).sum();
+    assert!(
+        ((many - cpu_many) / cpu_many).abs() < 1e-5,
+        "sum_squares_many {many} vs {cpu_many}"
+    );
+    assert_eq!(gpu.sum_squares_many(&[]), 0.0);
 
     // A linear layer's bias: 1000 rows (31 full blocks of 32 and a partial one) of width 333.
     let (rows, width) = (1000, 333);

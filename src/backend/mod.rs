@@ -309,6 +309,12 @@ pub trait Backend: Send + Sync {
     fn bias_grad(&self, db: &mut Self::Buf, dy: &Self::Buf);
     /// Σ x², accumulated in f64.
     fn sum_squares(&self, x: &Self::Buf) -> f64;
+    /// Σ over `xs` of `sum_squares(x)`, added in order, bit for bit: the gradient norm of many
+    /// tensors. A device backend reads all the partial sums back at once (one transfer, not one
+    /// per tensor).
+    fn sum_squares_many(&self, xs: &[&Self::Buf]) -> f64 {
+        xs.iter().map(|x| self.sum_squares(x)).sum()
+    }
     /// One AdamW step on p with gradient g (times grad_scale) and moments m, v (kept in f32 or
     /// wider by the backend).
     fn adamw(

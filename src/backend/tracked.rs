@@ -364,6 +364,10 @@ impl<B: Backend> Backend for Tracked<B> {
     fn sum_squares(&self, x: &Self::Buf) -> f64 {
         self.inner.sum_squares(&x.inner)
     }
+    fn sum_squares_many(&self, xs: &[&Self::Buf]) -> f64 {
+        let inner: Vec<&B::Buf> = xs.iter().map(|x| &x.inner).collect();
+        self.inner.sum_squares_many(&inner)
+    }
     fn adamw(
         &self,
         p: &mut Self::Buf,

@@ -451,7 +451,8 @@ impl<B: Backend> Reducer<B> {
         match &self.shard {
             None => Ok(None),
             Some(sh) => {
-                let mut sq = [sh.g.iter().map(|g| be.sum_squares(g)).sum::<f64>()];
+                let grads: Vec<&B::Buf> = sh.g.iter().collect();
+                let mut sq = [be.sum_squares_many(&grads)];
                 comm.all_reduce_host(&mut sq)?;
                 Ok(Some(sq[0].sqrt()))
             }

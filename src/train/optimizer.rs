@@ -222,12 +222,8 @@ impl<'c, B: Backend> Optimizer<'c, B> {
             None => None,
         };
         Ok(sharded_norm.unwrap_or_else(|| {
-            model
-                .grads
-                .iter()
-                .map(|g| be.sum_squares(g))
-                .sum::<f64>()
-                .sqrt()
+            let grads: Vec<&B::Buf> = model.grads.iter().collect();
+            be.sum_squares_many(&grads).sqrt()
         }))
     }
 

@@ -1242,6 +1242,41 @@ impl Backend for CudaBackend {
         parts.iter().map(|&p| p as f64).sum()
     }
 
+    fn sum_squares_many(&self, xs: &[&CudaBuf]) -> f64 {
+        for x in xs {
+            contract::sum_squares(self, x);
+        }
+        if xs.is_empty() {
+            return 0.0;
+        }
+        let mut s = self.scratch.lock().expect("scratch");
+        self.grow_partials(&mut s, xs.len() * SUMSQ_BLOCKS);
+        let cfg = LaunchConfig {
+            grid_dim: (SUMSQ_BLOCKS as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // Each tensor's block partials in a row of their own, then one read of them all.
+        for (k, x) in xs.iter().enumerate() {
+            let n_i32 = i(x.len);
+            let mut row = s
+                .partials
+                .slice_mut(k * SUMSQ_BLOCKS..(k + 1) * SUMSQ_BLOCKS);
+            self.launch("sum_squares_f32", &self.k.sum_squares_f32, cfg, |b| {
+                b.arg(&mut row).arg(x.f()).arg(&n_i32);
+            });
+        }
+        let parts = self
+            .stream
+            .clone_dtoh(&s.partials.slice(0..xs.len() * SUMSQ_BLOCKS))
+            .expect("CUDA download");
+        // The order of sum_squares, tensor by tensor.
+        parts
+            .chunks(SUMSQ_BLOCKS)
+            .map(|c| c.iter().map(|&p| p as f64).sum::<f64>())
+            .sum()
+    }
+
     fn adamw(&self, p: &mut CudaBuf, g: &CudaBuf, m: &mut CudaBuf, v: &mut CudaBuf, hp: AdamW) {
         contract::adamw(self, p, g, m, v, &hp);
         let n = p.len;

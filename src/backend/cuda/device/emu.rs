@@ -404,6 +404,20 @@ impl<'a, 'b, T> PushKernelArg<&'b mut CudaSlice<T>> for LaunchArgs<'a> {
         self
     }
 }
+impl<'a, 'b, 'c, T> PushKernelArg<&'b CudaView<'c, T>> for LaunchArgs<'a> {
+    fn arg(&mut self, arg: &'b CudaView<'c, T>) -> &mut Self {
+        self.vals.push(arg.ptr as u64);
+        self.is_ptr.push(1);
+        self
+    }
+}
+impl<'a, 'b, 'c, T> PushKernelArg<&'b mut CudaViewMut<'c, T>> for LaunchArgs<'a> {
+    fn arg(&mut self, arg: &'b mut CudaViewMut<'c, T>) -> &mut Self {
+        self.vals.push(arg.ptr as u64);
+        self.is_ptr.push(1);
+        self
+    }
+}
 macro_rules! scalar_arg {
     ($($t:ty => $bits:expr),*) => {$(
         impl<'a, 'b> PushKernelArg<&'b $t> for LaunchArgs<'a> {
