@@ -272,6 +272,12 @@ pub struct BenchArgs {
     /// Override the token count N (a multiple of the preset's sequence length).
     #[arg(long)]
     pub tokens: Option<usize>,
+    /// `bench step`: the model (default: 124m; tiny runs in seconds on a CPU).
+    #[arg(long, value_enum)]
+    pub model: Option<crate::bench::step::StepModel>,
+    /// `bench step`: sequence length T (default 512 on the CPU, 2048 on CUDA; tiny: 256).
+    #[arg(long)]
+    pub seq: Option<usize>,
     /// Timed repetitions per operation (the median is reported).
     #[arg(long, default_value_t = 10)]
     pub iters: usize,
@@ -286,6 +292,9 @@ pub enum BenchWhat {
     Attention,
     /// Generated tokens/s of the batched engine (random weights) at several batch sizes.
     Generate,
+    /// The step-time model: every operation of one training step (`--model`), its measured time
+    /// beside its time at the measured ceilings, and a measured whole step.
+    Step,
 }
 
 #[derive(Args, Debug)]

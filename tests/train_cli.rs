@@ -363,6 +363,46 @@ fn bench_prints_every_operation_against_measured_ceilings() {
         &["--tokens 100", "multiple of the sequence length 256"],
     );
 
+    // The step-time model on the tiny model: every operation of a step and a measured step.
+    let o = kiln(
+        &[
+            "bench",
+            "step",
+            "--model",
+            "tiny",
+            "--tokens",
+            "256",
+            "--seq",
+            "128",
+            "--iters",
+            "1",
+            "--json",
+            "step.json",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = String::from_utf8_lossy(&o.stdout);
+    for row in [
+        "| matmul dw (lm_head) | 256x128x2048 | 1 |",
+        "| rmsnorm | 256x128 | 9 |",
+        "measured step:",
+    ] {
+        assert!(table.contains(row), "{row} missing: {table}");
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("step.json")).unwrap()).unwrap();
+    assert!(v["step_ms"].as_f64().unwrap() > 0.0);
+    assert_clean_error(
+        &kiln(
+            &[
+                "bench", "step", "--model", "tiny", "--tokens", "300", "--seq", "128",
+            ],
+            d,
+        ),
+        &["--tokens 300", "multiple of the sequence length 128"],
+    );
+
     // The attention sweep: causal, not causal, and causal with mixed documents per shape.
     let o = kiln(
         &[

@@ -6,6 +6,8 @@
 //! fraction of the measured GEMM rate at the largest model shape. A comparison with PyTorch on the
 //! same shapes is `scripts/compare_torch.py`.
 
+pub mod step;
+
 use std::time::Instant;
 
 use anyhow::{bail, Result};

@@ -4,6 +4,7 @@
 use anyhow::{bail, Result};
 
 use super::device::{self, DeviceBackend, OnDevice, Placement};
+use crate::bench::step::{self, StepModel};
 use crate::bench::{
     attention_sweep, generate_model, generate_sweep, render, render_attention, render_generate,
     AttnBenchRow, BenchReport, BenchShape, GenBenchRow,
@@ -18,6 +19,9 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     }
     if a.what == BenchWhat::Generate {
         return bench_generate(a);
+    }
+    if a.what == BenchWhat::Step {
+        return bench_step(a);
     }
     let preset = a.preset.unwrap_or(if a.device == Device::Cuda {
         Preset::Llama3_8b
@@ -46,6 +50,50 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         crate::fsutil::write_atomic(&path, serde_json::to_string_pretty(&report)?.as_bytes())?;
     }
     Ok(())
+}
+
+fn bench_step(a: BenchArgs) -> Result<()> {
+    let model = a.model.unwrap_or(StepModel::Llama124m);
+    let cfg = model.config()?;
+    let (tokens, seq) = model.default_tokens(a.device == Device::Cuda);
+    let seq = a.seq.unwrap_or(seq);
+    let tokens = a.tokens.unwrap_or(tokens.max(seq));
+    let name = format!("{model:?}");
+    eprintln!(
+        "step-time model: {name}, {:.1} M parameters, {tokens} tokens of T {seq}, {} timed repetitions per operation",
+        cfg.num_params() as f64 / 1e6,
+        a.iters
+    );
+    let report = device::on_device(
+        Placement::new(a.device),
+        Step {
+            cfg: &cfg,
+            name,
+            tokens,
+            seq,
+            iters: a.iters,
+        },
+    )?;
+    println!("{}", step::render(&report));
+    if let Some(path) = a.json {
+        crate::fsutil::write_atomic(&path, serde_json::to_string_pretty(&report)?.as_bytes())?;
+    }
+    Ok(())
+}
+
+struct Step<'a> {
+    cfg: &'a ModelConfig,
+    name: String,
+    tokens: usize,
+    seq: usize,
+    iters: usize,
+}
+
+impl OnDevice for Step<'_> {
+    type Out = step::StepReport;
+    fn run<B: DeviceBackend>(self, be: &B) -> Result<step::StepReport> {
+        step::run(be, self.cfg, &self.name, self.tokens, self.seq, self.iters)
+    }
 }
 
 fn bench_generate(a: BenchArgs) -> Result<()> {
