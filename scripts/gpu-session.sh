@@ -125,6 +125,10 @@ if [ $emulated = 1 ]; then
   skip compare-generate "needs transformers on a GPU"
 else
   step compare-generate 90 "$cenv" "$py" "$here/compare_generate.py" --kiln "$kiln" --device cuda
+  # The step-time model (issue 19): each operation of a 124M and a 1B Llama step, measured and at
+  # the measured ceilings, beside a measured step.
+  step step-model-124m 45 "$cenv" "$kiln" bench step --device cuda --model 124m --iters 5 --json "$out/step-124m.json"
+  step step-model-1b 60 "$cenv" "$kiln" bench step --device cuda --model 1b --iters 3 --json "$out/step-1b.json"
 fi
 for run in flash reference nccl zero3 zero3-large; do
   [ -f "$work/$run/metrics.jsonl" ] && cp "$work/$run/metrics.jsonl" "$out/metrics-$run.jsonl"
