@@ -140,14 +140,19 @@ fn the_recipes_run_as_written_on_files_shaped_like_the_public_data() {
         &d.join("downloads/wizardlm/train-00000-of-00001.parquet"),
         &wizard,
     );
-    // RefinedWeb: five parquet files of its string columns.
-    std::fs::create_dir_all(d.join("downloads/refinedweb")).unwrap();
+    // RefinedWeb: five parquet files of its string columns, the first in augment/, as the recipe
+    // splits them.
+    std::fs::create_dir_all(d.join("downloads/refinedweb/augment")).unwrap();
+    std::fs::create_dir_all(d.join("downloads/refinedweb/raw")).unwrap();
     let web = texts(20);
     for f in 0..5 {
         let rows: Vec<usize> = (f * 4..f * 4 + 4).collect();
         let c = |g: &dyn Fn(usize) -> String| rows.iter().map(|&i| g(i)).collect::<Vec<String>>();
         write_parquet(
-            &d.join(format!("downloads/refinedweb/train-0000{f}.parquet")),
+            &d.join(format!(
+                "downloads/refinedweb/{}/train-0000{f}-of-00005.parquet",
+                if f == 0 { "augment" } else { "raw" }
+            )),
             "message schema { REQUIRED BYTE_ARRAY content (UTF8); REQUIRED BYTE_ARRAY url (UTF8); REQUIRED BYTE_ARRAY dump (UTF8); REQUIRED BYTE_ARRAY segment (UTF8); }",
             &[
                 c(&|i| web[i].clone()),
@@ -249,16 +254,13 @@ fn the_recipes_run_as_written_on_files_shaped_like_the_public_data() {
                 .is_empty()
         );
     }
-    // From scratch: a fifth augmented, four fifths raw, the collection, and the first fifth raw.
+    // From scratch: a fifth augmented, four fifths raw, the collection, and the fifth raw for the
+    // vanilla arm (which the IPT arm's raw_* glob does not take).
     let scratch = d.join("data/scratch/shards");
     let aug = std::fs::read_to_string(d.join("data/scratch/augmented.jsonl")).unwrap();
     assert_eq!(aug.lines().count(), 4);
-    assert_eq!(shard_documents(&scratch, "raw_first", mistral).len(), 4);
-    assert_eq!(
-        shard_documents(&scratch, "raw", mistral).len(),
-        20,
-        "raw_* holds all 20 texts"
-    );
+    assert_eq!(shard_documents(&scratch, "fifth_raw", mistral).len(), 4);
+    assert_eq!(shard_documents(&scratch, "raw", mistral).len(), 16);
     assert_eq!(
         shard_documents(&scratch, "synthsft", mistral).len(),
         sft.len()
