@@ -61,6 +61,46 @@ fn random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
         .collect()
 }
 
+/// AdamW settings for timing the optimizer (its cost does not depend on them).
+fn timing_adamw(step: u64) -> AdamW {
+    AdamW {
+        lr: 1e-4,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+        step,
+        grad_scale: 1.0,
+    }
+}
+
+/// Median forward and backward milliseconds of attention at `a`, on random q, k, v with one
+/// document per row.
+fn time_attention<B: Backend>(be: &B, a: AttnShape, iters: usize) -> (f64, f64) {
+    let n = a.batch * a.seq;
+    let (qd, kvd) = (a.heads * a.head_dim, a.kv_heads * a.head_dim);
+    let up = |len: usize, seed: u64| be.upload_as(&random(len, seed, 1.0), BufKind::Act);
+    let (q, k, v) = (up(n * qd, 21), up(n * kvd, 22), up(n * kvd, 23));
+    let docs = vec![0u32; n];
+    let mut out = be.alloc(n * qd, BufKind::Act);
+    let mut lse = be.alloc(a.batch * a.heads * a.seq, BufKind::Stat);
+    let fwd = time_ms(be, iters, || {
+        be.attention(&mut out, &mut lse, &q, &k, &v, &docs, a)
+    });
+    let dout = up(n * qd, 24);
+    let (mut dq, mut dk, mut dv) = (
+        be.alloc(n * qd, BufKind::Act),
+        be.alloc(n * kvd, BufKind::Act),
+        be.alloc(n * kvd, BufKind::Act),
+    );
+    let bwd = time_ms(be, iters, || {
+        be.attention_bwd(
+            &mut dq, &mut dk, &mut dv, &dout, &out, &lse, &q, &k, &v, &docs, a,
+        )
+    });
+    (fwd, bwd)
+}
+
 /// Median wall time of `f` in milliseconds over `iters` runs after one warm-up.
 fn time_ms<B: Backend>(be: &B, iters: usize, mut f: impl FnMut()) -> f64 {
     f();
@@ -116,7 +156,7 @@ pub fn generate_model(preset: Preset) -> Result<ModelConfig> {
 /// Run every operation at `s` and report achieved throughput against measured ceilings.
 pub fn run<B: Backend>(be: &B, s: BenchShape, iters: usize) -> BenchReport {
     let n = s.tokens;
-    let (qd, kvd) = (s.heads * s.head_dim, s.kv_heads * s.head_dim);
+    let qd = s.heads * s.head_dim;
     let act = be.elem_bytes(BufKind::Act) as f64;
     let par = be.elem_bytes(BufKind::Param) as f64;
     let f32b = be.elem_bytes(BufKind::Grad) as f64;
@@ -307,16 +347,7 @@ pub fn run<B: Backend>(be: &B, s: BenchShape, iters: usize) -> BenchReport {
     let mut step = 0;
     let ms = time_ms(be, iters, || {
         step += 1;
-        let hp = AdamW {
-            lr: 1e-4,
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-8,
-            weight_decay: 0.1,
-            step,
-            grad_scale: 1.0,
-        };
-        be.adamw(&mut p, &g, &mut m, &mut v, hp);
+        be.adamw(&mut p, &g, &mut m, &mut v, timing_adamw(step));
     });
     // Reads p, g, m, v and writes p, m, v (fp32), plus the compute copy where it is separate.
     let copy = if par < f32b { par } else { 0.0 };
@@ -346,14 +377,8 @@ pub fn run<B: Backend>(be: &B, s: BenchShape, iters: usize) -> BenchReport {
         head_dim: s.head_dim,
         causal: true,
     };
-    let (kk, vv) = (up(n * kvd, 12, BufKind::Act), up(n * kvd, 13, BufKind::Act));
-    let docs = vec![0u32; n];
-    let mut att = be.alloc(n * qd, BufKind::Act);
-    let mut lse = be.alloc(a.batch * s.heads * s.seq, BufKind::Stat);
     let fwd_flops = 2.0 * (a.batch * s.heads * s.seq * s.seq * s.head_dim) as f64;
-    let ms = time_ms(be, iters, || {
-        be.attention(&mut att, &mut lse, &q, &kk, &vv, &docs, a)
-    });
+    let (ms, bwd_ms) = time_attention(be, a, iters);
     flops_rows.push((
         "attention".into(),
         format!(
@@ -364,17 +389,7 @@ pub fn run<B: Backend>(be: &B, s: BenchShape, iters: usize) -> BenchReport {
         "TFLOP/s",
         fwd_flops / ms / 1e9,
     ));
-    let datt = up(n * qd, 14, BufKind::Act);
-    let (mut dq, mut dk, mut dv) = (
-        be.alloc(n * qd, BufKind::Act),
-        be.alloc(n * kvd, BufKind::Act),
-        be.alloc(n * kvd, BufKind::Act),
-    );
-    let ms = time_ms(be, iters, || {
-        be.attention_bwd(
-            &mut dq, &mut dk, &mut dv, &datt, &att, &lse, &q, &kk, &vv, &docs, a,
-        )
-    });
+    let ms = bwd_ms;
     flops_rows.push((
         "attention_bwd".into(),
         format!(

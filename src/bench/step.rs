@@ -14,8 +14,8 @@ use std::collections::HashMap;
 use anyhow::{bail, Result};
 use serde::Serialize;
 
-use super::{random, time_ms};
-use crate::backend::{AdamW, AttnShape, Backend, BufKind};
+use super::{random, time_attention, time_ms, timing_adamw};
+use crate::backend::{AttnShape, Backend, BufKind};
 use crate::model::{Model, ModelConfig};
 use crate::rng::Rng;
 
@@ -196,37 +196,18 @@ pub fn run<B: Backend>(
         head_dim: hd,
         causal: true,
     };
-    let mut q = up(n * qd, 3, BufKind::Act);
-    let (kk, vv) = (up(n * kvd, 4, BufKind::Act), up(n * kvd, 5, BufKind::Act));
-    let docs = vec![0u32; n];
-    let mut att = be.alloc(n * qd, BufKind::Act);
-    let mut lse = be.alloc(a.batch * hq * seq, BufKind::Stat);
     let fwd_flops = 2.0 * (a.batch * hq * seq * seq * hd) as f64;
     let shape = format!("B{} T{seq} H{hq}/{hk} D{hd}", a.batch);
-    let ms = time_ms(be, iters, || {
-        be.attention(&mut att, &mut lse, &q, &kk, &vv, &docs, a)
-    });
-    rows.push(("attention".into(), shape.clone(), l, "FLOP", fwd_flops, ms));
-    let datt = up(n * qd, 6, BufKind::Act);
-    let (mut dq, mut dk, mut dv) = (
-        be.alloc(n * qd, BufKind::Act),
-        be.alloc(n * kvd, BufKind::Act),
-        be.alloc(n * kvd, BufKind::Act),
-    );
-    let ms = time_ms(be, iters, || {
-        be.attention_bwd(
-            &mut dq, &mut dk, &mut dv, &datt, &att, &lse, &q, &kk, &vv, &docs, a,
-        )
-    });
+    let (fwd, bwd) = time_attention(be, a, iters);
+    rows.push(("attention".into(), shape.clone(), l, "FLOP", fwd_flops, fwd));
     rows.push((
         "attention_bwd".into(),
         shape,
         l,
         "FLOP",
         2.5 * fwd_flops,
-        ms,
+        bwd,
     ));
-    drop((datt, dq, dv, att, lse));
 
     // Memory-bound operations: bytes read and written once, at the backend's widths.
     let x = up(n * d, 7, BufKind::Act);
@@ -254,6 +235,7 @@ pub fn run<B: Backend>(
         be.upload_as(&sin, BufKind::Stat),
     );
     let positions: Vec<u32> = (0..n).map(|i| (i % seq) as u32).collect();
+    let (mut q, mut dk) = (up(n * qd, 3, BufKind::Act), up(n * kvd, 4, BufKind::Act));
     for (what, heads) in [("q", hq), ("k", hk)] {
         let buf = if what == "q" { &mut q } else { &mut dk };
         let width = heads * hd;
@@ -275,7 +257,7 @@ pub fn run<B: Backend>(
         });
         rows.push((format!("rope_bwd ({what})"), shape, l, "byte", bytes, ms));
     }
-    drop((q, kk, vv, dk));
+    drop((q, dk));
     let gate = up(n * f, 10, BufKind::Act);
     let upv = up(n * f, 11, BufKind::Act);
     let mut h = be.alloc(n * f, BufKind::Act);
@@ -362,7 +344,7 @@ pub fn run<B: Backend>(
     let mut step = 0;
     let ms = time_ms(be, iters, || {
         step += 1;
-        be.adamw(&mut p, &g, &mut m, &mut vm, hp(step));
+        be.adamw(&mut p, &g, &mut m, &mut vm, timing_adamw(step));
     });
     let copy = if par < f32b { par } else { 0.0 };
     rows.push((
@@ -397,7 +379,7 @@ pub fn run<B: Backend>(
         model.backward(be, &mut ws, &inputs, &doc_ids);
         let grads: Vec<&B::Buf> = model.grads.iter().collect();
         let _norm = be.sum_squares_many(&grads).sqrt();
-        model.adamw_step(be, &mut m, &mut vm, hp(step));
+        model.adamw_step(be, &mut m, &mut vm, timing_adamw(step));
     });
 
     let rows = rows
@@ -427,18 +409,6 @@ pub fn run<B: Backend>(
         rows,
         step_ms,
     })
-}
-
-fn hp(step: u64) -> AdamW {
-    AdamW {
-        lr: 1e-4,
-        beta1: 0.9,
-        beta2: 0.95,
-        eps: 1e-8,
-        weight_decay: 0.1,
-        step,
-        grad_scale: 1.0,
-    }
 }
 
 /// The report as markdown: one row per operation, then the totals against the measured step.
