@@ -16,8 +16,34 @@
 //     m = |lerp_w| < 0.5 ? m + lerp_w·(gi − m) : gi − (gi − m)·(1 − lerp_w);
 //     v = v·β2 + (one_minus_b2·gi)·gi;
 //     p = p + (neg_step·m) / (sqrt(v) / bc2_sqrt + eps);  p_bf16 = bf16(p).
-//   Launch: 1-D grid-stride, block (256), grid (min(ceil(n / 256), e.g. 65535)), shared 0.
+//   Launch: 1-D grid-stride, block (256), grid (min(ceil(n / 8 / 256), e.g. 65535)), shared 0.
+//   Eight elements per thread and step with 16-byte accesses when every array is 16-byte
+//   aligned, the tail (and unaligned arrays) element by element; the same arithmetic on both.
 #include "common.cuh"
+
+// The per-step scalars (see above), formed once per thread.
+struct AdamwScalars {
+    float decay, lerp_w, one_minus_lerp_w, beta2, one_minus_b2, neg_step, bc2_sqrt, eps,
+        grad_scale;
+    bool lerp_from_start;
+};
+
+// One element's update in the CPU's order and rounding.
+__device__ __forceinline__ void adamw_one(const AdamwScalars& k, float g, float& p, float& m,
+                                          float& v) {
+    const float gi = __fmul_rn(g, k.grad_scale);
+    float pi = __fmul_rn(p, k.decay);
+    float mi = m;
+    mi = k.lerp_from_start ? __fadd_rn(mi, __fmul_rn(k.lerp_w, __fsub_rn(gi, mi)))
+                           : __fsub_rn(gi, __fmul_rn(__fsub_rn(gi, mi), k.one_minus_lerp_w));
+    const float vi =
+        __fadd_rn(__fmul_rn(v, k.beta2), __fmul_rn(__fmul_rn(k.one_minus_b2, gi), gi));
+    const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), k.bc2_sqrt), k.eps);
+    pi = __fadd_rn(pi, __fdiv_rn(__fmul_rn(k.neg_step, mi), denom));
+    p = pi;
+    m = mi;
+    v = vi;
+}
 
 extern "C" __global__ void adamw(float* p, bf16* p_bf16, const float* g, float* m, float* v,
                                  int n, float lr, float beta1, float beta2, float eps,
@@ -25,23 +51,44 @@ extern "C" __global__ void adamw(float* p, bf16* p_bf16, const float* g, float* 
                                  float grad_scale) {
     const double lr_d = (double)lr;
     const double b1_d = (double)beta1;
-    const float decay = (float)(1.0 - lr_d * (double)weight_decay);
-    const float lerp_w = (float)(1.0 - b1_d);
-    const bool lerp_from_start = fabs(1.0 - b1_d) < 0.5;
-    const float one_minus_lerp_w = __fsub_rn(1.0f, lerp_w);
-    const float one_minus_b2 = (float)(1.0 - (double)beta2);
-    const float neg_step = (float)(-(lr_d / (double)bias_c1));
-    const float bc2_sqrt = (float)sqrt((double)bias_c2);
+    AdamwScalars k;
+    k.decay = (float)(1.0 - lr_d * (double)weight_decay);
+    k.lerp_w = (float)(1.0 - b1_d);
+    k.lerp_from_start = fabs(1.0 - b1_d) < 0.5;
+    k.one_minus_lerp_w = __fsub_rn(1.0f, k.lerp_w);
+    k.beta2 = beta2;
+    k.one_minus_b2 = (float)(1.0 - (double)beta2);
+    k.neg_step = (float)(-(lr_d / (double)bias_c1));
+    k.bc2_sqrt = (float)sqrt((double)bias_c2);
+    k.eps = eps;
+    k.grad_scale = grad_scale;
 
-    for (size_t i = grid_stride_start(); i < (size_t)n; i += grid_stride_step()) {
-        const float gi = __fmul_rn(g[i], grad_scale);
-        float pi = __fmul_rn(p[i], decay);
-        float mi = m[i];
-        mi = lerp_from_start ? __fadd_rn(mi, __fmul_rn(lerp_w, __fsub_rn(gi, mi)))
-                             : __fsub_rn(gi, __fmul_rn(__fsub_rn(gi, mi), one_minus_lerp_w));
-        float vi = __fadd_rn(__fmul_rn(v[i], beta2), __fmul_rn(__fmul_rn(one_minus_b2, gi), gi));
-        const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), bc2_sqrt), eps);
-        pi = __fadd_rn(pi, __fdiv_rn(__fmul_rn(neg_step, mi), denom));
+    const bool vec = aligned16(p) && aligned16(p_bf16) && aligned16(g) && aligned16(m) &&
+                     aligned16(v);
+    const unsigned chunks = vec ? n / 8 : 0;
+    for (unsigned c = grid_start32(); c < chunks; c += grid_step32()) {
+        float pp[8];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const unsigned o = 8 * c + 4 * h;
+            float p4[4], g4[4], m4[4], v4[4];
+            load4_f32(p + o, p4);
+            load4_f32(g + o, g4);
+            load4_f32(m + o, m4);
+            load4_f32(v + o, v4);
+#pragma unroll
+            for (int e = 0; e < 4; ++e) adamw_one(k, g4[e], p4[e], m4[e], v4[e]);
+            store4_f32(p + o, p4);
+            store4_f32(m + o, m4);
+            store4_f32(v + o, v4);
+#pragma unroll
+            for (int e = 0; e < 4; ++e) pp[4 * h + e] = p4[e];
+        }
+        store8_bf16(p_bf16 + 8 * c, pp);
+    }
+    for (unsigned i = 8 * chunks + grid_start32(); i < (unsigned)n; i += grid_step32()) {
+        float pi = p[i], mi = m[i], vi = v[i];
+        adamw_one(k, g[i], pi, mi, vi);
         p[i] = pi;
         m[i] = mi;
         v[i] = vi;

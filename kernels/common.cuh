@@ -4,6 +4,17 @@
 //   bf16                      the storage type (__nv_bfloat16: <cuda_bf16.h>, or the emulator's)
 //   load_bf16 / store_bf16    bf16 <-> float at an index (store rounds to nearest even)
 //   grid_stride_start/step    the first index and the stride of a 1-D grid-stride loop (size_t)
+//   grid_start32/step32       the same in 32 bits, for loops whose bound fits an int (every
+//                             `int n` kernel): no 64-bit index arithmetic
+//   aligned16(p)              whether p is 16-byte aligned (the vector paths' precondition)
+//   load8_bf16 / store8_bf16  8 bf16 <-> 8 floats through one 16-byte access (p 16-byte aligned;
+//                             the store rounds to nearest even, as store_bf16)
+//   load4_f32 / store4_f32    4 floats f[0..4) through one 16-byte access (p 16-byte aligned)
+//   cast_f32_to_bf16_loop     y[i] = bf16(x[i]) for i < n, grid-stride, 8 per step where aligned
+//
+// The memory-bound kernels move 16 bytes per access where their arrays allow it (8 bf16 or 4
+// fp32 per thread and step) and fall back to the scalar loop for the tail and for arrays that
+// are not 16-byte aligned; per element the arithmetic is the same on both paths.
 //   warp_reduce_sum/max       butterfly reduction over a full warp with shfl_xor; every
 //                             lane ends with the same, bitwise identical result
 //   block_reduce_sum/max      warp reductions, then one warp-level reduction of the per-warp
@@ -38,6 +49,62 @@ __device__ __forceinline__ size_t grid_stride_start() {
 }
 __device__ __forceinline__ size_t grid_stride_step() {
     return (size_t)gridDim.x * blockDim.x;
+}
+
+__device__ __forceinline__ unsigned grid_start32() { return blockIdx.x * blockDim.x + threadIdx.x; }
+__device__ __forceinline__ unsigned grid_step32() { return gridDim.x * blockDim.x; }
+
+__device__ __forceinline__ bool aligned16(const void* p) { return ((uintptr_t)p & 15) == 0; }
+
+__device__ __forceinline__ void load8_bf16(const bf16* p, float (&f)[8]) {
+    const uint4 u = ld_v4(p);
+    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        f[2 * k] = __uint_as_float(w[k] << 16);
+        f[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u);
+    }
+}
+
+__device__ __forceinline__ void store8_bf16(bf16* p, const float (&f)[8]) {
+    uint4 u;
+    u.x = pack_bf16(f[0], f[1]);
+    u.y = pack_bf16(f[2], f[3]);
+    u.z = pack_bf16(f[4], f[5]);
+    u.w = pack_bf16(f[6], f[7]);
+    st_v4(p, u);
+}
+
+__device__ __forceinline__ void load4_f32(const float* p, float* f) {
+    const uint4 u = ld_v4(p);
+    f[0] = __uint_as_float(u.x);
+    f[1] = __uint_as_float(u.y);
+    f[2] = __uint_as_float(u.z);
+    f[3] = __uint_as_float(u.w);
+}
+
+__device__ __forceinline__ void store4_f32(float* p, const float* f) {
+    uint4 u;
+    u.x = __float_as_uint(f[0]);
+    u.y = __float_as_uint(f[1]);
+    u.z = __float_as_uint(f[2]);
+    u.w = __float_as_uint(f[3]);
+    st_v4(p, u);
+}
+
+// y[i] = bf16(x[i]) (round to nearest even) for i < n over a 1-D grid with 8 elements per
+// thread and step (launch ceil(n / 8) threads' worth of blocks, or fewer).
+__device__ __forceinline__ void cast_f32_to_bf16_loop(bf16* y, const float* x, int n) {
+    const unsigned chunks = aligned16(y) && aligned16(x) ? n / 8 : 0;
+    for (unsigned c = grid_start32(); c < chunks; c += grid_step32()) {
+        float v[8];
+        load4_f32(x + 8 * c, v);
+        load4_f32(x + 8 * c + 4, v + 4);
+        store8_bf16(y + 8 * c, v);
+    }
+    for (unsigned i = 8 * chunks + grid_start32(); i < (unsigned)n; i += grid_step32()) {
+        store_bf16(y, i, x[i]);
+    }
 }
 
 // Sum over the 32 lanes of a warp (butterfly: offsets 16, 8, 4, 2, 1). Float addition is

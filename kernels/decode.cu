@@ -15,7 +15,9 @@
 //
 // kv_write(bf16* cache, const bf16* src, const int* slots, const int* positions, int N, int W,
 //          int max_len)
-//   cache[slots[i], positions[i], :] = src[i, :]. Launch: grid-stride over N·W, block (256).
+//   cache[slots[i], positions[i], :] = src[i, :]. Launch: grid-stride over N·W / 8, block (256);
+//   with W mod 8 = 0 and aligned arrays each step copies 8 bf16 (16 bytes), otherwise one
+//   element. 32-bit indices over src (N·W fits an int); the cache offset in 64 bits.
 //
 // attention_decode_partial(float* part_m, float* part_l, float* part_acc, const bf16* q,
 //                          const bf16* k_cache, const bf16* v_cache, const int* slots,
@@ -42,12 +44,19 @@
 
 extern "C" __global__ void kv_write(bf16* cache, const bf16* src, const int* slots,
                                     const int* positions, int N, int W, int max_len) {
-    const size_t total = (size_t)N * W;
-    for (size_t e = grid_stride_start(); e < total; e += grid_stride_step()) {
-        const size_t i = e / W;
-        const size_t c = e % W;
+    const unsigned total = (unsigned)N * (unsigned)W;
+    const bool vec = W % 8 == 0 && aligned16(cache) && aligned16(src);
+    const unsigned step = vec ? 8 : 1;  // elements per access
+    const unsigned row = W / step;      // accesses per row
+    for (unsigned e = grid_start32(); e < total / step; e += grid_step32()) {
+        const unsigned i = e / row;
+        const unsigned c = step * (e - i * row);
         const size_t dst = ((size_t)slots[i] * max_len + positions[i]) * W + c;
-        cache[dst] = src[e];
+        if (vec) {
+            st_v4(cache + dst, ld_v4(src + (size_t)step * e));
+        } else {
+            cache[dst] = src[e];
+        }
     }
 }
 

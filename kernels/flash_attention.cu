@@ -24,7 +24,9 @@
 // (b, g), each warp 16, and walks the query tiles (32 rows) of every query head of the group,
 // so GQA heads are summed in registers in a fixed order. Shared-memory tiles are stored with a
 // 16-byte-chunk XOR swizzle (chunk c of row r at c ^ (r & 7)) so ldmatrix reads are free of
-// bank conflicts. Rows past T are loaded as zeros (cp.async zero-fill) and masked.
+// bank conflicts. Rows past T are loaded as zeros (cp.async zero-fill) and masked. The forward
+// overlaps its loads with its math: V of a key tile lands while that tile's scores are computed,
+// and the next K tile while P·V runs (cp.async, in the shared memory of one K and one V tile).
 //
 // Kernels (block 128 threads; dynamic shared memory as `*_smem` below; the host opts in above
 // 48 KiB):
@@ -163,7 +165,10 @@ __device__ void fwd(bf16* __restrict__ out, float* __restrict__ lse, const bf16*
     const int kv_lo = (m.start[q0] / BC) * BC;
     const int kv_hi = causal ? q_last + 1 : m.end[q_last];
 
+    // Q and the first K tile together; each later K tile is fetched while the tile before it
+    // multiplies V, and each V tile while its scores are computed (see the loop).
     load_tile<BR, D>(qs, q, b, T, H, h, q0);
+    if (kv_lo < kv_hi) load_tile<BC, D>(ks, k, b, T, Hkv, g, kv_lo);
     cp_async_commit();
     const int row_a = q0 + warp * 16 + (lane >> 2);
     const int row_b = row_a + 8;
@@ -181,14 +186,17 @@ __device__ void fwd(bf16* __restrict__ out, float* __restrict__ lse, const bf16*
     float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;
     const float sl2 = scale * kLog2e;
 
+    // Per tile: [K(k0) landed] V(k0) in flight during S = Q·K(k0)ᵀ and the softmax; [V(k0)
+    // landed] K(k0 + BC) in flight during O += P·V(k0). The two barriers per tile order every
+    // buffer's readers before its next fill: ks is refilled only after every warp passed the
+    // middle barrier (its QKᵀ done), vs and kdoc only after the top one (the previous P·V and
+    // mask done).
     for (int k0 = kv_lo; k0 < kv_hi; k0 += BC) {
-        __syncthreads();  // the previous tile's readers are done
-        load_tile<BC, D>(ks, k, b, T, Hkv, g, k0);
+        if (threadIdx.x < BC) kdoc[threadIdx.x] = m.doc[min(k0 + (int)threadIdx.x, T - 1)];
+        cp_async_wait_all();  // K(k0)
+        __syncthreads();
         load_tile<BC, D>(vs, v, b, T, Hkv, g, k0);
         cp_async_commit();
-        if (threadIdx.x < BC) kdoc[threadIdx.x] = m.doc[min(k0 + (int)threadIdx.x, T - 1)];
-        cp_async_wait_all();
-        __syncthreads();
 
         float s[BC / 8][4];
 #pragma unroll
@@ -253,6 +261,12 @@ __device__ void fwd(bf16* __restrict__ out, float* __restrict__ lse, const bf16*
             o[dt][1] *= alpha_a;
             o[dt][2] *= alpha_b;
             o[dt][3] *= alpha_b;
+        }
+        cp_async_wait_all();  // V(k0)
+        __syncthreads();
+        if (k0 + BC < kv_hi) {
+            load_tile<BC, D>(ks, k, b, T, Hkv, g, k0 + BC);
+            cp_async_commit();
         }
 #pragma unroll
         for (int kk = 0; kk < BC / 16; ++kk) {
@@ -677,7 +691,5 @@ extern "C" __global__ void flash_bwd_pre(float* delta, float* dq_acc, const bf16
 }
 
 extern "C" __global__ void flash_dq_convert(bf16* dq, const float* dq_acc, int n) {
-    for (size_t i = grid_stride_start(); i < (size_t)n; i += grid_stride_step()) {
-        store_bf16(dq, i, dq_acc[i]);
-    }
+    cast_f32_to_bf16_loop(dq, dq_acc, n);
 }

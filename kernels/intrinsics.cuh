@@ -28,6 +28,8 @@
 //   fast_exp2(x)                     ex2.approx.ftz.f32 (2^x; −inf → +0)
 //   atomic_add(p, v)                 atomicAdd on fp32 global memory
 //   ld_bf16x2(p), st_b32(p, v)       4-byte vector load / store (p must be 4-byte aligned)
+//   ld_v4(p), st_v4(p, v)            16-byte vector load / store (ld/st.v4.u32; p must be 16-byte
+//                                    aligned; the emulator also checks the 16 bytes are mapped)
 #pragma once
 
 #include <stdint.h>
@@ -104,6 +106,11 @@ __device__ __forceinline__ __nv_bfloat162 ld_bf16x2(const __nv_bfloat16* p) {
 __device__ __forceinline__ void st_b32(void* p, uint32_t v) {
     *reinterpret_cast<uint32_t*>(p) = v;
 }
+
+__device__ __forceinline__ uint4 ld_v4(const void* p) {
+    return *reinterpret_cast<const uint4*>(p);
+}
+__device__ __forceinline__ void st_v4(void* p, uint4 v) { *reinterpret_cast<uint4*>(p) = v; }
 
 #else
 // =============================== the emulator ===============================
@@ -204,6 +211,17 @@ inline void st_b32(void* p, uint32_t v, KILN_SITE) {
         kiln_emu::fault(kiln_file, kiln_line, "misaligned 4-byte vector store at %p", p);
     }
     memcpy(p, &v, 4);
+}
+
+inline uint4 ld_v4(const void* p, KILN_SITE) {
+    kiln_emu::vector_access(p, false, kiln_file, kiln_line);
+    uint4 v;
+    memcpy(&v, p, 16);
+    return v;
+}
+inline void st_v4(void* p, uint4 v, KILN_SITE) {
+    kiln_emu::vector_access(p, true, kiln_file, kiln_line);
+    memcpy(p, &v, 16);
 }
 
 #endif

@@ -25,6 +25,8 @@
 //   fault_divergent_shfl(out)           lanes < 16 and lanes ≥ 16 shuffle at different lines
 //   fault_ldmatrix_misaligned()         row addresses 8 bytes off
 //   fault_cp_async_past_end(src, n)     copies the 16 bytes at src + n (past the allocation)
+//   fault_ld_v4_misaligned(out, src)    a 16-byte load at src + 1 element (2-byte aligned)
+//   fault_st_v4_past_end(out, n)        a 16-byte store at out + n (past the allocation)
 //   fault_dynamic_shared(out)           touches its dynamic shared memory (launched with more
 //                                       than 48 KiB and no opt-in)
 #include "common.cuh"
@@ -159,4 +161,12 @@ extern "C" __global__ void fault_dynamic_shared(float* out) {
     s[threadIdx.x] = (float)threadIdx.x;
     __syncthreads();
     out[threadIdx.x] = s[threadIdx.x];
+}
+
+extern "C" __global__ void fault_ld_v4_misaligned(bf16* out, const bf16* src) {
+    if (threadIdx.x == 0) st_v4(out, ld_v4(src + 1));
+}
+
+extern "C" __global__ void fault_st_v4_past_end(bf16* out, int n) {
+    if (threadIdx.x == 0) st_v4(out + n, uint4{1u, 2u, 3u, 4u});
 }

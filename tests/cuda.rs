@@ -141,21 +141,39 @@ fn gemm_forward_input_and_weight_gradients_match_cpu() {
 #[test]
 fn rmsnorm_forward_and_backward_match_cpu_at_model_width() {
     let Some(gpu) = device() else { return };
+    // The 16-byte vector path with the weight-gradient partials in registers (4096), the scalar
+    // path for a width that is not a multiple of 8 (333), and the scalar fallback for a width
+    // past what the registers hold (8200 > 8·4·256), with a partial last block of rows.
+    for (n, d) in [(256, 4096), (37, 333), (40, 8200)] {
+        rmsnorm_case(&gpu, n, d);
+    }
+}
+
+fn rmsnorm_case(gpu: &CudaBackend, n: usize, d: usize) {
     let cpu = CpuBackend::<f32>::new();
-    let (n, d) = (256, 4096);
     let x = bf16_round(&random(n * d, 1, 2.0));
     let w = bf16_round(&random(d, 2, 1.0));
     let (gx, gw) = (
         gpu.upload_as(&x, BufKind::Act),
         gpu.upload_as(&w, BufKind::Param),
     );
-    let mut out = poisoned(&gpu, n * d, BufKind::Act);
-    let mut rstd = poisoned(&gpu, n, BufKind::Stat);
+    let mut out = poisoned(gpu, n * d, BufKind::Act);
+    let mut rstd = poisoned(gpu, n, BufKind::Stat);
     gpu.rmsnorm(&mut out, &mut rstd, &gx, &gw, d, 1e-5);
     let (mut oc, mut rc) = (cpu.zeros(n * d), cpu.zeros(n));
     cpu.rmsnorm(&mut oc, &mut rc, &x, &w, d, 1e-5);
-    assert_close("rmsnorm out", &gpu.download(&out), &oc, 1e-2);
-    assert_close("rmsnorm rstd", &gpu.download(&rstd), &rc, 1e-3);
+    assert_close(
+        &format!("rmsnorm out d={d}"),
+        &gpu.download(&out),
+        &oc,
+        1e-2,
+    );
+    assert_close(
+        &format!("rmsnorm rstd d={d}"),
+        &gpu.download(&rstd),
+        &rc,
+        1e-3,
+    );
 
     let dout = bf16_round(&random(n * d, 3, 1.0));
     let dx0 = bf16_round(&random(n * d, 4, 0.5));
@@ -174,32 +192,49 @@ fn rmsnorm_forward_and_backward_match_cpu_at_model_width() {
     let (mut cdx, mut cdw) = (dx0.clone(), dw0.clone());
     cpu.rmsnorm_bwd(&mut cdx, &mut cdw, &dout, &x, &w, &rc, d);
     // 5e-3: a correct kernel gives ~1.7e-3; a missing barrier in block_reduce_sum ~1.05e-2.
-    assert_close("rmsnorm dx (accumulate)", &gpu.download(&gdx), &cdx, 5e-3);
-    assert_close("rmsnorm dw (accumulate)", &gpu.download(&gdw), &cdw, 1e-2);
+    let (got_dx, got_dw) = (gpu.download(&gdx), gpu.download(&gdw));
+    assert_close(
+        &format!("rmsnorm dx (accumulate) d={d}"),
+        &got_dx,
+        &cdx,
+        5e-3,
+    );
+    assert_close(
+        &format!("rmsnorm dw (accumulate) d={d}"),
+        &got_dw,
+        &cdw,
+        1e-2,
+    );
 }
 
 #[test]
 fn rope_swiglu_embedding_and_elementwise_match_cpu() {
     let Some(gpu) = device() else { return };
     let cpu = CpuBackend::<f32>::new();
-    let (n, heads, hd) = (300, 8, 64);
-    let x = bf16_round(&random(n * heads * hd, 1, 1.0));
-    let positions: Vec<u32> = (0..n as u32).map(|i| (i * 7) % 2048).collect();
-    let mut cfg: ModelConfig = toml::from_str("dim = 512\nn_layers = 1\nn_heads = 8\nn_kv_heads = 8\nffn_dim = 64\nrope_theta = 500000.0\n").unwrap();
-    cfg.resolve(10).unwrap();
-    let (cos, sin) = cfg.rope_tables();
-    let (gcos, gsin) = (
-        gpu.upload_as(&cos, BufKind::Stat),
-        gpu.upload_as(&sin, BufKind::Stat),
-    );
-    let mut gx = gpu.upload_as(&x, BufKind::Act);
-    gpu.rope(&mut gx, &positions, heads, hd, &gcos, &gsin);
-    let mut cx = x.clone();
-    cpu.rope(&mut cx, &positions, heads, hd, &cos, &sin);
-    assert_close("rope", &gpu.download(&gx), &cx, 1e-2);
-    gpu.rope_bwd(&mut gx, &positions, heads, hd, &gcos, &gsin);
-    cpu.rope_bwd(&mut cx, &positions, heads, hd, &cos, &sin);
-    assert_close("rope_bwd", &gpu.download(&gx), &cx, 1e-2);
+    // Head dim 64: 16-byte accesses; 20 (half = 10): the scalar path.
+    for (n, heads, hd) in [(300, 8, 64), (77, 3, 20)] {
+        let x = bf16_round(&random(n * heads * hd, 1, 1.0));
+        let positions: Vec<u32> = (0..n as u32).map(|i| (i * 7) % 2048).collect();
+        let mut cfg: ModelConfig = toml::from_str(&format!(
+            "dim = {}\nn_layers = 1\nn_heads = {heads}\nn_kv_heads = {heads}\nffn_dim = 64\nrope_theta = 500000.0\n",
+            heads * hd
+        ))
+        .unwrap();
+        cfg.resolve(10).unwrap();
+        let (cos, sin) = cfg.rope_tables();
+        let (gcos, gsin) = (
+            gpu.upload_as(&cos, BufKind::Stat),
+            gpu.upload_as(&sin, BufKind::Stat),
+        );
+        let mut gx = gpu.upload_as(&x, BufKind::Act);
+        gpu.rope(&mut gx, &positions, heads, hd, &gcos, &gsin);
+        let mut cx = x.clone();
+        cpu.rope(&mut cx, &positions, heads, hd, &cos, &sin);
+        assert_close(&format!("rope hd={hd}"), &gpu.download(&gx), &cx, 1e-2);
+        gpu.rope_bwd(&mut gx, &positions, heads, hd, &gcos, &gsin);
+        cpu.rope_bwd(&mut cx, &positions, heads, hd, &cos, &sin);
+        assert_close(&format!("rope_bwd hd={hd}"), &gpu.download(&gx), &cx, 1e-2);
+    }
 
     let m = 100_003;
     let (g, u, dout) = (
@@ -232,16 +267,25 @@ fn rope_swiglu_embedding_and_elementwise_match_cpu() {
     assert_close("swiglu dgate", &gpu.download(&dg), &cdg, 1e-2);
     assert_close("swiglu dup", &gpu.download(&du), &cdu, 1e-2);
 
+    // Width 36 (not a multiple of 8) takes the scalar path.
+    for d in [256, 36] {
+        let v = 1000;
+        let table = bf16_round(&random(v * d, 5, 1.0));
+        let mut r = Rng::new(6);
+        let ids: Vec<u32> = (0..513)
+            .map(|_| r.below(v as u64))
+            .map(|i| i as u32)
+            .collect();
+        let gt = gpu.upload_as(&table, BufKind::Param);
+        let mut ge = poisoned(&gpu, ids.len() * d, BufKind::Act);
+        gpu.embedding(&mut ge, &gt, &ids, d);
+        let mut ce = cpu.zeros(ids.len() * d);
+        cpu.embedding(&mut ce, &table, &ids, d);
+        assert_close(&format!("embedding d={d}"), &gpu.download(&ge), &ce, 1e-6);
+    }
     let (v, d) = (1000, 256);
-    let table = bf16_round(&random(v * d, 5, 1.0));
     let mut r = Rng::new(6);
     let ids: Vec<u32> = (0..512).map(|_| r.below(v as u64 / 10) as u32).collect(); // many repeats
-    let gt = gpu.upload_as(&table, BufKind::Param);
-    let mut ge = poisoned(&gpu, ids.len() * d, BufKind::Act);
-    gpu.embedding(&mut ge, &gt, &ids, d);
-    let mut ce = cpu.zeros(ids.len() * d);
-    cpu.embedding(&mut ce, &table, &ids, d);
-    assert_close("embedding", &gpu.download(&ge), &ce, 1e-6);
     let dout = bf16_round(&random(ids.len() * d, 7, 1.0));
     let start = random(v * d, 8, 0.1);
     let mut gdt = gpu.upload_as(&start, BufKind::Grad);
@@ -303,15 +347,23 @@ fn rope_swiglu_embedding_and_elementwise_match_cpu() {
     );
     assert_eq!(gpu.sum_squares_many(&[]), 0.0);
 
-    // A linear layer's bias: 1000 rows (31 full blocks of 32 and a partial one) of width 333.
+    // A linear layer's bias: 1000 rows (31 full blocks of 32 and a partial one) of width 333
+    // (the scalar path), and of width 64 (16-byte accesses).
+    for width in [64, 333] {
+        let y = bf16_round(&random(1000 * width, 12, 1.0));
+        let bias = bf16_round(&random(width, 13, 1.0));
+        let mut gy = gpu.upload_as(&y, BufKind::Act);
+        gpu.add_bias(&mut gy, &gpu.upload_as(&bias, BufKind::Param));
+        let mut cy = y.clone();
+        cpu.add_bias(&mut cy, &bias);
+        assert_close(
+            &format!("add_bias d={width}"),
+            &gpu.download(&gy),
+            &cy,
+            1e-2,
+        );
+    }
     let (rows, width) = (1000, 333);
-    let y = bf16_round(&random(rows * width, 12, 1.0));
-    let bias = bf16_round(&random(width, 13, 1.0));
-    let mut gy = gpu.upload_as(&y, BufKind::Act);
-    gpu.add_bias(&mut gy, &gpu.upload_as(&bias, BufKind::Param));
-    let mut cy = y.clone();
-    cpu.add_bias(&mut cy, &bias);
-    assert_close("add_bias", &gpu.download(&gy), &cy, 1e-2);
     let dy = bf16_round(&random(rows * width, 14, 1.0));
     let start = random(width, 15, 1.0);
     let mut gdb = gpu.upload_as(&start, BufKind::Grad);
@@ -325,17 +377,28 @@ fn rope_swiglu_embedding_and_elementwise_match_cpu() {
 fn cross_entropy_matches_cpu_at_llama3_vocabulary() {
     let Some(gpu) = device() else { return };
     let cpu = CpuBackend::<f32>::new();
-    let (n, v) = (64, 128_256);
-    let logits = bf16_round(&random(n * v, 1, 8.0));
-    let mut r = Rng::new(2);
-    let targets: Vec<u32> = (0..n).map(|_| r.below(v as u64) as u32).collect();
-    let mask: Vec<u8> = (0..n).map(|i| (i % 5 != 0) as u8).collect();
-    let mut gl = gpu.upload_as(&logits, BufKind::Act);
-    let lg = gpu.cross_entropy(&mut gl, &targets, &mask, v, 1.0 / n as f32);
-    let mut cl = logits.clone();
-    let lc = cpu.cross_entropy(&mut cl, &targets, &mask, v, 1.0 / n as f32);
-    assert!(((lg - lc) / lc).abs() < 1e-3, "loss {lg} vs {lc}");
-    assert_close("cross_entropy dlogits", &gpu.download(&gl), &cl, 1e-2);
+    // Llama 3's vocabulary takes 16-byte accesses; 1001 entries the scalar path. Rows whose
+    // running max grows late (ascending logits) exercise the online rescaling.
+    for (n, v) in [(64, 128_256), (37, 1001)] {
+        let mut logits = bf16_round(&random(n * v, 1, 8.0));
+        for (j, x) in logits[v..2 * v].iter_mut().enumerate() {
+            *x = half::bf16::from_f32(-20.0 + 40.0 * j as f32 / v as f32).to_f32();
+        }
+        let mut r = Rng::new(2);
+        let targets: Vec<u32> = (0..n).map(|_| r.below(v as u64) as u32).collect();
+        let mask: Vec<u8> = (0..n).map(|i| (i % 5 != 0) as u8).collect();
+        let mut gl = gpu.upload_as(&logits, BufKind::Act);
+        let lg = gpu.cross_entropy(&mut gl, &targets, &mask, v, 1.0 / n as f32);
+        let mut cl = logits.clone();
+        let lc = cpu.cross_entropy(&mut cl, &targets, &mask, v, 1.0 / n as f32);
+        assert!(((lg - lc) / lc).abs() < 1e-3, "loss V={v}: {lg} vs {lc}");
+        assert_close(
+            &format!("cross_entropy dlogits V={v}"),
+            &gpu.download(&gl),
+            &cl,
+            1e-2,
+        );
+    }
 }
 
 #[test]
@@ -822,6 +885,68 @@ fn flash_attention_matches_cpu_on_odd_lengths_gqa_documents_causal_and_not() {
 }
 
 #[test]
+fn per_step_metadata_is_uploaded_once_per_change_and_never_stale() {
+    let Some(mut gpu) = device() else { return };
+    let cpu = CpuBackend::<f32>::new();
+    gpu.set_attention(AttentionKernel::Flash, false);
+    let s = AttnShape {
+        batch: 1,
+        seq: 70,
+        heads: 2,
+        kv_heads: 1,
+        head_dim: 64,
+        causal: true,
+    };
+    let (a, b) = (
+        doc_pattern(1, 70, &[30], false),
+        doc_pattern(1, 70, &[9, 50], false),
+    );
+    let (_, f0) = gpu.metadata_uploads();
+    // Forward and backward of one layer share one upload; a second layer with the same
+    // documents needs none; other documents (same shape) must be uploaded, not reused.
+    flash_case(&gpu, &cpu, s, &a, 1);
+    assert_eq!(gpu.metadata_uploads().1, f0 + 1, "first layer");
+    flash_case(&gpu, &cpu, s, &a, 2);
+    assert_eq!(gpu.metadata_uploads().1, f0 + 1, "same documents");
+    flash_case(&gpu, &cpu, s, &b, 3);
+    assert_eq!(gpu.metadata_uploads().1, f0 + 2, "new documents");
+    flash_case(&gpu, &cpu, s, &a, 4);
+    assert_eq!(
+        gpu.metadata_uploads().1,
+        f0 + 3,
+        "the first documents again"
+    );
+
+    let (n, heads, hd) = (40, 2, 64);
+    let mut cfg: ModelConfig = toml::from_str(
+        "dim = 128\nn_layers = 1\nn_heads = 2\nn_kv_heads = 2\nffn_dim = 64\nrope_theta = 10000.0\n",
+    )
+    .unwrap();
+    cfg.resolve(10).unwrap();
+    let (cos, sin) = cfg.rope_tables();
+    let (gcos, gsin) = (
+        gpu.upload_as(&cos, BufKind::Stat),
+        gpu.upload_as(&sin, BufKind::Stat),
+    );
+    let (p0, _) = gpu.metadata_uploads();
+    let first: Vec<u32> = (0..n as u32).collect();
+    let second: Vec<u32> = (0..n as u32).map(|i| i % 13).collect();
+    for (k, positions) in [&first, &first, &second, &second].into_iter().enumerate() {
+        let x = bf16_round(&random(n * heads * hd, 50 + k as u64, 1.0));
+        let mut gx = gpu.upload_as(&x, BufKind::Act);
+        gpu.rope(&mut gx, positions, heads, hd, &gcos, &gsin);
+        let mut cx = x.clone();
+        cpu.rope(&mut cx, positions, heads, hd, &cos, &sin);
+        assert_close(&format!("rope call {k}"), &gpu.download(&gx), &cx, 1e-2);
+    }
+    assert_eq!(
+        gpu.metadata_uploads().0,
+        p0 + 2,
+        "one upload per distinct positions"
+    );
+}
+
+#[test]
 fn flash_attention_deterministic_backward_is_bitwise_repeatable() {
     let Some(mut gpu) = device() else { return };
     let cpu = CpuBackend::<f32>::new();
@@ -875,6 +1000,22 @@ fn kv_write_and_split_decode_attention_match_cpu() {
     let mut ck = kc.clone();
     cpu.kv_write(&mut ck, &new_k, &slots, &positions, max_len);
     assert_eq!(gpu.download(&gk), ck, "kv_write moves bf16 values exactly");
+    // A row width that is not a multiple of 8 (the scalar path).
+    let (w12, len12) = (12usize, 5usize);
+    let cache12 = bf16_round(&random(3 * len12 * w12, 15, 1.0));
+    let src12 = bf16_round(&random(2 * w12, 16, 1.0));
+    let mut g12 = gpu.upload_as(&cache12, BufKind::Act);
+    let (slots12, pos12) = ([2u32, 0], [4u32, 1]);
+    gpu.kv_write(
+        &mut g12,
+        &gpu.upload_as(&src12, BufKind::Act),
+        &slots12,
+        &pos12,
+        len12,
+    );
+    let mut c12 = cache12.clone();
+    cpu.kv_write(&mut c12, &src12, &slots12, &pos12, len12);
+    assert_eq!(gpu.download(&g12), c12, "kv_write, width 12");
 
     let q = bf16_round(&random(n * h * d, 14, 1.0));
     let s = AttnShape {
@@ -1303,6 +1444,26 @@ fn emulator_faults_name_the_kernel_and_line_where_a_gpu_would_fault() {
             l.arg(&mut outh).arg(&src).arg(&n);
         }),
         &["cp.async", "outside every device allocation"],
+    );
+
+    let f = m.load_function("fault_ld_v4_misaligned").unwrap();
+    expect(
+        launch(&stream, &f, cfg(1, 32, 0), |l| {
+            l.arg(&mut outh).arg(&src);
+        }),
+        &["fault_ld_v4_misaligned", "misaligned 16-byte vector load"],
+    );
+    let n8 = 8i32;
+    let f = m.load_function("fault_st_v4_past_end").unwrap();
+    expect(
+        launch(&stream, &f, cfg(1, 32, 0), |l| {
+            l.arg(&mut outh).arg(&n8);
+        }),
+        &[
+            "fault_st_v4_past_end",
+            "16-byte vector store",
+            "outside every device allocation",
+        ],
     );
 
     let f = m.load_function("fault_dynamic_shared").unwrap();

@@ -8,6 +8,7 @@
 //   __nv_bfloat16, __nv_bfloat162, __float2bfloat16, __bfloat162float, __floats2bfloat162_rn
 //                                              bf16 storage, round-to-nearest-even as on the GPU
 //   __fadd_rn, __fsub_rn, __fmul_rn, __fdiv_rn, __fsqrt_rn, min, max, rsqrtf   device math
+//   uint4, __uint_as_float, __float_as_uint    the 16-byte vector type and bit casts
 //   KILN_SHARED / KILN_DYNAMIC_SHARED          per-block shared memory (see intrinsics.cuh)
 // Warp intrinsics (shuffles, ldmatrix, mma, cp.async, atomics) live in kernels/intrinsics.cuh,
 // whose emulated half calls the runtime entry points declared here.
@@ -71,6 +72,10 @@ struct CollectiveOp {
 void warp_collective(const CollectiveOp& op, uint32_t mask, const void* in, void* out,
                      const char* file, int line);
 
+// A 16-byte vector access (ld/st.global.v4 or .shared.v4): faults unless `p` is 16-byte aligned
+// and the 16 bytes lie inside one device allocation or this block's shared memory.
+void vector_access(const void* p, bool store, const char* file, int line);
+
 // cp.async: queued per thread, the destination poisoned until the wait that completes it.
 void cp_async(void* dst, const void* src, int cp_size, int src_size, const char* file, int line);
 void cp_async_commit();
@@ -112,6 +117,22 @@ inline __nv_bfloat16 __float2bfloat16(float f) {
 inline __nv_bfloat16 __float2bfloat16_rn(float f) { return __float2bfloat16(f); }
 inline __nv_bfloat162 __floats2bfloat162_rn(float lo, float hi) {
     return __nv_bfloat162{__float2bfloat16(lo), __float2bfloat16(hi)};
+}
+
+// ---- vector type and bit casts -------------------------------------------------------------
+
+struct alignas(16) uint4 {
+    unsigned int x, y, z, w;
+};
+inline float __uint_as_float(unsigned int u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+inline unsigned int __float_as_uint(float f) {
+    unsigned int u;
+    memcpy(&u, &f, 4);
+    return u;
 }
 
 // ---- device math ----------------------------------------------------------------------------

@@ -605,6 +605,22 @@ void* static_shared(const void* key, size_t bytes, const char* name, const char*
 }
 
 // ---------------------------------------------------------------------------------------------
+// 16-byte vector loads and stores
+// ---------------------------------------------------------------------------------------------
+
+void vector_access(const void* p, bool store, const char* file, int line) {
+    const char* what = store ? "store" : "load";
+    if ((uintptr_t)p % 16 != 0) {
+        fault(file, line, "misaligned 16-byte vector %s at %p", what, p);
+    }
+    if (!global_extent_ok(p, 16) && !in_shared(p, 16)) {
+        fault(file, line,
+              "16-byte vector %s at %p is outside every device allocation and shared memory",
+              what, p);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // cp.async
 // ---------------------------------------------------------------------------------------------
 

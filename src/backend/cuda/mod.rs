@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use device::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut,
-    LaunchArgs, LaunchConfig, PushKernelArg,
+    LaunchArgs, LaunchConfig, PinnedHostSlice, PushKernelArg,
 };
 use half::bf16;
 
@@ -130,7 +130,44 @@ enum FlashKernel {
 pub const FLASH_HEAD_DIMS: [usize; 2] = [64, 128];
 
 /// Grow-only device scratch.
+/// Integer metadata that every layer of a step asks for with the same contents — the RoPE
+/// positions, the flash kernels' document metadata — kept on the device and uploaded again only
+/// when its key changes (once per micro-batch rather than once per layer and direction). Uploads
+/// go through two page-locked staging buffers in turn, so a copy never stalls the stream and the
+/// host waits, if at all, only for the copy before last.
+struct Kept {
+    /// What the device copy was built from (positions; doc ids), and the shape it was built for.
+    key: Vec<u32>,
+    shape: (usize, usize),
+    valid: bool,
+    /// The flash metadata's `contiguous` flag.
+    flag: bool,
+    dev: Option<CudaSlice<i32>>,
+    staging: [Option<PinnedHostSlice<i32>>; 2],
+    next: usize,
+    /// Uploads made (the tests count them).
+    uploads: u64,
+}
+
+impl Kept {
+    fn new() -> Self {
+        Kept {
+            key: Vec::new(),
+            shape: (0, 0),
+            valid: false,
+            flag: false,
+            dev: None,
+            staging: [None, None],
+            next: 0,
+            uploads: 0,
+        }
+    }
+}
+
 struct Scratch {
+    /// The RoPE positions and the flash metadata (`CudaBackend::kept`).
+    positions: Kept,
+    flash: Kept,
     ints: Vec<CudaSlice<i32>>,
     bytes: CudaSlice<u8>,
     partials: CudaSlice<f32>,
@@ -172,6 +209,12 @@ fn grid(n: usize) -> LaunchConfig {
         block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
     }
+}
+
+/// The launch of a kernel that moves 8 elements per thread and step (`kernels/common.cuh`'s vector
+/// paths): one thread per 8 of the `n` elements, capped as `grid`.
+fn grid8(n: usize) -> LaunchConfig {
+    grid(n.div_ceil(8))
 }
 
 fn i(x: usize) -> i32 {
@@ -343,6 +386,8 @@ impl CudaBackend {
                 .map_err(|e| format!("CUDA allocation: {e:?}"))
         };
         let scratch = Scratch {
+            positions: Kept::new(),
+            flash: Kept::new(),
             ints: Vec::new(),
             bytes: stream
                 .alloc_zeros::<u8>(1)
@@ -439,6 +484,59 @@ impl CudaBackend {
         );
     }
 
+    /// The device copy of the array `build` makes from `key` (and `shape`), with its flag: the
+    /// last one when `key` and `shape` are the last call's, else a fresh upload (`Kept`).
+    fn kept<'k>(
+        &self,
+        k: &'k mut Kept,
+        key: &[u32],
+        shape: (usize, usize),
+        build: impl FnOnce() -> (Vec<u32>, bool),
+    ) -> (&'k CudaSlice<i32>, bool) {
+        if !(k.valid && k.shape == shape && k.key == key) {
+            let (vals, flag) = build();
+            let cap = vals.len().max(1).next_power_of_two();
+            if k.dev.as_ref().is_none_or(|d| d.len() < vals.len()) {
+                k.dev = Some(
+                    self.stream
+                        .alloc_zeros::<i32>(cap)
+                        .expect("CUDA allocation"),
+                );
+                k.staging = [None, None];
+            }
+            let dev = k.dev.as_mut().expect("kept device copy");
+            let slot = &mut k.staging[k.next];
+            k.next = 1 - k.next;
+            if slot.is_none() {
+                *slot = Some(
+                    device::alloc_pinned::<i32>(&self.ctx, dev.len())
+                        .expect("CUDA pinned allocation"),
+                );
+            }
+            let staging = slot.as_mut().expect("staging");
+            let host = staging.as_mut_slice().expect("CUDA pinned staging");
+            for (h, &v) in host.iter_mut().zip(&vals) {
+                *h = v as i32;
+            }
+            self.stream
+                .memcpy_htod(&*staging, dev)
+                .expect("CUDA upload");
+            k.key.clear();
+            k.key.extend_from_slice(key);
+            k.shape = shape;
+            k.flag = flag;
+            k.valid = true;
+            k.uploads += 1;
+        }
+        (k.dev.as_ref().expect("kept device copy"), k.flag)
+    }
+
+    /// How many times the RoPE positions and the flash metadata have been uploaded.
+    pub fn metadata_uploads(&self) -> (u64, u64) {
+        let s = self.scratch.lock().expect("scratch");
+        (s.positions.uploads, s.flash.uploads)
+    }
+
     /// Upload small host integer arrays into scratch slot `slot` (grow-only).
     fn ints(&self, scratch: &mut Scratch, slot: usize, host: &[u32]) {
         while scratch.ints.len() <= slot {
@@ -471,8 +569,9 @@ impl CudaBackend {
     ) {
         let mut guard = self.scratch.lock().expect("scratch");
         let s = &mut *guard;
-        let (meta, contiguous) = flash_meta(doc_ids, a.batch, a.seq);
-        self.ints(s, 1, &meta);
+        let (meta, contiguous) = self.kept(&mut s.flash, doc_ids, (a.batch, a.seq), || {
+            flash_meta(doc_ids, a.batch, a.seq)
+        });
         let di = (a.head_dim == 128) as usize;
         let cfg = LaunchConfig {
             grid_dim: (a.seq.div_ceil(64) as u32, a.heads as u32, a.batch as u32),
@@ -488,7 +587,7 @@ impl CudaBackend {
                 .arg(q.h())
                 .arg(k.h())
                 .arg(v.h())
-                .arg(&s.ints[1]);
+                .arg(meta);
             b.arg(&bb)
                 .arg(&t)
                 .arg(&h)
@@ -516,8 +615,9 @@ impl CudaBackend {
     ) {
         let mut guard = self.scratch.lock().expect("scratch");
         let s = &mut *guard;
-        let (meta, contiguous) = flash_meta(doc_ids, a.batch, a.seq);
-        self.ints(s, 1, &meta);
+        let (meta, contiguous) = self.kept(&mut s.flash, doc_ids, (a.batch, a.seq), || {
+            flash_meta(doc_ids, a.batch, a.seq)
+        });
         let rows = a.batch * a.heads * a.seq;
         let grow = |buf: &mut CudaSlice<f32>, n: usize| {
             if buf.len() < n {
@@ -563,7 +663,7 @@ impl CudaBackend {
             v: v.h(),
             lse: lse.f(),
             delta: &s.delta,
-            ids: &s.ints[1],
+            ids: meta,
             dims: [bb, t, h, hkv],
             head_dim: d,
             scale,
@@ -580,7 +680,7 @@ impl CudaBackend {
             self.launch(
                 "flash_dq_convert",
                 &self.k.flash_dq_convert,
-                grid(rows * a.head_dim),
+                grid8(rows * a.head_dim),
                 |b| {
                     b.arg(dq.h_mut()).arg(&s.dq_acc).arg(&n);
                 },
@@ -829,7 +929,8 @@ impl Backend for CudaBackend {
         let n = ids.len();
         let n_i32 = i(n);
         let d_i32 = i(d);
-        self.launch("embedding_fwd", &self.k.embedding_fwd, grid(n * d), |b| {
+        i(n * d); // the kernel indexes N·d in 32 bits
+        self.launch("embedding_fwd", &self.k.embedding_fwd, grid8(n * d), |b| {
             b.arg(out.h_mut())
                 .arg(table.h())
                 .arg(&s.ints[0])
@@ -1101,7 +1202,7 @@ impl Backend for CudaBackend {
         contract::swiglu(self, out, gate, up);
         let n = out.len;
         let n_i32 = i(n);
-        self.launch("swiglu_fwd", &self.k.swiglu_fwd, grid(n), |b| {
+        self.launch("swiglu_fwd", &self.k.swiglu_fwd, grid8(n), |b| {
             b.arg(out.h_mut()).arg(gate.h()).arg(up.h()).arg(&n_i32);
         });
     }
@@ -1117,7 +1218,7 @@ impl Backend for CudaBackend {
         contract::swiglu_bwd(self, dgate, dup, dout, gate, up);
         let n = dout.len;
         let n_i32 = i(n);
-        self.launch("swiglu_bwd", &self.k.swiglu_bwd, grid(n), |b| {
+        self.launch("swiglu_bwd", &self.k.swiglu_bwd, grid8(n), |b| {
             b.arg(dgate.h_mut())
                 .arg(dup.h_mut())
                 .arg(dout.h())
@@ -1186,7 +1287,7 @@ impl Backend for CudaBackend {
         contract::add_assign(self, y, x);
         let n = y.len;
         let n_i32 = i(n);
-        self.launch("add_bf16", &self.k.add_bf16, grid(n), |b| {
+        self.launch("add_bf16", &self.k.add_bf16, grid8(n), |b| {
             b.arg(y.h_mut()).arg(x.h()).arg(&n_i32);
         });
     }
@@ -1194,7 +1295,7 @@ impl Backend for CudaBackend {
     fn add_bias(&self, y: &mut CudaBuf, b: &CudaBuf) {
         contract::add_bias(self, y, b);
         let (n_i32, d_i32) = (i(y.len), i(b.len));
-        self.launch("add_bias_bf16", &self.k.add_bias_bf16, grid(y.len), |a| {
+        self.launch("add_bias_bf16", &self.k.add_bias_bf16, grid8(y.len), |a| {
             a.arg(y.h_mut()).arg(b.h()).arg(&n_i32).arg(&d_i32);
         });
     }
@@ -1287,7 +1388,7 @@ impl Backend for CudaBackend {
         };
         let n_i32 = i(n);
         let (bias_c1, bias_c2) = (bc1 as f32, bc2 as f32);
-        self.launch("adamw", &self.k.adamw, grid(n), |b| {
+        self.launch("adamw", &self.k.adamw, grid8(n), |b| {
             b.arg(pf)
                 .arg(ph)
                 .arg(g.f())
@@ -1382,7 +1483,8 @@ impl GenerationBackend for CudaBackend {
         self.ints(&mut s, 0, slots);
         self.ints(&mut s, 1, positions);
         let (n_i32, w_i32, max_len_i32) = (i(n), i(w), i(max_len));
-        self.launch("kv_write", &self.k.kv_write, grid(n * w), |b| {
+        i(n * w); // the kernel indexes N·W in 32 bits
+        self.launch("kv_write", &self.k.kv_write, grid8(n * w), |b| {
             b.arg(cache.h_mut())
                 .arg(src.h())
                 .arg(&s.ints[0])
@@ -1507,14 +1609,17 @@ impl CudaBackend {
         dir: i32,
     ) {
         let n = positions.len();
-        let mut s = self.scratch.lock().expect("scratch");
-        self.ints(&mut s, 0, positions);
+        let mut guard = self.scratch.lock().expect("scratch");
+        let (pos, _) = self.kept(&mut guard.positions, positions, (n, 0), || {
+            (positions.to_vec(), false)
+        });
         let n_i32 = i(n);
         let heads_i32 = i(heads);
         let head_dim_i32 = i(head_dim);
-        self.launch("rope", &self.k.rope, grid(n * heads * head_dim / 2), |b| {
+        i(n * heads * head_dim); // the kernel indexes x in 32 bits
+        self.launch("rope", &self.k.rope, grid8(n * heads * head_dim / 2), |b| {
             b.arg(x.h_mut())
-                .arg(&s.ints[0])
+                .arg(pos)
                 .arg(cos.f())
                 .arg(sin.f())
                 .arg(&n_i32)
@@ -1529,9 +1634,14 @@ impl CudaBackend {
         let n = p.len;
         if let (Some(f), Some(h)) = (p.f32.as_ref(), p.bf16.as_mut()) {
             let n_i32 = i(n);
-            self.launch("cast_f32_to_bf16", &self.k.cast_f32_to_bf16, grid(n), |b| {
-                b.arg(h).arg(f).arg(&n_i32);
-            });
+            self.launch(
+                "cast_f32_to_bf16",
+                &self.k.cast_f32_to_bf16,
+                grid8(n),
+                |b| {
+                    b.arg(h).arg(f).arg(&n_i32);
+                },
+            );
         }
     }
 }

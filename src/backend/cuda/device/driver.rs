@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 pub use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut,
-    LaunchArgs, LaunchConfig, PushKernelArg,
+    LaunchArgs, LaunchConfig, PinnedHostSlice, PushKernelArg,
 };
 
 /// One kernel file: its fatbin.
@@ -15,6 +15,23 @@ pub type KernelFile = &'static [u8];
 pub fn load_module(ctx: &Arc<CudaContext>, file: KernelFile) -> Result<Arc<CudaModule>, String> {
     ctx.load_module(cudarc::nvrtc::Ptx::from_binary(file.to_vec()))
         .map_err(|e| format!("{e:?}"))
+}
+
+/// `len` elements of page-locked, write-combined host memory for `memcpy_htod`: a copy from it
+/// is a true asynchronous DMA (a copy from pageable memory may stall the stream), and
+/// `as_mut_slice` waits for the last copy out of it before handing it back.
+pub fn alloc_pinned<
+    T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits + Copy + Default,
+>(
+    ctx: &Arc<CudaContext>,
+    len: usize,
+) -> Result<PinnedHostSlice<T>, String> {
+    // SAFETY: the memory starts unset; it is filled with zeros before anything reads it.
+    let mut p = unsafe { ctx.alloc_pinned::<T>(len) }.map_err(|e| format!("{e:?}"))?;
+    p.as_mut_slice()
+        .map_err(|e| format!("{e:?}"))?
+        .fill(T::default());
+    Ok(p)
 }
 
 /// Let `f` use up to `bytes` of dynamic shared memory (required above 48 KiB).

@@ -234,6 +234,41 @@ pub struct CudaViewMut<'a, T> {
     _m: PhantomData<&'a mut T>,
 }
 
+/// Page-locked host memory for uploads (`alloc_pinned`); in the emulator an ordinary host buffer,
+/// since every copy completes before it returns.
+pub struct PinnedHostSlice<T> {
+    host: Vec<T>,
+}
+
+impl<T> PinnedHostSlice<T> {
+    pub fn len(&self) -> usize {
+        self.host.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.host.is_empty()
+    }
+    /// The host contents, once every copy out of them has completed.
+    pub fn as_mut_slice(&mut self) -> Result<&mut [T], EmuError> {
+        Ok(&mut self.host)
+    }
+}
+
+impl<T> AsRef<[T]> for PinnedHostSlice<T> {
+    fn as_ref(&self) -> &[T] {
+        &self.host
+    }
+}
+
+/// `len` elements of page-locked host memory for `memcpy_htod`, zeroed here.
+pub fn alloc_pinned<T: Copy + Default>(
+    _ctx: &Arc<CudaContext>,
+    len: usize,
+) -> Result<PinnedHostSlice<T>, String> {
+    Ok(PinnedHostSlice {
+        host: vec![T::default(); len],
+    })
+}
+
 /// Read access to device memory: its address (as on a GPU, a u64) and length.
 pub trait DevicePtr<T> {
     fn device_ptr(&self, stream: &CudaStream) -> (u64, ());

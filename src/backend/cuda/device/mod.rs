@@ -12,6 +12,7 @@
 //! `set_max_dynamic_shared`), device memory (`CudaSlice<T>` with `len`, `slice`, `slice_mut`;
 //! the stream's `alloc_zeros`, `clone_htod`, `memcpy_htod`, `clone_dtoh`, `memcpy_dtod`,
 //! `memset_zeros`, `synchronize`; raw addresses through `DevicePtr` / `DevicePtrMut`),
+//! page-locked upload staging (`alloc_pinned`, `PinnedHostSlice::as_mut_slice`),
 //! launches (`LaunchConfig`, `CudaStream::launch_builder`, `PushKernelArg::arg`, `launch`), and
 //! the GEMM (`gemm::Gemm::run` on a column-major `gemm::Problem`). `CudaBackend` uses nothing
 //! else, so the same backend code runs on both.
