@@ -97,6 +97,17 @@ pub struct ExperimentWorldArgs {
     /// Where to train (evaluation runs on the CPU).
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: Device,
+    /// `main`: vanilla against instruction pre-training. `finetune`: adds vanilla pre-training
+    /// followed by instruction tuning on the training people's QA pairs, at the same total tokens
+    /// (runs under OUT/seedN/).
+    #[arg(long, value_enum, default_value = "main")]
+    pub study: crate::world::experiment::Study,
+    /// Seeds per arm for a study (train.seed = data.seed = 0, 1, …).
+    #[arg(long, default_value_t = 2)]
+    pub seeds: u64,
+    /// `--study finetune`: share of the token budget spent on instruction tuning.
+    #[arg(long, default_value_t = 0.1)]
+    pub ft_fraction: f64,
 }
 
 #[derive(Args, Debug)]

@@ -1056,6 +1056,160 @@ fn experiment_world_trains_both_arms_scores_them_and_reuses_finished_runs() {
     assert_clean_error(&kiln(&bad, d), &["train.lr", "not a controlled comparison"]);
 }
 
+#[test]
+fn experiment_world_finetune_study_tunes_vanilla_at_the_same_tokens_over_seeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut args = vec![
+        "experiment",
+        "world",
+        "--study",
+        "finetune",
+        "--seeds",
+        "2",
+        "--ft-fraction",
+        "0.25",
+        "--out",
+        "ft",
+        "--max-items",
+        "4",
+    ];
+    for s in [
+        "world.people=30",
+        "world.bios_per_person=2",
+        "world.vocab_size=400",
+        "data.seq_len=32",
+        "data.batch_size=4",
+        "model.dim=32",
+        "model.n_heads=4",
+        "model.n_kv_heads=2",
+        "model.ffn_dim=64",
+        "model.max_seq_len=64",
+        "train.steps=8",
+        "train.warmup_steps=1",
+        "train.log_every=1",
+        "train.checkpoint_every=4",
+        "eval.every=4",
+        "eval.max_items=2",
+        "eval.max_new_tokens=3",
+    ] {
+        args.extend(["--set", s]);
+    }
+    let o = kiln(&args, d);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for seed in ["seed0", "seed1"] {
+        // Pre-training 6 of the 8 steps on the biographies, exported, then tuning 2 steps from it
+        // on the question-answer shard only, with the loss on the answers.
+        let pt =
+            std::fs::read_to_string(d.join(format!("ft/{seed}/vanilla-pt/config.toml"))).unwrap();
+        assert!(pt.contains("steps = 6") && pt.contains("raw_"), "{pt}");
+        let ft =
+            std::fs::read_to_string(d.join(format!("ft/{seed}/vanilla-ft/config.toml"))).unwrap();
+        assert!(
+            ft.contains("steps = 2") && ft.contains("qa_sft_") && !ft.contains("raw_"),
+            "{ft}"
+        );
+        assert!(ft.contains(&format!("hf:ft/{seed}/vanilla-pt/hf")), "{ft}");
+        assert!(d
+            .join(format!("ft/{seed}/vanilla-pt/hf/config.json"))
+            .exists());
+        let seed_n = &seed[4..];
+        assert!(ft.contains(&format!("seed = {seed_n}")), "{ft}");
+    }
+    // The tuning data: one document per training person and attribute, the loss on answers only.
+    let world = d.join("data/world-exp");
+    let tok =
+        kiln::data::tokenizer::Tokenizer::from_file(&world.join("tokenizer.json"), None, None)
+            .unwrap();
+    let shard =
+        kiln::data::shard::Shard::open(&world.join("shards/qa_sft_00000.kiln"), 400, None).unwrap();
+    assert_eq!(shard.num_documents(), 15 * 6);
+    assert!(shard.has_loss_mask());
+    let first: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(world.join("eval_train.jsonl"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    let (mut ids, mut mask) = (Vec::new(), Vec::new());
+    shard.extend_tokens(shard.document(0), &mut ids);
+    shard.extend_loss_mask(shard.document(0), &mut mask);
+    let split = |keep: bool| -> Vec<u32> {
+        ids.iter()
+            .zip(&mask)
+            .filter(|(_, &m)| m == keep)
+            .map(|(&t, _)| t)
+            .collect()
+    };
+    assert_eq!(
+        tok.decode(&split(false), true).unwrap(),
+        format!("Question: {}\nAnswer:", first["q"].as_str().unwrap())
+    );
+    assert_eq!(
+        tok.decode(&split(true), true).unwrap(),
+        format!(" {}", first["a"].as_str().unwrap())
+    );
+    assert!(*mask.last().unwrap(), "the EOS is in the loss");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("ft/results.json")).unwrap()).unwrap();
+    assert_eq!(v["study"], "finetune");
+    let seeds = v["seeds"].as_array().unwrap();
+    assert_eq!(seeds.len(), 2);
+    for s in seeds {
+        let arms: Vec<&str> = s["arms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            arms,
+            [
+                "vanilla",
+                "instruction pre-training",
+                "vanilla + instruction tuning"
+            ]
+        );
+        // The same total tokens in every arm.
+        for a in s["arms"].as_array().unwrap() {
+            assert_eq!(a["tokens"], 8 * 4 * 32, "{a}");
+            assert_eq!(a["tasks"][0]["items"], 4);
+        }
+    }
+    let summary = v["summary"].as_array().unwrap();
+    let qa = summary
+        .iter()
+        .find(|x| x["arm"] == "vanilla + instruction tuning" && x["task"] == "heldout_qa")
+        .unwrap();
+    assert_eq!(qa["values"].as_array().unwrap().len(), 2);
+    let table = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        table.contains("| vanilla + instruction tuning | ") && table.contains("Physics of LM 3.1"),
+        "{table}"
+    );
+    assert!(d.join("ft/curves.png").exists() && d.join("ft/results.md").exists());
+
+    // Again: every run is finished and reused, the export is not redone.
+    let o = kiln(&args, d);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        !err.contains("experiment: training") && !err.contains("exported"),
+        "{err}"
+    );
+    let again: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("ft/results.json")).unwrap()).unwrap();
+    assert_eq!(again["summary"], v["summary"]);
+
+    let bad: Vec<&str> = args
+        .iter()
+        .map(|&a| if a == "0.25" { "1.5" } else { a })
+        .collect();
+    assert_clean_error(&kiln(&bad, d), &["--ft-fraction 1.5", "between 0 and 1"]);
+}
+
 /// `kiln train --config c.toml --set train.out_dir="OUT"` plus `extra`, with `env` set.
 fn train_in(d: &Path, out: &str, extra: &[&str], env: &[(&str, &str)]) -> Output {
     let out_dir = format!("train.out_dir=\"{out}\"");

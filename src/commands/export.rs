@@ -4,8 +4,6 @@
 use anyhow::Result;
 
 use crate::cli::{ConvertArgs, ExportArgs, ExportDtype};
-use crate::model::ModelConfig;
-use crate::safetensors_io::NamedTensor;
 use crate::train::setup::open_checkpoint;
 
 pub fn export(a: ExportArgs) -> Result<()> {
@@ -19,7 +17,7 @@ pub fn export(a: ExportArgs) -> Result<()> {
         source: crate::train::setup::init_from_hf(&c.mcfg)?
             .filter(|d| d.join("config.json").exists()),
     };
-    let tensors = named(&c.mcfg, c.params);
+    let tensors = crate::hf::named_tensors(&c.mcfg, c.params);
     crate::hf::export(&a.to_hf, &c.mcfg, &tensors, &opts)?;
     eprintln!(
         "exported {} (step {}) to {}",
@@ -28,19 +26,6 @@ pub fn export(a: ExportArgs) -> Result<()> {
         a.to_hf.display()
     );
     Ok(())
-}
-
-/// Host tensors in parameter order, named.
-fn named(mcfg: &ModelConfig, host: Vec<Vec<f32>>) -> Vec<NamedTensor> {
-    mcfg.params()
-        .into_iter()
-        .zip(host)
-        .map(|(p, data)| NamedTensor {
-            name: p.name,
-            shape: p.shape,
-            data,
-        })
-        .collect()
 }
 
 pub fn convert(a: ConvertArgs) -> Result<()> {
@@ -55,7 +40,12 @@ pub fn convert(a: ConvertArgs) -> Result<()> {
         eos_token_id: None,
         source: Some(a.from_hf.clone()),
     };
-    crate::hf::export(&a.to_hf, &mcfg, &named(&mcfg, host), &opts)?;
+    crate::hf::export(
+        &a.to_hf,
+        &mcfg,
+        &crate::hf::named_tensors(&mcfg, host),
+        &opts,
+    )?;
     eprintln!(
         "{}: {} layers, d={}, {} heads ({} kv), vocab {}: checked and written to {}",
         a.from_hf.display(),

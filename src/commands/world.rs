@@ -27,6 +27,9 @@ pub fn experiment_world(a: ExperimentWorldArgs) -> Result<()> {
         out: a.out,
         max_items: a.max_items,
         batch: a.batch,
+        study: a.study,
+        seeds: a.seeds,
+        ft_fraction: a.ft_fraction,
     };
     let device = a.device;
     crate::world::experiment::run(&opts, &|cfg, resume| {

@@ -490,6 +490,19 @@ pub fn load(dir: &Path, tokenizer_vocab: Option<usize>) -> Result<(ModelConfig, 
 }
 
 /// Export options.
+/// Host tensors in parameter order (`ModelConfig::params`), named as `export` expects.
+pub fn named_tensors(mcfg: &ModelConfig, host: Vec<Vec<f32>>) -> Vec<NamedTensor> {
+    mcfg.params()
+        .into_iter()
+        .zip(host)
+        .map(|(p, data)| NamedTensor {
+            name: p.name,
+            shape: p.shape,
+            data,
+        })
+        .collect()
+}
+
 #[derive(Clone, Debug)]
 pub struct ExportOptions {
     /// Store bf16 (default) or fp32.

@@ -14,7 +14,6 @@ use serde::Serialize;
 
 use crate::backend::cpu::CpuBackend;
 use crate::config::Config;
-use crate::data::tokenizer::Tokenizer;
 use crate::eval::TaskScores;
 use crate::model::Model;
 use crate::train::checkpoint;
@@ -35,6 +34,23 @@ pub struct Options {
     /// Score at most this many items per task (0 = all).
     pub max_items: usize,
     pub batch: usize,
+    /// Which comparison to run.
+    pub study: Study,
+    /// Seeds per arm (`train.seed` and `data.seed` = 0, 1, …) for the studies.
+    pub seeds: u64,
+    /// `--study finetune`: the share of the token budget spent on instruction tuning.
+    pub ft_fraction: f64,
+}
+
+/// Which comparison `kiln experiment world` runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Study {
+    /// Vanilla against instruction pre-training, one seed.
+    Main,
+    /// A fair vanilla arm: vanilla pre-training then instruction tuning on the training people's
+    /// question–answer pairs, with the same total tokens (`super::study`).
+    Finetune,
 }
 
 /// One arm's outcome.
@@ -65,15 +81,26 @@ pub struct Results {
 const TASKS: [&str; 4] = ["heldout_qa", "heldout_mc", "heldout_cloze", "train_qa"];
 
 /// Trains one arm from scratch (`None`) or from its newest checkpoint.
-type Trainer<'a> =
+pub(crate) type Trainer<'a> =
     dyn Fn(&Config, Option<Resume>) -> Result<crate::train::trainer::TrainSummary> + 'a;
 
-pub fn run(opts: &Options, train: &Trainer) -> Result<Results> {
+pub fn run(opts: &Options, train: &Trainer) -> Result<()> {
+    match opts.study {
+        Study::Main => main(opts, train).map(|_| ()),
+        Study::Finetune => super::study::finetune(opts, train),
+    }
+}
+
+/// The vanilla and instruction pre-training configs (embedded or the user's, with `--set` and
+/// `extra` overrides), their runs under `dir/vanilla` and `dir/ipt`, checked to differ in their
+/// data only; and the world, built where missing.
+pub(crate) fn load_pair(opts: &Options, dir: &Path, extra: &[String]) -> Result<(Config, Config)> {
     let load = |path: &Option<PathBuf>, embedded: &str, name: &str, arm: &str| -> Result<Config> {
         let mut overrides = opts.overrides.clone();
+        overrides.extend_from_slice(extra);
         overrides.push(format!(
             "train.out_dir={:?}",
-            opts.out.join(arm).display().to_string()
+            dir.join(arm).display().to_string()
         ));
         match path {
             Some(p) => Config::load(Some(p), &overrides),
@@ -92,90 +119,105 @@ pub fn run(opts: &Options, train: &Trainer) -> Result<Results> {
         bail!("the experiment configs need a [world] section");
     };
     super::ensure_world(world, &vanilla, false, true)?;
-    std::fs::create_dir_all(&opts.out)
-        .with_context(|| format!("{}: cannot create", opts.out.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    Ok((vanilla, ipt))
+}
 
-    let mut arms = Vec::new();
-    for (name, cfg) in [("vanilla", &vanilla), ("instruction pre-training", &ipt)] {
-        let dir = &cfg.train.out_dir;
-        let resume = match resume_point(cfg)? {
-            RunState::Fresh => None,
-            RunState::Partial(step) => {
-                eprintln!(
-                    "experiment: {name}: resuming {} from step {step}",
-                    dir.display()
-                );
-                Some(Resume::Latest)
-            }
-            RunState::Finished => {
-                eprintln!(
-                    "experiment: {name}: {} is finished, reusing it",
-                    dir.display()
-                );
-                arms.push(ArmResult {
-                    name: name.into(),
-                    run_dir: dir.clone(),
-                    steps: cfg.train.steps,
-                    tokens: tokens(cfg),
-                    train_seconds: 0.0,
-                    final_loss: last_loss(dir),
-                    tasks: Vec::new(),
-                });
-                continue;
-            }
-        };
-        eprintln!("experiment: training {name} -> {}", dir.display());
-        let t = Instant::now();
-        let s = train(cfg, resume)?;
-        arms.push(ArmResult {
-            name: name.into(),
-            run_dir: dir.clone(),
-            steps: cfg.train.steps,
-            tokens: tokens(cfg),
-            train_seconds: t.elapsed().as_secs_f64(),
-            final_loss: s.last_loss.or_else(|| last_loss(dir)),
-            tasks: Vec::new(),
-        });
-    }
-
-    let t = Instant::now();
-    let be = CpuBackend::<f32>::new();
-    let tasks_dir = world.dir.join("tasks");
-    let d = &vanilla.data;
-    let tok = Tokenizer::from_file(&d.tokenizer, d.bos_token.as_deref(), d.eos_token.as_deref())?;
-    let mut task_items = Vec::new();
-    for task in TASKS {
-        let path = tasks_dir.join(format!("{task}.jsonl"));
-        let mut items = crate::eval::read_tasks(&path)?;
-        if opts.max_items > 0 {
-            items.truncate(opts.max_items);
+/// Train one arm, or resume it, or reuse it when it is finished.
+pub(crate) fn train_arm(name: &str, cfg: &Config, train: &Trainer) -> Result<ArmResult> {
+    let dir = &cfg.train.out_dir;
+    let resume = match resume_point(cfg)? {
+        RunState::Fresh => None,
+        RunState::Partial(step) => {
+            eprintln!(
+                "experiment: {name}: resuming {} from step {step}",
+                dir.display()
+            );
+            Some(Resume::Latest)
         }
-        task_items.push((task, items));
+        RunState::Finished => {
+            eprintln!(
+                "experiment: {name}: {} is finished, reusing it",
+                dir.display()
+            );
+            return Ok(ArmResult {
+                name: name.into(),
+                run_dir: dir.clone(),
+                steps: cfg.train.steps,
+                tokens: tokens(cfg),
+                train_seconds: 0.0,
+                final_loss: last_loss(dir),
+                tasks: Vec::new(),
+            });
+        }
+    };
+    eprintln!("experiment: training {name} -> {}", dir.display());
+    let t = Instant::now();
+    let s = train(cfg, resume)?;
+    Ok(ArmResult {
+        name: name.into(),
+        run_dir: dir.clone(),
+        steps: cfg.train.steps,
+        tokens: tokens(cfg),
+        train_seconds: t.elapsed().as_secs_f64(),
+        final_loss: s.last_loss.or_else(|| last_loss(dir)),
+        tasks: Vec::new(),
+    })
+}
+
+/// The world's task files, read once, and what scoring a run needs.
+pub(crate) struct Scorer {
+    be: CpuBackend<f32>,
+    tasks: Vec<(&'static str, Vec<crate::eval::Item>)>,
+    batch: usize,
+}
+
+impl Scorer {
+    pub(crate) fn new(world_dir: &Path, max_items: usize, batch: usize) -> Result<Self> {
+        let tasks_dir = world_dir.join("tasks");
+        let mut tasks = Vec::new();
+        for task in TASKS {
+            let path = tasks_dir.join(format!("{task}.jsonl"));
+            let mut items = crate::eval::read_tasks(&path)?;
+            if max_items > 0 {
+                items.truncate(max_items);
+            }
+            tasks.push((task, items));
+        }
+        Ok(Scorer {
+            be: CpuBackend::<f32>::new(),
+            tasks,
+            batch,
+        })
     }
-    for arm in &mut arms {
-        let Some((_, ck)) = checkpoint::latest(&arm.run_dir)? else {
-            bail!("{}: no complete checkpoint", arm.run_dir.display());
-        };
-        let c = checkpoint::load(&ck)?;
-        let cfg = if arm.name == "vanilla" {
-            &vanilla
-        } else {
-            &ipt
-        };
-        let mcfg = crate::train::setup::resolve_model(cfg, &tok)?;
-        let info = mcfg.params();
-        let params = crate::train::checkpoint::tensors_in_order(
-            &ck.join("model.safetensors"),
-            &info,
-            c.model,
-            "",
-        )?;
-        let model = Model::from_host(&be, &mcfg, &params);
-        for (task, items) in &task_items {
-            let s = crate::eval::evaluate(&be, &model, &tok, task, items, opts.batch, 32)?;
+
+    /// Score the newest checkpoint of the arm's run on every task (in `TASKS` order).
+    pub(crate) fn score(&self, arm: &mut ArmResult) -> Result<()> {
+        let c = crate::train::setup::open_checkpoint(&arm.run_dir)?;
+        let model = Model::from_host(&self.be, &c.mcfg, &c.params);
+        arm.tasks.clear();
+        for (task, items) in &self.tasks {
+            let s = crate::eval::evaluate(&self.be, &model, &c.tok, task, items, self.batch, 32)?;
             eprintln!("experiment: {}: {}", arm.name, headline(&s));
             arm.tasks.push(s);
         }
+        Ok(())
+    }
+}
+
+/// `--study main`: vanilla against instruction pre-training.
+fn main(opts: &Options, train: &Trainer) -> Result<Results> {
+    let (vanilla, ipt) = load_pair(opts, &opts.out, &[])?;
+    let world = vanilla.world.as_ref().expect("checked by load_pair");
+    let mut arms = Vec::new();
+    for (name, cfg) in [("vanilla", &vanilla), ("instruction pre-training", &ipt)] {
+        arms.push(train_arm(name, cfg, train)?);
+    }
+
+    let t = Instant::now();
+    let scorer = Scorer::new(&world.dir, opts.max_items, opts.batch)?;
+    for arm in &mut arms {
+        scorer.score(arm)?;
     }
     let results = Results {
         world: serde_json::to_value(world)?,

@@ -221,7 +221,55 @@ pub fn ensure_world(w: &WorldSection, cfg: &Config, force: bool, with_prep: bool
         let stats = prep(&tok, &opts)?;
         eprintln!("{}", stats.report(name));
     }
+    let done = shards.join(format!("{QA_SFT}_00000.kiln"));
+    if force || !done.exists() {
+        let (docs, tokens) = write_qa_sft(&tok, &dir.join("eval_train.jsonl"), &done)?;
+        eprintln!(
+            "{QA_SFT}: {docs} question-answer documents, {tokens} tokens (loss on the answers) -> {}",
+            done.display()
+        );
+    }
     Ok(())
+}
+
+/// Name of the shard of the training people's question–answer pairs for instruction tuning
+/// (`kiln experiment world --study finetune`).
+pub const QA_SFT: &str = "qa_sft";
+
+/// The training people's question–answer pairs as instruction-tuning documents, one per pair:
+/// `Question: {q}\nAnswer: {a}` (the evaluation's prompt and answer), framed by BOS and EOS, with
+/// the loss on the answer's tokens and the EOS only. Returns (documents, tokens).
+fn write_qa_sft(tok: &Tokenizer, eval_train: &Path, out: &Path) -> Result<(u64, u64)> {
+    use crate::data::shard::ShardWriter;
+    let mut w = ShardWriter::create(out, tok.vocab_size(), tok.fingerprint(), true)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    for_each_line(eval_train, |n, line| {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| anyhow::anyhow!("{}:{n}: {e}", eval_train.display()))?;
+        let (Some(q), Some(a)) = (v["q"].as_str(), v["a"].as_str()) else {
+            bail!("{}:{n}: no \"q\" or \"a\"", eval_train.display());
+        };
+        let prompt = format!("Question: {q}\nAnswer:");
+        let (ids, spans) = tok.encode_with_offsets(&format!("{prompt} {a}"))?;
+        let (mut doc, mut mask) = (Vec::with_capacity(ids.len() + 2), Vec::new());
+        if let Some(b) = tok.bos() {
+            doc.push(b);
+            mask.push(false);
+        }
+        for (id, (_, end)) in ids.into_iter().zip(spans) {
+            doc.push(id);
+            mask.push(end > prompt.len());
+        }
+        if let Some(e) = tok.eos() {
+            doc.push(e);
+            mask.push(true);
+        }
+        w.push_document(&doc, Some(&mask))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(())
+    })?;
+    let (tokens, docs) = w.finish().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok((docs, tokens))
 }
 
 /// The world's question-answer items as task files `kiln eval` reads: multiple choice and

@@ -18,6 +18,7 @@
 //!   world is missing: those files, the task files `kiln eval` reads (`tasks/`), the tokenizer and
 //!   the token shards.
 //! - `experiment.rs`: `kiln experiment world`, the paper's claim in miniature on this world.
+//! - `study.rs`: `kiln experiment world --study …`, the paper's open questions on it, over seeds.
 //!
 //! Layering: the world sits above train (its experiment trains models) and below the commands;
 //! it imports neither `commands` nor `cli`, and nothing below it imports it.
@@ -30,6 +31,7 @@ pub mod experiment;
 mod files;
 mod generate;
 pub mod pools;
+mod study;
 
 pub use files::{ensure_world, write_world, WorldManifest, WorldSummary};
 pub use generate::{

@@ -1,0 +1,318 @@
+//! `kiln experiment world --study …`: the paper's open questions on the synthetic world, each
+//! over several seeds.
+//!
+//! `finetune` — a fair vanilla arm. Vanilla pre-training never sees the question format, so part
+//! of its held-out score is format. Beside vanilla and instruction pre-training (the main
+//! experiment's arms) it trains *vanilla + instruction tuning*: vanilla pre-training on
+//! (1 − f) of the token budget, exported to a Hugging Face directory, then instruction tuning from
+//! it on the training people's question–answer pairs (loss on the answers; the world's
+//! `qa_sft` shard) for the remaining f — the usual pipeline that instruction pre-training argues
+//! against, at the same total tokens. Physics of Language Models 3.1 (Allen-Zhu & Li) reports 9.7%
+//! held-out QA for pre-train-then-fine-tune against 86.6% for mixed training on bioS.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use super::experiment::{load_pair, train_arm, ArmResult, Options, Scorer, Trainer};
+use super::files::QA_SFT;
+use crate::config::Config;
+use crate::data::loader::SourceSpec;
+
+/// Instruction tuning's peak learning rate as a share of pre-training's.
+const FT_LR_SCALE: f64 = 0.25;
+
+/// One seed's arms.
+#[derive(Serialize)]
+pub struct SeedResult {
+    pub seed: u64,
+    pub arms: Vec<ArmResult>,
+}
+
+/// One arm's score on one task over the seeds.
+#[derive(Serialize)]
+pub struct Spread {
+    pub arm: String,
+    pub task: String,
+    /// Exact match (QA tasks) or accuracy (multiple choice), one per seed in seed order.
+    pub values: Vec<f64>,
+    pub mean: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+#[derive(Serialize)]
+pub struct StudyResults {
+    pub study: &'static str,
+    pub world: serde_json::Value,
+    pub model: serde_json::Value,
+    /// `finetune`: the share of the budget spent on instruction tuning, and its learning rate.
+    pub ft_fraction: f64,
+    pub ft_lr: f64,
+    pub seeds: Vec<SeedResult>,
+    pub summary: Vec<Spread>,
+}
+
+/// The arms' display names, in table order.
+const VANILLA: &str = "vanilla";
+const IPT: &str = "instruction pre-training";
+const PT_FT: &str = "vanilla + instruction tuning";
+
+/// The vanilla pre-training run and the instruction-tuning run that starts from it: the same
+/// model and seeds as `vanilla`, (1 − f) and f of its steps.
+fn finetune_configs(vanilla: &Config, f: f64, dir: &Path) -> Result<(Config, Config)> {
+    let steps = vanilla.train.steps;
+    if steps < 2 {
+        bail!("--study finetune needs train.steps >= 2 (one to pre-train, one to tune)");
+    }
+    let ft_steps = ((steps as f64 * f).round() as u64).clamp(1, steps - 1);
+    let mut pt = vanilla.clone();
+    pt.train.steps = steps - ft_steps;
+    pt.train.warmup_steps = pt.train.warmup_steps.min(pt.train.steps);
+    pt.train.out_dir = dir.join("vanilla-pt");
+
+    let world = vanilla.world.as_ref().expect("checked by load_pair");
+    let mut ft = vanilla.clone();
+    ft.train.steps = ft_steps;
+    ft.train.warmup_steps = (ft_steps / 10)
+        .max(1)
+        .min(vanilla.train.warmup_steps.max(1));
+    ft.train.lr = vanilla.train.lr * FT_LR_SCALE;
+    ft.train.out_dir = dir.join("vanilla-ft");
+    ft.data.sources = vec![SourceSpec {
+        name: QA_SFT.into(),
+        path: world
+            .dir
+            .join(format!("shards/{QA_SFT}_*.kiln"))
+            .display()
+            .to_string(),
+        weight: 1.0,
+    }];
+    let model = ft
+        .model
+        .as_mut()
+        .context("the experiment configs need a [model] section")?;
+    model.init_from = Some(format!("hf:{}", hf_dir(&pt.train.out_dir).display()));
+    Ok((pt, ft))
+}
+
+/// Where a pre-training run's newest checkpoint is exported for instruction tuning to start from.
+fn hf_dir(run: &Path) -> PathBuf {
+    run.join("hf")
+}
+
+/// Export the run's newest checkpoint in fp32 to `run/hf` unless it is there (written beside and
+/// renamed into place, so an interrupted export is redone, never half-read).
+fn export_for_tuning(run: &Path) -> Result<()> {
+    let dst = hf_dir(run);
+    if dst.join("config.json").exists() {
+        return Ok(());
+    }
+    let c = crate::train::setup::open_checkpoint(run)?;
+    let tmp = run.join("hf.partial");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)
+            .with_context(|| format!("{}: cannot remove", tmp.display()))?;
+    }
+    let opts = crate::hf::ExportOptions {
+        bf16: false,
+        shard_bytes: u64::MAX,
+        tokenizer: Some(c.cfg.data.tokenizer.clone()),
+        bos_token_id: c.tok.bos(),
+        eos_token_id: c.tok.eos(),
+        source: None,
+    };
+    crate::hf::export(
+        &tmp,
+        &c.mcfg,
+        &crate::hf::named_tensors(&c.mcfg, c.params),
+        &opts,
+    )?;
+    if dst.exists() {
+        std::fs::remove_dir_all(&dst)
+            .with_context(|| format!("{}: cannot remove", dst.display()))?;
+    }
+    std::fs::rename(&tmp, &dst).with_context(|| format!("{}: cannot write", dst.display()))?;
+    eprintln!(
+        "experiment: exported {} (step {}) -> {}",
+        run.display(),
+        c.step,
+        dst.display()
+    );
+    Ok(())
+}
+
+/// `--study finetune`.
+pub fn finetune(opts: &Options, train: &Trainer) -> Result<()> {
+    let f = opts.ft_fraction;
+    if !(f > 0.0 && f < 1.0) {
+        bail!("--ft-fraction {f}: must be between 0 and 1 (exclusive)");
+    }
+    if opts.seeds == 0 {
+        bail!("--seeds 0: at least one seed");
+    }
+    let mut seeds = Vec::new();
+    let mut first: Option<(Config, f64)> = None;
+    for seed in 0..opts.seeds {
+        let dir = opts.out.join(format!("seed{seed}"));
+        let extra = [format!("train.seed={seed}"), format!("data.seed={seed}")];
+        let (vanilla, ipt) = load_pair(opts, &dir, &extra)?;
+        let (pt, ft) = finetune_configs(&vanilla, f, &dir)?;
+        let mut arms = vec![
+            train_arm(VANILLA, &vanilla, train)?,
+            train_arm(IPT, &ipt, train)?,
+        ];
+        let pre = train_arm("vanilla pre-training", &pt, train)?;
+        export_for_tuning(&pt.train.out_dir)?;
+        let tuned = train_arm("instruction tuning", &ft, train)?;
+        arms.push(ArmResult {
+            name: PT_FT.into(),
+            run_dir: tuned.run_dir,
+            steps: pre.steps + tuned.steps,
+            tokens: pre.tokens + tuned.tokens,
+            train_seconds: pre.train_seconds + tuned.train_seconds,
+            final_loss: tuned.final_loss,
+            tasks: Vec::new(),
+        });
+        if first.is_none() {
+            first = Some((vanilla, ft.train.lr));
+        }
+        seeds.push(SeedResult { seed, arms });
+    }
+    let (vanilla, ft_lr) = first.expect("at least one seed");
+    let world = vanilla.world.as_ref().expect("checked by load_pair");
+    let scorer = Scorer::new(&world.dir, opts.max_items, opts.batch)?;
+    for s in &mut seeds {
+        for arm in &mut s.arms {
+            scorer.score(arm)?;
+        }
+    }
+    let results = StudyResults {
+        study: "finetune",
+        world: serde_json::to_value(world)?,
+        model: serde_json::to_value(&vanilla.model)?,
+        ft_fraction: f,
+        ft_lr,
+        summary: summarize(&seeds),
+        seeds,
+    };
+    write_results(opts, &results, &finetune_table(&results))?;
+    Ok(())
+}
+
+/// The headline score of a task: exact match for QA, accuracy for multiple choice.
+fn headline(t: &crate::eval::TaskScores) -> Option<f64> {
+    t.exact_match.or(t.acc_mean_token)
+}
+
+/// Every arm's score on every task over the seeds (arms and tasks in the first seed's order).
+fn summarize(seeds: &[SeedResult]) -> Vec<Spread> {
+    let mut out = Vec::new();
+    let Some(first) = seeds.first() else {
+        return out;
+    };
+    for arm in &first.arms {
+        for task in &arm.tasks {
+            let values: Vec<f64> = seeds
+                .iter()
+                .filter_map(|s| s.arms.iter().find(|a| a.name == arm.name))
+                .filter_map(|a| a.tasks.iter().find(|t| t.task == task.task))
+                .filter_map(headline)
+                .collect();
+            if values.is_empty() {
+                continue;
+            }
+            let mean = values.iter().sum::<f64>() / values.len() as f64;
+            let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+            let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            out.push(Spread {
+                arm: arm.name.clone(),
+                task: task.task.clone(),
+                values,
+                mean,
+                min,
+                max,
+            });
+        }
+    }
+    out
+}
+
+/// "91.9% (90.8–93.0)": the mean over the seeds and their range.
+fn cell(r: &StudyResults, arm: &str, task: &str) -> String {
+    match r.summary.iter().find(|s| s.arm == arm && s.task == task) {
+        Some(s) if s.values.len() > 1 => format!(
+            "{:.1}% ({:.1}–{:.1})",
+            100.0 * s.mean,
+            100.0 * s.min,
+            100.0 * s.max
+        ),
+        Some(s) => format!("{:.1}%", 100.0 * s.mean),
+        None => "-".into(),
+    }
+}
+
+fn finetune_table(r: &StudyResults) -> String {
+    let mut s = format!(
+        "Held-out people: facts seen only in biographies. Mean over {} seed(s) (range). Vanilla + instruction tuning: {:.0}% of the tokens pre-training, {:.0}% tuning on the training people's QA pairs (loss on the answers, peak lr {}).\n\n",
+        r.seeds.len(),
+        100.0 * (1.0 - r.ft_fraction),
+        100.0 * r.ft_fraction,
+        r.ft_lr
+    );
+    s.push_str("| arm | tokens | held-out QA exact match | held-out MC accuracy | held-out facts, biography-style MC | training-people QA exact match |\n");
+    s.push_str("|---|---:|---:|---:|---:|---:|\n");
+    let tokens = |arm: &str| {
+        r.seeds
+            .first()
+            .and_then(|x| x.arms.iter().find(|a| a.name == arm))
+            .map_or(0, |a| a.tokens)
+    };
+    for arm in [VANILLA, PT_FT, IPT] {
+        s.push_str(&format!(
+            "| {arm} | {} | {} | {} | {} | {} |\n",
+            count(tokens(arm)),
+            cell(r, arm, "heldout_qa"),
+            cell(r, arm, "heldout_mc"),
+            cell(r, arm, "heldout_cloze"),
+            cell(r, arm, "train_qa"),
+        ));
+    }
+    s.push_str("| Physics of LM 3.1 (bioS), pre-train then fine-tune | | 9.7% | | | |\n");
+    s.push_str("| Physics of LM 3.1 (bioS), mixed training | | 86.6% | | | |\n");
+    s
+}
+
+/// "6.14 M", "5.1 K".
+fn count(n: u64) -> String {
+    if n >= 1_000_000 {
+        format!("{:.2} M", n as f64 / 1e6)
+    } else {
+        format!("{:.1} K", n as f64 / 1e3)
+    }
+}
+
+/// results.json, results.md and the first seed's curves under `--out`.
+fn write_results(opts: &Options, results: &StudyResults, table: &str) -> Result<()> {
+    crate::fsutil::write_atomic(
+        &opts.out.join("results.json"),
+        serde_json::to_string_pretty(results)?.as_bytes(),
+    )?;
+    crate::fsutil::write_atomic(&opts.out.join("results.md"), table.as_bytes())?;
+    let dirs: Vec<PathBuf> = results
+        .seeds
+        .first()
+        .map(|s| s.arms.iter().map(|a| a.run_dir.clone()).collect())
+        .unwrap_or_default();
+    let (png, svg) = crate::plot::plot(&dirs, &opts.out.join("curves"))?;
+    print!("{table}");
+    eprintln!(
+        "wrote {}, {}, {} and {}",
+        opts.out.join("results.json").display(),
+        opts.out.join("results.md").display(),
+        png.display(),
+        svg.display()
+    );
+    Ok(())
+}
