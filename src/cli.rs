@@ -85,9 +85,10 @@ pub struct ExperimentWorldArgs {
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
     /// Results directory (results.json, results.md, curves.png/svg); runs go to OUT/vanilla and
-    /// OUT/ipt.
-    #[arg(long, default_value = "runs/experiment-world")]
-    pub out: PathBuf,
+    /// OUT/ipt (a study's to OUT/seedN/…). Default: runs/experiment-world, or
+    /// runs/experiment-world-STUDY for a study.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     /// Score at most this many items per task (0 = all).
     #[arg(long, default_value_t = 0)]
     pub max_items: usize,

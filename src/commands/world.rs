@@ -9,6 +9,7 @@ use super::train::TrainOnDevice;
 use crate::cli::{ExperimentWorldArgs, WorldArgs};
 use crate::config::Config;
 use crate::world::ensure_world;
+use crate::world::experiment::Study;
 
 pub fn world(a: WorldArgs) -> Result<()> {
     let cfg = Config::load(a.config.config.as_deref(), &a.config.overrides)?;
@@ -24,7 +25,10 @@ pub fn experiment_world(a: ExperimentWorldArgs) -> Result<()> {
         vanilla: a.vanilla,
         ipt: a.ipt,
         overrides: a.overrides,
-        out: a.out,
+        out: a.out.unwrap_or_else(|| match a.study {
+            Study::Main => "runs/experiment-world".into(),
+            Study::Finetune => "runs/experiment-world-finetune".into(),
+        }),
         max_items: a.max_items,
         batch: a.batch,
         study: a.study,
