@@ -99,8 +99,9 @@ pub struct ExperimentWorldArgs {
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: Device,
     /// `main`: vanilla against instruction pre-training. `finetune`: adds vanilla pre-training
-    /// followed by instruction tuning on the training people's QA pairs, at the same total tokens
-    /// (runs under OUT/seedN/).
+    /// followed by instruction tuning on the training people's QA pairs, at the same total tokens.
+    /// `efficiency`: both at several token budgets and two mixtures. Study runs go under
+    /// OUT/seedN/.
     #[arg(long, value_enum, default_value = "main")]
     pub study: crate::world::experiment::Study,
     /// Seeds per arm for a study (train.seed = data.seed = 0, 1, …).
@@ -109,6 +110,12 @@ pub struct ExperimentWorldArgs {
     /// `--study finetune`: share of the token budget spent on instruction tuning.
     #[arg(long, default_value_t = 0.1)]
     pub ft_fraction: f64,
+    /// `--study efficiency`: token budgets, as shares of the configs' train.steps.
+    #[arg(long, value_delimiter = ',', default_value = "0.125,0.25,0.5")]
+    pub budgets: Vec<f64>,
+    /// `--study efficiency`: the augmented records' shares of the instruction pre-training tokens.
+    #[arg(long, value_delimiter = ',', default_value = "0.5,0.2")]
+    pub ratios: Vec<f64>,
 }
 
 #[derive(Args, Debug)]

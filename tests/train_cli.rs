@@ -1210,6 +1210,139 @@ fn experiment_world_finetune_study_tunes_vanilla_at_the_same_tokens_over_seeds()
     assert_clean_error(&kiln(&bad, d), &["--ft-fraction 1.5", "between 0 and 1"]);
 }
 
+#[test]
+fn experiment_world_efficiency_study_runs_budgets_and_mixtures_over_seeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut args = vec![
+        "experiment",
+        "world",
+        "--study",
+        "efficiency",
+        "--seeds",
+        "2",
+        "--budgets",
+        "0.5,1",
+        "--ratios",
+        "0.5,0.2",
+        "--out",
+        "eff",
+        "--max-items",
+        "3",
+    ];
+    for s in [
+        "world.people=30",
+        "world.bios_per_person=2",
+        "world.vocab_size=400",
+        "data.seq_len=32",
+        "data.batch_size=4",
+        "model.dim=32",
+        "model.n_heads=4",
+        "model.n_kv_heads=2",
+        "model.ffn_dim=64",
+        "model.max_seq_len=64",
+        "train.steps=8",
+        "train.warmup_steps=2",
+        "train.log_every=1",
+        "train.checkpoint_every=4",
+        "eval.every=4",
+        "eval.max_items=2",
+        "eval.max_new_tokens=3",
+    ] {
+        args.extend(["--set", s]);
+    }
+    let o = kiln(&args, d);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for seed in ["seed0", "seed1"] {
+        // Each budget is a run of its own: half the steps (and warm-up), or all of them.
+        let half =
+            std::fs::read_to_string(d.join(format!("eff/{seed}/budget0.5/vanilla/config.toml")))
+                .unwrap();
+        assert!(
+            half.contains("steps = 4") && half.contains("warmup_steps = 1"),
+            "{half}"
+        );
+        let fifth =
+            std::fs::read_to_string(d.join(format!("eff/{seed}/budget1/ipt-0.2/config.toml")))
+                .unwrap();
+        assert!(fifth.contains("steps = 8"), "{fifth}");
+        let cfg: toml::Value = toml::from_str(&fifth).unwrap();
+        let weights: Vec<(String, f64)> = cfg["data"]["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["name"].as_str().unwrap().to_string(),
+                    s["weight"].as_float().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            weights,
+            [("raw".to_string(), 0.8), ("augmented".to_string(), 0.2)]
+        );
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("eff/results.json")).unwrap())
+            .unwrap();
+    assert_eq!(v["study"], "efficiency");
+    for s in v["seeds"].as_array().unwrap() {
+        let arms: Vec<(&str, u64)> = s["arms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| (a["name"].as_str().unwrap(), a["tokens"].as_u64().unwrap()))
+            .collect();
+        assert_eq!(
+            arms,
+            [
+                ("vanilla @ 0.5", 4 * 4 * 32),
+                ("instruction pre-training, 1:1 @ 0.5", 4 * 4 * 32),
+                ("instruction pre-training, 1/5 augmented @ 0.5", 4 * 4 * 32),
+                ("vanilla @ 1", 8 * 4 * 32),
+                ("instruction pre-training, 1:1 @ 1", 8 * 4 * 32),
+                ("instruction pre-training, 1/5 augmented @ 1", 8 * 4 * 32),
+            ]
+        );
+    }
+    let spread = v["summary"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["arm"] == "vanilla @ 1" && x["task"] == "heldout_mc")
+        .unwrap();
+    assert_eq!(spread["values"].as_array().unwrap().len(), 2);
+    let table = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        table.contains("| instruction pre-training, 1/5 augmented |")
+            && table.contains("Vanilla's best"),
+        "{table}"
+    );
+    for f in [
+        "heldout_qa_vs_tokens.png",
+        "heldout_mc_vs_tokens.svg",
+        "curves.png",
+    ] {
+        assert!(d.join("eff").join(f).exists(), "{f}");
+    }
+
+    // Again: every run is reused.
+    let o = kiln(&args, d);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        !stderr(&o).contains("experiment: training"),
+        "{}",
+        stderr(&o)
+    );
+
+    let bad: Vec<&str> = args
+        .iter()
+        .map(|&a| if a == "0.5,1" { "0,1" } else { a })
+        .collect();
+    assert_clean_error(&kiln(&bad, d), &["--budgets", "(0, 1]"]);
+}
+
 /// `kiln train --config c.toml --set train.out_dir="OUT"` plus `extra`, with `env` set.
 fn train_in(d: &Path, out: &str, extra: &[&str], env: &[(&str, &str)]) -> Output {
     let out_dir = format!("train.out_dir=\"{out}\"");

@@ -28,12 +28,15 @@ pub fn experiment_world(a: ExperimentWorldArgs) -> Result<()> {
         out: a.out.unwrap_or_else(|| match a.study {
             Study::Main => "runs/experiment-world".into(),
             Study::Finetune => "runs/experiment-world-finetune".into(),
+            Study::Efficiency => "runs/experiment-world-efficiency".into(),
         }),
         max_items: a.max_items,
         batch: a.batch,
         study: a.study,
         seeds: a.seeds,
         ft_fraction: a.ft_fraction,
+        budgets: a.budgets,
+        ratios: a.ratios,
     };
     let device = a.device;
     crate::world::experiment::run(&opts, &|cfg, resume| {

@@ -204,6 +204,104 @@ where
     Ok(())
 }
 
+/// One line of a score plot: (x, mean, min, max) points, drawn with min–max bars.
+pub struct Series {
+    pub name: String,
+    pub points: Vec<(f64, f64, f64, f64)>,
+}
+
+fn draw_scores<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    series: &[Series],
+    y_desc: &str,
+    x_desc: &str,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow::anyhow!("plot: {e}");
+    root.fill(&WHITE).map_err(err)?;
+    let max_x = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.0))
+        .fold(0.0, f64::max)
+        * 1.05;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(y_desc, ("sans-serif", 24))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0.0..max_x.max(1e-9), 0.0..100.0)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc("%")
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(err)?;
+    for (i, s) in series.iter().enumerate() {
+        let c = COLORS[i % COLORS.len()];
+        let pct = |v: f64| 100.0 * v;
+        chart
+            .draw_series(LineSeries::new(
+                s.points.iter().map(|p| (p.0, pct(p.1))),
+                c.stroke_width(2),
+            ))
+            .map_err(err)?
+            .label(s.name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+        // The min–max range over seeds as a vertical bar, the mean as a dot.
+        chart
+            .draw_series(s.points.iter().map(|p| {
+                PathElement::new(vec![(p.0, pct(p.2)), (p.0, pct(p.3))], c.stroke_width(2))
+            }))
+            .map_err(err)?;
+        chart
+            .draw_series(
+                s.points
+                    .iter()
+                    .map(|p| Circle::new((p.0, pct(p.1)), 4, c.filled())),
+            )
+            .map_err(err)?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 14))
+        .draw()
+        .map_err(err)?;
+    Ok(())
+}
+
+/// Scores (fractions, drawn as %) against `x_desc` into `out.png` and `out.svg`; returns both.
+pub fn scores(
+    series: &[Series],
+    y_desc: &str,
+    x_desc: &str,
+    out: &Path,
+) -> Result<(PathBuf, PathBuf)> {
+    register_font();
+    let size = (900, 560);
+    let png = out.with_extension("png");
+    let svg = out.with_extension("svg");
+    {
+        let root = BitMapBackend::new(&png, size).into_drawing_area();
+        draw_scores(root.clone(), series, y_desc, x_desc)?;
+        root.present()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", png.display()))?;
+    }
+    {
+        let root = SVGBackend::new(&svg, size).into_drawing_area();
+        draw_scores(root.clone(), series, y_desc, x_desc)?;
+        root.present()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", svg.display()))?;
+    }
+    Ok((png, svg))
+}
+
 /// Draw the runs into `out.png` and `out.svg`; returns both paths.
 pub fn plot(run_dirs: &[PathBuf], out: &Path) -> Result<(PathBuf, PathBuf)> {
     if run_dirs.is_empty() {

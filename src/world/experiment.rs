@@ -40,6 +40,10 @@ pub struct Options {
     pub seeds: u64,
     /// `--study finetune`: the share of the token budget spent on instruction tuning.
     pub ft_fraction: f64,
+    /// `--study efficiency`: token budgets as shares of train.steps, and the augmented records'
+    /// shares of the tokens.
+    pub budgets: Vec<f64>,
+    pub ratios: Vec<f64>,
 }
 
 /// Which comparison `kiln experiment world` runs.
@@ -51,6 +55,9 @@ pub enum Study {
     /// A fair vanilla arm: vanilla pre-training then instruction tuning on the training people's
     /// question–answer pairs, with the same total tokens (`super::study`).
     Finetune,
+    /// Data efficiency: vanilla and instruction pre-training at several token budgets and two
+    /// mixtures.
+    Efficiency,
 }
 
 /// One arm's outcome.
@@ -88,6 +95,7 @@ pub fn run(opts: &Options, train: &Trainer) -> Result<()> {
     match opts.study {
         Study::Main => main(opts, train).map(|_| ()),
         Study::Finetune => super::study::finetune(opts, train),
+        Study::Efficiency => super::study::efficiency(opts, train),
     }
 }
 

@@ -9,6 +9,12 @@
 //! `qa_sft` shard) for the remaining f — the usual pipeline that instruction pre-training argues
 //! against, at the same total tokens. Physics of Language Models 3.1 (Allen-Zhu & Li) reports 9.7%
 //! held-out QA for pre-train-then-fine-tune against 86.6% for mixed training on bioS.
+//!
+//! `efficiency` — data efficiency. Vanilla and instruction pre-training at several token budgets
+//! (shares of the configs' `train.steps`, each a run with its own schedule) and two mixtures (the
+//! augmented records' share of the tokens: 1:1 as the main experiment, and 1/5 as the paper's
+//! from-scratch recipe), scored on the held-out people: how many tokens vanilla needs to match
+//! instruction pre-training, if it ever does.
 
 use std::path::{Path, PathBuf};
 
@@ -48,8 +54,15 @@ pub struct StudyResults {
     pub world: serde_json::Value,
     pub model: serde_json::Value,
     /// `finetune`: the share of the budget spent on instruction tuning, and its learning rate.
-    pub ft_fraction: f64,
-    pub ft_lr: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ft_fraction: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ft_lr: Option<f64>,
+    /// `efficiency`: the token budgets (shares of train.steps) and the augmented shares.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub budgets: Vec<f64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ratios: Vec<f64>,
     pub seeds: Vec<SeedResult>,
     pub summary: Vec<Spread>,
 }
@@ -192,13 +205,246 @@ pub fn finetune(opts: &Options, train: &Trainer) -> Result<()> {
         study: "finetune",
         world: serde_json::to_value(world)?,
         model: serde_json::to_value(&vanilla.model)?,
-        ft_fraction: f,
-        ft_lr,
+        ft_fraction: Some(f),
+        ft_lr: Some(ft_lr),
+        budgets: Vec::new(),
+        ratios: Vec::new(),
         summary: summarize(&seeds),
         seeds,
     };
-    write_results(opts, &results, &finetune_table(&results))?;
+    let curves: Vec<PathBuf> = results.seeds[0]
+        .arms
+        .iter()
+        .map(|a| a.run_dir.clone())
+        .collect();
+    write_results(opts, &results, &finetune_table(&results), &curves)?;
     Ok(())
+}
+
+/// One run of the efficiency study: `cfg` at `budget` of its steps (warm-up scaled with it).
+fn at_budget(cfg: &Config, budget: f64, out_dir: PathBuf) -> Config {
+    let mut c = cfg.clone();
+    let steps = ((cfg.train.steps as f64 * budget).round() as u64).max(1);
+    c.train.steps = steps;
+    c.train.warmup_steps = ((cfg.train.warmup_steps as f64 * budget).round() as u64)
+        .max(1)
+        .min(steps);
+    c.train.out_dir = out_dir;
+    c
+}
+
+/// The instruction pre-training config with the augmented records at `ratio` of the tokens and
+/// the biographies at the rest.
+fn with_ratio(ipt: &Config, ratio: f64) -> Result<Config> {
+    let mut c = ipt.clone();
+    let (mut raw, mut aug) = (false, false);
+    for src in &mut c.data.sources {
+        match src.name.as_str() {
+            "raw" => {
+                src.weight = 1.0 - ratio;
+                raw = true;
+            }
+            "augmented" => {
+                src.weight = ratio;
+                aug = true;
+            }
+            _ => {}
+        }
+    }
+    if !(raw && aug) {
+        bail!("--study efficiency: the instruction pre-training config needs sources named \"raw\" and \"augmented\"");
+    }
+    Ok(c)
+}
+
+/// "instruction pre-training, 1/5 augmented".
+fn ratio_name(ratio: f64) -> String {
+    if (ratio - 0.5).abs() < 1e-9 {
+        "instruction pre-training, 1:1".into()
+    } else if ratio > 0.0 && ((1.0 / ratio).round() - 1.0 / ratio).abs() < 1e-9 {
+        format!(
+            "instruction pre-training, 1/{} augmented",
+            (1.0 / ratio).round()
+        )
+    } else {
+        format!("instruction pre-training, {:.0}% augmented", 100.0 * ratio)
+    }
+}
+
+/// The arm of a run: its name and budget ("vanilla @ 0.25").
+fn arm_at(name: &str, budget: f64) -> String {
+    format!("{name} @ {budget}")
+}
+
+/// `--study efficiency`.
+pub fn efficiency(opts: &Options, train: &Trainer) -> Result<()> {
+    if opts.seeds == 0 {
+        bail!("--seeds 0: at least one seed");
+    }
+    if opts.budgets.is_empty() || opts.budgets.iter().any(|&b| !(b > 0.0 && b <= 1.0)) {
+        bail!("--budgets {:?}: each must be in (0, 1]", opts.budgets);
+    }
+    if opts.ratios.is_empty() || opts.ratios.iter().any(|&r| !(r > 0.0 && r < 1.0)) {
+        bail!(
+            "--ratios {:?}: each must be between 0 and 1 (exclusive)",
+            opts.ratios
+        );
+    }
+    let mut seeds = Vec::new();
+    let mut first: Option<Config> = None;
+    for seed in 0..opts.seeds {
+        let dir = opts.out.join(format!("seed{seed}"));
+        let extra = [format!("train.seed={seed}"), format!("data.seed={seed}")];
+        let (vanilla, ipt) = load_pair(opts, &dir, &extra)?;
+        let mut arms = Vec::new();
+        for &b in &opts.budgets {
+            let bdir = dir.join(format!("budget{b}"));
+            let v = at_budget(&vanilla, b, bdir.join("vanilla"));
+            arms.push(train_arm(&arm_at(VANILLA, b), &v, train)?);
+            for &r in &opts.ratios {
+                let c = at_budget(&with_ratio(&ipt, r)?, b, bdir.join(format!("ipt-{r}")));
+                arms.push(train_arm(&arm_at(&ratio_name(r), b), &c, train)?);
+            }
+        }
+        first.get_or_insert(vanilla);
+        seeds.push(SeedResult { seed, arms });
+    }
+    let vanilla = first.expect("at least one seed");
+    let world = vanilla.world.as_ref().expect("checked by load_pair");
+    let scorer = Scorer::new(&world.dir, opts.max_items, opts.batch)?;
+    for s in &mut seeds {
+        for arm in &mut s.arms {
+            scorer.score(arm)?;
+        }
+    }
+    let results = StudyResults {
+        study: "efficiency",
+        world: serde_json::to_value(world)?,
+        model: serde_json::to_value(&vanilla.model)?,
+        ft_fraction: None,
+        ft_lr: None,
+        budgets: opts.budgets.clone(),
+        ratios: opts.ratios.clone(),
+        summary: summarize(&seeds),
+        seeds,
+    };
+    let table = efficiency_table(&results);
+    // The curves of the largest budget's runs, and the scores against tokens.
+    let largest = opts.budgets.iter().copied().fold(0.0, f64::max);
+    let curves: Vec<PathBuf> = results.seeds[0]
+        .arms
+        .iter()
+        .filter(|a| a.name.ends_with(&format!(" @ {largest}")))
+        .map(|a| a.run_dir.clone())
+        .collect();
+    write_results(opts, &results, &table, &curves)?;
+    let mut names = vec![VANILLA.to_string()];
+    names.extend(opts.ratios.iter().map(|&r| ratio_name(r)));
+    for (task, what) in [
+        ("heldout_qa", "held-out QA exact match"),
+        ("heldout_mc", "held-out MC accuracy"),
+    ] {
+        let series: Vec<crate::plot::Series> = names
+            .iter()
+            .map(|n| crate::plot::Series {
+                name: n.clone(),
+                points: opts
+                    .budgets
+                    .iter()
+                    .filter_map(|&b| {
+                        let s = results
+                            .summary
+                            .iter()
+                            .find(|s| s.arm == arm_at(n, b) && s.task == task)?;
+                        Some((
+                            tokens_at(&results, &arm_at(n, b)) as f64 / 1e6,
+                            s.mean,
+                            s.min,
+                            s.max,
+                        ))
+                    })
+                    .collect(),
+            })
+            .collect();
+        let out = opts.out.join(format!("{task}_vs_tokens"));
+        let (png, _) = crate::plot::scores(&series, what, "tokens (millions)", &out)?;
+        eprintln!("wrote {} (and .svg)", png.display());
+    }
+    Ok(())
+}
+
+/// The tokens of the first seed's run of `arm`.
+fn tokens_at(r: &StudyResults, arm: &str) -> u64 {
+    r.seeds
+        .first()
+        .and_then(|x| x.arms.iter().find(|a| a.name == arm))
+        .map_or(0, |a| a.tokens)
+}
+
+fn efficiency_table(r: &StudyResults) -> String {
+    let mut names = vec![VANILLA.to_string()];
+    names.extend(r.ratios.iter().map(|&x| ratio_name(x)));
+    let mut s = format!(
+        "Held-out people: facts seen only in biographies. Mean over {} seed(s) (range); each budget is a run of its own schedule.\n",
+        r.seeds.len()
+    );
+    for (task, what) in [
+        ("heldout_qa", "held-out QA exact match"),
+        ("heldout_mc", "held-out MC accuracy"),
+    ] {
+        s.push_str(&format!("\n{what}:\n\n| arm |"));
+        for &b in &r.budgets {
+            s.push_str(&format!(" {} |", count(tokens_at(r, &arm_at(VANILLA, b)))));
+        }
+        s.push_str("\n|---|");
+        s.push_str(&"---:|".repeat(r.budgets.len()));
+        s.push('\n');
+        for n in &names {
+            s.push_str(&format!("| {n} |"));
+            for &b in &r.budgets {
+                s.push_str(&format!(" {} |", cell(r, &arm_at(n, b), task)));
+            }
+            s.push('\n');
+        }
+        // How far vanilla gets, and the smallest budget at which each mixture is already past it.
+        let best = r
+            .budgets
+            .iter()
+            .filter_map(|&b| {
+                let x = r
+                    .summary
+                    .iter()
+                    .find(|x| x.arm == arm_at(VANILLA, b) && x.task == task)?;
+                Some((x.mean, b))
+            })
+            .fold(None, |acc: Option<(f64, f64)>, x| match acc {
+                Some(a) if a.0 >= x.0 => Some(a),
+                _ => Some(x),
+            });
+        if let Some((v, vb)) = best {
+            s.push_str(&format!(
+                "\nVanilla's best: {:.1}% at {} tokens.",
+                100.0 * v,
+                count(tokens_at(r, &arm_at(VANILLA, vb)))
+            ));
+            for n in &names[1..] {
+                let past = r.budgets.iter().copied().find(|&b| {
+                    r.summary
+                        .iter()
+                        .any(|x| x.arm == arm_at(n, b) && x.task == task && x.mean > v)
+                });
+                match past {
+                    Some(b) => s.push_str(&format!(
+                        " {n} passes it at {} tokens.",
+                        count(tokens_at(r, &arm_at(n, b)))
+                    )),
+                    None => s.push_str(&format!(" {n} does not pass it.")),
+                }
+            }
+            s.push('\n');
+        }
+    }
+    s
 }
 
 /// The headline score of a task: exact match for QA, accuracy for multiple choice.
@@ -257,9 +503,9 @@ fn finetune_table(r: &StudyResults) -> String {
     let mut s = format!(
         "Held-out people: facts seen only in biographies. Mean over {} seed(s) (range). Vanilla + instruction tuning: {:.0}% of the tokens pre-training, {:.0}% tuning on the training people's QA pairs (loss on the answers, peak lr {}).\n\n",
         r.seeds.len(),
-        100.0 * (1.0 - r.ft_fraction),
-        100.0 * r.ft_fraction,
-        r.ft_lr
+        100.0 * (1.0 - r.ft_fraction.unwrap_or(0.0)),
+        100.0 * r.ft_fraction.unwrap_or(0.0),
+        r.ft_lr.unwrap_or(0.0)
     );
     s.push_str("| arm | tokens | held-out QA exact match | held-out MC accuracy | held-out facts, biography-style MC | training-people QA exact match |\n");
     s.push_str("|---|---:|---:|---:|---:|---:|\n");
@@ -293,19 +539,19 @@ fn count(n: u64) -> String {
     }
 }
 
-/// results.json, results.md and the first seed's curves under `--out`.
-fn write_results(opts: &Options, results: &StudyResults, table: &str) -> Result<()> {
+/// results.json, results.md and the training curves of `curves` under `--out`.
+fn write_results(
+    opts: &Options,
+    results: &StudyResults,
+    table: &str,
+    curves: &[PathBuf],
+) -> Result<()> {
     crate::fsutil::write_atomic(
         &opts.out.join("results.json"),
         serde_json::to_string_pretty(results)?.as_bytes(),
     )?;
     crate::fsutil::write_atomic(&opts.out.join("results.md"), table.as_bytes())?;
-    let dirs: Vec<PathBuf> = results
-        .seeds
-        .first()
-        .map(|s| s.arms.iter().map(|a| a.run_dir.clone()).collect())
-        .unwrap_or_default();
-    let (png, svg) = crate::plot::plot(&dirs, &opts.out.join("curves"))?;
+    let (png, svg) = crate::plot::plot(curves, &opts.out.join("curves"))?;
     print!("{table}");
     eprintln!(
         "wrote {}, {}, {} and {}",
