@@ -100,7 +100,8 @@ pub struct ExperimentWorldArgs {
     pub device: Device,
     /// `main`: vanilla against instruction pre-training. `finetune`: adds vanilla pre-training
     /// followed by instruction tuning on the training people's QA pairs, at the same total tokens.
-    /// `efficiency`: both at several token budgets and two mixtures. Study runs go under
+    /// `efficiency`: both at several token budgets and two mixtures. `ablation`: instruction
+    /// pre-training without one category's pairs, scored per category. Study runs go under
     /// OUT/seedN/.
     #[arg(long, value_enum, default_value = "main")]
     pub study: crate::world::experiment::Study,
@@ -116,6 +117,10 @@ pub struct ExperimentWorldArgs {
     /// `--study efficiency`: the augmented records' shares of the instruction pre-training tokens.
     #[arg(long, value_delimiter = ',', default_value = "0.5,0.2")]
     pub ratios: Vec<f64>,
+    /// `--study ablation`: the attribute categories to leave out of the augmented records, one
+    /// run each (birth_date, birth_city, university, major, employer, employer_city).
+    #[arg(long, value_delimiter = ',', default_value = "birth_city,major")]
+    pub leave_out: Vec<String>,
 }
 
 #[derive(Args, Debug)]

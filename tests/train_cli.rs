@@ -1343,6 +1343,127 @@ fn experiment_world_efficiency_study_runs_budgets_and_mixtures_over_seeds() {
     assert_clean_error(&kiln(&bad, d), &["--budgets", "(0, 1]"]);
 }
 
+#[test]
+fn experiment_world_ablation_study_leaves_one_category_out_and_scores_per_category() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut args = vec![
+        "experiment",
+        "world",
+        "--study",
+        "ablation",
+        "--seeds",
+        "2",
+        "--leave-out",
+        "birth_city,employer",
+        "--out",
+        "abl",
+        "--max-items",
+        "3",
+    ];
+    for s in [
+        "world.people=30",
+        "world.bios_per_person=2",
+        "world.vocab_size=400",
+        "data.seq_len=32",
+        "data.batch_size=4",
+        "model.dim=32",
+        "model.n_heads=4",
+        "model.n_kv_heads=2",
+        "model.ffn_dim=64",
+        "model.max_seq_len=64",
+        "train.steps=4",
+        "train.warmup_steps=1",
+        "train.log_every=1",
+        "train.checkpoint_every=2",
+        "eval.every=2",
+        "eval.max_items=2",
+        "eval.max_new_tokens=3",
+    ] {
+        args.extend(["--set", s]);
+    }
+    let o = kiln(&args, d);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let world = d.join("data/world-exp");
+    // The left-out category's questions are nowhere in its records; the others are all there.
+    let records = std::fs::read_to_string(world.join("aug_no_birth_city.jsonl")).unwrap();
+    let train_items: Vec<serde_json::Value> =
+        std::fs::read_to_string(world.join("eval_train.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    for item in &train_items {
+        let q = serde_json::to_string(item["q"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            records.contains(&q),
+            item["attribute"] != "birth_city",
+            "{q}"
+        );
+    }
+    for seed in ["seed0", "seed1"] {
+        let cfg =
+            std::fs::read_to_string(d.join(format!("abl/{seed}/ipt-no-employer/config.toml")))
+                .unwrap();
+        assert!(
+            cfg.contains("aug_no_employer_") && cfg.contains("raw_"),
+            "{cfg}"
+        );
+        assert!(d.join(format!("abl/{seed}/ipt/config.toml")).exists());
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("abl/results.json")).unwrap())
+            .unwrap();
+    assert_eq!(v["study"], "ablation");
+    let arm = &v["seeds"][1]["arms"][2];
+    assert_eq!(arm["name"], "instruction pre-training without employer");
+    let tasks: Vec<&str> = arm["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["task"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        tasks,
+        [
+            "heldout_qa_birth_date",
+            "heldout_qa_birth_city",
+            "heldout_qa_university",
+            "heldout_qa_major",
+            "heldout_qa_employer",
+            "heldout_qa_employer_city"
+        ]
+    );
+    let table = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        table.contains("| instruction pre-training without birth_city |") && table.contains("**"),
+        "{table}"
+    );
+    // Per-category task files hold the held-out people's questions about that category only.
+    let per = std::fs::read_to_string(world.join("tasks/heldout_qa_employer.jsonl")).unwrap();
+    assert_eq!(per.lines().count(), 15);
+
+    let o = kiln(&args, d);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        !stderr(&o).contains("experiment: training"),
+        "{}",
+        stderr(&o)
+    );
+
+    let bad: Vec<&str> = args
+        .iter()
+        .map(|&a| {
+            if a == "birth_city,employer" {
+                "salary"
+            } else {
+                a
+            }
+        })
+        .collect();
+    assert_clean_error(&kiln(&bad, d), &["--leave-out salary", "not an attribute"]);
+}
+
 /// `kiln train --config c.toml --set train.out_dir="OUT"` plus `extra`, with `env` set.
 fn train_in(d: &Path, out: &str, extra: &[&str], env: &[(&str, &str)]) -> Output {
     let out_dir = format!("train.out_dir=\"{out}\"");

@@ -29,6 +29,7 @@ pub fn experiment_world(a: ExperimentWorldArgs) -> Result<()> {
             Study::Main => "runs/experiment-world".into(),
             Study::Finetune => "runs/experiment-world-finetune".into(),
             Study::Efficiency => "runs/experiment-world-efficiency".into(),
+            Study::Ablation => "runs/experiment-world-ablation".into(),
         }),
         max_items: a.max_items,
         batch: a.batch,
@@ -37,6 +38,7 @@ pub fn experiment_world(a: ExperimentWorldArgs) -> Result<()> {
         ft_fraction: a.ft_fraction,
         budgets: a.budgets,
         ratios: a.ratios,
+        leave_out: a.leave_out,
     };
     let device = a.device;
     crate::world::experiment::run(&opts, &|cfg, resume| {

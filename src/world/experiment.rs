@@ -44,6 +44,8 @@ pub struct Options {
     /// shares of the tokens.
     pub budgets: Vec<f64>,
     pub ratios: Vec<f64>,
+    /// `--study ablation`: the attribute categories left out, one run each (keys: `birth_city`).
+    pub leave_out: Vec<String>,
 }
 
 /// Which comparison `kiln experiment world` runs.
@@ -58,6 +60,9 @@ pub enum Study {
     /// Data efficiency: vanilla and instruction pre-training at several token budgets and two
     /// mixtures.
     Efficiency,
+    /// Which instructions matter: instruction pre-training without one category's pairs, scored
+    /// per category.
+    Ablation,
 }
 
 /// One arm's outcome.
@@ -96,6 +101,7 @@ pub fn run(opts: &Options, train: &Trainer) -> Result<()> {
         Study::Main => main(opts, train).map(|_| ()),
         Study::Finetune => super::study::finetune(opts, train),
         Study::Efficiency => super::study::efficiency(opts, train),
+        Study::Ablation => super::study::ablation(opts, train),
     }
 }
 
@@ -176,21 +182,33 @@ pub(crate) fn train_arm(name: &str, cfg: &Config, train: &Trainer) -> Result<Arm
 /// The world's task files, read once, and what scoring a run needs.
 pub(crate) struct Scorer {
     be: CpuBackend<f32>,
-    tasks: Vec<(&'static str, Vec<crate::eval::Item>)>,
+    tasks: Vec<(String, Vec<crate::eval::Item>)>,
     batch: usize,
 }
 
 impl Scorer {
+    /// The main tasks (`TASKS`).
     pub(crate) fn new(world_dir: &Path, max_items: usize, batch: usize) -> Result<Self> {
+        let names: Vec<String> = TASKS.iter().map(|t| t.to_string()).collect();
+        Self::with_tasks(world_dir, &names, max_items, batch)
+    }
+
+    /// The world's task files `tasks/{name}.jsonl`, in this order.
+    pub(crate) fn with_tasks(
+        world_dir: &Path,
+        names: &[String],
+        max_items: usize,
+        batch: usize,
+    ) -> Result<Self> {
         let tasks_dir = world_dir.join("tasks");
         let mut tasks = Vec::new();
-        for task in TASKS {
+        for task in names {
             let path = tasks_dir.join(format!("{task}.jsonl"));
             let mut items = crate::eval::read_tasks(&path)?;
             if max_items > 0 {
                 items.truncate(max_items);
             }
-            tasks.push((task, items));
+            tasks.push((task.clone(), items));
         }
         Ok(Scorer {
             be: CpuBackend::<f32>::new(),

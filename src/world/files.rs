@@ -173,7 +173,11 @@ pub fn ensure_world(w: &WorldSection, cfg: &Config, force: bool, with_prep: bool
             t.elapsed().as_secs_f64()
         );
     }
-    if force || !dir.join("tasks/heldout_cloze.jsonl").exists() {
+    let last_task = format!(
+        "tasks/heldout_qa_{}.jsonl",
+        Attribute::ALL[Attribute::ALL.len() - 1].as_str()
+    );
+    if force || !dir.join(&last_task).exists() {
         write_world_tasks(dir)?;
     }
     if !with_prep {
@@ -232,6 +236,50 @@ pub fn ensure_world(w: &WorldSection, cfg: &Config, force: bool, with_prep: bool
     Ok(())
 }
 
+/// The augmented records without the pairs about `skip`, as shards named `aug_no_{key}` beside
+/// the world's others (built once): the ablation study's leave-one-category-out data. Returns
+/// the shards' glob.
+pub fn ensure_ablation_shards(w: &WorldSection, cfg: &Config, skip: Attribute) -> Result<String> {
+    let dir = &w.dir;
+    let name = format!("aug_no_{}", skip.as_str());
+    let shards = dir.join("shards");
+    let glob = shards.join(format!("{name}_*.kiln")).display().to_string();
+    if shards.join(format!("{name}_00000.kiln")).exists() {
+        return Ok(glob);
+    }
+    let wc = WorldConfig {
+        seed: w.seed,
+        people: w.people,
+        bios_per_person: w.bios_per_person,
+        train_fraction: 0.5,
+    };
+    let world = generate(&wc);
+    let file = format!("{name}.jsonl");
+    write_jsonl(
+        dir,
+        &file,
+        world.augmented_records_without(Some(skip)).iter(),
+    )
+    .with_context(|| format!("{}: cannot write", dir.join(&file).display()))?;
+    let tok = Tokenizer::from_file(
+        &cfg.data.tokenizer,
+        cfg.data.bos_token.as_deref(),
+        cfg.data.eos_token.as_deref(),
+    )?;
+    remove_shards(&shards, &name)?;
+    let opts = PrepOptions {
+        inputs: vec![dir.join(&file)],
+        kind: Some(InputKind::Augmented),
+        out_dir: shards.clone(),
+        name: name.clone(),
+        seed: w.seed,
+        ..PrepOptions::default()
+    };
+    let stats = prep(&tok, &opts)?;
+    eprintln!("{}", stats.report(&name));
+    Ok(glob)
+}
+
 /// Name of the shard of the training people's question–answer pairs for instruction tuning
 /// (`kiln experiment world --study finetune`).
 pub const QA_SFT: &str = "qa_sft";
@@ -282,6 +330,7 @@ fn write_world_tasks(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(&tasks)?;
     for (src, name) in [("eval.jsonl", "heldout"), ("eval_train.jsonl", "train")] {
         let (mut mc, mut qa, mut cloze) = (String::new(), String::new(), String::new());
+        let mut by_attr = vec![String::new(); Attribute::ALL.len()];
         let path = dir.join(src);
         for_each_line(&path, |n, line| {
             let v: serde_json::Value = serde_json::from_str(line)
@@ -296,6 +345,9 @@ fn write_world_tasks(dir: &Path) -> Result<()> {
             let Some(attribute) = Attribute::from_key(key) else {
                 bail!("{}:{n}: unknown attribute {key:?}", path.display());
             };
+            let q = &mut by_attr[attribute as usize];
+            q.push_str(&serde_json::json!({ "input": input, "answer": v["a"] }).to_string());
+            q.push('\n');
             let prefix = attribute.cloze();
             cloze.push_str(&serde_json::json!({ "input": format!("{person} {prefix}"), "options": v["options"], "gold_index": v["answer_index"] }).to_string());
             cloze.push('\n');
@@ -305,6 +357,10 @@ fn write_world_tasks(dir: &Path) -> Result<()> {
         crate::fsutil::write_atomic(&tasks.join(format!("{name}_qa.jsonl")), qa.as_bytes())?;
         if name == "heldout" {
             crate::fsutil::write_atomic(&tasks.join("heldout_cloze.jsonl"), cloze.as_bytes())?;
+            for (attr, text) in Attribute::ALL.iter().zip(&by_attr) {
+                let path = tasks.join(format!("heldout_qa_{}.jsonl", attr.as_str()));
+                crate::fsutil::write_atomic(&path, text.as_bytes())?;
+            }
         }
     }
     Ok(())

@@ -528,17 +528,27 @@ impl World {
     /// One record per biography of a train person, in `raw.jsonl` order; each carries all of the
     /// person's QA pairs, in an order shuffled per record.
     pub fn augmented_records(&self) -> Vec<AugmentedRecord> {
+        self.augmented_records_without(None)
+    }
+
+    /// As `augmented_records`, without the pairs about `skip` (the ablation study's
+    /// leave-one-category-out data); the other pairs keep their order.
+    pub fn augmented_records_without(&self, skip: Option<Attribute>) -> Vec<AugmentedRecord> {
         self.order
             .iter()
             .filter(|&&(p, _)| self.people[p].train)
             .map(|&(p, b)| {
                 let person = &self.people[p];
                 let index = (p * self.config.bios_per_person + b) as u64;
-                let mut pairs: Vec<Pair> = person.qa.iter().map(Qa::to_pair).collect();
-                stream(self.config.seed, STREAM_PAIRS, index).shuffle(&mut pairs);
+                let mut qa: Vec<&Qa> = person.qa.iter().collect();
+                stream(self.config.seed, STREAM_PAIRS, index).shuffle(&mut qa);
                 AugmentedRecord {
                     text: person.bios[b].clone(),
-                    pairs,
+                    pairs: qa
+                        .into_iter()
+                        .filter(|q| Some(q.attribute) != skip)
+                        .map(Qa::to_pair)
+                        .collect(),
                     chain: None,
                 }
             })
@@ -567,6 +577,31 @@ pub(crate) mod tests {
             people: 300,
             bios_per_person: 5,
             train_fraction: 0.5,
+        }
+    }
+
+    #[test]
+    fn records_without_a_category_drop_exactly_its_pairs_and_keep_the_others_in_order() {
+        let world = generate(&small(3));
+        let all = world.augmented_records();
+        let without = world.augmented_records_without(Some(Attribute::Major));
+        assert_eq!(all.len(), without.len());
+        let majors: std::collections::HashSet<String> = world
+            .people
+            .iter()
+            .flat_map(|p| p.qa.iter())
+            .filter(|q| q.attribute == Attribute::Major)
+            .map(|q| q.q.clone())
+            .collect();
+        for (a, w) in all.iter().zip(&without) {
+            assert_eq!(a.text, w.text);
+            assert_eq!(w.pairs.len(), Attribute::ALL.len() - 1);
+            let kept: Vec<_> = a.pairs.iter().filter(|p| !majors.contains(&p.q)).collect();
+            assert_eq!(kept.len(), w.pairs.len());
+            assert!(kept
+                .iter()
+                .zip(&w.pairs)
+                .all(|(k, p)| k.q == p.q && k.a == p.a));
         }
     }
 

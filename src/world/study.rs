@@ -15,6 +15,11 @@
 //! augmented records' share of the tokens: 1:1 as the main experiment, and 1/5 as the paper's
 //! from-scratch recipe), scored on the held-out people: how many tokens vanilla needs to match
 //! instruction pre-training, if it ever does.
+//!
+//! `ablation` — which instructions matter. Instruction pre-training as in the main experiment, and
+//! again without the pairs of one attribute category in the augmented records (one run per
+//! category left out), all scored on the held-out people's questions per category: does
+//! extracting an attribute need pairs about that attribute, or does the skill transfer?
 
 use std::path::{Path, PathBuf};
 
@@ -23,6 +28,7 @@ use serde::Serialize;
 
 use super::experiment::{load_pair, train_arm, ArmResult, Options, Scorer, Trainer};
 use super::files::QA_SFT;
+use super::Attribute;
 use crate::config::Config;
 use crate::data::loader::SourceSpec;
 
@@ -561,4 +567,132 @@ fn write_results(
         svg.display()
     );
     Ok(())
+}
+
+/// The ablation's arms: instruction pre-training with every category, and without `key`'s.
+const ALL_CATEGORIES: &str = "instruction pre-training, all categories";
+fn without(key: &str) -> String {
+    format!("instruction pre-training without {key}")
+}
+
+/// `--study ablation`.
+pub fn ablation(opts: &Options, train: &Trainer) -> Result<()> {
+    if opts.seeds == 0 {
+        bail!("--seeds 0: at least one seed");
+    }
+    let mut skip = Vec::new();
+    for key in &opts.leave_out {
+        let Some(a) = Attribute::from_key(key) else {
+            let keys: Vec<&str> = Attribute::ALL.iter().map(|a| a.as_str()).collect();
+            bail!("--leave-out {key}: not an attribute ({})", keys.join(", "));
+        };
+        skip.push(a);
+    }
+    if skip.is_empty() {
+        bail!("--leave-out: name at least one attribute");
+    }
+    let mut seeds = Vec::new();
+    let mut first: Option<Config> = None;
+    for seed in 0..opts.seeds {
+        let dir = opts.out.join(format!("seed{seed}"));
+        let extra = [format!("train.seed={seed}"), format!("data.seed={seed}")];
+        let (vanilla, ipt) = load_pair(opts, &dir, &extra)?;
+        let world = vanilla.world.clone().expect("checked by load_pair");
+        let mut arms = vec![train_arm(ALL_CATEGORIES, &ipt, train)?];
+        for &a in &skip {
+            let glob = super::ensure_ablation_shards(&world, &ipt, a)?;
+            let mut c = ipt.clone();
+            let mut found = false;
+            for src in &mut c.data.sources {
+                if src.name == "augmented" {
+                    src.path = glob.clone();
+                    found = true;
+                }
+            }
+            if !found {
+                bail!("--study ablation: the instruction pre-training config needs a source named \"augmented\"");
+            }
+            c.train.out_dir = dir.join(format!("ipt-no-{}", a.as_str()));
+            arms.push(train_arm(&without(a.as_str()), &c, train)?);
+        }
+        first.get_or_insert(vanilla);
+        seeds.push(SeedResult { seed, arms });
+    }
+    let vanilla = first.expect("at least one seed");
+    let world = vanilla.world.as_ref().expect("checked by load_pair");
+    let tasks: Vec<String> = Attribute::ALL
+        .iter()
+        .map(|a| format!("heldout_qa_{}", a.as_str()))
+        .collect();
+    let scorer = Scorer::with_tasks(&world.dir, &tasks, opts.max_items, opts.batch)?;
+    for s in &mut seeds {
+        for arm in &mut s.arms {
+            scorer.score(arm)?;
+        }
+    }
+    let results = StudyResults {
+        study: "ablation",
+        world: serde_json::to_value(world)?,
+        model: serde_json::to_value(&vanilla.model)?,
+        ft_fraction: None,
+        ft_lr: None,
+        budgets: Vec::new(),
+        ratios: Vec::new(),
+        summary: summarize(&seeds),
+        seeds,
+    };
+    let table = ablation_table(&results, &skip);
+    let curves: Vec<PathBuf> = results.seeds[0]
+        .arms
+        .iter()
+        .map(|a| a.run_dir.clone())
+        .collect();
+    write_results(opts, &results, &table, &curves)?;
+    Ok(())
+}
+
+fn ablation_table(r: &StudyResults, skip: &[Attribute]) -> String {
+    let mut s = format!(
+        "Held-out QA exact match per attribute category (held-out people: facts seen only in biographies). Mean over {} seed(s) (range); the category a run left out of its augmented records in bold.\n\n| arm |",
+        r.seeds.len()
+    );
+    for a in Attribute::ALL {
+        s.push_str(&format!(" {} |", a.as_str()));
+    }
+    s.push_str(" left out | the others |\n|---|");
+    s.push_str(&"---:|".repeat(Attribute::ALL.len() + 2));
+    s.push('\n');
+    let mean_of = |arm: &str, a: Attribute| {
+        r.summary
+            .iter()
+            .find(|x| x.arm == arm && x.task == format!("heldout_qa_{}", a.as_str()))
+            .map(|x| x.mean)
+    };
+    let mut rows: Vec<(String, Option<Attribute>)> = vec![(ALL_CATEGORIES.into(), None)];
+    rows.extend(skip.iter().map(|&a| (without(a.as_str()), Some(a))));
+    for (arm, left) in rows {
+        s.push_str(&format!("| {arm} |"));
+        for a in Attribute::ALL {
+            let c = cell(r, &arm, &format!("heldout_qa_{}", a.as_str()));
+            if Some(a) == left {
+                s.push_str(&format!(" **{c}** |"));
+            } else {
+                s.push_str(&format!(" {c} |"));
+            }
+        }
+        let pct = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:.1}%", 100.0 * v));
+        let others: Vec<f64> = Attribute::ALL
+            .iter()
+            .filter(|&&a| Some(a) != left)
+            .filter_map(|&a| mean_of(&arm, a))
+            .collect();
+        let others_mean =
+            (!others.is_empty()).then(|| others.iter().sum::<f64>() / others.len() as f64);
+        s.push_str(&format!(
+            " {} | {} |\n",
+            pct(left.and_then(|a| mean_of(&arm, a))),
+            pct(others_mean)
+        ));
+    }
+    s
 }
