@@ -119,8 +119,12 @@ pub struct ExperimentWorldArgs {
     pub ratios: Vec<f64>,
     /// `--study ablation`: the attribute categories to leave out of the augmented records, one
     /// run each (birth_date, birth_city, university, major, employer, employer_city).
-    #[arg(long, value_delimiter = ',', default_value = "birth_city,major")]
+    #[arg(long, value_delimiter = ',', default_value = "birth_city")]
     pub leave_out: Vec<String>,
+    /// `--study ablation`: the document layouts to leave out of the augmented records, one run
+    /// each (the others keep their relative weights).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "classic")]
+    pub leave_out_layout: Vec<crate::data::augment::Layout>,
 }
 
 #[derive(Args, Debug)]

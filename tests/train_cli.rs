@@ -1431,9 +1431,22 @@ fn experiment_world_ablation_study_leaves_one_category_out_and_scores_per_catego
             "heldout_qa_university",
             "heldout_qa_major",
             "heldout_qa_employer",
-            "heldout_qa_employer_city"
+            "heldout_qa_employer_city",
+            "heldout_qa"
         ]
     );
+    // The default layout left out: its own run on shards rendered without the classic layout.
+    let layout = &v["seeds"][0]["arms"][3];
+    assert_eq!(
+        layout["name"],
+        "instruction pre-training without the classic layout"
+    );
+    assert!(world
+        .join("shards/aug_no_layout-classic_00000.kiln")
+        .exists());
+    let cfg =
+        std::fs::read_to_string(d.join("abl/seed0/ipt-no-layout-classic/config.toml")).unwrap();
+    assert!(cfg.contains("aug_no_layout-classic_"), "{cfg}");
     let table = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(
         table.contains("| instruction pre-training without birth_city |") && table.contains("**"),

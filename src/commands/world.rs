@@ -39,6 +39,7 @@ pub fn experiment_world(a: ExperimentWorldArgs) -> Result<()> {
         budgets: a.budgets,
         ratios: a.ratios,
         leave_out: a.leave_out,
+        leave_out_layouts: a.leave_out_layout,
     };
     let device = a.device;
     crate::world::experiment::run(&opts, &|cfg, resume| {

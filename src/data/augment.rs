@@ -15,9 +15,10 @@ use crate::data::templates::{
 use crate::rng::{derive_seed, Rng};
 
 /// How the pairs of a document are laid out around its texts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum Layout {
     /// A text without pairs, verbatim.
+    #[value(skip)]
     Plain,
     /// Text, optional lead-in, then the pairs as few-shot Q/A (or the pairs first, inverted).
     Classic,
@@ -259,6 +260,16 @@ fn is_unanswerable(answer: &str) -> bool {
 /// Empty documents are never returned. Document seeds derive from `seed` and the index of the
 /// document's first text in `entries`.
 pub fn template_chain(entries: &[(&str, &[Pair])], seed: u64) -> Vec<TemplatedDocument> {
+    template_chain_without(entries, seed, None)
+}
+
+/// As `template_chain`, never drawing the layout `skip` (the other layouts keep their relative
+/// weights): the ablation study's leave-one-format-out data.
+pub fn template_chain_without(
+    entries: &[(&str, &[Pair])],
+    seed: u64,
+    skip: Option<Layout>,
+) -> Vec<TemplatedDocument> {
     let parsed: Vec<Vec<ParsedPair>> = entries
         .iter()
         .map(|(_, pairs)| {
@@ -278,7 +289,7 @@ pub fn template_chain(entries: &[(&str, &[Pair])], seed: u64) -> Vec<TemplatedDo
             continue;
         }
         if let Some(start) = group_start.take() {
-            docs.extend(render_group(entries, &parsed, start, i, seed));
+            docs.extend(render_group(entries, &parsed, start, i, seed, skip));
         }
         if !text.trim().is_empty() {
             docs.push(TemplatedDocument {
@@ -290,7 +301,14 @@ pub fn template_chain(entries: &[(&str, &[Pair])], seed: u64) -> Vec<TemplatedDo
         }
     }
     if let Some(start) = group_start {
-        docs.extend(render_group(entries, &parsed, start, entries.len(), seed));
+        docs.extend(render_group(
+            entries,
+            &parsed,
+            start,
+            entries.len(),
+            seed,
+            skip,
+        ));
     }
     docs
 }
@@ -338,12 +356,18 @@ fn pick<T: Copy>(doc_seed: u64, stream: u64, pool: &[T]) -> T {
 }
 
 impl DocStyle {
-    fn draw(doc_seed: u64, min_pairs: usize, explained: bool) -> Self {
-        let table: &[(Layout, f64)] = if min_pairs < MANY_PAIRS {
+    fn draw(doc_seed: u64, min_pairs: usize, explained: bool, skip: Option<Layout>) -> Self {
+        let full: &[(Layout, f64)] = if min_pairs < MANY_PAIRS {
             &FEW_PAIRS_LAYOUTS
         } else {
             &MANY_PAIRS_LAYOUTS
         };
+        // Every table has two layouts or more, so one left out leaves at least one.
+        let table: Vec<(Layout, f64)> = full
+            .iter()
+            .copied()
+            .filter(|(l, _)| Some(*l) != skip)
+            .collect();
         let weights: Vec<f64> = table.iter().map(|(_, w)| *w).collect();
         let layout_at = Rng::new(derive_seed(doc_seed, stream::LAYOUT)).weighted_index(&weights);
         let layout = table.get(layout_at).map_or(Layout::Classic, |(l, _)| *l);
@@ -466,12 +490,13 @@ fn render_group(
     start: usize,
     end: usize,
     seed: u64,
+    skip: Option<Layout>,
 ) -> Option<TemplatedDocument> {
     let group = &parsed[start..end];
     let doc_seed = derive_seed(seed, start as u64);
     let min_pairs = group.iter().map(Vec::len).min().unwrap_or(0);
     let explained = group.iter().flatten().any(|p| p.rationale().is_some());
-    let style = DocStyle::draw(doc_seed, min_pairs, explained);
+    let style = DocStyle::draw(doc_seed, min_pairs, explained, skip);
 
     let mut pieces = Vec::with_capacity(group.len());
     let mut pairs = 0;
@@ -919,6 +944,35 @@ mod tests {
             (share - target).abs() <= 0.02,
             "{layout:?}: {share:.4} vs {target} ({counts:?})"
         );
+    }
+
+    #[test]
+    fn a_layout_left_out_is_never_drawn_and_the_others_keep_their_weights() {
+        let pairs: Vec<Pair> = (0..3)
+            .map(|i| Pair {
+                q: format!("Question {i}?"),
+                a: format!("Answer {i}."),
+            })
+            .collect();
+        let texts: Vec<String> = (0..400).map(|i| format!("Text number {i}.")).collect();
+        let mut counts = std::collections::HashMap::new();
+        for (k, t) in texts.iter().enumerate() {
+            let entries = [(t.as_str(), pairs.as_slice())];
+            for d in template_chain_without(&entries, k as u64, Some(Layout::Classic)) {
+                *counts.entry(d.layout).or_insert(0usize) += 1;
+            }
+        }
+        assert!(!counts.contains_key(&Layout::Classic), "{counts:?}");
+        // Four layouts of equal weight remain: each is drawn about a quarter of the time.
+        for l in [
+            Layout::Dialog,
+            Layout::NumberedQuestions,
+            Layout::InlineFewShot,
+            Layout::NextTurnDialog,
+        ] {
+            let n = counts.get(&l).copied().unwrap_or(0);
+            assert!((60..=140).contains(&n), "{l:?}: {n} of 400 ({counts:?})");
+        }
     }
 
     #[test]

@@ -20,7 +20,7 @@ use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::augment::template_chain;
+use super::augment::{template_chain_without, Layout};
 use super::finetune::pack_examples;
 use super::input::{self, lookup, Filter, Format};
 use super::records::{parse_record, AugmentedRecord, FinetuneRecord, Pair};
@@ -90,6 +90,8 @@ pub struct PrepOptions {
     /// Bytes of input read per parallel chunk.
     pub chunk_bytes: usize,
     pub progress: bool,
+    /// Augmented: never lay documents out this way (the ablation study's leave-one-format-out).
+    pub skip_layout: Option<Layout>,
 }
 
 impl Default for PrepOptions {
@@ -111,6 +113,7 @@ impl Default for PrepOptions {
             finetune_max_tokens: 4096,
             chunk_bytes: 4 << 20,
             progress: true,
+            skip_layout: None,
         }
     }
 }
@@ -620,7 +623,7 @@ fn encode_unit(
                 .map(|r| (r.text.as_str(), r.pairs.as_slice()))
                 .collect();
             let seed = derive_seed(file_seed, unit.line);
-            for d in template_chain(&entries, seed) {
+            for d in template_chain_without(&entries, seed, opts.skip_layout) {
                 out.docs.push(doc(&d.text, unit.line)?);
             }
         }

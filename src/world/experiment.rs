@@ -44,8 +44,10 @@ pub struct Options {
     /// shares of the tokens.
     pub budgets: Vec<f64>,
     pub ratios: Vec<f64>,
-    /// `--study ablation`: the attribute categories left out, one run each (keys: `birth_city`).
+    /// `--study ablation`: the attribute categories left out, one run each (keys: `birth_city`),
+    /// and the document layouts left out, one run each.
     pub leave_out: Vec<String>,
+    pub leave_out_layouts: Vec<crate::data::augment::Layout>,
 }
 
 /// Which comparison `kiln experiment world` runs.

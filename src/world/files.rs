@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{generate, Attribute, WorldConfig};
 use crate::config::{Config, WorldSection};
+use crate::data::augment::Layout;
 use crate::data::prep::{prep, InputKind, PrepOptions};
 use crate::data::records::AugmentedRecord;
 use crate::data::tokenizer::{train_byte_level_bpe, Tokenizer};
@@ -236,31 +237,55 @@ pub fn ensure_world(w: &WorldSection, cfg: &Config, force: bool, with_prep: bool
     Ok(())
 }
 
-/// The augmented records without the pairs about `skip`, as shards named `aug_no_{key}` beside
-/// the world's others (built once): the ablation study's leave-one-category-out data. Returns
-/// the shards' glob.
-pub fn ensure_ablation_shards(w: &WorldSection, cfg: &Config, skip: Attribute) -> Result<String> {
+/// What an ablation run leaves out of the augmented records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeftOut {
+    /// Every pair about one attribute.
+    Category(Attribute),
+    /// One document layout (the other layouts keep their relative weights).
+    Layout(Layout),
+}
+
+impl LeftOut {
+    /// `birth_city`, or `layout-classic`.
+    pub fn key(self) -> String {
+        match self {
+            LeftOut::Category(a) => a.as_str().to_string(),
+            LeftOut::Layout(l) => format!(
+                "layout-{}",
+                clap::ValueEnum::to_possible_value(&l)
+                    .map_or("plain".into(), |v| v.get_name().to_string())
+            ),
+        }
+    }
+}
+
+/// The augmented records without `left_out`, as shards named `aug_no_{key}` beside the world's
+/// others (built once): the ablation study's data. Returns the shards' glob.
+pub fn ensure_ablation_shards(w: &WorldSection, cfg: &Config, left_out: LeftOut) -> Result<String> {
     let dir = &w.dir;
-    let name = format!("aug_no_{}", skip.as_str());
+    let name = format!("aug_no_{}", left_out.key());
     let shards = dir.join("shards");
     let glob = shards.join(format!("{name}_*.kiln")).display().to_string();
     if shards.join(format!("{name}_00000.kiln")).exists() {
         return Ok(glob);
     }
-    let wc = WorldConfig {
-        seed: w.seed,
-        people: w.people,
-        bios_per_person: w.bios_per_person,
-        train_fraction: 0.5,
+    let (input, skip_layout) = match left_out {
+        LeftOut::Category(a) => {
+            let wc = WorldConfig {
+                seed: w.seed,
+                people: w.people,
+                bios_per_person: w.bios_per_person,
+                train_fraction: 0.5,
+            };
+            let file = format!("{name}.jsonl");
+            let records = generate(&wc).augmented_records_without(Some(a));
+            write_jsonl(dir, &file, records.iter())
+                .with_context(|| format!("{}: cannot write", dir.join(&file).display()))?;
+            (dir.join(file), None)
+        }
+        LeftOut::Layout(l) => (dir.join("augmented.jsonl"), Some(l)),
     };
-    let world = generate(&wc);
-    let file = format!("{name}.jsonl");
-    write_jsonl(
-        dir,
-        &file,
-        world.augmented_records_without(Some(skip)).iter(),
-    )
-    .with_context(|| format!("{}: cannot write", dir.join(&file).display()))?;
     let tok = Tokenizer::from_file(
         &cfg.data.tokenizer,
         cfg.data.bos_token.as_deref(),
@@ -268,11 +293,12 @@ pub fn ensure_ablation_shards(w: &WorldSection, cfg: &Config, skip: Attribute) -
     )?;
     remove_shards(&shards, &name)?;
     let opts = PrepOptions {
-        inputs: vec![dir.join(&file)],
+        inputs: vec![input],
         kind: Some(InputKind::Augmented),
         out_dir: shards.clone(),
         name: name.clone(),
         seed: w.seed,
+        skip_layout,
         ..PrepOptions::default()
     };
     let stats = prep(&tok, &opts)?;

@@ -33,7 +33,9 @@ mod generate;
 pub mod pools;
 mod study;
 
-pub use files::{ensure_ablation_shards, ensure_world, write_world, WorldManifest, WorldSummary};
+pub use files::{
+    ensure_ablation_shards, ensure_world, write_world, LeftOut, WorldManifest, WorldSummary,
+};
 pub use generate::{
     generate, render_template, BirthDate, EvalItem, Person, Pronouns, Qa, World, WorldConfig,
     EVAL_OPTIONS, MAX_BIOS_PER_PERSON, MAX_PEOPLE, YEAR_RANGE,

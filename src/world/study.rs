@@ -28,7 +28,7 @@ use serde::Serialize;
 
 use super::experiment::{load_pair, train_arm, ArmResult, Options, Scorer, Trainer};
 use super::files::QA_SFT;
-use super::Attribute;
+use super::{Attribute, LeftOut};
 use crate::config::Config;
 use crate::data::loader::SourceSpec;
 
@@ -569,10 +569,17 @@ fn write_results(
     Ok(())
 }
 
-/// The ablation's arms: instruction pre-training with every category, and without `key`'s.
-const ALL_CATEGORIES: &str = "instruction pre-training, all categories";
-fn without(key: &str) -> String {
-    format!("instruction pre-training without {key}")
+/// The ablation's arms: instruction pre-training with everything, and without one category's
+/// pairs or one layout.
+const ALL_CATEGORIES: &str = "instruction pre-training, everything";
+fn without(left: LeftOut) -> String {
+    match left {
+        LeftOut::Category(a) => format!("instruction pre-training without {}", a.as_str()),
+        LeftOut::Layout(_) => format!(
+            "instruction pre-training without the {} layout",
+            &left.key()["layout-".len()..]
+        ),
+    }
 }
 
 /// `--study ablation`.
@@ -580,16 +587,17 @@ pub fn ablation(opts: &Options, train: &Trainer) -> Result<()> {
     if opts.seeds == 0 {
         bail!("--seeds 0: at least one seed");
     }
-    let mut skip = Vec::new();
-    for key in &opts.leave_out {
+    let mut left = Vec::new();
+    for key in opts.leave_out.iter().filter(|k| !k.is_empty()) {
         let Some(a) = Attribute::from_key(key) else {
             let keys: Vec<&str> = Attribute::ALL.iter().map(|a| a.as_str()).collect();
             bail!("--leave-out {key}: not an attribute ({})", keys.join(", "));
         };
-        skip.push(a);
+        left.push(LeftOut::Category(a));
     }
-    if skip.is_empty() {
-        bail!("--leave-out: name at least one attribute");
+    left.extend(opts.leave_out_layouts.iter().map(|&l| LeftOut::Layout(l)));
+    if left.is_empty() {
+        bail!("--leave-out / --leave-out-layout: name at least one attribute or layout");
     }
     let mut seeds = Vec::new();
     let mut first: Option<Config> = None;
@@ -599,8 +607,8 @@ pub fn ablation(opts: &Options, train: &Trainer) -> Result<()> {
         let (vanilla, ipt) = load_pair(opts, &dir, &extra)?;
         let world = vanilla.world.clone().expect("checked by load_pair");
         let mut arms = vec![train_arm(ALL_CATEGORIES, &ipt, train)?];
-        for &a in &skip {
-            let glob = super::ensure_ablation_shards(&world, &ipt, a)?;
+        for &l in &left {
+            let glob = super::ensure_ablation_shards(&world, &ipt, l)?;
             let mut c = ipt.clone();
             let mut found = false;
             for src in &mut c.data.sources {
@@ -612,18 +620,19 @@ pub fn ablation(opts: &Options, train: &Trainer) -> Result<()> {
             if !found {
                 bail!("--study ablation: the instruction pre-training config needs a source named \"augmented\"");
             }
-            c.train.out_dir = dir.join(format!("ipt-no-{}", a.as_str()));
-            arms.push(train_arm(&without(a.as_str()), &c, train)?);
+            c.train.out_dir = dir.join(format!("ipt-no-{}", l.key()));
+            arms.push(train_arm(&without(l), &c, train)?);
         }
         first.get_or_insert(vanilla);
         seeds.push(SeedResult { seed, arms });
     }
     let vanilla = first.expect("at least one seed");
     let world = vanilla.world.as_ref().expect("checked by load_pair");
-    let tasks: Vec<String> = Attribute::ALL
+    let mut tasks: Vec<String> = Attribute::ALL
         .iter()
         .map(|a| format!("heldout_qa_{}", a.as_str()))
         .collect();
+    tasks.push("heldout_qa".into());
     let scorer = Scorer::with_tasks(&world.dir, &tasks, opts.max_items, opts.batch)?;
     for s in &mut seeds {
         for arm in &mut s.arms {
@@ -641,7 +650,7 @@ pub fn ablation(opts: &Options, train: &Trainer) -> Result<()> {
         summary: summarize(&seeds),
         seeds,
     };
-    let table = ablation_table(&results, &skip);
+    let table = ablation_table(&results, &left);
     let curves: Vec<PathBuf> = results.seeds[0]
         .arms
         .iter()
@@ -651,7 +660,7 @@ pub fn ablation(opts: &Options, train: &Trainer) -> Result<()> {
     Ok(())
 }
 
-fn ablation_table(r: &StudyResults, skip: &[Attribute]) -> String {
+fn ablation_table(r: &StudyResults, left: &[LeftOut]) -> String {
     let mut s = format!(
         "Held-out QA exact match per attribute category (held-out people: facts seen only in biographies). Mean over {} seed(s) (range); the category a run left out of its augmented records in bold.\n\n| arm |",
         r.seeds.len()
@@ -659,8 +668,8 @@ fn ablation_table(r: &StudyResults, skip: &[Attribute]) -> String {
     for a in Attribute::ALL {
         s.push_str(&format!(" {} |", a.as_str()));
     }
-    s.push_str(" left out | the others |\n|---|");
-    s.push_str(&"---:|".repeat(Attribute::ALL.len() + 2));
+    s.push_str(" all | left out | the others |\n|---|");
+    s.push_str(&"---:|".repeat(Attribute::ALL.len() + 3));
     s.push('\n');
     let mean_of = |arm: &str, a: Attribute| {
         r.summary
@@ -669,7 +678,13 @@ fn ablation_table(r: &StudyResults, skip: &[Attribute]) -> String {
             .map(|x| x.mean)
     };
     let mut rows: Vec<(String, Option<Attribute>)> = vec![(ALL_CATEGORIES.into(), None)];
-    rows.extend(skip.iter().map(|&a| (without(a.as_str()), Some(a))));
+    rows.extend(left.iter().map(|&l| {
+        let category = match l {
+            LeftOut::Category(a) => Some(a),
+            LeftOut::Layout(_) => None,
+        };
+        (without(l), category)
+    }));
     for (arm, left) in rows {
         s.push_str(&format!("| {arm} |"));
         for a in Attribute::ALL {
@@ -689,7 +704,8 @@ fn ablation_table(r: &StudyResults, skip: &[Attribute]) -> String {
         let others_mean =
             (!others.is_empty()).then(|| others.iter().sum::<f64>() / others.len() as f64);
         s.push_str(&format!(
-            " {} | {} |\n",
+            " {} | {} | {} |\n",
+            cell(r, &arm, "heldout_qa"),
             pct(left.and_then(|a| mean_of(&arm, a))),
             pct(others_mean)
         ));
