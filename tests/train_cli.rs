@@ -1060,7 +1060,7 @@ fn experiment_world_trains_both_arms_scores_them_and_reuses_finished_runs() {
 fn experiment_world_finetune_study_tunes_vanilla_at_the_same_tokens_over_seeds() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let mut args = vec![
+    let args = vec![
         "experiment",
         "world",
         "--study",
@@ -1074,27 +1074,18 @@ fn experiment_world_finetune_study_tunes_vanilla_at_the_same_tokens_over_seeds()
         "--max-items",
         "4",
     ];
-    for s in [
-        "world.people=30",
-        "world.bios_per_person=2",
-        "world.vocab_size=400",
-        "data.seq_len=32",
-        "data.batch_size=4",
-        "model.dim=32",
-        "model.n_heads=4",
-        "model.n_kv_heads=2",
-        "model.ffn_dim=64",
-        "model.max_seq_len=64",
-        "train.steps=8",
-        "train.warmup_steps=1",
-        "train.log_every=1",
-        "train.checkpoint_every=4",
-        "eval.every=4",
-        "eval.max_items=2",
-        "eval.max_new_tokens=3",
-    ] {
-        args.extend(["--set", s]);
-    }
+    let args = tiny_world(
+        args,
+        &[
+            "train.steps=8",
+            "train.warmup_steps=1",
+            "train.log_every=1",
+            "train.checkpoint_every=4",
+            "eval.every=4",
+            "eval.max_items=2",
+            "eval.max_new_tokens=3",
+        ],
+    );
     let o = kiln(&args, d);
     assert!(o.status.success(), "{}", stderr(&o));
     for seed in ["seed0", "seed1"] {
@@ -1214,7 +1205,7 @@ fn experiment_world_finetune_study_tunes_vanilla_at_the_same_tokens_over_seeds()
 fn experiment_world_efficiency_study_runs_budgets_and_mixtures_over_seeds() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let mut args = vec![
+    let args = vec![
         "experiment",
         "world",
         "--study",
@@ -1230,27 +1221,18 @@ fn experiment_world_efficiency_study_runs_budgets_and_mixtures_over_seeds() {
         "--max-items",
         "3",
     ];
-    for s in [
-        "world.people=30",
-        "world.bios_per_person=2",
-        "world.vocab_size=400",
-        "data.seq_len=32",
-        "data.batch_size=4",
-        "model.dim=32",
-        "model.n_heads=4",
-        "model.n_kv_heads=2",
-        "model.ffn_dim=64",
-        "model.max_seq_len=64",
-        "train.steps=8",
-        "train.warmup_steps=2",
-        "train.log_every=1",
-        "train.checkpoint_every=4",
-        "eval.every=4",
-        "eval.max_items=2",
-        "eval.max_new_tokens=3",
-    ] {
-        args.extend(["--set", s]);
-    }
+    let args = tiny_world(
+        args,
+        &[
+            "train.steps=8",
+            "train.warmup_steps=2",
+            "train.log_every=1",
+            "train.checkpoint_every=4",
+            "eval.every=4",
+            "eval.max_items=2",
+            "eval.max_new_tokens=3",
+        ],
+    );
     let o = kiln(&args, d);
     assert!(o.status.success(), "{}", stderr(&o));
     for seed in ["seed0", "seed1"] {
@@ -1347,7 +1329,7 @@ fn experiment_world_efficiency_study_runs_budgets_and_mixtures_over_seeds() {
 fn experiment_world_ablation_study_leaves_one_category_out_and_scores_per_category() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let mut args = vec![
+    let args = vec![
         "experiment",
         "world",
         "--study",
@@ -1361,27 +1343,18 @@ fn experiment_world_ablation_study_leaves_one_category_out_and_scores_per_catego
         "--max-items",
         "3",
     ];
-    for s in [
-        "world.people=30",
-        "world.bios_per_person=2",
-        "world.vocab_size=400",
-        "data.seq_len=32",
-        "data.batch_size=4",
-        "model.dim=32",
-        "model.n_heads=4",
-        "model.n_kv_heads=2",
-        "model.ffn_dim=64",
-        "model.max_seq_len=64",
-        "train.steps=4",
-        "train.warmup_steps=1",
-        "train.log_every=1",
-        "train.checkpoint_every=2",
-        "eval.every=2",
-        "eval.max_items=2",
-        "eval.max_new_tokens=3",
-    ] {
-        args.extend(["--set", s]);
-    }
+    let args = tiny_world(
+        args,
+        &[
+            "train.steps=4",
+            "train.warmup_steps=1",
+            "train.log_every=1",
+            "train.checkpoint_every=2",
+            "eval.every=2",
+            "eval.max_items=2",
+            "eval.max_new_tokens=3",
+        ],
+    );
     let o = kiln(&args, d);
     assert!(o.status.success(), "{}", stderr(&o));
     let world = d.join("data/world-exp");
@@ -1475,6 +1448,27 @@ fn experiment_world_ablation_study_leaves_one_category_out_and_scores_per_catego
         })
         .collect();
     assert_clean_error(&kiln(&bad, d), &["--leave-out salary", "not an attribute"]);
+}
+
+/// `args` (a `kiln experiment world` command) on a 30-person world and a very small model, with
+/// `extra` `--set` overrides (the schedule and the scoring).
+fn tiny_world<'a>(mut args: Vec<&'a str>, extra: &[&'a str]) -> Vec<&'a str> {
+    let world = [
+        "world.people=30",
+        "world.bios_per_person=2",
+        "world.vocab_size=400",
+        "data.seq_len=32",
+        "data.batch_size=4",
+        "model.dim=32",
+        "model.n_heads=4",
+        "model.n_kv_heads=2",
+        "model.ffn_dim=64",
+        "model.max_seq_len=64",
+    ];
+    for s in world.iter().chain(extra) {
+        args.extend(["--set", s]);
+    }
+    args
 }
 
 /// `kiln train --config c.toml --set train.out_dir="OUT"` plus `extra`, with `env` set.

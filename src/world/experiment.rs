@@ -253,23 +253,34 @@ fn main(opts: &Options, train: &Trainer) -> Result<Results> {
         arms,
         eval_seconds: t.elapsed().as_secs_f64(),
     };
-    crate::fsutil::write_atomic(
-        &opts.out.join("results.json"),
-        serde_json::to_string_pretty(&results)?.as_bytes(),
-    )?;
-    let table = table(&results);
-    crate::fsutil::write_atomic(&opts.out.join("results.md"), table.as_bytes())?;
     let dirs: Vec<PathBuf> = results.arms.iter().map(|a| a.run_dir.clone()).collect();
-    let (png, svg) = crate::plot::plot(&dirs, &opts.out.join("curves"))?;
+    write_outputs(&opts.out, &results, &table(&results), &dirs)?;
+    Ok(results)
+}
+
+/// `out/results.json`, `out/results.md` (the table, also printed) and the training curves of
+/// `curves` (`out/curves.png`, `.svg`).
+pub(crate) fn write_outputs<T: Serialize>(
+    out: &Path,
+    results: &T,
+    table: &str,
+    curves: &[PathBuf],
+) -> Result<()> {
+    crate::fsutil::write_atomic(
+        &out.join("results.json"),
+        serde_json::to_string_pretty(results)?.as_bytes(),
+    )?;
+    crate::fsutil::write_atomic(&out.join("results.md"), table.as_bytes())?;
+    let (png, svg) = crate::plot::plot(curves, &out.join("curves"))?;
     print!("{table}");
     eprintln!(
         "wrote {}, {}, {} and {}",
-        opts.out.join("results.json").display(),
-        opts.out.join("results.md").display(),
+        out.join("results.json").display(),
+        out.join("results.md").display(),
         png.display(),
         svg.display()
     );
-    Ok(results)
+    Ok(())
 }
 
 fn tokens(cfg: &Config) -> u64 {

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use super::experiment::{load_pair, train_arm, ArmResult, Options, Scorer, Trainer};
+use super::experiment::{load_pair, train_arm, write_outputs, ArmResult, Options, Scorer, Trainer};
 use super::files::QA_SFT;
 use super::{Attribute, LeftOut};
 use crate::config::Config;
@@ -200,24 +200,9 @@ pub fn finetune(opts: &Options, train: &Trainer) -> Result<()> {
         seeds.push(SeedResult { seed, arms });
     }
     let (vanilla, ft_lr) = first.expect("at least one seed");
-    let world = vanilla.world.as_ref().expect("checked by load_pair");
-    let scorer = Scorer::new(&world.dir, opts.max_items, opts.batch)?;
-    for s in &mut seeds {
-        for arm in &mut s.arms {
-            scorer.score(arm)?;
-        }
-    }
-    let results = StudyResults {
-        study: "finetune",
-        world: serde_json::to_value(world)?,
-        model: serde_json::to_value(&vanilla.model)?,
-        ft_fraction: Some(f),
-        ft_lr: Some(ft_lr),
-        budgets: Vec::new(),
-        ratios: Vec::new(),
-        summary: summarize(&seeds),
-        seeds,
-    };
+    let mut results = score_all("finetune", opts, &vanilla, seeds, None)?;
+    results.ft_fraction = Some(f);
+    results.ft_lr = Some(ft_lr);
     let curves: Vec<PathBuf> = results.seeds[0]
         .arms
         .iter()
@@ -316,24 +301,9 @@ pub fn efficiency(opts: &Options, train: &Trainer) -> Result<()> {
         seeds.push(SeedResult { seed, arms });
     }
     let vanilla = first.expect("at least one seed");
-    let world = vanilla.world.as_ref().expect("checked by load_pair");
-    let scorer = Scorer::new(&world.dir, opts.max_items, opts.batch)?;
-    for s in &mut seeds {
-        for arm in &mut s.arms {
-            scorer.score(arm)?;
-        }
-    }
-    let results = StudyResults {
-        study: "efficiency",
-        world: serde_json::to_value(world)?,
-        model: serde_json::to_value(&vanilla.model)?,
-        ft_fraction: None,
-        ft_lr: None,
-        budgets: opts.budgets.clone(),
-        ratios: opts.ratios.clone(),
-        summary: summarize(&seeds),
-        seeds,
-    };
+    let mut results = score_all("efficiency", opts, &vanilla, seeds, None)?;
+    results.budgets = opts.budgets.clone();
+    results.ratios = opts.ratios.clone();
     let table = efficiency_table(&results);
     // The curves of the largest budget's runs, and the scores against tokens.
     let largest = opts.budgets.iter().copied().fold(0.0, f64::max);
@@ -453,6 +423,38 @@ fn efficiency_table(r: &StudyResults) -> String {
     s
 }
 
+/// Score every arm of every seed on the world's `tasks` (None: the main experiment's) and gather
+/// the study's results (its own settings left empty for the caller).
+fn score_all(
+    study: &'static str,
+    opts: &Options,
+    vanilla: &Config,
+    mut seeds: Vec<SeedResult>,
+    tasks: Option<&[String]>,
+) -> Result<StudyResults> {
+    let world = vanilla.world.as_ref().expect("checked by load_pair");
+    let scorer = match tasks {
+        Some(t) => Scorer::with_tasks(&world.dir, t, opts.max_items, opts.batch)?,
+        None => Scorer::new(&world.dir, opts.max_items, opts.batch)?,
+    };
+    for s in &mut seeds {
+        for arm in &mut s.arms {
+            scorer.score(arm)?;
+        }
+    }
+    Ok(StudyResults {
+        study,
+        world: serde_json::to_value(world)?,
+        model: serde_json::to_value(&vanilla.model)?,
+        ft_fraction: None,
+        ft_lr: None,
+        budgets: Vec::new(),
+        ratios: Vec::new(),
+        summary: summarize(&seeds),
+        seeds,
+    })
+}
+
 /// The headline score of a task: exact match for QA, accuracy for multiple choice.
 fn headline(t: &crate::eval::TaskScores) -> Option<f64> {
     t.exact_match.or(t.acc_mean_token)
@@ -552,21 +554,7 @@ fn write_results(
     table: &str,
     curves: &[PathBuf],
 ) -> Result<()> {
-    crate::fsutil::write_atomic(
-        &opts.out.join("results.json"),
-        serde_json::to_string_pretty(results)?.as_bytes(),
-    )?;
-    crate::fsutil::write_atomic(&opts.out.join("results.md"), table.as_bytes())?;
-    let (png, svg) = crate::plot::plot(curves, &opts.out.join("curves"))?;
-    print!("{table}");
-    eprintln!(
-        "wrote {}, {}, {} and {}",
-        opts.out.join("results.json").display(),
-        opts.out.join("results.md").display(),
-        png.display(),
-        svg.display()
-    );
-    Ok(())
+    write_outputs(&opts.out, results, table, curves)
 }
 
 /// The ablation's arms: instruction pre-training with everything, and without one category's
@@ -627,29 +615,12 @@ pub fn ablation(opts: &Options, train: &Trainer) -> Result<()> {
         seeds.push(SeedResult { seed, arms });
     }
     let vanilla = first.expect("at least one seed");
-    let world = vanilla.world.as_ref().expect("checked by load_pair");
     let mut tasks: Vec<String> = Attribute::ALL
         .iter()
         .map(|a| format!("heldout_qa_{}", a.as_str()))
         .collect();
     tasks.push("heldout_qa".into());
-    let scorer = Scorer::with_tasks(&world.dir, &tasks, opts.max_items, opts.batch)?;
-    for s in &mut seeds {
-        for arm in &mut s.arms {
-            scorer.score(arm)?;
-        }
-    }
-    let results = StudyResults {
-        study: "ablation",
-        world: serde_json::to_value(world)?,
-        model: serde_json::to_value(&vanilla.model)?,
-        ft_fraction: None,
-        ft_lr: None,
-        budgets: Vec::new(),
-        ratios: Vec::new(),
-        summary: summarize(&seeds),
-        seeds,
-    };
+    let results = score_all("ablation", opts, &vanilla, seeds, Some(&tasks))?;
     let table = ablation_table(&results, &left);
     let curves: Vec<PathBuf> = results.seeds[0]
         .arms
