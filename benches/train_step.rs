@@ -6,7 +6,6 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use kiln::backend::cpu::CpuBackend;
-use kiln::backend::AdamW;
 use kiln::config::Config;
 use kiln::model::Model;
 use kiln::rng::Rng;
@@ -38,16 +37,7 @@ fn bench_step(c: &mut Criterion) {
             model.forward(&be, &mut ws, &inputs, &doc_ids);
             let loss = model.loss(&be, &mut ws, &targets, &mask, 1.0 / n as f32);
             model.backward(&be, &mut ws, &inputs, &doc_ids);
-            let hp = AdamW {
-                lr: 1e-4,
-                beta1: 0.9,
-                beta2: 0.95,
-                eps: 1e-8,
-                weight_decay: 0.1,
-                step,
-                grad_scale: 1.0,
-            };
-            model.adamw_step(&be, &mut m, &mut v, hp);
+            model.adamw_step(&be, &mut m, &mut v, kiln::bench::timing_adamw(step));
             loss
         })
     });

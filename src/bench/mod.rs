@@ -62,7 +62,7 @@ fn random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
 }
 
 /// AdamW settings for timing the optimizer (its cost does not depend on them).
-fn timing_adamw(step: u64) -> AdamW {
+pub fn timing_adamw(step: u64) -> AdamW {
     AdamW {
         lr: 1e-4,
         beta1: 0.9,

@@ -328,10 +328,7 @@ pub fn efficiency(opts: &Options, train: &Trainer) -> Result<()> {
                     .budgets
                     .iter()
                     .filter_map(|&b| {
-                        let s = results
-                            .summary
-                            .iter()
-                            .find(|s| s.arm == arm_at(n, b) && s.task == task)?;
+                        let s = spread(&results, &arm_at(n, b), task)?;
                         Some((
                             tokens_at(&results, &arm_at(n, b)) as f64 / 1e6,
                             s.mean,
@@ -387,10 +384,7 @@ fn efficiency_table(r: &StudyResults) -> String {
             .budgets
             .iter()
             .filter_map(|&b| {
-                let x = r
-                    .summary
-                    .iter()
-                    .find(|x| x.arm == arm_at(VANILLA, b) && x.task == task)?;
+                let x = spread(r, &arm_at(VANILLA, b), task)?;
                 Some((x.mean, b))
             })
             .fold(None, |acc: Option<(f64, f64)>, x| match acc {
@@ -404,11 +398,11 @@ fn efficiency_table(r: &StudyResults) -> String {
                 count(tokens_at(r, &arm_at(VANILLA, vb)))
             ));
             for n in &names[1..] {
-                let past = r.budgets.iter().copied().find(|&b| {
-                    r.summary
-                        .iter()
-                        .any(|x| x.arm == arm_at(n, b) && x.task == task && x.mean > v)
-                });
+                let past = r
+                    .budgets
+                    .iter()
+                    .copied()
+                    .find(|&b| spread(r, &arm_at(n, b), task).is_some_and(|x| x.mean > v));
                 match past {
                     Some(b) => s.push_str(&format!(
                         " {n} passes it at {} tokens.",
@@ -493,9 +487,14 @@ fn summarize(seeds: &[SeedResult]) -> Vec<Spread> {
     out
 }
 
+/// The spread of `arm`'s score on `task`, if it was scored.
+fn spread<'a>(r: &'a StudyResults, arm: &str, task: &str) -> Option<&'a Spread> {
+    r.summary.iter().find(|s| s.arm == arm && s.task == task)
+}
+
 /// "91.9% (90.8–93.0)": the mean over the seeds and their range.
 fn cell(r: &StudyResults, arm: &str, task: &str) -> String {
-    match r.summary.iter().find(|s| s.arm == arm && s.task == task) {
+    match spread(r, arm, task) {
         Some(s) if s.values.len() > 1 => format!(
             "{:.1}% ({:.1}–{:.1})",
             100.0 * s.mean,
@@ -643,10 +642,7 @@ fn ablation_table(r: &StudyResults, left: &[LeftOut]) -> String {
     s.push_str(&"---:|".repeat(Attribute::ALL.len() + 3));
     s.push('\n');
     let mean_of = |arm: &str, a: Attribute| {
-        r.summary
-            .iter()
-            .find(|x| x.arm == arm && x.task == format!("heldout_qa_{}", a.as_str()))
-            .map(|x| x.mean)
+        spread(r, arm, &format!("heldout_qa_{}", a.as_str())).map(|x| x.mean)
     };
     let mut rows: Vec<(String, Option<Attribute>)> = vec![(ALL_CATEGORIES.into(), None)];
     rows.extend(left.iter().map(|&l| {
