@@ -1108,7 +1108,8 @@ fn experiment_world_finetune_study_tunes_vanilla_at_the_same_tokens_over_seeds()
         assert!(ft.contains(&format!("seed = {seed_n}")), "{ft}");
     }
     // The tuning data: one document per training person and attribute, the loss on answers only.
-    let world = d.join("data/world-exp");
+    // The studies run the embedded configs at study scale, in a world of their own.
+    let world = d.join("data/world-study");
     let tok =
         kiln::data::tokenizer::Tokenizer::from_file(&world.join("tokenizer.json"), None, None)
             .unwrap();
@@ -1357,7 +1358,7 @@ fn experiment_world_ablation_study_leaves_one_category_out_and_scores_per_catego
     );
     let o = kiln(&args, d);
     assert!(o.status.success(), "{}", stderr(&o));
-    let world = d.join("data/world-exp");
+    let world = d.join("data/world-study");
     // The left-out category's questions are nowhere in its records; the others are all there.
     let records = std::fs::read_to_string(world.join("aug_no_birth_city.jsonl")).unwrap();
     let train_items: Vec<serde_json::Value> =
