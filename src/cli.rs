@@ -112,7 +112,7 @@ pub struct ExperimentWorldArgs {
     #[arg(long, default_value_t = 0.1)]
     pub ft_fraction: f64,
     /// `--study efficiency`: token budgets, as shares of the configs' train.steps.
-    #[arg(long, value_delimiter = ',', default_value = "0.125,0.25,0.5")]
+    #[arg(long, value_delimiter = ',', default_value = "0.25,0.5,1")]
     pub budgets: Vec<f64>,
     /// `--study efficiency`: the augmented records' shares of the instruction pre-training tokens.
     #[arg(long, value_delimiter = ',', default_value = "0.5,0.2")]
