@@ -100,15 +100,17 @@ pub struct ExperimentWorldArgs {
     pub device: Device,
     /// `main`: vanilla against instruction pre-training. `finetune`: adds vanilla pre-training
     /// followed by instruction tuning on the training people's QA pairs, at the same total tokens.
-    /// `efficiency`: both at several token budgets and two mixtures. `ablation`: instruction
-    /// pre-training without one category's pairs, scored per category. Study runs go under
-    /// OUT/seedN/.
+    /// `efficiency`: all three at several token budgets, instruction pre-training at two
+    /// mixtures. `ablation`: instruction pre-training without one category's pairs or one layout,
+    /// scored per category. The studies run the embedded configs at study scale (a 100-person
+    /// world, 300 steps); their runs go under OUT/seedN/.
     #[arg(long, value_enum, default_value = "main")]
     pub study: crate::world::experiment::Study,
     /// Seeds per arm for a study (train.seed = data.seed = 0, 1, …).
     #[arg(long, default_value_t = 2)]
     pub seeds: u64,
-    /// `--study finetune`: share of the token budget spent on instruction tuning.
+    /// `--study finetune` and `efficiency`: share of the token budget that vanilla + instruction
+    /// tuning spends on instruction tuning.
     #[arg(long, default_value_t = 0.1)]
     pub ft_fraction: f64,
     /// `--study efficiency`: token budgets, as shares of the configs' train.steps.

@@ -1249,6 +1249,14 @@ fn experiment_world_efficiency_study_runs_budgets_and_mixtures_over_seeds() {
             std::fs::read_to_string(d.join(format!("eff/{seed}/budget1/ipt-0.2/config.toml")))
                 .unwrap();
         assert!(fifth.contains("steps = 8"), "{fifth}");
+        // Vanilla + instruction tuning splits each budget: at half the steps, 4 = 3 + 1, the
+        // tuning starting from the pre-training run's export.
+        let tuned =
+            std::fs::read_to_string(d.join(format!("eff/{seed}/budget0.5/vanilla-ft/config.toml")))
+                .unwrap();
+        let t: toml::Value = toml::from_str(&tuned).unwrap();
+        assert_eq!(t["train"]["steps"].as_integer(), Some(1), "{tuned}");
+        assert!(tuned.contains("budget0.5/vanilla-pt/hf"), "{tuned}");
         let cfg: toml::Value = toml::from_str(&fifth).unwrap();
         let weights: Vec<(String, f64)> = cfg["data"]["sources"]
             .as_array()
@@ -1281,9 +1289,11 @@ fn experiment_world_efficiency_study_runs_budgets_and_mixtures_over_seeds() {
             arms,
             [
                 ("vanilla @ 0.5", 4 * 4 * 32),
+                ("vanilla + instruction tuning @ 0.5", 4 * 4 * 32),
                 ("instruction pre-training, 1:1 @ 0.5", 4 * 4 * 32),
                 ("instruction pre-training, 1/5 augmented @ 0.5", 4 * 4 * 32),
                 ("vanilla @ 1", 8 * 4 * 32),
+                ("vanilla + instruction tuning @ 1", 8 * 4 * 32),
                 ("instruction pre-training, 1:1 @ 1", 8 * 4 * 32),
                 ("instruction pre-training, 1/5 augmented @ 1", 8 * 4 * 32),
             ]
@@ -1299,6 +1309,7 @@ fn experiment_world_efficiency_study_runs_budgets_and_mixtures_over_seeds() {
     let table = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(
         table.contains("| instruction pre-training, 1/5 augmented |")
+            && table.contains("| vanilla + instruction tuning |")
             && table.contains("Vanilla's best"),
         "{table}"
     );

@@ -59,11 +59,11 @@ pub enum Study {
     /// A fair vanilla arm: vanilla pre-training then instruction tuning on the training people's
     /// question–answer pairs, with the same total tokens (`super::study`).
     Finetune,
-    /// Data efficiency: vanilla and instruction pre-training at several token budgets and two
-    /// mixtures.
+    /// Data efficiency: vanilla, vanilla + instruction tuning and instruction pre-training (two
+    /// mixtures) at several token budgets.
     Efficiency,
-    /// Which instructions matter: instruction pre-training without one category's pairs, scored
-    /// per category.
+    /// Which instructions matter: instruction pre-training without one category's pairs or one
+    /// layout, scored per category.
     Ablation,
 }
 
