@@ -108,8 +108,8 @@ pub fn run(opts: &Options, train: &Trainer) -> Result<()> {
 }
 
 /// What the studies change in the embedded configs, before the user's `--set`: a 100-person world
-/// of its own and 300 steps (1.2 M tokens) per arm, so that each study's runs over two seeds take
-/// about half an hour on 2 CPU cores. The effect still shows at this size (README).
+/// of its own and 300 steps (1.2 M tokens) per arm, 4–5 minutes each on 2 CPU cores. The effect
+/// still shows at this size (README).
 pub(crate) const STUDY_SCALE: [&str; 4] = [
     "world.dir=\"data/world-study\"",
     "world.people=100",

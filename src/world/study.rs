@@ -122,6 +122,15 @@ fn finetune_configs(vanilla: &Config, f: f64, dir: &Path) -> Result<(Config, Con
     Ok((pt, ft))
 }
 
+/// `--ft-fraction`, checked.
+fn ft_fraction(opts: &Options) -> Result<f64> {
+    let f = opts.ft_fraction;
+    if !(f > 0.0 && f < 1.0) {
+        bail!("--ft-fraction {f}: must be between 0 and 1 (exclusive)");
+    }
+    Ok(f)
+}
+
 /// The arm `name`: vanilla pre-training on (1 − f) of `vanilla`'s steps, exported, then
 /// instruction tuning from it for the rest (runs `dir/vanilla-pt`, `dir/vanilla-ft`); its steps,
 /// tokens and time are the two runs' sums, its scores the tuned model's.
@@ -195,15 +204,12 @@ fn export_for_tuning(run: &Path) -> Result<()> {
 
 /// `--study finetune`.
 pub fn finetune(opts: &Options, train: &Trainer) -> Result<()> {
-    let f = opts.ft_fraction;
-    if !(f > 0.0 && f < 1.0) {
-        bail!("--ft-fraction {f}: must be between 0 and 1 (exclusive)");
-    }
+    let f = ft_fraction(opts)?;
     if opts.seeds == 0 {
         bail!("--seeds 0: at least one seed");
     }
     let mut seeds = Vec::new();
-    let mut first: Option<(Config, f64)> = None;
+    let mut first: Option<Config> = None;
     for seed in 0..opts.seeds {
         let dir = opts.out.join(format!("seed{seed}"));
         let extra = [format!("train.seed={seed}"), format!("data.seed={seed}")];
@@ -213,16 +219,13 @@ pub fn finetune(opts: &Options, train: &Trainer) -> Result<()> {
             train_arm(IPT, &ipt, train)?,
             pretrain_then_tune(PT_FT, &vanilla, f, &dir, train)?,
         ];
-        if first.is_none() {
-            let lr = vanilla.train.lr * FT_LR_SCALE;
-            first = Some((vanilla, lr));
-        }
+        first.get_or_insert(vanilla);
         seeds.push(SeedResult { seed, arms });
     }
-    let (vanilla, ft_lr) = first.expect("at least one seed");
+    let vanilla = first.expect("at least one seed");
     let mut results = score_all("finetune", opts, &vanilla, seeds, None)?;
     results.ft_fraction = Some(f);
-    results.ft_lr = Some(ft_lr);
+    results.ft_lr = Some(vanilla.train.lr * FT_LR_SCALE);
     let curves: Vec<PathBuf> = results.seeds[0]
         .arms
         .iter()
@@ -292,10 +295,7 @@ pub fn efficiency(opts: &Options, train: &Trainer) -> Result<()> {
     if opts.seeds == 0 {
         bail!("--seeds 0: at least one seed");
     }
-    let f = opts.ft_fraction;
-    if !(f > 0.0 && f < 1.0) {
-        bail!("--ft-fraction {f}: must be between 0 and 1 (exclusive)");
-    }
+    let f = ft_fraction(opts)?;
     if opts.budgets.is_empty() || opts.budgets.iter().any(|&b| !(b > 0.0 && b <= 1.0)) {
         bail!("--budgets {:?}: each must be in (0, 1]", opts.budgets);
     }
