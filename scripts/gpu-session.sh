@@ -98,6 +98,9 @@ else
   step cuda-tests 150 env KILN_REQUIRE_CUDA=1 "$cenv" "$tests" --nocapture
 fi
 step train-flash 45 "$cenv" "$kiln" train --device cuda "${cfg[@]}" --set "train.out_dir=\"$work/flash\""
+# The same run with the fused head: output projection and loss 1,024 rows at a time (tokens/s
+# and the loss curve beside train-flash's).
+step train-head-chunk 45 "$cenv" "$kiln" train --device cuda "${cfg[@]}" --set "train.out_dir=\"$work/head-chunk\"" --set train.head_chunk=1024
 if [ $emulated = 1 ]; then
   skip compare-attention "needs PyTorch on a GPU"
   step launch-nccl-1 30 "$kiln" launch --nproc-per-node 1 -- train --device cuda "${cfg[@]}" --set "train.out_dir=\"$work/nccl\""

@@ -113,7 +113,8 @@ pub struct ExperimentWorldArgs {
     /// tuning spends on instruction tuning.
     #[arg(long, default_value_t = 0.1)]
     pub ft_fraction: f64,
-    /// `--study efficiency`: token budgets, as shares of the configs' train.steps.
+    /// `--study efficiency`: token budgets, as shares of the configs' train.steps (above 1 for
+    /// longer runs).
     #[arg(long, value_delimiter = ',', default_value = "0.25,0.5,1")]
     pub budgets: Vec<f64>,
     /// `--study efficiency`: the augmented records' shares of the instruction pre-training tokens.

@@ -146,6 +146,11 @@ pub struct TrainConfig {
     /// extra pass of norms and SwiGLU), or "full" (each layer keeps its input only and runs again
     /// inside the backward: one extra forward). Gradients are unchanged (bitwise on the CPU).
     pub recompute: crate::model::Recompute,
+    /// Rows of the output projection and loss computed at once (0: the whole micro-batch). A
+    /// chunk holds chunk·V logits instead of B·T·V, and its backward runs right after its loss
+    /// (the fused LM head and cross-entropy); the rows used are the largest divisor of B·T that
+    /// is at most this. The gradients are the same up to rounding.
+    pub head_chunk: usize,
     /// Data parallelism: gradient bucket size in MB (of fp32 gradients) for the overlapped
     /// reduction.
     pub bucket_mb: f64,
@@ -202,6 +207,7 @@ impl Default for TrainConfig {
             attention: AttentionKernel::Flash,
             deterministic: false,
             recompute: crate::model::Recompute::None,
+            head_chunk: 0,
             bucket_mb: 25.0,
             comm_timeout_s: 600.0,
         }

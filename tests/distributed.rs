@@ -131,17 +131,40 @@ fn n_ranks_with_batch_b_match_one_rank_with_batch_n_b_at_every_zero_stage() {
         moved > 1e-2,
         "parameters barely move ({moved:e}): the test would be weak"
     );
+    // The last three compute the output projection and loss in chunks of rows (the fused head,
+    // whose backward computes the loss), one rank and sharded.
     let cases = [
-        ("2 ranks x 2, ZeRO-0", "2", "2", "0"),
-        ("2 ranks x 2, ZeRO-1", "2", "2", "1"),
-        ("4 ranks x 1, ZeRO-1", "4", "1", "1"),
-        ("4 ranks x 1, ZeRO-0", "4", "1", "0"),
-        ("2 ranks x 2, ZeRO-2", "2", "2", "2"),
-        ("4 ranks x 1, ZeRO-2", "4", "1", "2"),
-        ("2 ranks x 2, ZeRO-3", "2", "2", "3"),
-        ("4 ranks x 1, ZeRO-3", "4", "1", "3"),
+        ("2 ranks x 2, ZeRO-0", "2", "2", "0", "0"),
+        ("2 ranks x 2, ZeRO-1", "2", "2", "1", "0"),
+        ("4 ranks x 1, ZeRO-1", "4", "1", "1", "0"),
+        ("4 ranks x 1, ZeRO-0", "4", "1", "0", "0"),
+        ("2 ranks x 2, ZeRO-2", "2", "2", "2", "0"),
+        ("4 ranks x 1, ZeRO-2", "4", "1", "2", "0"),
+        ("2 ranks x 2, ZeRO-3", "2", "2", "3", "0"),
+        ("4 ranks x 1, ZeRO-3", "4", "1", "3", "0"),
+        (
+            "1 rank x 4, head in chunks of 24 -> 16 rows",
+            "1",
+            "4",
+            "0",
+            "24",
+        ),
+        (
+            "2 ranks x 2, ZeRO-2, head in chunks of 16",
+            "2",
+            "2",
+            "2",
+            "16",
+        ),
+        (
+            "2 ranks x 2, ZeRO-3, head in chunks of 32",
+            "2",
+            "2",
+            "3",
+            "32",
+        ),
     ];
-    for (i, (what, world, batch, zero)) in cases.iter().enumerate() {
+    for (i, (what, world, batch, zero, chunk)) in cases.iter().enumerate() {
         let name = format!("dp{i}");
         let cfg = config(
             d,
@@ -150,6 +173,7 @@ fn n_ranks_with_batch_b_match_one_rank_with_batch_n_b_at_every_zero_stage() {
                 ("train.world_size", world),
                 ("data.batch_size", batch),
                 ("train.zero_stage", zero),
+                ("train.head_chunk", chunk),
             ],
         );
         let got = params_at(&cfg, 6);
@@ -361,9 +385,17 @@ fn measured_memory_of_real_steps_is_the_plan_within_ten_percent_at_every_stage_a
     let d = dir.path();
     world_ready(d);
     let mut worst = 0.0f64;
+    // Every stage with every recompute mode, and a head computed in chunks of 16 rows.
+    let mut cases = vec![];
     for (world, zero) in [(1, 0), (2, 0), (2, 1), (2, 2), (2, 3), (4, 2), (4, 3)] {
         for recompute in ["false", "true", "\"full\""] {
-            let name = format!("mem-{world}-{zero}-{}", recompute.trim_matches('"'));
+            cases.push((world, zero, recompute, 0));
+        }
+    }
+    cases.extend([(1, 0, "false", 16), (2, 3, "false", 16)]);
+    for (world, zero, recompute, chunk) in cases {
+        {
+            let name = format!("mem-{world}-{zero}-{}-{chunk}", recompute.trim_matches('"'));
             let cfg = config(
                 d,
                 &[
@@ -372,6 +404,7 @@ fn measured_memory_of_real_steps_is_the_plan_within_ten_percent_at_every_stage_a
                     ("data.batch_size", &(4 / world).to_string()),
                     ("train.zero_stage", &zero.to_string()),
                     ("train.recompute", recompute),
+                    ("train.head_chunk", &chunk.to_string()),
                     ("train.steps", "2"),
                     // Wider than the tokens' logits, so that every kind of state weighs.
                     ("model.dim", "64"),

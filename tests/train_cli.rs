@@ -1334,7 +1334,7 @@ fn experiment_world_efficiency_study_runs_budgets_and_mixtures_over_seeds() {
         .iter()
         .map(|&a| if a == "0.5,1" { "0,1" } else { a })
         .collect();
-    assert_clean_error(&kiln(&bad, d), &["--budgets", "(0, 1]"]);
+    assert_clean_error(&kiln(&bad, d), &["--budgets", "positive share"]);
 }
 
 #[test]

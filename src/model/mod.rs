@@ -153,7 +153,17 @@ pub struct Workspace<B: Backend> {
     pub x_final: B::Buf, // (N, d) residual stream after the last layer
     pub rstd_f: B::Buf,  // (N)
     pub xn_f: B::Buf,    // (N, d)
-    pub logits: B::Buf,  // (N, V); holds dlogits after the loss
+    /// (R, V) with R = `head_rows` rows: all N unchunked, holding dlogits after the loss;
+    /// one chunk of rows at a time with a chunked head (see [`head_rows`]).
+    pub logits: B::Buf,
+    /// Rows of the output projection and loss computed at once: N, or a chunk of them.
+    pub head_rows: usize,
+    /// With a chunked head: one chunk of xn_f's rows, and its part of dxn (R, d); else empty.
+    pub xn_chunk: B::Buf,
+    pub dxn_chunk: B::Buf,
+    /// The loss staged for a chunked head's backward, and the loss the last backward computed.
+    staged: Option<StagedLoss>,
+    staged_loss: f64,
     // Gradient scratch.
     pub dres: B::Buf,  // (N, d)
     pub dxn: B::Buf,   // (N, d)
@@ -174,6 +184,43 @@ pub struct Workspace<B: Backend> {
     pub rc_act: B::Buf,  // (N, F)
     /// One layer's activations, shared by every layer, with Full (None otherwise).
     pub full: Option<LayerActs<B>>,
+}
+
+/// Rows of the output projection and loss computed at once for `n` rows when
+/// `train.head_chunk` is `head_chunk`: all of them at 0 or when the chunk covers them, else
+/// the largest divisor of `n` that is at most `head_chunk`, so every chunk has the same shape.
+pub fn head_rows(n: usize, head_chunk: usize) -> usize {
+    if head_chunk == 0 || head_chunk >= n {
+        return n;
+    }
+    (1..=head_chunk)
+        .rev()
+        .find(|r| n.is_multiple_of(*r))
+        .unwrap_or(1)
+}
+
+/// What a chunked head's backward computes the loss from ([`Model::stage_loss`]).
+struct StagedLoss {
+    targets: Vec<u32>,
+    mask: Vec<u8>,
+    scale: f32,
+}
+
+impl<B: Backend> Workspace<B> {
+    /// Whether the output projection and loss run a chunk of rows at a time.
+    pub fn chunked_head(&self) -> bool {
+        self.head_rows < self.batch * self.seq
+    }
+
+    /// The loss of the micro-batch staged with [`Model::stage_loss`], once its backward has run
+    /// (Σ mask·nll, as [`Model::loss`] returns it).
+    pub fn take_loss(&mut self) -> f64 {
+        assert!(
+            self.staged.is_none(),
+            "take_loss before the backward of the staged loss"
+        );
+        std::mem::take(&mut self.staged_loss)
+    }
 }
 
 /// The shared scratch the forward writes xn1, xn2 and act into under `Recompute::Norms`.
@@ -407,19 +454,26 @@ impl<B: Backend> Model<B> {
     }
 
     pub fn workspace(&self, backend: &B, batch: usize, seq: usize) -> Workspace<B> {
-        self.workspace_with(backend, batch, seq, Recompute::None)
+        self.workspace_with(backend, batch, seq, Recompute::None, 0)
     }
 
-    /// As [`Model::workspace`], recomputing what `recompute` says in the backward.
+    /// As [`Model::workspace`], recomputing what `recompute` says in the backward, and running
+    /// the output projection and loss `head_chunk` rows at a time (0: all at once; see
+    /// [`head_rows`]). A chunked head never holds the logits of the whole micro-batch:
+    /// its backward computes the loss, the logits' gradient, dxn and the projection's gradient
+    /// chunk by chunk, so training stages the loss ([`Model::stage_loss`]) before the backward.
     pub fn workspace_with(
         &self,
         backend: &B,
         batch: usize,
         seq: usize,
         recompute: Recompute,
+        head_chunk: usize,
     ) -> Workspace<B> {
         let c = &self.cfg;
         let n = batch * seq;
+        let head_rows = head_rows(n, head_chunk);
+        let chunk = if head_rows < n { head_rows * c.dim } else { 0 };
         let (d, f) = (c.dim, c.ffn_dim);
         let (qd, kvd) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
         let z = |len: usize| backend.alloc(len, BufKind::Act);
@@ -459,7 +513,12 @@ impl<B: Backend> Model<B> {
             x_final: z(n * d),
             rstd_f: stat(n),
             xn_f: z(n * d),
-            logits: z(n * c.vocab_size),
+            logits: z(head_rows * c.vocab_size),
+            head_rows,
+            xn_chunk: z(chunk),
+            dxn_chunk: z(chunk),
+            staged: None,
+            staged_loss: 0.0,
             dres: z(n * d),
             dxn: z(n * d),
             dq: z(n * qd),
@@ -490,7 +549,8 @@ impl<B: Backend> Model<B> {
     }
 
     /// Forward pass over inputs (B·T token ids) with per-token document ids; leaves logits
-    /// (N, V) in `ws.logits` and every activation backward needs in `ws`.
+    /// (N, V) in `ws.logits` and every activation backward needs in `ws`. A chunked head stops
+    /// at the final norm's output `ws.xn_f`: the loss computes the logits chunk by chunk.
     pub fn forward(&self, be: &B, ws: &mut Workspace<B>, inputs: &[u32], doc_ids: &[u32]) {
         self.forward_with(be, ws, inputs, doc_ids, Weights::Resident(&self.params));
     }
@@ -583,14 +643,33 @@ impl<B: Backend> Model<B> {
             d,
             eps,
         );
+        if !ws.chunked_head() {
+            be.matmul(
+                &mut ws.logits,
+                &ws.xn_f,
+                &p[self.lm_head],
+                n,
+                d,
+                c.vocab_size,
+            );
+        }
+    }
+
+    /// Chunk `i` of a chunked head: its rows of xn_f into `ws.xn_chunk` and their logits into
+    /// `ws.logits`. Returns the chunk's first row.
+    fn head_chunk_logits(&self, be: &B, ws: &mut Workspace<B>, w: &B::Buf, i: usize) -> usize {
+        let (rows, d) = (ws.head_rows, self.cfg.dim);
+        let r0 = i * rows;
+        be.copy_range(&mut ws.xn_chunk, 0, &ws.xn_f, r0 * d, rows * d);
         be.matmul(
             &mut ws.logits,
-            &ws.xn_f,
-            &p[self.lm_head],
-            n,
+            &ws.xn_chunk,
+            w,
+            rows,
             d,
-            c.vocab_size,
+            self.cfg.vocab_size,
         );
+        r0
     }
 
     /// Layer `l` on its input `a.x`: every activation into `a` (xn1, xn2 and act into `norms`
@@ -667,6 +746,8 @@ impl<B: Backend> Model<B> {
     }
 
     /// Loss of the last forward: Σ mask·nll (returned) and dlogits = scale · ∂/∂logits in place.
+    /// A chunked head computes the loss alone (evaluation): training stages it with
+    /// [`Model::stage_loss`] for the backward, which computes the gradient chunk by chunk.
     pub fn loss(
         &self,
         be: &B,
@@ -675,7 +756,50 @@ impl<B: Backend> Model<B> {
         mask: &[u8],
         scale: f32,
     ) -> f64 {
-        be.cross_entropy(&mut ws.logits, targets, mask, self.cfg.vocab_size, scale)
+        let v = self.cfg.vocab_size;
+        if !ws.chunked_head() {
+            return be.cross_entropy(&mut ws.logits, targets, mask, v, scale);
+        }
+        assert_eq!(
+            targets.len(),
+            ws.batch * ws.seq,
+            "targets must be B·T tokens"
+        );
+        let rows = ws.head_rows;
+        (0..targets.len() / rows)
+            .map(|i| {
+                let r0 = self.head_chunk_logits(be, ws, &self.params[self.lm_head], i);
+                let r = r0..r0 + rows;
+                be.cross_entropy(&mut ws.logits, &targets[r.clone()], &mask[r], v, scale)
+            })
+            .sum()
+    }
+
+    /// The loss of the last forward, for the backward that follows: unchunked, [`Model::loss`]
+    /// now; with a chunked head, the backward computes it chunk by chunk with the gradient. Read
+    /// it with [`Workspace::take_loss`] after the backward.
+    pub fn stage_loss(
+        &self,
+        be: &B,
+        ws: &mut Workspace<B>,
+        targets: &[u32],
+        mask: &[u8],
+        scale: f32,
+    ) {
+        if ws.chunked_head() {
+            let n = ws.batch * ws.seq;
+            assert!(
+                targets.len() == n && mask.len() == n,
+                "targets and mask must be B·T tokens"
+            );
+            ws.staged = Some(StagedLoss {
+                targets: targets.to_vec(),
+                mask: mask.to_vec(),
+                scale,
+            });
+        } else {
+            ws.staged_loss = self.loss(be, ws, targets, mask, scale);
+        }
     }
 
     /// Backward from dlogits in `ws.logits`, accumulating into `self.grads`.
@@ -732,23 +856,63 @@ impl<B: Backend> Model<B> {
         let head_writes = [groups[0].as_slice(), &[this.lm_head]].concat();
         hook.grads(be, GradEvent::Begin, 0, &head_writes, g);
         // logits = xn_f · Wlmᵀ
-        be.matmul_dw(
-            &mut g[this.lm_head],
-            &ws.logits,
-            &ws.xn_f,
-            n,
-            d,
-            c.vocab_size,
-        );
-        be.matmul_dx(
-            &mut ws.dxn,
-            &ws.logits,
-            &p[this.lm_head],
-            n,
-            d,
-            c.vocab_size,
-            false,
-        );
+        if ws.chunked_head() {
+            // Chunk by chunk: the logits, the loss and dlogits in place, then dW and dxn.
+            let staged = ws
+                .staged
+                .take()
+                .expect("a chunked head's backward needs Model::stage_loss first");
+            let rows = ws.head_rows;
+            let mut loss = 0.0;
+            for i in 0..n / rows {
+                let r0 = this.head_chunk_logits(be, ws, &p[this.lm_head], i);
+                let r = r0..r0 + rows;
+                loss += be.cross_entropy(
+                    &mut ws.logits,
+                    &staged.targets[r.clone()],
+                    &staged.mask[r],
+                    c.vocab_size,
+                    staged.scale,
+                );
+                be.matmul_dw(
+                    &mut g[this.lm_head],
+                    &ws.logits,
+                    &ws.xn_chunk,
+                    rows,
+                    d,
+                    c.vocab_size,
+                );
+                be.matmul_dx(
+                    &mut ws.dxn_chunk,
+                    &ws.logits,
+                    &p[this.lm_head],
+                    rows,
+                    d,
+                    c.vocab_size,
+                    false,
+                );
+                be.copy_range(&mut ws.dxn, r0 * d, &ws.dxn_chunk, 0, rows * d);
+            }
+            ws.staged_loss = loss;
+        } else {
+            be.matmul_dw(
+                &mut g[this.lm_head],
+                &ws.logits,
+                &ws.xn_f,
+                n,
+                d,
+                c.vocab_size,
+            );
+            be.matmul_dx(
+                &mut ws.dxn,
+                &ws.logits,
+                &p[this.lm_head],
+                n,
+                d,
+                c.vocab_size,
+                false,
+            );
+        }
         be.fill_zero(&mut ws.dres);
         be.rmsnorm_bwd(
             &mut ws.dres,

@@ -111,6 +111,66 @@ fn two_layer_model_gradients_match_finite_differences_in_f64() {
 }
 
 #[test]
+fn a_chunked_head_gives_the_unchunked_loss_and_gradients_holding_one_chunk_of_logits() {
+    let be = CpuBackend::<f64>::new();
+    let (b, t) = (2, 7);
+    let c = case(b, t);
+    for tie in [false, true] {
+        let cfg = tiny_cfg(tie);
+        // Chunks of 0 (whole), 1, 2 (asked 5: 14 rows have no chunk of 3, 4 or 5), 7 and 14.
+        let run = |head_chunk: usize| {
+            let mut model = Model::new(&be, &cfg, 3);
+            let mut ws = model.workspace_with(&be, b, t, Recompute::None, head_chunk);
+            // Poison the gradients the backward accumulates into; zero_grads must clear them.
+            for g in model.grads.iter_mut() {
+                g.fill(f64::NAN);
+            }
+            model.zero_grads(&be);
+            model.forward(&be, &mut ws, &c.inputs, &c.doc_ids);
+            let eval = model.loss(&be, &mut ws, &c.targets, &c.mask, 0.0);
+            model.forward(&be, &mut ws, &c.inputs, &c.doc_ids);
+            model.stage_loss(&be, &mut ws, &c.targets, &c.mask, 0.25);
+            model.backward(&be, &mut ws, &c.inputs, &c.doc_ids);
+            let loss = ws.take_loss();
+            (
+                eval,
+                loss,
+                model.grads.clone(),
+                ws.head_rows,
+                ws.logits.len(),
+            )
+        };
+        let (e0, l0, g0, rows0, len0) = run(0);
+        assert_eq!((rows0, len0), (b * t, b * t * 37));
+        assert!(l0 > 0.0 && (e0 - l0).abs() < 1e-12 * l0, "{e0} {l0}");
+        for (chunk, rows) in [(1, 1), (5, 2), (7, 7), (13, 7), (14, 14), (40, 14)] {
+            let (e1, l1, g1, rows1, len1) = run(chunk);
+            assert_eq!((rows1, len1), (rows, rows * 37), "chunk {chunk}: rows held");
+            assert!(
+                (e1 - l0).abs() < 1e-12 * l0,
+                "chunk {chunk}: loss {e1} vs {l0}"
+            );
+            assert!(
+                (l1 - l0).abs() < 1e-12 * l0,
+                "chunk {chunk}: staged loss {l1} vs {l0}"
+            );
+            for (i, (a, g)) in g0.iter().zip(&g1).enumerate() {
+                let scale = a.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+                let err = a
+                    .iter()
+                    .zip(g)
+                    .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
+                assert!(
+                    scale > 0.0 && err <= 1e-12 * scale,
+                    "tie {tie}, chunk {chunk}: gradient of {} off by {err:e} (scale {scale:e})",
+                    cfg.params()[i].name
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn recomputing_norms_or_whole_layers_gives_bitwise_identical_loss_and_gradients() {
     let be = CpuBackend::<f32>::new();
     for (tie, bias) in [(false, false), (true, true)] {
@@ -131,7 +191,7 @@ fn recomputing_norms_or_whole_layers_gives_bitwise_identical_loss_and_gradients(
                     model.params[i] = be.upload(&v);
                 }
             }
-            let mut ws = model.workspace_with(&be, b, t, recompute);
+            let mut ws = model.workspace_with(&be, b, t, recompute, 0);
             model.zero_grads(&be);
             model.forward(&be, &mut ws, &c.inputs, &c.doc_ids);
             let loss = model.loss(&be, &mut ws, &c.targets, &c.mask, 0.5);

@@ -85,6 +85,8 @@ pub struct Setting {
     /// Gradient bucket size in elements (`train.bucket_mb`).
     pub bucket_elems: usize,
     pub recompute: Recompute,
+    /// `train.head_chunk`: rows of the output projection and loss computed at once (0: all).
+    pub head_chunk: usize,
     /// The run validates or evaluates: at ZeRO-3 every rank then gathers the whole model.
     pub evaluates: bool,
     /// The run takes the data-parallel path, where ZeRO stages apply: several ranks, or one
@@ -103,6 +105,7 @@ impl Setting {
             zero_stage: t.zero_stage,
             bucket_elems: t.bucket_elems(),
             recompute: t.recompute,
+            head_chunk: t.head_chunk,
             evaluates: cfg.data.val_fraction > 0.0 || cfg.eval.is_some(),
             data_parallel: t.world_size > 1,
         }
@@ -118,6 +121,7 @@ pub fn plan(m: &ModelConfig, s: &Setting, w: Widths, available: f64) -> MemoryPl
         zero_stage,
         bucket_elems,
         recompute,
+        head_chunk,
         evaluates,
         data_parallel,
     } = *s;
@@ -144,9 +148,15 @@ pub fn plan(m: &ModelConfig, s: &Setting, w: Widths, available: f64) -> MemoryPl
     let layers = m.n_layers as f64;
     // Plus the final norm's input and output and its rstd, the logits (which hold their
     // gradient), and the backward's scratch: dres, dxn, dq, datt, dk, dv, dgate, dup, dact.
+    // A chunked head holds one chunk's logits, and that chunk's rows of xn and dxn.
     let grad_scratch = 2.0 * d + 2.0 * qd + 2.0 * kvd + 3.0 * f;
-    let act_values =
-        tokens * (layers * saved + scratch + 2.0 * d + m.vocab_size as f64 + grad_scratch);
+    let head_rows = crate::model::head_rows(batch * seq, head_chunk) as f64;
+    let head = if head_rows < tokens {
+        head_rows * (m.vocab_size as f64 + 2.0 * d)
+    } else {
+        tokens * m.vocab_size as f64
+    };
+    let act_values = tokens * (layers * saved + scratch + 2.0 * d + grad_scratch) + head;
     // The RoPE tables: cos and sin of every position, D/2 each.
     let stat_values =
         tokens * (layers * saved_stats + scratch_stats + 1.0) + (m.max_seq_len * m.head_dim) as f64;
@@ -362,6 +372,7 @@ mod tests {
             zero_stage,
             bucket_elems: 1 << 22,
             recompute,
+            head_chunk: 0,
             evaluates: false,
             data_parallel: world > 1,
         };

@@ -371,7 +371,13 @@ impl<'a, B: GenerationBackend> Run<'a, B> {
         } else {
             None
         };
-        let ws = model.workspace_with(be, d.batch_size, d.seq_len, t_cfg.recompute);
+        let ws = model.workspace_with(
+            be,
+            d.batch_size,
+            d.seq_len,
+            t_cfg.recompute,
+            t_cfg.head_chunk,
+        );
         Ok(Run {
             be,
             cfg,
@@ -425,9 +431,8 @@ impl<'a, B: GenerationBackend> Run<'a, B> {
         let micro = batches.len();
         for (i, batch) in batches.iter().enumerate() {
             self.opt.forward(be, &mut self.model, &mut self.ws, batch)?;
-            loss_sum += self
-                .model
-                .loss(be, &mut self.ws, &batch.targets, &batch.loss_mask, scale);
+            self.model
+                .stage_loss(be, &mut self.ws, &batch.targets, &batch.loss_mask, scale);
             self.opt.backward(
                 be,
                 &mut self.model,
@@ -436,6 +441,7 @@ impl<'a, B: GenerationBackend> Run<'a, B> {
                 i == 0,
                 i + 1 == micro,
             )?;
+            loss_sum += self.ws.take_loss();
         }
         let grad_norm = self.opt.reduce(be, &mut self.model)?;
         let loss = self.opt.sum_over_ranks(loss_sum)? / tokens.max(1) as f64;
@@ -738,6 +744,7 @@ const SAFE_ON_RESUME: &[&str] = &[
     "train.bucket_mb",
     // The gradients are the same whatever the backward recomputes.
     "train.recompute",
+    "train.head_chunk",
     "eval.every",
     "eval.max_items",
     "eval.batch",

@@ -296,8 +296,11 @@ pub fn efficiency(opts: &Options, train: &Trainer) -> Result<()> {
         bail!("--seeds 0: at least one seed");
     }
     let f = ft_fraction(opts)?;
-    if opts.budgets.is_empty() || opts.budgets.iter().any(|&b| !(b > 0.0 && b <= 1.0)) {
-        bail!("--budgets {:?}: each must be in (0, 1]", opts.budgets);
+    if opts.budgets.is_empty() || opts.budgets.iter().any(|&b| !(b > 0.0 && b.is_finite())) {
+        bail!(
+            "--budgets {:?}: each must be a positive share of train.steps",
+            opts.budgets
+        );
     }
     if opts.ratios.is_empty() || opts.ratios.iter().any(|&r| !(r > 0.0 && r < 1.0)) {
         bail!(
