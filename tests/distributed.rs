@@ -290,6 +290,34 @@ fn a_zero3_run_from_the_cli_exports_its_sharded_checkpoint() {
     for (a, b) in exported.iter().zip(&want) {
         assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()));
     }
+    // Resumed as another model shape, the error names the sharded checkpoint's index.
+    let o = kiln(
+        &[
+            "train",
+            "--config",
+            "c.toml",
+            "--set",
+            "train.world_size=2",
+            "--set",
+            "data.batch_size=2",
+            "--set",
+            "train.zero_stage=3",
+            "--set",
+            "train.steps=4",
+            "--set",
+            "model.ffn_dim=48",
+            "--resume",
+            "3",
+            "--ranks-as-threads",
+        ],
+        d,
+    );
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("step_000003/model.index.json") && err.contains("another model shape"),
+        "{err}"
+    );
 }
 
 #[test]

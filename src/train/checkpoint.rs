@@ -173,6 +173,26 @@ fn piece(name: &str, off: usize, data: &[f32]) -> NamedTensor {
     }
 }
 
+/// The file a checkpoint's master weights come from, for naming it in errors: model.safetensors,
+/// or the index of a sharded one.
+pub fn model_source(dir: &Path) -> PathBuf {
+    let index = dir.join(MODEL_INDEX_FILE);
+    if dir.join(MODEL_FILE).exists() || !index.exists() {
+        dir.join(MODEL_FILE)
+    } else {
+        index
+    }
+}
+
+/// As [`model_source`] for the Adam moments: optimizer.safetensors, or the ranks' shards.
+pub fn optimizer_source(dir: &Path) -> PathBuf {
+    if dir.join(OPTIMIZER_FILE).exists() {
+        dir.join(OPTIMIZER_FILE)
+    } else {
+        dir.join("optimizer.rank*.safetensors")
+    }
+}
+
 fn shard_file_name(what: &str, rank: usize) -> String {
     format!("{what}.rank{rank:05}.safetensors")
 }

@@ -167,7 +167,7 @@ pub fn open_checkpoint(path: &Path) -> Result<OpenedCheckpoint> {
     }
     let mcfg = resolve_model(&cfg, &tok)?;
     let params = crate::train::checkpoint::tensors_in_order(
-        &dir.join("model.safetensors"),
+        &crate::train::checkpoint::model_source(&dir),
         &mcfg.params(),
         ckpt.model,
         "",

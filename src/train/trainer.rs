@@ -665,8 +665,8 @@ fn load_checkpoint(
         )
     })?;
     let info = mcfg.params();
-    let params = tensors_in_order(&dir.join("model.safetensors"), &info, ck.model, "")?;
-    let opt_file = dir.join("optimizer.safetensors");
+    let params = tensors_in_order(&checkpoint::model_source(&dir), &info, ck.model, "")?;
+    let opt_file = checkpoint::optimizer_source(&dir);
     let m = tensors_in_order(&opt_file, &info, ck.optimizer.clone(), ".exp_avg")?;
     let v = tensors_in_order(&opt_file, &info, ck.optimizer, ".exp_avg_sq")?;
     Ok((params, HostMoments { m, v }, state, dir))
