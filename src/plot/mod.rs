@@ -24,6 +24,23 @@ pub struct RunCurves {
     pub eval: Vec<(String, Vec<(f64, f64)>)>,
 }
 
+impl RunCurves {
+    /// The same curves drawn after `steps` earlier steps: a run that continues another (instruction
+    /// tuning from a pre-training run's checkpoint) starts where that one ended.
+    pub fn after(mut self, steps: f64) -> Self {
+        let shift = |pts: &mut Vec<(f64, f64)>| pts.iter_mut().for_each(|p| p.0 += steps);
+        shift(&mut self.train);
+        shift(&mut self.val);
+        self.eval.iter_mut().for_each(|(_, pts)| shift(pts));
+        self
+    }
+
+    /// The last step with a logged training loss.
+    pub fn last_step(&self) -> f64 {
+        self.train.last().map_or(0.0, |p| p.0)
+    }
+}
+
 /// Read a run directory's metrics.jsonl.
 pub fn read_run(dir: &Path) -> Result<RunCurves> {
     let path = dir.join("metrics.jsonl");
@@ -311,6 +328,14 @@ pub fn plot(run_dirs: &[PathBuf], out: &Path) -> Result<(PathBuf, PathBuf)> {
         .iter()
         .map(|d| read_run(d))
         .collect::<Result<_>>()?;
+    plot_curves(&runs, out)
+}
+
+/// As [`plot`], for curves already read.
+pub fn plot_curves(runs: &[RunCurves], out: &Path) -> Result<(PathBuf, PathBuf)> {
+    if runs.is_empty() {
+        bail!("no runs to plot");
+    }
     register_font();
     let has_eval = runs.iter().any(|r| !r.eval.is_empty());
     let size = if has_eval { (1400, 560) } else { (900, 560) };
@@ -318,13 +343,13 @@ pub fn plot(run_dirs: &[PathBuf], out: &Path) -> Result<(PathBuf, PathBuf)> {
     let svg = out.with_extension("svg");
     {
         let root = BitMapBackend::new(&png, size).into_drawing_area();
-        draw(root.clone(), &runs)?;
+        draw(root.clone(), runs)?;
         root.present()
             .map_err(|e| anyhow::anyhow!("{}: {e}", png.display()))?;
     }
     {
         let root = SVGBackend::new(&svg, size).into_drawing_area();
-        draw(root.clone(), &runs)?;
+        draw(root.clone(), runs)?;
         root.present()
             .map_err(|e| anyhow::anyhow!("{}: {e}", svg.display()))?;
     }

@@ -270,8 +270,12 @@ fn main(opts: &Options, train: &Trainer) -> Result<Results> {
         arms,
         eval_seconds: t.elapsed().as_secs_f64(),
     };
-    let dirs: Vec<PathBuf> = results.arms.iter().map(|a| a.run_dir.clone()).collect();
-    write_outputs(&opts.out, &results, &table(&results), &dirs)?;
+    let curves = results
+        .arms
+        .iter()
+        .map(|a| crate::plot::read_run(&a.run_dir))
+        .collect::<Result<Vec<_>>>()?;
+    write_outputs(&opts.out, &results, &table(&results), &curves)?;
     Ok(results)
 }
 
@@ -281,14 +285,14 @@ pub(crate) fn write_outputs<T: Serialize>(
     out: &Path,
     results: &T,
     table: &str,
-    curves: &[PathBuf],
+    curves: &[crate::plot::RunCurves],
 ) -> Result<()> {
     crate::fsutil::write_atomic(
         &out.join("results.json"),
         serde_json::to_string_pretty(results)?.as_bytes(),
     )?;
     crate::fsutil::write_atomic(&out.join("results.md"), table.as_bytes())?;
-    let (png, svg) = crate::plot::plot(curves, &out.join("curves"))?;
+    let (png, svg) = crate::plot::plot_curves(curves, &out.join("curves"))?;
     print!("{table}");
     eprintln!(
         "wrote {}, {}, {} and {}",

@@ -83,6 +83,10 @@ const PT_FT: &str = "vanilla + instruction tuning";
 
 /// The vanilla pre-training run and the instruction-tuning run that starts from it: the same
 /// model and seeds as `vanilla`, (1 − f) and f of its steps.
+/// The run directories of vanilla + instruction tuning's two phases, beside each other.
+const PT_DIR: &str = "vanilla-pt";
+const FT_DIR: &str = "vanilla-ft";
+
 fn finetune_configs(vanilla: &Config, f: f64, dir: &Path) -> Result<(Config, Config)> {
     let steps = vanilla.train.steps;
     if steps < 2 {
@@ -95,7 +99,7 @@ fn finetune_configs(vanilla: &Config, f: f64, dir: &Path) -> Result<(Config, Con
     let mut pt = vanilla.clone();
     pt.train.steps = steps - ft_steps;
     pt.train.warmup_steps = pt.train.warmup_steps.min(pt.train.steps);
-    pt.train.out_dir = dir.join("vanilla-pt");
+    pt.train.out_dir = dir.join(PT_DIR);
 
     let world = vanilla.world.as_ref().expect("checked by load_pair");
     let mut ft = vanilla.clone();
@@ -104,7 +108,7 @@ fn finetune_configs(vanilla: &Config, f: f64, dir: &Path) -> Result<(Config, Con
         .max(1)
         .min(vanilla.train.warmup_steps.max(1));
     ft.train.lr = vanilla.train.lr * FT_LR_SCALE;
-    ft.train.out_dir = dir.join("vanilla-ft");
+    ft.train.out_dir = dir.join(FT_DIR);
     ft.data.sources = vec![SourceSpec {
         name: QA_SFT.into(),
         path: world
@@ -226,12 +230,12 @@ pub fn finetune(opts: &Options, train: &Trainer) -> Result<()> {
     let mut results = score_all("finetune", opts, &vanilla, seeds, None)?;
     results.ft_fraction = Some(f);
     results.ft_lr = Some(vanilla.train.lr * FT_LR_SCALE);
-    let curves: Vec<PathBuf> = results.seeds[0]
-        .arms
-        .iter()
-        .map(|a| a.run_dir.clone())
-        .collect();
-    write_results(opts, &results, &finetune_table(&results), &curves)?;
+    write_results(
+        opts,
+        &results,
+        &finetune_table(&results),
+        &results.seeds[0].arms,
+    )?;
     Ok(())
 }
 
@@ -337,13 +341,12 @@ pub fn efficiency(opts: &Options, train: &Trainer) -> Result<()> {
     let table = efficiency_table(&results);
     // The curves of the largest budget's runs, and the scores against tokens.
     let largest = opts.budgets.iter().copied().fold(0.0, f64::max);
-    let curves: Vec<PathBuf> = results.seeds[0]
+    let at_largest = format!(" @ {largest}");
+    let arms = results.seeds[0]
         .arms
         .iter()
-        .filter(|a| a.name.ends_with(&format!(" @ {largest}")))
-        .map(|a| a.run_dir.clone())
-        .collect();
-    write_results(opts, &results, &table, &curves)?;
+        .filter(|a| a.name.ends_with(&at_largest));
+    write_results(opts, &results, &table, arms)?;
     let mut names = vec![VANILLA.to_string(), PT_FT.to_string()];
     names.extend(opts.ratios.iter().map(|&r| ratio_name(r)));
     for (task, what) in [
@@ -583,14 +586,30 @@ fn count(n: u64) -> String {
     }
 }
 
-/// results.json, results.md and the training curves of `curves` under `--out`.
-fn write_results(
+/// results.json, results.md and the training curves of `arms` under `--out`.
+fn write_results<'a>(
     opts: &Options,
     results: &StudyResults,
     table: &str,
-    curves: &[PathBuf],
+    arms: impl IntoIterator<Item = &'a ArmResult>,
 ) -> Result<()> {
-    write_outputs(&opts.out, results, table, curves)
+    let mut curves = Vec::new();
+    for arm in arms {
+        curves.extend(arm_curves(arm)?);
+    }
+    write_outputs(&opts.out, results, table, &curves)
+}
+
+/// An arm's training curves: its run, or for vanilla + instruction tuning the pre-training run
+/// and then the tuning run, drawn from the step where pre-training ended.
+fn arm_curves(arm: &ArmResult) -> Result<Vec<crate::plot::RunCurves>> {
+    let run = crate::plot::read_run(&arm.run_dir)?;
+    if arm.run_dir.file_name() != Some(FT_DIR.as_ref()) {
+        return Ok(vec![run]);
+    }
+    let pre = crate::plot::read_run(&arm.run_dir.with_file_name(PT_DIR))?;
+    let start = pre.last_step();
+    Ok(vec![pre, run.after(start)])
 }
 
 /// The ablation's arms: instruction pre-training with everything, and without one category's
@@ -658,12 +677,7 @@ pub fn ablation(opts: &Options, train: &Trainer) -> Result<()> {
     tasks.push("heldout_qa".into());
     let results = score_all("ablation", opts, &vanilla, seeds, Some(&tasks))?;
     let table = ablation_table(&results, &left);
-    let curves: Vec<PathBuf> = results.seeds[0]
-        .arms
-        .iter()
-        .map(|a| a.run_dir.clone())
-        .collect();
-    write_results(opts, &results, &table, &curves)?;
+    write_results(opts, &results, &table, &results.seeds[0].arms)?;
     Ok(())
 }
 
@@ -715,4 +729,62 @@ fn ablation_table(r: &StudyResults, left: &[LeftOut]) -> String {
         ));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_metrics(dir: &Path, steps: std::ops::RangeInclusive<u64>, val_at: u64) {
+        std::fs::create_dir_all(dir).unwrap();
+        let lines: Vec<String> = steps
+            .map(|s| {
+                let val = if s == val_at {
+                    format!(",\"val_loss\":{}", 1.0 / s as f64)
+                } else {
+                    String::new()
+                };
+                format!(
+                    "{{\"step\":{s},\"loss\":{},\"lr\":0.001,\"grad_norm\":1.0,\"tokens_per_s\":1.0,\"mfu\":0.1,\"tokens\":{},\"elapsed_s\":1.0{val}}}",
+                    2.0 / s as f64,
+                    s * 64
+                )
+            })
+            .collect();
+        std::fs::write(dir.join("metrics.jsonl"), lines.join("\n")).unwrap();
+    }
+
+    fn arm(run_dir: PathBuf) -> ArmResult {
+        ArmResult {
+            name: "arm".into(),
+            run_dir,
+            steps: 0,
+            tokens: 0,
+            train_seconds: 0.0,
+            final_loss: None,
+            tasks: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_tuning_run_is_drawn_after_its_pre_training_and_other_arms_as_they_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        write_metrics(&d.join(PT_DIR), 1..=27, 20);
+        write_metrics(&d.join(FT_DIR), 1..=3, 2);
+        write_metrics(&d.join("ipt-0.5"), 1..=30, 30);
+        let tuned = arm_curves(&arm(d.join(FT_DIR))).unwrap();
+        assert_eq!(tuned.len(), 2);
+        assert_eq!(tuned[0].name, PT_DIR);
+        assert_eq!(tuned[0].train.first().unwrap().0, 1.0);
+        assert_eq!(tuned[0].last_step(), 27.0);
+        let steps: Vec<f64> = tuned[1].train.iter().map(|p| p.0).collect();
+        assert_eq!(steps, [28.0, 29.0, 30.0]);
+        assert_eq!(tuned[1].val, [(29.0, 0.5)]);
+        assert_eq!(tuned[1].train[0].1, 2.0, "the losses stay as logged");
+        let other = arm_curves(&arm(d.join("ipt-0.5"))).unwrap();
+        assert_eq!(other.len(), 1);
+        assert_eq!(other[0].train.first().unwrap().0, 1.0);
+        assert_eq!(other[0].last_step(), 30.0);
+    }
 }
