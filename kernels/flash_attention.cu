@@ -471,13 +471,11 @@ __device__ void bwd_dkdv(bf16* __restrict__ dk, bf16* __restrict__ dv, float* __
                     const int col = dh * (D / 2) + nt * 8 + (lane & 3) * 2;
                     if (qa < T) {
                         float* p = dq_acc + (((size_t)b * T + qa) * H + h) * D + col;
-                        atomic_add(p, dqa[nt][0] * scale);
-                        atomic_add(p + 1, dqa[nt][1] * scale);
+                        atomic_add_v2(p, dqa[nt][0] * scale, dqa[nt][1] * scale);
                     }
                     if (qb < T) {
                         float* p = dq_acc + (((size_t)b * T + qb) * H + h) * D + col;
-                        atomic_add(p, dqa[nt][2] * scale);
-                        atomic_add(p + 1, dqa[nt][3] * scale);
+                        atomic_add_v2(p, dqa[nt][2] * scale, dqa[nt][3] * scale);
                     }
                 }
             }

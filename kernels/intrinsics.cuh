@@ -27,6 +27,9 @@
 //   shfl_xor(v, o)                   __shfl_xor_sync over the full warp
 //   fast_exp2(x)                     ex2.approx.ftz.f32 (2^x; −inf → +0)
 //   atomic_add(p, v)                 atomicAdd on fp32 global memory
+//   atomic_add_v2(p, a, b)           p[0] += a, p[1] += b, each atomically, on fp32 global memory
+//                                    (p 8-byte aligned): one vector red.global.add.v2.f32 on
+//                                    sm_90, two scalar atomics before
 //   ld_bf16x2(p), st_b32(p, v)       4-byte vector load / store (p must be 4-byte aligned)
 //   ld_v4(p), st_v4(p, v)            16-byte vector load / store (ld/st.v4.u32; p must be 16-byte
 //                                    aligned; the emulator also checks the 16 bytes are mapped)
@@ -99,6 +102,17 @@ __device__ __forceinline__ float fast_exp2(float x) {
 }
 
 __device__ __forceinline__ void atomic_add(float* p, float v) { atomicAdd(p, v); }
+
+__device__ __forceinline__ void atomic_add_v2(float* p, float a, float b) {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(__cvta_generic_to_global(p)), "f"(a),
+                 "f"(b)
+                 : "memory");
+#else
+    atomicAdd(p, a);
+    atomicAdd(p + 1, b);
+#endif
+}
 
 __device__ __forceinline__ __nv_bfloat162 ld_bf16x2(const __nv_bfloat16* p) {
     return *reinterpret_cast<const __nv_bfloat162*>(p);
@@ -197,6 +211,14 @@ inline float shfl_xor(float v, int o, KILN_SITE) {
 inline float fast_exp2(float x) { return exp2f(x); }
 
 inline void atomic_add(float* p, float v) { kiln_emu::atomic_add_f32(p, v); }
+
+inline void atomic_add_v2(float* p, float a, float b, KILN_SITE) {
+    if ((uintptr_t)p % 8 != 0) {
+        kiln_emu::fault(kiln_file, kiln_line, "misaligned 8-byte vector atomic at %p", (void*)p);
+    }
+    kiln_emu::atomic_add_f32(p, a);
+    kiln_emu::atomic_add_f32(p + 1, b);
+}
 
 inline __nv_bfloat162 ld_bf16x2(const __nv_bfloat16* p, KILN_SITE) {
     if ((uintptr_t)p % 4 != 0) {

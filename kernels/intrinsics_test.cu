@@ -21,6 +21,9 @@
 //   test_shfl_xor(out, in)              out[s·32 + lane] = shfl_xor(in[lane], 1 << s), s < 5
 //   test_fast_exp2(out, in, n)          out[i] = fast_exp2(in[i]), grid-stride
 //   test_atomic_add(acc, per_thread)    every thread of every block adds 1.0 `per_thread` times
+//   test_atomic_add_v2(acc, per_thread) every thread adds (1.0, 2.0) to acc[2·(thread % 4)..]
+//                                       `per_thread` times
+//   fault_atomic_add_v2_misaligned(acc) a vector atomic at acc + 1 (4-byte aligned)
 //   fault_barrier_after_exit()          block 64: threads ≥ 32 return, the rest __syncthreads
 //   fault_divergent_shfl(out)           lanes < 16 and lanes ≥ 16 shuffle at different lines
 //   fault_ldmatrix_misaligned()         row addresses 8 bytes off
@@ -119,6 +122,15 @@ extern "C" __global__ void test_fast_exp2(float* out, const float* in, int n) {
 
 extern "C" __global__ void test_atomic_add(float* acc, int per_thread) {
     for (int i = 0; i < per_thread; ++i) atomic_add(acc, 1.0f);
+}
+
+extern "C" __global__ void test_atomic_add_v2(float* acc, int per_thread) {
+    float* p = acc + 2 * (threadIdx.x % 4);
+    for (int i = 0; i < per_thread; ++i) atomic_add_v2(p, 1.0f, 2.0f);
+}
+
+extern "C" __global__ void fault_atomic_add_v2_misaligned(float* acc) {
+    if (threadIdx.x == 0) atomic_add_v2(acc + 1, 1.0f, 2.0f);
 }
 
 extern "C" __global__ void fault_barrier_after_exit() {

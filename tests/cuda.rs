@@ -1396,6 +1396,17 @@ fn intrinsic_shfl_xor_exp2_and_atomic_add_match_their_definitions() {
     })
     .unwrap();
     assert_eq!(stream.clone_dtoh(&acc).unwrap(), vec![8.0 * 128.0 * 4.0]);
+
+    // The vector atomic: each of the 4 pairs gets (1, 2) from a quarter of the threads.
+    let mut acc = stream.clone_htod(&[0.5f32; 8]).unwrap();
+    let f = m.load_function("test_atomic_add_v2").unwrap();
+    launch(&stream, &f, cfg(8, 128, 0), |l| {
+        l.arg(&mut acc).arg(&per);
+    })
+    .unwrap();
+    let n = 8.0 * 32.0 * 4.0;
+    let want: Vec<f32> = (0..8).map(|i| 0.5 + n * (1 + i % 2) as f32).collect();
+    assert_eq!(stream.clone_dtoh(&acc).unwrap(), want);
 }
 
 #[test]
@@ -1463,6 +1474,17 @@ fn emulator_faults_name_the_kernel_and_line_where_a_gpu_would_fault() {
             l.arg(&mut outh).arg(&src);
         }),
         &["fault_ld_v4_misaligned", "misaligned 16-byte vector load"],
+    );
+    let mut acc = stream.clone_htod(&[0.0f32; 4]).unwrap();
+    let f = m.load_function("fault_atomic_add_v2_misaligned").unwrap();
+    expect(
+        launch(&stream, &f, cfg(1, 32, 0), |l| {
+            l.arg(&mut acc);
+        }),
+        &[
+            "fault_atomic_add_v2_misaligned",
+            "misaligned 8-byte vector atomic",
+        ],
     );
     let n8 = 8i32;
     let f = m.load_function("fault_st_v4_past_end").unwrap();
