@@ -1720,3 +1720,41 @@ fn full_recomputation_trains_bitwise_like_keeping_everything() {
     let o = train_in(d, "bad", &["--set", "train.recompute=\"some\""], &[]);
     assert_clean_error(&o, &["recompute", "\"full\""]);
 }
+
+#[test]
+fn a_chunked_head_trains_like_the_whole_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("c.toml"), CONFIG).unwrap();
+    let run = |out: &str, chunk: &str| {
+        let set = format!("train.head_chunk={chunk}");
+        let o = train_in(d, out, &["--set", "train.steps=4", "--set", &set], &[]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        (metrics(&d.join(out)), stderr(&o))
+    };
+    let (whole, err) = run("whole", "0");
+    assert!(!err.contains("head: "), "{err}");
+    // 16 × 32 = 512 rows a micro-batch; 100 asked, 64 used.
+    let (chunked, err) = run("chunked", "100");
+    assert!(
+        err.contains(
+            "head: output projection and loss in chunks of 64 of the micro-batch's 512 rows"
+        ),
+        "{err}"
+    );
+    assert_eq!(whole.len(), chunked.len());
+    for (a, b) in whole.iter().zip(&chunked) {
+        for key in ["loss", "grad_norm"] {
+            let (x, y) = (a[key].as_f64().unwrap(), b[key].as_f64().unwrap());
+            assert!(
+                ((x - y) / x).abs() < 1e-4,
+                "step {}: {key} {x} vs {y}",
+                a["step"]
+            );
+        }
+    }
+    // Four steps move the loss well beyond that tolerance.
+    let first = whole[0]["loss"].as_f64().unwrap();
+    let last = whole.last().unwrap()["loss"].as_f64().unwrap();
+    assert!((first - last).abs() / first > 1e-2, "{first} {last}");
+}

@@ -378,6 +378,19 @@ impl<'a, B: GenerationBackend> Run<'a, B> {
             t_cfg.recompute,
             t_cfg.head_chunk,
         );
+        if lead && ws.chunked_head() {
+            let n = d.batch_size * d.seq_len;
+            eprintln!(
+                "head: output projection and loss in chunks of {} of the micro-batch's {n} rows (train.head_chunk = {}{})",
+                ws.head_rows,
+                t_cfg.head_chunk,
+                if ws.head_rows * 2 <= t_cfg.head_chunk {
+                    ": the largest divisor of B·T that fits; a chunk size dividing B·T avoids small chunks"
+                } else {
+                    ""
+                }
+            );
+        }
         Ok(Run {
             be,
             cfg,
