@@ -1758,3 +1758,86 @@ fn a_chunked_head_trains_like_the_whole_head() {
     let last = whole.last().unwrap()["loss"].as_f64().unwrap();
     assert!((first - last).abs() / first > 1e-2, "{first} {last}");
 }
+
+#[test]
+fn studies_reuse_each_others_finished_runs_of_the_same_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let extra = [
+        "train.steps=8",
+        "train.warmup_steps=1",
+        "train.log_every=1",
+        "train.checkpoint_every=4",
+        "eval.every=0",
+    ];
+    let study = |name: &str, out: &str, args: &[&str]| {
+        let mut a = vec![
+            "experiment",
+            "world",
+            "--study",
+            name,
+            "--seeds",
+            "1",
+            "--out",
+            out,
+            "--max-items",
+            "3",
+        ];
+        a.extend_from_slice(args);
+        let o = kiln(&tiny_world(a, &extra), d);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stderr(&o)
+    };
+    let ft = study("finetune", "runs/ft", &[]);
+    assert_eq!(ft.matches("experiment: training").count(), 4, "{ft}");
+    // The efficiency study's full budget at the 1:1 mixture is the finetune study's three arms:
+    // nothing is trained again; the half budget and the 1/5 mixture are new.
+    let eff = study(
+        "efficiency",
+        "runs/eff",
+        &["--budgets", "0.5,1", "--ratios", "0.5,0.2"],
+    );
+    for arm in [
+        "runs/ft/seed0/vanilla ran this config",
+        "runs/ft/seed0/vanilla-pt ran this config",
+        "runs/ft/seed0/vanilla-ft ran this config",
+        "runs/ft/seed0/ipt ran this config",
+    ] {
+        assert!(eff.contains(arm), "{arm}: {eff}");
+    }
+    let trained: Vec<&str> = eff
+        .lines()
+        .filter(|l| l.starts_with("experiment: training"))
+        .collect();
+    let at_one: Vec<&&str> = trained.iter().filter(|l| l.contains("@ 1 ")).collect();
+    assert_eq!((trained.len(), at_one.len()), (6, 1), "{trained:?}");
+    assert!(at_one[0].contains("1/5 augmented"), "{trained:?}");
+    assert!(!d.join("runs/eff/seed0/budget1/vanilla").exists());
+    // Both report the same scores for the shared runs, which the results point at.
+    let results = |p: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(d.join(p)).unwrap()).unwrap()
+    };
+    let (f, e) = (
+        results("runs/ft/results.json"),
+        results("runs/eff/results.json"),
+    );
+    let arm = |r: &serde_json::Value, name: &str| {
+        r["seeds"][0]["arms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == name)
+            .unwrap_or_else(|| panic!("no arm {name}"))
+            .clone()
+    };
+    let (a, b) = (
+        arm(&f, "instruction pre-training"),
+        arm(&e, "instruction pre-training, 1:1 @ 1"),
+    );
+    assert_eq!(b["run_dir"], "runs/ft/seed0/ipt");
+    assert_eq!(a["tasks"], b["tasks"]);
+    // The ablation's arm with every category is the same instruction pre-training run.
+    let abl = study("ablation", "runs/abl", &["--leave-out", "birth_city"]);
+    assert!(abl.contains("runs/ft/seed0/ipt ran this config"), "{abl}");
+    assert_eq!(abl.matches("experiment: training").count(), 2, "{abl}");
+}

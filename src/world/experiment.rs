@@ -381,6 +381,62 @@ fn resume_point(cfg: &Config) -> Result<RunState> {
     })
 }
 
+/// A finished run of exactly `cfg` but for its `train.out_dir`, in a run directory up to four
+/// levels below `root` outside `skip` (another study's arm: studies share arms of the same config),
+/// if there is one.
+pub(crate) fn identical_finished_run(cfg: &Config, root: &Path, skip: &Path) -> Option<PathBuf> {
+    let mut level = vec![root.to_path_buf()];
+    for _ in 0..4 {
+        let mut next = Vec::new();
+        for dir in level {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let path = e.path();
+                let name = e.file_name().to_string_lossy().into_owned();
+                let skipped = name.starts_with('.') || name.starts_with("step_") || name == "hf";
+                if skipped || path == skip || !e.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                if path != cfg.train.out_dir && path.join("config.toml").is_file() {
+                    let mut want = cfg.clone();
+                    want.train.out_dir = path.clone();
+                    if matches!(resume_point(&want), Ok(RunState::Finished)) {
+                        return Some(path);
+                    }
+                }
+                next.push(path);
+            }
+        }
+        level = next;
+    }
+    None
+}
+
+/// As [`train_arm`], reusing an identical finished run elsewhere under `out`'s parent directory
+/// ([`identical_finished_run`]) when `cfg.train.out_dir` holds nothing yet.
+pub(crate) fn train_or_reuse(
+    name: &str,
+    cfg: &Config,
+    out: &Path,
+    train: &Trainer,
+) -> Result<ArmResult> {
+    let root = out.parent().filter(|p| !p.as_os_str().is_empty());
+    if let (Some(root), RunState::Fresh) = (root, resume_point(cfg)?) {
+        if let Some(dir) = identical_finished_run(cfg, root, out) {
+            eprintln!(
+                "experiment: {name}: {} ran this config to the end already",
+                dir.display()
+            );
+            let mut same = cfg.clone();
+            same.train.out_dir = dir;
+            return train_arm(name, &same, train);
+        }
+    }
+    train_arm(name, cfg, train)
+}
+
 fn last_loss(dir: &Path) -> Option<f64> {
     let text = std::fs::read_to_string(dir.join("metrics.jsonl")).ok()?;
     text.lines()

@@ -29,7 +29,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use super::experiment::{load_pair, train_arm, write_outputs, ArmResult, Options, Scorer, Trainer};
+use super::experiment::{
+    load_pair, train_or_reuse, write_outputs, ArmResult, Options, Scorer, Trainer,
+};
 use super::files::QA_SFT;
 use super::{Attribute, LeftOut};
 use crate::config::Config;
@@ -136,19 +138,26 @@ fn ft_fraction(opts: &Options) -> Result<f64> {
 }
 
 /// The arm `name`: vanilla pre-training on (1 − f) of `vanilla`'s steps, exported, then
-/// instruction tuning from it for the rest (runs `dir/vanilla-pt`, `dir/vanilla-ft`); its steps,
-/// tokens and time are the two runs' sums, its scores the tuned model's.
+/// instruction tuning from it for the rest (runs `dir/vanilla-pt`, `dir/vanilla-ft`, or identical
+/// finished ones of another study); its steps, tokens and time are the two runs' sums, its scores
+/// the tuned model's.
 fn pretrain_then_tune(
     name: &str,
     vanilla: &Config,
     f: f64,
     dir: &Path,
+    opts: &Options,
     train: &Trainer,
 ) -> Result<ArmResult> {
-    let (pt, ft) = finetune_configs(vanilla, f, dir)?;
-    let pre = train_arm(&format!("{name}: pre-training"), &pt, train)?;
-    export_for_tuning(&pt.train.out_dir)?;
-    let tuned = train_arm(&format!("{name}: tuning"), &ft, train)?;
+    let (pt, mut ft) = finetune_configs(vanilla, f, dir)?;
+    let pre = train_or_reuse(&format!("{name}: pre-training"), &pt, &opts.out, train)?;
+    // Tuning starts from the pre-training run used, this study's own or an identical one.
+    ft.model
+        .as_mut()
+        .expect("finetune_configs sets it")
+        .init_from = Some(format!("hf:{}", hf_dir(&pre.run_dir).display()));
+    export_for_tuning(&pre.run_dir)?;
+    let tuned = train_or_reuse(&format!("{name}: tuning"), &ft, &opts.out, train)?;
     Ok(ArmResult {
         name: name.into(),
         run_dir: tuned.run_dir,
@@ -219,9 +228,9 @@ pub fn finetune(opts: &Options, train: &Trainer) -> Result<()> {
         let extra = [format!("train.seed={seed}"), format!("data.seed={seed}")];
         let (vanilla, ipt) = load_pair(opts, &dir, &extra)?;
         let arms = vec![
-            train_arm(VANILLA, &vanilla, train)?,
-            train_arm(IPT, &ipt, train)?,
-            pretrain_then_tune(PT_FT, &vanilla, f, &dir, train)?,
+            train_or_reuse(VANILLA, &vanilla, &opts.out, train)?,
+            train_or_reuse(IPT, &ipt, &opts.out, train)?,
+            pretrain_then_tune(PT_FT, &vanilla, f, &dir, opts, train)?,
         ];
         first.get_or_insert(vanilla);
         seeds.push(SeedResult { seed, arms });
@@ -322,11 +331,23 @@ pub fn efficiency(opts: &Options, train: &Trainer) -> Result<()> {
         for &b in &opts.budgets {
             let bdir = dir.join(format!("budget{b}"));
             let v = at_budget(&vanilla, b, bdir.join("vanilla"));
-            arms.push(train_arm(&arm_at(VANILLA, b), &v, train)?);
-            arms.push(pretrain_then_tune(&arm_at(PT_FT, b), &v, f, &bdir, train)?);
+            arms.push(train_or_reuse(&arm_at(VANILLA, b), &v, &opts.out, train)?);
+            arms.push(pretrain_then_tune(
+                &arm_at(PT_FT, b),
+                &v,
+                f,
+                &bdir,
+                opts,
+                train,
+            )?);
             for &r in &opts.ratios {
                 let c = at_budget(&with_ratio(&ipt, r)?, b, bdir.join(format!("ipt-{r}")));
-                arms.push(train_arm(&arm_at(&ratio_name(r), b), &c, train)?);
+                arms.push(train_or_reuse(
+                    &arm_at(&ratio_name(r), b),
+                    &c,
+                    &opts.out,
+                    train,
+                )?);
             }
         }
         first.get_or_insert(vanilla);
@@ -649,7 +670,7 @@ pub fn ablation(opts: &Options, train: &Trainer) -> Result<()> {
         let extra = [format!("train.seed={seed}"), format!("data.seed={seed}")];
         let (vanilla, ipt) = load_pair(opts, &dir, &extra)?;
         let world = vanilla.world.clone().expect("checked by load_pair");
-        let mut arms = vec![train_arm(ALL_CATEGORIES, &ipt, train)?];
+        let mut arms = vec![train_or_reuse(ALL_CATEGORIES, &ipt, &opts.out, train)?];
         for &l in &left {
             let glob = super::ensure_ablation_shards(&world, &ipt, l)?;
             let mut c = ipt.clone();
@@ -664,7 +685,7 @@ pub fn ablation(opts: &Options, train: &Trainer) -> Result<()> {
                 bail!("--study ablation: the instruction pre-training config needs a source named \"augmented\"");
             }
             c.train.out_dir = dir.join(format!("ipt-no-{}", l.key()));
-            arms.push(train_arm(&without(l), &c, train)?);
+            arms.push(train_or_reuse(&without(l), &c, &opts.out, train)?);
         }
         first.get_or_insert(vanilla);
         seeds.push(SeedResult { seed, arms });
