@@ -1014,11 +1014,23 @@ fn experiment_world_trains_both_arms_scores_them_and_reuses_finished_runs() {
             .unwrap();
     assert_eq!(again["arms"][1]["tasks"], v["arms"][1]["tasks"]);
 
-    // A different model is a different config: refused, nothing overwritten.
+    // Keys that do not change a run may differ (as on `kiln train --resume`): still reused.
+    let mut same = args.clone();
+    same.extend(["--set", "train.threads=1", "--set", "train.log_every=3"]);
+    let o = kiln(&same, d);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("is finished, reusing it")
+            && !stderr(&o).contains("experiment: training"),
+        "{}",
+        stderr(&o)
+    );
+
+    // A different model is a different config: refused naming the key, nothing overwritten.
     let mut other = args.clone();
     other.extend(["--set", "model.ffn_dim=96"]);
     let o = kiln(&other, d);
-    assert_clean_error(&o, &["exp/vanilla", "different config"]);
+    assert_clean_error(&o, &["exp/vanilla", "different config", "model.ffn_dim"]);
 
     // A world directory holds one world: asking for another there is refused, and moving
     // world.dir moves every {world} path of the configs with it.

@@ -790,6 +790,20 @@ pub(crate) fn flatten_toml(
 /// Compare the checkpoint's resolved config `old` with the current `new`, key by key: refuse
 /// naming every changed key that is not safe; return the safe changes as `key: old -> new`.
 fn check_config_changes(old: &str, new: &str) -> Result<Vec<String>> {
+    let (safe, unsafe_) = config_changes(old, new)?;
+    if !unsafe_.is_empty() {
+        bail!(
+            "the config changed since the checkpoint in ways that change the run: {}. Restore them, or start a new run (another train.out_dir, or --overwrite)",
+            unsafe_.join(", ")
+        );
+    }
+    Ok(safe)
+}
+
+/// The keys that differ between the resolved configs `old` and `new` as `key: old -> new`: those
+/// a resume may change (`SAFE_ON_RESUME`, `train.steps` upward, the world size with the same
+/// global batch), and the others.
+pub(crate) fn config_changes(old: &str, new: &str) -> Result<(Vec<String>, Vec<String>)> {
     let parse = |text: &str| -> Result<std::collections::BTreeMap<String, String>> {
         let v: toml::Value = toml::from_str(text).context("the checkpoint's config")?;
         let mut m = std::collections::BTreeMap::new();
@@ -823,13 +837,7 @@ fn check_config_changes(old: &str, new: &str) -> Result<Vec<String>> {
             unsafe_.push(line);
         }
     }
-    if !unsafe_.is_empty() {
-        bail!(
-            "the config changed since the checkpoint in ways that change the run: {}. Restore them, or start a new run (another train.out_dir, or --overwrite)",
-            unsafe_.join(", ")
-        );
-    }
-    Ok(safe)
+    Ok((safe, unsafe_))
 }
 
 #[cfg(test)]

@@ -364,14 +364,26 @@ fn resume_point(cfg: &Config) -> Result<RunState> {
             .with_context(|| format!("{}: cannot read", state_path.display()))?,
     )
     .map_err(|e| anyhow::anyhow!("{}: not valid JSON: {e}", state_path.display()))?;
-    // Compared as configs, not as text: fields added to kiln since the run take their defaults.
+    // Compared key by key after a round trip through `Config`, so fields added to kiln since the
+    // run take their defaults; keys that do not change the run (`train.threads`, `log_every`,
+    // `recompute`, …) may differ, as on `kiln train --resume`.
     let stored = state["config"]
         .as_str()
-        .and_then(|t| toml::from_str::<Config>(t).ok());
-    if stored.as_ref() != Some(cfg) {
+        .and_then(|t| toml::from_str::<Config>(t).ok())
+        .and_then(|c| toml::to_string(&c).ok());
+    let Some(stored) = stored else {
         bail!(
-            "{}: holds checkpoints of a different config; remove it or choose another --out",
-            dir.display()
+            "{}: not a kiln run of this version (no readable config in {})",
+            dir.display(),
+            state_path.display()
+        );
+    };
+    let (_, changed) = crate::train::trainer::config_changes(&stored, &toml::to_string(cfg)?)?;
+    if !changed.is_empty() {
+        bail!(
+            "{}: holds checkpoints of a different config ({}); remove it or choose another --out",
+            dir.display(),
+            changed.join(", ")
         );
     }
     Ok(if step >= cfg.train.steps {
