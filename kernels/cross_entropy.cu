@@ -1,22 +1,23 @@
 // kernels/cross_entropy.cu — fused softmax cross-entropy with a loss mask, writing the gradient
 // over the logits in place (CPU twin: `cross_entropy` in src/backend/cpu/mod.rs).
 //
-// cross_entropy_fused(bf16* logits, float* losses, const int* targets, const unsigned char* mask,
-//                     int N, int V, float scale)
-//   logits [N, V] (bf16, overwritten with the gradient); losses [N] (fp32); targets [N];
-//   mask [N] (u8, 0 or 1).
-//   Row r with mask[r] != 0: m = max_j x_j; s = Σ_j exp(x_j − m); lse = m + log(s);
+// cross_entropy_fused(bf16* logits, float* losses, const int* targets, int N, int V, float scale)
+//   logits [N, V] (bf16, overwritten with the gradient); losses [N] (fp32); targets [N], the loss
+//   mask folded in: a negative target is a masked row. (The host passes pointers into a
+//   micro-batch's targets and losses at a chunk's first row, so a chunked head uploads the
+//   targets once and reads the losses once.)
+//   Row r with targets[r] ≥ 0: m = max_j x_j; s = Σ_j exp(x_j − m); lse = m + log(s);
 //     losses[r] = lse − x[target];  logits[r, j] = exp(x_j − m)·(scale / s) − scale·[j == target]
 //     (= scale·(softmax_j − onehot_j), computed the CPU's way).
-//   Row r with mask[r] == 0: losses[r] = 0 and the row is zeroed.
+//   Row r with targets[r] < 0: losses[r] = 0 and the row is zeroed.
 //   Two passes over the row: the first keeps each thread's running max and its sum of
 //   exp(x − max) (rescaled when the max grows: online softmax), and the block combines the
 //   (max, sum) pairs in a fixed order; the second writes the gradient. x[target] is read by every
 //   thread before the first pass, and each thread overwrites only the logits it read itself, so
 //   nothing is read after it is written. With V mod 8 = 0 and an aligned array every access
 //   moves 8 bf16 (16 bytes); otherwise one element. The host sums losses in f64 in row order.
-//   A target outside [0, V) (a host bug: the host checks targets) gives losses[r] = NaN and a
-//   gradient without the one-hot term.
+//   A target ≥ V (a host bug: the host checks targets) gives losses[r] = NaN and a gradient
+//   without the one-hot term.
 //   Launch: grid (N), block (512), dynamic shared 0.
 #include "common.cuh"
 
@@ -68,15 +69,15 @@ __device__ __forceinline__ MaxSum fold(MaxSum acc, const float* x) {
 }
 
 extern "C" __global__ void cross_entropy_fused(bf16* logits, float* losses, const int* targets,
-                                               const unsigned char* mask, int N, int V,
-                                               float scale) {
+                                               int N, int V, float scale) {
     KILN_SHARED(float, scratch, 64);
     const int row = blockIdx.x;
     if (row >= N) return;  // block-uniform
     bf16* x = logits + (size_t)row * V;
     const int chunks = V % 8 == 0 && aligned16(logits) ? V / 8 : 0;
 
-    if (mask[row] == 0) {  // block-uniform
+    const int target = targets[row];
+    if (target < 0) {  // masked; block-uniform
         const float zero[8] = {0, 0, 0, 0, 0, 0, 0, 0};
         for (int c = threadIdx.x; c < chunks; c += blockDim.x) store8_bf16(x + 8 * c, zero);
         for (int j = 8 * chunks + threadIdx.x; j < V; j += blockDim.x) store_bf16(x, j, 0.0f);
@@ -84,8 +85,7 @@ extern "C" __global__ void cross_entropy_fused(bf16* logits, float* losses, cons
         return;
     }
 
-    const int target = targets[row];
-    const bool target_ok = target >= 0 && target < V;
+    const bool target_ok = target < V;
     const float x_target = target_ok ? load_bf16(x, target) : NAN;
 
     MaxSum acc{-INFINITY, 0.0f};

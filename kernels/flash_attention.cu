@@ -19,19 +19,23 @@
 // `contiguous = 1`; otherwise the host writes run_start = 0, run_end = T, passes 0, and every
 // tile is masked element by element (still exact, only slower).
 //
-// Tiling. Forward and the deterministic dQ kernel: a block of 4 warps owns 64 query rows of one
-// (b, h); each warp 16 rows. The backward dK/dV kernel: a block owns 64 key rows of one
-// (b, g), each warp 16, and walks the query tiles (32 rows) of every query head of the group,
-// so GQA heads are summed in registers in a fixed order. Shared-memory tiles are stored with a
-// 16-byte-chunk XOR swizzle (chunk c of row r at c ^ (r & 7)) so ldmatrix reads are free of
-// bank conflicts. Rows past T are loaded as zeros (cp.async zero-fill) and masked. The forward
-// overlaps its loads with its math: V of a key tile lands while that tile's scores are computed,
-// and the next K tile while P·V runs (cp.async, in the shared memory of one K and one V tile).
+// Tiling. Forward: a block owns BR query rows of one (b, h), 64 or 128 (FlashAttention-2's
+// block), a warp per 16 rows (4 or 8 warps); the host picks BR (`CudaBackend`'s
+// `flash_fwd_rows`, 128 by default). Deterministic dQ: a block of 4 warps owns 64 query rows.
+// The backward dK/dV kernel: a block owns 64 key rows of one (b, g), each warp 16, and walks the
+// query tiles (32 rows) of every query head of the group, so GQA heads are summed in registers
+// in a fixed order. Shared-memory tiles are stored with a 16-byte-chunk XOR swizzle (chunk c of
+// row r at c ^ (r & 7)) so ldmatrix reads are free of bank conflicts. Rows past T are loaded as
+// zeros (cp.async zero-fill) and masked. The forward double-buffers its key tiles: K, V and the
+// doc ids of key tile i + 1 land (cp.async) in one buffer while tile i is computed from the
+// other.
 //
-// Kernels (block 128 threads; dynamic shared memory as `*_smem` below; the host opts in above
-// 48 KiB):
-//   flash_fwd_d{64,128}(out, lse, q, k, v, meta, B, T, H, Hkv, scale, causal, contiguous)
-//     grid (ceil(T/64), H, B). Writes out and lse.
+// Kernels (block 128 threads unless said; dynamic shared memory as `flash_smem` in
+// src/backend/cuda/mod.rs; the host opts in above 48 KiB):
+//   flash_fwd_d{64,128}_r{64,128}(out, lse, q, k, v, meta, B, T, H, Hkv, scale, causal,
+//                                 contiguous)
+//     BR = 64 or 128 query rows per block, block BR/16·32 threads, grid (ceil(T/BR), H, B).
+//     Writes out and lse.
 //   flash_bwd_pre(delta, dq_acc, dout, out, B, T, H, D, zero_dq)
 //     delta[b,h,t] = Σ_d dout·out (one warp per row); zeroes the dq_acc row when zero_dq.
 //     grid (ceil(B·T·H / 4)), block 128.
@@ -63,11 +67,11 @@ __device__ __forceinline__ int sw(int r, int col) {
 
 // Rows row0 … row0+R−1 of one head of a [B, T, heads, D] tensor into a swizzled tile; rows at or
 // past T become zeros. Issues cp.async only (the caller commits and waits).
-template <int R, int D>
+template <int R, int D, int NT = kThreads>
 __device__ __forceinline__ void load_tile(bf16* s, const bf16* g, int b, int T, int heads,
                                           int head, int row0) {
     constexpr int kChunks = D / 8;
-    for (int i = threadIdx.x; i < R * kChunks; i += kThreads) {
+    for (int i = threadIdx.x; i < R * kChunks; i += NT) {
         const int r = i / kChunks;
         const int c = i % kChunks;
         const int t = row0 + r;
@@ -141,17 +145,18 @@ __device__ __forceinline__ bool tile_unmasked(const Meta& m, int q0, int q1, int
 // Forward
 // ---------------------------------------------------------------------------------------------
 
-template <int D>
+template <int D, int BR>
 __device__ void fwd(bf16* __restrict__ out, float* __restrict__ lse, const bf16* __restrict__ q,
                     const bf16* __restrict__ k, const bf16* __restrict__ v,
                     const int* __restrict__ meta, int B, int T, int H, int Hkv, float scale,
                     int causal, int contiguous) {
-    constexpr int BR = 64, BC = 64;
+    constexpr int BC = 64;
+    constexpr int NT = BR / 16 * 32;  // a warp per 16 query rows
     KILN_DYNAMIC_SHARED(unsigned char, smem);
     bf16* qs = reinterpret_cast<bf16*>(smem);
-    bf16* ks = qs + BR * D;
-    bf16* vs = ks + BC * D;
-    int* kdoc = reinterpret_cast<int*>(vs + BC * D);
+    bf16* ks = qs + BR * D;      // two K tiles
+    bf16* vs = ks + 2 * BC * D;  // two V tiles
+    int* kdoc = reinterpret_cast<int*>(vs + 2 * BC * D);  // two key tiles' doc ids
 
     const int q0 = blockIdx.x * BR;
     const int h = blockIdx.y;
@@ -164,11 +169,20 @@ __device__ void fwd(bf16* __restrict__ out, float* __restrict__ lse, const bf16*
     const int q_last = min(q0 + BR, T) - 1;
     const int kv_lo = (m.start[q0] / BC) * BC;
     const int kv_hi = causal ? q_last + 1 : m.end[q_last];
+    const int tiles = kv_hi > kv_lo ? (kv_hi - kv_lo + BC - 1) / BC : 0;
 
-    // Q and the first K tile together; each later K tile is fetched while the tile before it
-    // multiplies V, and each V tile while its scores are computed (see the loop).
-    load_tile<BR, D>(qs, q, b, T, H, h, q0);
-    if (kv_lo < kv_hi) load_tile<BC, D>(ks, k, b, T, Hkv, g, kv_lo);
+    // Key tile i (K, V and its doc ids) lives in buffer i & 1. Q and tile 0 are fetched first;
+    // at the top of tile i, once it has landed and every warp has passed the barrier (so is done
+    // with tile i − 1's buffer), tile i + 1 is fetched into that buffer and lands while tile i is
+    // computed: a whole tile of lookahead and one barrier per tile.
+    auto fetch = [&](int tile, int buf) {
+        const int k0 = kv_lo + tile * BC;
+        load_tile<BC, D, NT>(ks + buf * BC * D, k, b, T, Hkv, g, k0);
+        load_tile<BC, D, NT>(vs + buf * BC * D, v, b, T, Hkv, g, k0);
+        if (threadIdx.x < BC) kdoc[buf * BC + threadIdx.x] = m.doc[min(k0 + (int)threadIdx.x, T - 1)];
+    };
+    load_tile<BR, D, NT>(qs, q, b, T, H, h, q0);
+    if (tiles > 0) fetch(0, 0);
     cp_async_commit();
     const int row_a = q0 + warp * 16 + (lane >> 2);
     const int row_b = row_a + 8;
@@ -186,17 +200,20 @@ __device__ void fwd(bf16* __restrict__ out, float* __restrict__ lse, const bf16*
     float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;
     const float sl2 = scale * kLog2e;
 
-    // Per tile: [K(k0) landed] V(k0) in flight during S = Q·K(k0)ᵀ and the softmax; [V(k0)
-    // landed] K(k0 + BC) in flight during O += P·V(k0). The two barriers per tile order every
-    // buffer's readers before its next fill: ks is refilled only after every warp passed the
-    // middle barrier (its QKᵀ done), vs and kdoc only after the top one (the previous P·V and
-    // mask done).
-    for (int k0 = kv_lo; k0 < kv_hi; k0 += BC) {
-        if (threadIdx.x < BC) kdoc[threadIdx.x] = m.doc[min(k0 + (int)threadIdx.x, T - 1)];
-        cp_async_wait_all();  // K(k0)
-        __syncthreads();
-        load_tile<BC, D>(vs, v, b, T, Hkv, g, k0);
-        cp_async_commit();
+    for (int tile = 0; tile < tiles; ++tile) {
+        const int buf = tile & 1;
+        const int k0 = kv_lo + tile * BC;
+        const bf16* kt = ks + buf * BC * D;
+        const bf16* vt = vs + buf * BC * D;
+        const int* dt_doc = kdoc + buf * BC;
+        if (tile > 0) {
+            cp_async_wait_all();  // this tile
+            __syncthreads();      // and every warp is done with the other buffer
+        }
+        if (tile + 1 < tiles) {
+            fetch(tile + 1, buf ^ 1);
+            cp_async_commit();
+        }
 
         float s[BC / 8][4];
 #pragma unroll
@@ -206,7 +223,7 @@ __device__ void fwd(bf16* __restrict__ out, float* __restrict__ lse, const bf16*
 #pragma unroll
             for (int np = 0; np < BC / 16; ++np) {
                 uint32_t bb[4];
-                frag_b_nk<D>(bb, ks, np * 16, kk * 16);
+                frag_b_nk<D>(bb, kt, np * 16, kk * 16);
                 mma_16816(s[2 * np], qf[kk], bb[0], bb[1]);
                 mma_16816(s[2 * np + 1], qf[kk], bb[2], bb[3]);
             }
@@ -226,7 +243,7 @@ __device__ void fwd(bf16* __restrict__ out, float* __restrict__ lse, const bf16*
                     const int key = k0 + kc;
                     const int row = c < 2 ? row_a : row_b;
                     const int rd = c < 2 ? doc_a : doc_b;
-                    const bool ok = key < T && (!causal || key <= row) && kdoc[kc] == rd;
+                    const bool ok = key < T && (!causal || key <= row) && dt_doc[kc] == rd;
                     if (!ok) x = -INFINITY;
                 }
                 s[nt][c] = x;
@@ -262,12 +279,6 @@ __device__ void fwd(bf16* __restrict__ out, float* __restrict__ lse, const bf16*
             o[dt][2] *= alpha_b;
             o[dt][3] *= alpha_b;
         }
-        cp_async_wait_all();  // V(k0)
-        __syncthreads();
-        if (k0 + BC < kv_hi) {
-            load_tile<BC, D>(ks, k, b, T, Hkv, g, k0 + BC);
-            cp_async_commit();
-        }
 #pragma unroll
         for (int kk = 0; kk < BC / 16; ++kk) {
             uint32_t pa[4];
@@ -275,7 +286,7 @@ __device__ void fwd(bf16* __restrict__ out, float* __restrict__ lse, const bf16*
 #pragma unroll
             for (int dp = 0; dp < D / 16; ++dp) {
                 uint32_t bb[4];
-                frag_b_kn<D>(bb, vs, kk * 16, dp * 16);
+                frag_b_kn<D>(bb, vt, kk * 16, dp * 16);
                 mma_16816(o[2 * dp], pa, bb[0], bb[1]);
                 mma_16816(o[2 * dp + 1], pa, bb[2], bb[3]);
             }
@@ -628,15 +639,16 @@ __device__ void bwd_dq(bf16* __restrict__ dq, const bf16* __restrict__ dout,
 // Entry points
 // ---------------------------------------------------------------------------------------------
 
-#define KILN_FLASH_FWD(DIM)                                                                      \
-    extern "C" __global__ void __launch_bounds__(kThreads)                                       \
-        flash_fwd_d##DIM(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v,    \
-                         const int* meta, int B, int T, int H, int Hkv, float scale, int causal, \
-                         int contiguous) {                                                       \
-        fwd<DIM>(out, lse, q, k, v, meta, B, T, H, Hkv, scale, causal, contiguous);              \
+#define KILN_FLASH_FWD(DIM, ROWS)                                                                \
+    extern "C" __global__ void __launch_bounds__(ROWS / 16 * 32) flash_fwd_d##DIM##_r##ROWS(     \
+        bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, const int* meta,    \
+        int B, int T, int H, int Hkv, float scale, int causal, int contiguous) {                \
+        fwd<DIM, ROWS>(out, lse, q, k, v, meta, B, T, H, Hkv, scale, causal, contiguous);        \
     }
-KILN_FLASH_FWD(64)
-KILN_FLASH_FWD(128)
+KILN_FLASH_FWD(64, 64)
+KILN_FLASH_FWD(64, 128)
+KILN_FLASH_FWD(128, 64)
+KILN_FLASH_FWD(128, 128)
 
 #define KILN_FLASH_DKDV(DIM)                                                                     \
     extern "C" __global__ void __launch_bounds__(kThreads) flash_bwd_dkdv_d##DIM(               \

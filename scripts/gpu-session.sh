@@ -15,12 +15,15 @@
 #   2. the CUDA tests (KILN_REQUIRE_CUDA=1: a missing device fails; every test and every flash
 #      case reports, the harness lists all failures at the end), including 50 training steps
 #      against the CPU's loss curve
-#   3. training the embedded default's data on the GPU with flash attention (tokens/s, MFU)
+#   3. training the embedded default's data on the GPU with flash attention (tokens/s, MFU), and
+#      with the chunked LM head (train.head_chunk)
 #   4. flash attention vs SDPA at the Llama-3-8B head shape (D 128, T up to 4096, causal and
-#      packed documents)
-#   5. the same training through `kiln launch` and NCCL at world size 1, and with reference attention
+#      packed documents); the flash forward at 64 query rows per block beside it
+#   5. the same training through `kiln launch` and NCCL at world size 1
 #   6. ZeRO-3 through NCCL at world size 1, small and at the widest 8B-layer shape one GPU holds
-#   7. batched generation of a Mistral-7B-shaped model vs transformers
+#   7. training with reference attention; batched generation of a Mistral-7B-shaped model vs
+#      transformers; the step-time model (`kiln bench step`) of a 124M and a 1B Llama step
+# Without STEPS every step runs, in this order, until the budget is spent.
 # Data: data/world is carried (gpu-prepare.sh builds it); the script refuses to start without it
 # rather than rebuild it there.
 set -uo pipefail
@@ -44,13 +47,13 @@ for f in "$kiln" "$tests" data/world/tokenizer.json; do
   [ -e "$f" ] || { echo "gpu-session: $f is missing (run scripts/gpu-prepare.sh$([ $emulated = 1 ] && echo ' --emulated') and carry its output)" | tee -a "$summary" >&2; exit 2; }
 done
 
-want=" ${STEPS:-nvidia-smi compare-ops cuda-tests train-flash compare-attention launch-nccl-1 train-reference compare-generate} "
+want=" ${STEPS:-} "
 start=$SECONDS
 
 step() { # step NAME LIMIT_S CMD...
   local name=$1 limit=$2
   shift 2
-  [[ "$want" == *" $name "* ]] || return 0
+  [ -z "${STEPS:-}" ] || [[ "$want" == *" $name "* ]] || return 0
   local left=$((budget - (SECONDS - start)))
   if [ "$left" -lt 15 ]; then
     printf '%-20s skipped: %ss of the %ss budget left\n' "$name" "$left" "$budget" | tee -a "$summary"
@@ -106,6 +109,9 @@ if [ $emulated = 1 ]; then
   step launch-nccl-1 30 "$kiln" launch --nproc-per-node 1 -- train --device cuda "${cfg[@]}" --set "train.out_dir=\"$work/nccl\""
 else
   step compare-attention 60 "$cenv" "$py" "$here/compare_torch.py" --kiln "$kiln" --device cuda --attention --iters 5
+  # The flash forward at 64 query rows per block (the default is 128): its forward column beside
+  # compare-attention's.
+  step attention-rows-64 30 env KILN_FLASH_FWD_ROWS=64 "$cenv" "$kiln" bench attention --device cuda --seqs 4096 --head-dims 128 --iters 5
   step launch-nccl-1 45 "$cenv" "$kiln" launch --nproc-per-node 1 -- train --device cuda "${cfg[@]}" --set "train.out_dir=\"$work/nccl\""
 fi
 if [ $emulated = 1 ]; then
@@ -133,7 +139,7 @@ else
   step step-model-124m 45 "$cenv" "$kiln" bench step --device cuda --model 124m --iters 5 --json "$out/step-124m.json"
   step step-model-1b 60 "$cenv" "$kiln" bench step --device cuda --model 1b --iters 3 --json "$out/step-1b.json"
 fi
-for run in flash reference nccl zero3 zero3-large; do
+for run in flash head-chunk reference nccl zero3 zero3-large; do
   [ -f "$work/$run/metrics.jsonl" ] && cp "$work/$run/metrics.jsonl" "$out/metrics-$run.jsonl"
 done
 rm -rf "$work"

@@ -402,6 +402,73 @@ fn cross_entropy_matches_cpu_at_llama3_vocabulary() {
 }
 
 #[test]
+fn cross_entropy_in_chunks_uploads_targets_once_and_writes_each_chunks_losses() {
+    let Some(gpu) = device() else { return };
+    let cpu = CpuBackend::<f32>::new();
+    // A chunked head's pattern: rows 16 at a time of a batch of 48 (out of order), each chunk's
+    // logits in their own buffer, the row losses left on the device and read once.
+    let (n, v, rows) = (48, 1001, 16);
+    let logits = bf16_round(&random(n * v, 3, 8.0));
+    let mut r = Rng::new(4);
+    let targets: Vec<u32> = (0..n).map(|_| r.below(v as u64) as u32).collect();
+    let mask: Vec<u8> = (0..n).map(|i| (i % 7 != 3) as u8).collect();
+    let scale = 1.0 / n as f32;
+    let mut want_grad = logits.clone();
+    let mut want_losses = vec![0f32; n];
+    cpu.cross_entropy_rows(
+        &mut want_grad,
+        &targets,
+        &mask,
+        0,
+        v,
+        scale,
+        &mut want_losses,
+    );
+    let mut losses = poisoned(&gpu, n, BufKind::Stat);
+    let before = gpu.target_uploads();
+    for r0 in [32, 0, 16] {
+        let mut chunk = gpu.upload_as(&logits[r0 * v..(r0 + rows) * v], BufKind::Act);
+        gpu.cross_entropy_rows(&mut chunk, &targets, &mask, r0, v, scale, &mut losses);
+        assert_close(
+            &format!("dlogits of rows {r0}..+{rows}"),
+            &gpu.download(&chunk),
+            &want_grad[r0 * v..(r0 + rows) * v],
+            1e-2,
+        );
+    }
+    assert_eq!(
+        gpu.target_uploads(),
+        before + 1,
+        "one upload for three chunks"
+    );
+    let got = gpu.download(&losses);
+    assert_close("row losses", &got, &want_losses, 1e-3);
+    assert!(
+        mask.iter().zip(&got).all(|(&m, &l)| m != 0 || l == 0.0),
+        "masked rows must have loss 0: {got:?}"
+    );
+    let (sum, want) = (
+        gpu.read_sum(&losses, n),
+        want_losses.iter().map(|&l| l as f64).sum::<f64>(),
+    );
+    assert!(((sum - want) / want).abs() < 1e-3, "loss {sum} vs {want}");
+    // Another mask over the same targets is a new upload, not the stale one.
+    let other: Vec<u8> = mask.iter().map(|&m| 1 - m).collect();
+    let mut chunk = gpu.upload_as(&logits[..rows * v], BufKind::Act);
+    gpu.cross_entropy_rows(&mut chunk, &targets, &other, 0, v, scale, &mut losses);
+    assert_eq!(gpu.target_uploads(), before + 2, "a new mask is uploaded");
+    let got = gpu.download(&losses);
+    for (i, &m) in other[..rows].iter().enumerate() {
+        assert_eq!(
+            got[i] == 0.0,
+            m == 0,
+            "row {i} under the new mask: loss {}",
+            got[i]
+        );
+    }
+}
+
+#[test]
 fn adamw_matches_cpu_and_refreshes_the_bf16_copy() {
     let Some(gpu) = device() else { return };
     let cpu = CpuBackend::<f32>::new();
@@ -576,7 +643,7 @@ fn one_training_step_matches_cpu_loss_and_every_gradient() {
         mg.forward(&gpu, &mut wg, &inputs, &docs);
         mg.stage_loss(&gpu, &mut wg, &targets, &mask, scale);
         mg.backward(&gpu, &mut wg, &inputs, &docs);
-        let lg = wg.take_loss();
+        let lg = wg.take_loss(&gpu);
         assert!(
             ((lg - lc) / lc).abs() < 1e-2,
             "chunk {head_chunk}: loss {lg} vs {lc}"
@@ -836,10 +903,13 @@ fn flash_attention_matches_cpu_on_odd_lengths_gqa_documents_causal_and_not() {
     };
     let mut seed = 100;
     let mut failures = Vec::new();
-    for deterministic in [false, true] {
+    // Both forward blocks (128 and 64 query rows), each with one backward mode.
+    for (deterministic, fwd_rows) in [(false, 128), (true, 64)] {
         gpu.set_attention(AttentionKernel::Flash, deterministic);
-        // Tile edges (64-row query and key tiles, 32-row backward tiles), odd lengths, GQA,
-        // packed documents (contiguous runs and recurring ids), causal and not, both head dims.
+        gpu.set_flash_fwd_rows(fwd_rows);
+        // Tile edges (64- and 128-row query blocks, 64-row key tiles, 32-row backward tiles),
+        // odd lengths, GQA, packed documents (contiguous runs and recurring ids), causal and
+        // not, both head dims.
         let mut cases = vec![
             (shape(3, 1, 4, 4, 64, true), vec![], false),
             (shape(2, 17, 4, 1, 64, true), vec![5, 12], false),
@@ -882,7 +952,9 @@ fn flash_attention_matches_cpu_on_odd_lengths_gqa_documents_causal_and_not() {
                     .cloned()
                     .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
                     .unwrap_or_default();
-                failures.push(format!("deterministic={deterministic} {s:?}: {msg}"));
+                failures.push(format!(
+                    "deterministic={deterministic} forward rows {fwd_rows} {s:?}: {msg}"
+                ));
             }
             seed += 10;
         }

@@ -560,26 +560,34 @@ pub fn swiglu_bwd<B: Backend + ?Sized>(
 
 // ---- loss -----------------------------------------------------------------------------------------
 
-/// `cross_entropy`: logits [N, V] with N = len(targets), mask [N], every target < V.
+/// `cross_entropy_rows`: logits [R, V] (R ≥ 1) for rows row0 … row0+R−1 of N = len(targets),
+/// mask [N], every target < V, and a full-precision losses buffer of at least N.
 #[track_caller]
-pub fn cross_entropy<B: Backend + ?Sized>(
+pub fn cross_entropy_rows<B: Backend + ?Sized>(
     be: &B,
     logits: &B::Buf,
     targets: &[u32],
     mask: &[u8],
+    row0: usize,
     vocab: usize,
+    losses: &B::Buf,
 ) {
     let n = targets.len();
-    Op::new(be, "cross_entropy")
-        .buf(
-            "logits",
-            logits,
-            Compute,
-            "len(targets)·V",
-            prod(&[n, vocab]),
-        )
+    let op = Op::new(be, "cross_entropy");
+    op.kind("logits", logits, Compute)
+        .kind("losses", losses, Full)
         .host("mask", mask.len(), "len(targets)", n)
         .below("target", targets, vocab, "vocab");
+    let rows = op.rows_of("logits", logits, vocab);
+    assert!(
+        rows > 0 && row0.checked_add(rows).is_some_and(|end| end <= n),
+        "cross_entropy: logits hold rows {row0}..{row0}+{rows} of len(targets) = {n}"
+    );
+    let have = op.len(losses);
+    assert!(
+        have >= n,
+        "cross_entropy: losses has {have} elements, len(targets) = {n}"
+    );
 }
 
 // ---- elementwise, reductions, optimizer -----------------------------------------------------------

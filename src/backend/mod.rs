@@ -286,10 +286,28 @@ pub trait Backend: Send + Sync {
     );
 
     // ---- loss -----------------------------------------------------------------------------
-    /// Cross-entropy over logits [N, V] with targets[N] and loss mask[N] (0/1). Returns the sum
-    /// over rows of mask · (logsumexp(row) − row[target]). Overwrites `logits` with the gradient
-    /// of scale · that sum: scale · mask · (softmax(row) − onehot(target)).
-    /// Every target id must be < V.
+    /// Cross-entropy over rows row0 … row0+R−1 of a batch of N rows with targets[N] and loss
+    /// mask[N] (0/1), their logits in `logits` [R, V]: writes row r's loss
+    /// mask · (logsumexp(row) − row[target]) to `losses[r]` (a full-precision buffer of at
+    /// least N) and overwrites `logits` with the gradient of scale · their sum:
+    /// scale · mask · (softmax(row) − onehot(target)). Every target id must be < V. Nothing is
+    /// read back (a device queues the work; [`Backend::read_sum`] reads the losses), and the
+    /// whole batch's targets and mask are passed with every chunk of rows, so a device uploads
+    /// them once and a loss computed in chunks costs one read, not one per chunk.
+    #[allow(clippy::too_many_arguments)]
+    fn cross_entropy_rows(
+        &self,
+        logits: &mut Self::Buf,
+        targets: &[u32],
+        mask: &[u8],
+        row0: usize,
+        vocab: usize,
+        scale: f32,
+        losses: &mut Self::Buf,
+    );
+
+    /// As [`Backend::cross_entropy_rows`] over a whole batch (logits [N, V]), returning the sum of the row losses (in f64, in row
+    /// order; waits for the device).
     fn cross_entropy(
         &self,
         logits: &mut Self::Buf,
@@ -297,7 +315,17 @@ pub trait Backend: Send + Sync {
         mask: &[u8],
         vocab: usize,
         scale: f32,
-    ) -> f64;
+    ) -> f64 {
+        let mut losses = self.alloc(targets.len(), BufKind::Stat);
+        self.cross_entropy_rows(logits, targets, mask, 0, vocab, scale, &mut losses);
+        self.read_sum(&losses, targets.len())
+    }
+
+    /// Σ x[..len] in f64, in index order, read back at the buffer's own precision (waits for the
+    /// device): the loss of row losses written by [`Backend::cross_entropy_rows`].
+    fn read_sum(&self, x: &Self::Buf, len: usize) -> f64 {
+        self.download(x)[..len].iter().map(|&v| v as f64).sum()
+    }
 
     // ---- elementwise, reductions, optimizer ------------------------------------------------
     /// y += x

@@ -341,16 +341,28 @@ impl<B: Backend> Backend for Tracked<B> {
             &up.inner,
         )
     }
-    fn cross_entropy(
+    fn cross_entropy_rows(
         &self,
         logits: &mut Self::Buf,
         targets: &[u32],
         mask: &[u8],
+        row0: usize,
         vocab: usize,
         scale: f32,
-    ) -> f64 {
-        self.inner
-            .cross_entropy(&mut logits.inner, targets, mask, vocab, scale)
+        losses: &mut Self::Buf,
+    ) {
+        self.inner.cross_entropy_rows(
+            &mut logits.inner,
+            targets,
+            mask,
+            row0,
+            vocab,
+            scale,
+            &mut losses.inner,
+        )
+    }
+    fn read_sum(&self, x: &Self::Buf, len: usize) -> f64 {
+        self.inner.read_sum(&x.inner, len)
     }
     fn add_assign(&self, y: &mut Self::Buf, x: &Self::Buf) {
         self.inner.add_assign(&mut y.inner, &x.inner)

@@ -161,9 +161,12 @@ pub struct Workspace<B: Backend> {
     /// With a chunked head: one chunk of xn_f's rows, and its part of dxn (R, d); else empty.
     pub xn_chunk: B::Buf,
     pub dxn_chunk: B::Buf,
-    /// The loss staged for a chunked head's backward, and the loss the last backward computed.
+    /// Each row's loss (N), written by the loss on the device and read once per micro-batch.
+    pub losses: B::Buf,
+    /// The loss staged for a chunked head's backward, and whether `losses` holds a loss not yet
+    /// taken ([`Workspace::take_loss`]).
     staged: Option<StagedLoss>,
-    staged_loss: f64,
+    loss_ready: bool,
     // Gradient scratch.
     pub dres: B::Buf,  // (N, d)
     pub dxn: B::Buf,   // (N, d)
@@ -213,13 +216,15 @@ impl<B: Backend> Workspace<B> {
     }
 
     /// The loss of the micro-batch staged with [`Model::stage_loss`], once its backward has run
-    /// (Σ mask·nll, as [`Model::loss`] returns it).
-    pub fn take_loss(&mut self) -> f64 {
+    /// (Σ mask·nll, as [`Model::loss`] returns it): the one read of the row losses, waiting for
+    /// the device.
+    pub fn take_loss(&mut self, be: &B) -> f64 {
         assert!(
-            self.staged.is_none(),
+            self.staged.is_none() && self.loss_ready,
             "take_loss before the backward of the staged loss"
         );
-        std::mem::take(&mut self.staged_loss)
+        self.loss_ready = false;
+        be.read_sum(&self.losses, self.batch * self.seq)
     }
 }
 
@@ -517,8 +522,9 @@ impl<B: Backend> Model<B> {
             head_rows,
             xn_chunk: z(chunk),
             dxn_chunk: z(chunk),
+            losses: stat(n),
             staged: None,
-            staged_loss: 0.0,
+            loss_ready: false,
             dres: z(n * d),
             dxn: z(n * d),
             dq: z(n * qd),
@@ -756,23 +762,29 @@ impl<B: Backend> Model<B> {
         mask: &[u8],
         scale: f32,
     ) -> f64 {
+        self.queue_loss(be, ws, targets, mask, scale);
+        ws.loss_ready = false;
+        be.read_sum(&ws.losses, targets.len())
+    }
+
+    /// The row losses of the last forward into `ws.losses`, and dlogits, unread. A chunked head
+    /// computes each chunk's logits first (leaving the last chunk's gradient in `ws.logits`).
+    fn queue_loss(&self, be: &B, ws: &mut Workspace<B>, targets: &[u32], mask: &[u8], scale: f32) {
         let v = self.cfg.vocab_size;
-        if !ws.chunked_head() {
-            return be.cross_entropy(&mut ws.logits, targets, mask, v, scale);
-        }
         assert_eq!(
             targets.len(),
             ws.batch * ws.seq,
             "targets must be B·T tokens"
         );
-        let rows = ws.head_rows;
-        (0..targets.len() / rows)
-            .map(|i| {
+        if !ws.chunked_head() {
+            be.cross_entropy_rows(&mut ws.logits, targets, mask, 0, v, scale, &mut ws.losses);
+        } else {
+            for i in 0..targets.len() / ws.head_rows {
                 let r0 = self.head_chunk_logits(be, ws, &self.params[self.lm_head], i);
-                let r = r0..r0 + rows;
-                be.cross_entropy(&mut ws.logits, &targets[r.clone()], &mask[r], v, scale)
-            })
-            .sum()
+                be.cross_entropy_rows(&mut ws.logits, targets, mask, r0, v, scale, &mut ws.losses);
+            }
+        }
+        ws.loss_ready = true;
     }
 
     /// The loss of the last forward, for the backward that follows: unchunked, [`Model::loss`]
@@ -798,7 +810,7 @@ impl<B: Backend> Model<B> {
                 scale,
             });
         } else {
-            ws.staged_loss = self.loss(be, ws, targets, mask, scale);
+            self.queue_loss(be, ws, targets, mask, scale);
         }
     }
 
@@ -863,16 +875,16 @@ impl<B: Backend> Model<B> {
                 .take()
                 .expect("a chunked head's backward needs Model::stage_loss first");
             let rows = ws.head_rows;
-            let mut loss = 0.0;
             for i in 0..n / rows {
                 let r0 = this.head_chunk_logits(be, ws, &p[this.lm_head], i);
-                let r = r0..r0 + rows;
-                loss += be.cross_entropy(
+                be.cross_entropy_rows(
                     &mut ws.logits,
-                    &staged.targets[r.clone()],
-                    &staged.mask[r],
+                    &staged.targets,
+                    &staged.mask,
+                    r0,
                     c.vocab_size,
                     staged.scale,
+                    &mut ws.losses,
                 );
                 be.matmul_dw(
                     &mut g[this.lm_head],
@@ -893,7 +905,7 @@ impl<B: Backend> Model<B> {
                 );
                 be.copy_range(&mut ws.dxn, r0 * d, &ws.dxn_chunk, 0, rows * d);
             }
-            ws.staged_loss = loss;
+            ws.loss_ready = true;
         } else {
             be.matmul_dw(
                 &mut g[this.lm_head],

@@ -131,7 +131,7 @@ fn a_chunked_head_gives_the_unchunked_loss_and_gradients_holding_one_chunk_of_lo
             model.forward(&be, &mut ws, &c.inputs, &c.doc_ids);
             model.stage_loss(&be, &mut ws, &c.targets, &c.mask, 0.25);
             model.backward(&be, &mut ws, &c.inputs, &c.doc_ids);
-            let loss = ws.take_loss();
+            let loss = ws.take_loss(&be);
             (
                 eval,
                 loss,

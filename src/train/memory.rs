@@ -157,9 +157,10 @@ pub fn plan(m: &ModelConfig, s: &Setting, w: Widths, available: f64) -> MemoryPl
         tokens * m.vocab_size as f64
     };
     let act_values = tokens * (layers * saved + scratch + 2.0 * d + grad_scratch) + head;
-    // The RoPE tables: cos and sin of every position, D/2 each.
+    // Per token also the final norm's rstd and the loss; the RoPE tables: cos and sin of every
+    // position, D/2 each.
     let stat_values =
-        tokens * (layers * saved_stats + scratch_stats + 1.0) + (m.max_seq_len * m.head_dim) as f64;
+        tokens * (layers * saved_stats + scratch_stats + 2.0) + (m.max_seq_len * m.head_dim) as f64;
     // ZeRO stages apply to data-parallel runs only; one process keeps everything.
     let stage = if data_parallel { zero_stage } else { 0 };
     let shard = n / world as f64;

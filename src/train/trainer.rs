@@ -454,7 +454,7 @@ impl<'a, B: GenerationBackend> Run<'a, B> {
                 i == 0,
                 i + 1 == micro,
             )?;
-            loss_sum += self.ws.take_loss();
+            loss_sum += self.ws.take_loss(be);
         }
         let grad_norm = self.opt.reduce(be, &mut self.model)?;
         let loss = self.opt.sum_over_ranks(loss_sum)? / tokens.max(1) as f64;

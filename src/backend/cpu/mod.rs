@@ -889,8 +889,8 @@ fn swiglu_bwd<T: Float>(dgate: &mut [T], dup: &mut [T], dout: &[T], gate: &[T], 
 
 // ---- loss ---------------------------------------------------------------------------------------
 
-/// Cross-entropy over logits [N, V] (see `Backend::cross_entropy`): returns Σ mask·(lse − x[target])
-/// in f64 (row losses summed in row order) and overwrites each row with
+/// Cross-entropy over logits [N, V] (see `Backend::cross_entropy_rows`): losses[r] =
+/// mask·(lse − x[target]) (computed in T, as the row), and each row overwritten with
 /// scale·mask·(softmax(row) − onehot(target)). Rows with mask 0 get a zero gradient.
 fn cross_entropy<T: Float>(
     logits: &mut [T],
@@ -898,9 +898,10 @@ fn cross_entropy<T: Float>(
     mask: &[u8],
     vocab: usize,
     scale: f32,
-) -> f64 {
+    losses: &mut [T],
+) {
     let scale = T::from_f32(scale);
-    let losses = map_rows_mut(logits, vocab, 4 * vocab, |i, row| {
+    let rows = map_rows_mut(logits, vocab, 4 * vocab, |i, row| {
         let target = targets[i] as usize;
         if mask[i] == 0 {
             row.fill(T::ZERO);
@@ -914,15 +915,17 @@ fn cross_entropy<T: Float>(
             *x = (*x - m).exp();
             sum += *x;
         }
-        let loss = (m + sum.ln() - x_target).to_f64();
+        let loss = m + sum.ln() - x_target;
         let c = scale / sum;
         for x in row.iter_mut() {
             *x *= c;
         }
         row[target] -= scale;
-        loss
+        loss.to_f64()
     });
-    losses.iter().sum()
+    for (l, r) in losses.iter_mut().zip(rows) {
+        *l = T::from_f64(r);
+    }
 }
 
 // ---- elementwise, reductions, optimizer ----------------------------------------------------------
@@ -1258,16 +1261,29 @@ impl<T: Float> Backend for CpuBackend<T> {
         swiglu_bwd(dgate, dup, dout, gate, up);
     }
 
-    fn cross_entropy(
+    fn cross_entropy_rows(
         &self,
         logits: &mut Vec<T>,
         targets: &[u32],
         mask: &[u8],
+        row0: usize,
         vocab: usize,
         scale: f32,
-    ) -> f64 {
-        contract::cross_entropy(self, logits, targets, mask, vocab);
-        cross_entropy(logits, targets, mask, vocab, scale)
+        losses: &mut Vec<T>,
+    ) {
+        contract::cross_entropy_rows(self, logits, targets, mask, row0, vocab, losses);
+        let r = row0..row0 + logits.len() / vocab;
+        cross_entropy(
+            logits,
+            &targets[r.clone()],
+            &mask[r.clone()],
+            vocab,
+            scale,
+            &mut losses[r],
+        );
+    }
+    fn read_sum(&self, x: &Vec<T>, len: usize) -> f64 {
+        x[..len].iter().map(|v| v.to_f64()).sum()
     }
 
     fn add_assign(&self, y: &mut Vec<T>, x: &Vec<T>) {

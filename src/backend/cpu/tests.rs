@@ -1261,10 +1261,94 @@ fn contract_rejects_a_short_swiglu_input() {
 }
 
 #[test]
-#[should_panic(expected = "cross_entropy: logits has 7 elements, len(targets)·V = 8")]
+#[should_panic(expected = "cross_entropy: logits has 7 elements, not a multiple of d = 4")]
 fn contract_rejects_short_logits() {
     let mut logits = vec![0.5f32; 2 * 4 - 1];
     cpu32().cross_entropy(&mut logits, &[1, 3], &[1, 1], 4, 1.0);
+}
+
+#[test]
+#[should_panic(expected = "cross_entropy: logits hold rows 2..2+2 of len(targets) = 3")]
+fn contract_rejects_loss_rows_past_the_batch() {
+    let be = cpu32();
+    let mut losses = vec![0f32; 3];
+    be.cross_entropy_rows(
+        &mut vec![0.5f32; 8],
+        &[1, 3, 0],
+        &[1, 1, 1],
+        2,
+        4,
+        1.0,
+        &mut losses,
+    );
+}
+
+#[test]
+#[should_panic(expected = "cross_entropy: losses has 2 elements, len(targets) = 3")]
+fn contract_rejects_short_losses() {
+    let be = cpu32();
+    let mut losses = vec![0f32; 2];
+    be.cross_entropy_rows(
+        &mut vec![0.5f32; 4],
+        &[1, 3, 0],
+        &[1, 1, 1],
+        0,
+        4,
+        1.0,
+        &mut losses,
+    );
+}
+
+#[test]
+fn cross_entropy_rows_in_chunks_match_the_whole_batch() {
+    // Rows 0..3 and 3..7 of a batch of 7, each chunk at its offset: the same row losses and
+    // gradients as the whole batch at once, and nothing written outside a chunk's rows.
+    let be = cpu32();
+    let mut rng = Rng::new(18);
+    let (n, vocab) = (7, 50);
+    let logits: Vec<f32> = rng
+        .vec(n * vocab)
+        .iter()
+        .map(|&x| (5.0 * x) as f32)
+        .collect();
+    let targets: Vec<u32> = (0..n).map(|_| rng.id_below(vocab)).collect();
+    let mask: Vec<u8> = (0..n).map(|i| (i != 4) as u8).collect();
+    let mut whole = logits.clone();
+    let mut whole_losses = poisoned32(n);
+    be.cross_entropy_rows(
+        &mut whole,
+        &targets,
+        &mask,
+        0,
+        vocab,
+        0.5,
+        &mut whole_losses,
+    );
+    let mut losses = poisoned32(n);
+    for (r0, rows) in [(3, 4), (0, 3)] {
+        let mut chunk = logits[r0 * vocab..(r0 + rows) * vocab].to_vec();
+        let before = losses.clone();
+        be.cross_entropy_rows(&mut chunk, &targets, &mask, r0, vocab, 0.5, &mut losses);
+        assert_eq!(
+            chunk,
+            whole[r0 * vocab..(r0 + rows) * vocab],
+            "rows {r0}..+{rows}"
+        );
+        for (i, (a, b)) in losses.iter().zip(&before).enumerate() {
+            if !(r0..r0 + rows).contains(&i) {
+                assert_eq!(
+                    a.to_bits(),
+                    b.to_bits(),
+                    "row {i} outside the chunk was written"
+                );
+            }
+        }
+    }
+    assert_eq!(losses, whole_losses);
+    assert_eq!(losses[4], 0.0, "masked row");
+    let sum = be.read_sum(&losses, n);
+    let want: f64 = whole_losses.iter().map(|&l| l as f64).sum();
+    assert_eq!(sum, want);
 }
 
 #[test]

@@ -97,7 +97,8 @@ struct Kernels {
     attention_bwd_dq: CudaFunction,
     attention_bwd_dkdv: CudaFunction,
     attention_cached: CudaFunction,
-    flash_fwd: [CudaFunction; 2],
+    /// [rows per block 64, 128][head dim 64, 128]
+    flash_fwd: [[CudaFunction; 2]; 2],
     flash_bwd_dkdv: [CudaFunction; 2],
     flash_bwd_dq: [CudaFunction; 2],
     flash_bwd_pre: CudaFunction,
@@ -110,8 +111,8 @@ struct Kernels {
 /// Dynamic shared memory of the flash kernels (kernels/flash_attention.cu) at head dim `d`.
 fn flash_smem(kernel: FlashKernel, d: usize) -> usize {
     match kernel {
-        // Q, K, V tiles (64 rows each) and the key tile's doc ids
-        FlashKernel::Fwd => 3 * 64 * d * 2 + 64 * 4,
+        // Q (`rows` rows), two K and two V tiles (64 rows each) and their doc ids
+        FlashKernel::Fwd(rows) => (rows + 4 * 64) * d * 2 + 2 * 64 * 4,
         // K, V (64 rows), Q, dO (32 rows), dS^T (64 × 40), lse, delta and doc ids of 32 queries
         FlashKernel::DkDv => (2 * 64 + 2 * 32) * d * 2 + 64 * 40 * 2 + 3 * 32 * 4,
         // Q, dO (64 rows), K, V (32 rows) and the key tile's doc ids
@@ -121,7 +122,8 @@ fn flash_smem(kernel: FlashKernel, d: usize) -> usize {
 
 #[derive(Clone, Copy)]
 enum FlashKernel {
-    Fwd,
+    /// The forward at this many query rows per block.
+    Fwd(usize),
     DkDv,
     Dq,
 }
@@ -168,8 +170,9 @@ struct Scratch {
     /// The RoPE positions and the flash metadata (`CudaBackend::kept`).
     positions: Kept,
     flash: Kept,
+    /// Cross-entropy's targets, the loss mask folded in.
+    targets: Kept,
     ints: Vec<CudaSlice<i32>>,
-    bytes: CudaSlice<u8>,
     partials: CudaSlice<f32>,
     delta: CudaSlice<f32>,
     /// fp32 dQ accumulator of the flash backward.
@@ -188,6 +191,21 @@ pub struct CudaBackend {
     scratch: Mutex<Scratch>,
     attention: AttentionKernel,
     deterministic: bool,
+    /// Query rows per block of the flash forward: 64 or 128.
+    flash_fwd_rows: usize,
+}
+
+/// Query rows per block of the flash forward: 128 (FlashAttention-2's block), or
+/// `KILN_FLASH_FWD_ROWS` (64 or 128) to compare the two on a device.
+fn flash_fwd_rows_from_env() -> Result<usize, String> {
+    match std::env::var("KILN_FLASH_FWD_ROWS") {
+        Err(_) => Ok(128),
+        Ok(v) => match v.trim() {
+            "64" => Ok(64),
+            "128" => Ok(128),
+            _ => Err(format!("KILN_FLASH_FWD_ROWS={v}: expected 64 or 128")),
+        },
+    }
 }
 
 /// Rows per block in rmsnorm_bwd (its dw partials are reduced in a second, ordered pass).
@@ -352,7 +370,16 @@ impl CudaBackend {
             attention_bwd_dq: f(&attn, "attention_bwd_dq")?,
             attention_bwd_dkdv: f(&attn, "attention_bwd_dkdv")?,
             attention_cached: f(&attn, "attention_cached")?,
-            flash_fwd: [f(&flash, "flash_fwd_d64")?, f(&flash, "flash_fwd_d128")?],
+            flash_fwd: [
+                [
+                    f(&flash, "flash_fwd_d64_r64")?,
+                    f(&flash, "flash_fwd_d128_r64")?,
+                ],
+                [
+                    f(&flash, "flash_fwd_d64_r128")?,
+                    f(&flash, "flash_fwd_d128_r128")?,
+                ],
+            ],
             flash_bwd_dkdv: [
                 f(&flash, "flash_bwd_dkdv_d64")?,
                 f(&flash, "flash_bwd_dkdv_d128")?,
@@ -369,7 +396,8 @@ impl CudaBackend {
         };
         // Above 48 KiB of dynamic shared memory a kernel must opt in.
         for (funcs, kind) in [
-            (&k.flash_fwd, FlashKernel::Fwd),
+            (&k.flash_fwd[0], FlashKernel::Fwd(64)),
+            (&k.flash_fwd[1], FlashKernel::Fwd(128)),
             (&k.flash_bwd_dkdv, FlashKernel::DkDv),
             (&k.flash_bwd_dq, FlashKernel::Dq),
         ] {
@@ -388,10 +416,8 @@ impl CudaBackend {
         let scratch = Scratch {
             positions: Kept::new(),
             flash: Kept::new(),
+            targets: Kept::new(),
             ints: Vec::new(),
-            bytes: stream
-                .alloc_zeros::<u8>(1)
-                .map_err(|e| format!("CUDA allocation: {e:?}"))?,
             partials: z(SUMSQ_BLOCKS)?,
             delta: z(1)?,
             dq_acc: z(1)?,
@@ -407,6 +433,7 @@ impl CudaBackend {
             scratch: Mutex::new(scratch),
             attention: AttentionKernel::Flash,
             deterministic: false,
+            flash_fwd_rows: flash_fwd_rows_from_env()?,
         })
     }
 
@@ -415,6 +442,15 @@ impl CudaBackend {
     pub fn set_attention(&mut self, kernel: AttentionKernel, deterministic: bool) {
         self.attention = kernel;
         self.deterministic = deterministic;
+    }
+
+    /// Query rows per block of the flash forward (64 or 128; anything else is refused).
+    pub fn set_flash_fwd_rows(&mut self, rows: usize) {
+        assert!(
+            rows == 64 || rows == 128,
+            "flash forward rows must be 64 or 128, not {rows}"
+        );
+        self.flash_fwd_rows = rows;
     }
 
     /// Which kernels `attention` and `attention_bwd` run for head dim `d`.
@@ -537,6 +573,11 @@ impl CudaBackend {
         (s.positions.uploads, s.flash.uploads)
     }
 
+    /// How many times cross-entropy's targets (the loss mask folded in) have been uploaded.
+    pub fn target_uploads(&self) -> u64 {
+        self.scratch.lock().expect("scratch").targets.uploads
+    }
+
     /// Upload small host integer arrays into scratch slot `slot` (grow-only).
     fn ints(&self, scratch: &mut Scratch, slot: usize, host: &[u32]) {
         while scratch.ints.len() <= slot {
@@ -573,15 +614,17 @@ impl CudaBackend {
             flash_meta(doc_ids, a.batch, a.seq)
         });
         let di = (a.head_dim == 128) as usize;
+        let rows = self.flash_fwd_rows;
         let cfg = LaunchConfig {
-            grid_dim: (a.seq.div_ceil(64) as u32, a.heads as u32, a.batch as u32),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: flash_smem(FlashKernel::Fwd, a.head_dim) as u32,
+            grid_dim: (a.seq.div_ceil(rows) as u32, a.heads as u32, a.batch as u32),
+            block_dim: (rows as u32 / 16 * 32, 1, 1),
+            shared_mem_bytes: flash_smem(FlashKernel::Fwd(rows), a.head_dim) as u32,
         };
         let (bb, t, h, hkv) = (i(a.batch), i(a.seq), i(a.heads), i(a.kv_heads));
         let scale = 1.0 / (a.head_dim as f32).sqrt();
         let (causal, contiguous) = (a.causal as i32, contiguous as i32);
-        self.launch("flash_fwd", &self.k.flash_fwd[di], cfg, |b| {
+        let func = &self.k.flash_fwd[(rows == 128) as usize][di];
+        self.launch("flash_fwd", func, cfg, |b| {
             b.arg(out.h_mut())
                 .arg(lse.f_mut())
                 .arg(q.h())
@@ -1228,59 +1271,51 @@ impl Backend for CudaBackend {
         });
     }
 
-    fn cross_entropy(
+    fn cross_entropy_rows(
         &self,
         logits: &mut CudaBuf,
         targets: &[u32],
         mask: &[u8],
+        row0: usize,
         vocab: usize,
         scale: f32,
-    ) -> f64 {
-        contract::cross_entropy(self, logits, targets, mask, vocab);
-        let n = targets.len();
-        let mut s = self.scratch.lock().expect("scratch");
-        self.ints(&mut s, 0, targets);
-        if s.bytes.len() < n {
-            s.bytes = self
-                .stream
-                .alloc_zeros::<u8>(n.next_power_of_two())
-                .expect("CUDA allocation");
-        }
-        self.stream
-            .memcpy_htod(mask, &mut s.bytes)
-            .expect("CUDA upload");
-        if s.delta.len() < n {
-            s.delta = self.stream.alloc_zeros::<f32>(n).expect("CUDA allocation");
-        }
+        losses: &mut CudaBuf,
+    ) {
+        contract::cross_entropy_rows(self, logits, targets, mask, row0, vocab, losses);
+        let rows = logits.len / vocab;
+        // The batch's targets with the mask folded in (u32::MAX, as int −1: masked), uploaded
+        // once per micro-batch: every chunk of a chunked head passes the same.
+        let folded: Vec<u32> = targets
+            .iter()
+            .zip(mask)
+            .map(|(&t, &m)| if m != 0 { t } else { u32::MAX })
+            .collect();
+        let mut guard = self.scratch.lock().expect("scratch");
+        let s = &mut *guard;
+        let (dev, _) = self.kept(&mut s.targets, &folded, (targets.len(), 1), || {
+            (folded.clone(), false)
+        });
         let cfg = LaunchConfig {
-            grid_dim: (n as u32, 1, 1),
+            grid_dim: (rows as u32, 1, 1),
             block_dim: (512, 1, 1),
             shared_mem_bytes: 0,
         };
-        let Scratch {
-            ints, bytes, delta, ..
-        } = &mut *s;
-        let n_i32 = i(n);
-        let vocab_i32 = i(vocab);
+        let chunk_targets = dev.slice(row0..row0 + rows);
+        let mut chunk_losses = losses.f_mut().slice_mut(row0..row0 + rows);
+        let (rows_i32, vocab_i32) = (i(rows), i(vocab));
         self.launch(
             "cross_entropy_fused",
             &self.k.cross_entropy_fused,
             cfg,
             |b| {
                 b.arg(logits.h_mut())
-                    .arg(&mut *delta)
-                    .arg(&ints[0])
-                    .arg(&*bytes)
-                    .arg(&n_i32)
+                    .arg(&mut chunk_losses)
+                    .arg(&chunk_targets)
+                    .arg(&rows_i32)
                     .arg(&vocab_i32)
                     .arg(&scale);
             },
         );
-        let losses = self
-            .stream
-            .clone_dtoh(&delta.slice(0..n))
-            .expect("CUDA download");
-        losses.iter().map(|&l| l as f64).sum()
     }
 
     fn add_assign(&self, y: &mut CudaBuf, x: &CudaBuf) {
