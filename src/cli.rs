@@ -309,6 +309,9 @@ pub struct BenchArgs {
     /// `bench step`: sequence length T (default 512 on the CPU, 2048 on CUDA; tiny: 256).
     #[arg(long)]
     pub seq: Option<usize>,
+    /// `bench step`: the head's rows per chunk, as `train.head_chunk` (0: all at once).
+    #[arg(long, default_value_t = 0)]
+    pub head_chunk: usize,
     /// Timed repetitions per operation (the median is reported).
     #[arg(long, default_value_t = 10)]
     pub iters: usize,

@@ -7,7 +7,9 @@
 //! The operations and their counts follow `Model::forward`/`backward` without recomputation: per
 //! layer two RMSNorms, the q/k/v/o and gate/up/down projections (forward, input gradient, weight
 //! gradient), RoPE on q and k, attention, SwiGLU; once per step the embedding, the final norm, the
-//! head, cross-entropy, the gradient norm and AdamW over every parameter.
+//! head, cross-entropy, the gradient norm and AdamW over every parameter. With a chunked head
+//! (`--head-chunk R`, as `train.head_chunk`) the head's three GEMMs and cross-entropy run once per
+//! chunk of rows, at the chunk's shape, and the measured step is the chunked one.
 
 use std::collections::HashMap;
 
@@ -16,7 +18,7 @@ use serde::Serialize;
 
 use super::{random, time_attention, time_ms, timing_adamw};
 use crate::backend::{AttnShape, Backend, BufKind};
-use crate::model::{Model, ModelConfig};
+use crate::model::{head_rows, Model, ModelConfig, Recompute};
 use crate::rng::Rng;
 
 /// The models the step-time model knows.
@@ -87,6 +89,8 @@ pub struct StepReport {
     pub params: usize,
     pub tokens: usize,
     pub seq: usize,
+    /// Rows of the output projection and loss computed at once (`tokens` unless chunked).
+    pub head_rows: usize,
     pub copy_gb_s: f64,
     pub gemm_tflop_s: f64,
     pub rows: Vec<StepRow>,
@@ -106,13 +110,15 @@ impl StepReport {
     }
 }
 
-/// Measure every operation of a step of `cfg` at `tokens` = B·T tokens of `seq`, and a whole step.
+/// Measure every operation of a step of `cfg` at `tokens` = B·T tokens of `seq`, and a whole step,
+/// the head `head_chunk` rows at a time (0: all at once; as `train.head_chunk`).
 pub fn run<B: Backend>(
     be: &B,
     cfg: &ModelConfig,
     name: &str,
     tokens: usize,
     seq: usize,
+    head_chunk: usize,
     iters: usize,
 ) -> Result<StepReport> {
     if seq == 0 || tokens == 0 || !tokens.is_multiple_of(seq) || seq > cfg.max_seq_len {
@@ -124,6 +130,7 @@ pub fn run<B: Backend>(
     let (n, d, f, v, l) = (tokens, cfg.dim, cfg.ffn_dim, cfg.vocab_size, cfg.n_layers);
     let (hq, hk, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
     let (qd, kvd) = (hq * hd, hk * hd);
+    let hr = head_rows(n, head_chunk);
     let act = be.elem_bytes(BufKind::Act) as f64;
     let par = be.elem_bytes(BufKind::Param) as f64;
     let f32b = be.elem_bytes(BufKind::Grad) as f64;
@@ -141,38 +148,39 @@ pub fn run<B: Backend>(
     let mut rows: Vec<(String, String, usize, &'static str, f64, f64)> = Vec::new();
 
     // Projections: forward, input gradient and weight gradient, each distinct shape timed once.
+    // (name, rows, in, out, calls): the head runs once per chunk of rows.
     let projections = [
-        ("q_proj", d, qd, l),
-        ("k_proj", d, kvd, l),
-        ("v_proj", d, kvd, l),
-        ("o_proj", qd, d, l),
-        ("gate_proj", d, f, l),
-        ("up_proj", d, f, l),
-        ("down_proj", f, d, l),
-        ("lm_head", d, v, 1),
+        ("q_proj", n, d, qd, l),
+        ("k_proj", n, d, kvd, l),
+        ("v_proj", n, d, kvd, l),
+        ("o_proj", n, qd, d, l),
+        ("gate_proj", n, d, f, l),
+        ("up_proj", n, d, f, l),
+        ("down_proj", n, f, d, l),
+        ("lm_head", hr, d, v, n / hr),
     ];
-    let mut timed: HashMap<(usize, usize), [f64; 3]> = HashMap::new();
-    for &(name, k, out, calls) in &projections {
-        let t = match timed.get(&(k, out)) {
+    let mut timed: HashMap<(usize, usize, usize), [f64; 3]> = HashMap::new();
+    for &(name, m, k, out, calls) in &projections {
+        let t = match timed.get(&(m, k, out)) {
             Some(t) => *t,
             None => {
-                let x = up(n * k, 1, BufKind::Act);
+                let x = up(m * k, 1, BufKind::Act);
                 let w = up(out * k, 2, BufKind::Param);
-                let mut y = be.alloc(n * out, BufKind::Act);
-                let fwd = time_ms(be, iters, || be.matmul(&mut y, &x, &w, n, k, out));
-                let mut dx = be.alloc(n * k, BufKind::Act);
+                let mut y = be.alloc(m * out, BufKind::Act);
+                let fwd = time_ms(be, iters, || be.matmul(&mut y, &x, &w, m, k, out));
+                let mut dx = be.alloc(m * k, BufKind::Act);
                 let dxm = time_ms(be, iters, || {
-                    be.matmul_dx(&mut dx, &y, &w, n, k, out, false)
+                    be.matmul_dx(&mut dx, &y, &w, m, k, out, false)
                 });
                 let mut dw = be.alloc(out * k, BufKind::Grad);
-                let dwm = time_ms(be, iters, || be.matmul_dw(&mut dw, &y, &x, n, k, out));
+                let dwm = time_ms(be, iters, || be.matmul_dw(&mut dw, &y, &x, m, k, out));
                 let t = [fwd, dxm, dwm];
-                timed.insert((k, out), t);
+                timed.insert((m, k, out), t);
                 t
             }
         };
-        let flops = 2.0 * (n * k * out) as f64;
-        let shape = format!("{n}x{k}x{out}");
+        let flops = 2.0 * (m * k * out) as f64;
+        let shape = format!("{m}x{k}x{out}");
         for (pass, ms) in ["", " dx", " dw"].iter().zip(t) {
             rows.push((
                 format!("matmul{pass} ({name})"),
@@ -307,21 +315,32 @@ pub fn run<B: Backend>(
         ms,
     ));
     drop((table, dtable, x, w, out, rstd, dout, dx, dwn));
-    let mut logits = up(n * v, 14, BufKind::Act);
+    // Cross-entropy over one chunk of the head's rows (all of them unchunked), its losses left
+    // on the device as training leaves them.
+    let mut logits = up(hr * v, 14, BufKind::Act);
     let targets: Vec<u32> = (0..n).map(|_| r.below(v as u64) as u32).collect();
     let mask = vec![1u8; n];
+    let mut losses = be.alloc(n, BufKind::Stat);
     let ms = time_ms(be, iters, || {
-        be.cross_entropy(&mut logits, &targets, &mask, v, 1.0 / n as f32);
+        be.cross_entropy_rows(
+            &mut logits,
+            &targets,
+            &mask,
+            0,
+            v,
+            1.0 / n as f32,
+            &mut losses,
+        );
     });
     rows.push((
         "cross_entropy (fwd+bwd)".into(),
-        format!("{n}x{v}"),
-        1,
+        format!("{hr}x{v}"),
+        n / hr,
         "byte",
-        (2 * n * v) as f64 * act,
+        (2 * hr * v) as f64 * act,
         ms,
     ));
-    drop(logits);
+    drop((logits, losses));
     // The optimizer over every parameter at once (the step makes one call per tensor).
     let params = cfg.num_params();
     let mut p = up(params, 15, BufKind::Param);
@@ -359,7 +378,7 @@ pub fn run<B: Backend>(
 
     // A whole step of the model itself.
     let mut model = Model::new(be, cfg, 1);
-    let mut ws = model.workspace(be, n / seq, seq);
+    let mut ws = model.workspace_with(be, n / seq, seq, Recompute::None, head_chunk);
     let inputs: Vec<u32> = (0..n).map(|_| r.below(v as u64) as u32).collect();
     let doc_ids = vec![0u32; n];
     let (mut m, mut vm): (Vec<B::Buf>, Vec<B::Buf>) = model
@@ -375,8 +394,9 @@ pub fn run<B: Backend>(
         step += 1;
         model.zero_grads(be);
         model.forward(be, &mut ws, &inputs, &doc_ids);
-        model.loss(be, &mut ws, &targets, &mask, 1.0 / n as f32);
+        model.stage_loss(be, &mut ws, &targets, &mask, 1.0 / n as f32);
         model.backward(be, &mut ws, &inputs, &doc_ids);
+        let _loss = ws.take_loss(be);
         let grads: Vec<&B::Buf> = model.grads.iter().collect();
         let _norm = be.sum_squares_many(&grads).sqrt();
         model.adamw_step(be, &mut m, &mut vm, timing_adamw(step));
@@ -404,6 +424,7 @@ pub fn run<B: Backend>(
         params,
         tokens: n,
         seq,
+        head_rows: hr,
         copy_gb_s,
         gemm_tflop_s,
         rows,
@@ -413,8 +434,13 @@ pub fn run<B: Backend>(
 
 /// The report as markdown: one row per operation, then the totals against the measured step.
 pub fn render(r: &StepReport) -> String {
+    let head = if r.head_rows < r.tokens {
+        format!("; head: {} rows per chunk", r.head_rows)
+    } else {
+        String::new()
+    };
     let mut s = format!(
-        "backend: {}\nmodel: {} ({:.1} M parameters), {} tokens per step (T {})\nceilings: copy {:.1} GB/s (measured), GEMM {:.2} TFLOP/s (best measured GEMM of the step)\n\n| op | shape | calls | ms/call | ms/call at ceiling | step ms | step ms at ceiling | gap ms | of ceiling |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n",
+        "backend: {}\nmodel: {} ({:.1} M parameters), {} tokens per step (T {}){head}\nceilings: copy {:.1} GB/s (measured), GEMM {:.2} TFLOP/s (best measured GEMM of the step)\n\n| op | shape | calls | ms/call | ms/call at ceiling | step ms | step ms at ceiling | gap ms | of ceiling |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n",
         r.backend,
         r.model,
         r.params as f64 / 1e6,
@@ -459,7 +485,7 @@ mod tests {
     fn the_step_model_lists_every_operation_of_a_step_and_a_measured_step() {
         let be = CpuBackend::<f32>::new();
         let cfg = StepModel::Tiny.config().unwrap();
-        let r = run(&be, &cfg, "tiny", 512, 128, 1).unwrap();
+        let r = run(&be, &cfg, "tiny", 512, 128, 0, 1).unwrap();
         // Seven projections and the head, three passes each; attention both ways; norms, RoPE,
         // SwiGLU, embedding, cross-entropy, the norm and AdamW.
         assert_eq!(r.rows.len(), 8 * 3 + 2 + 2 + 4 + 2 + 2 + 1 + 2);
@@ -486,5 +512,36 @@ mod tests {
         let text = render(&r);
         assert!(text.contains("| matmul dx (down_proj) |"), "{text}");
         assert!(text.contains("measured step:"), "{text}");
+    }
+
+    #[test]
+    fn a_chunked_head_runs_its_gemms_and_loss_once_per_chunk_at_the_same_flops() {
+        let be = CpuBackend::<f32>::new();
+        let cfg = StepModel::Tiny.config().unwrap();
+        let (whole, chunked) = (
+            run(&be, &cfg, "tiny", 512, 128, 0, 1).unwrap(),
+            run(&be, &cfg, "tiny", 512, 128, 100, 1).unwrap(),
+        );
+        // 100 is not a divisor of 512: the largest one below it, 64, as training picks.
+        assert_eq!((whole.head_rows, chunked.head_rows), (512, 64));
+        let row = |r: &StepReport, op: &str| r.rows.iter().find(|x| x.op == op).unwrap().clone();
+        for op in [
+            "matmul (lm_head)",
+            "matmul dx (lm_head)",
+            "matmul dw (lm_head)",
+        ] {
+            let (a, b) = (row(&whole, op), row(&chunked, op));
+            assert_eq!((a.calls, b.calls), (1, 8), "{op}");
+            assert_eq!(b.shape, format!("64x{}x{}", cfg.dim, cfg.vocab_size));
+            assert_eq!(a.calls as f64 * a.work, b.calls as f64 * b.work, "{op}");
+        }
+        let (a, b) = (
+            row(&whole, "cross_entropy (fwd+bwd)"),
+            row(&chunked, "cross_entropy (fwd+bwd)"),
+        );
+        assert_eq!((a.calls, b.calls), (1, 8));
+        assert_eq!(a.work, 8.0 * b.work);
+        assert!(chunked.step_ms > 0.0);
+        assert!(render(&chunked).contains("head: 64 rows per chunk"));
     }
 }

@@ -71,6 +71,7 @@ fn bench_step(a: BenchArgs) -> Result<()> {
             name,
             tokens,
             seq,
+            head_chunk: a.head_chunk,
             iters: a.iters,
         },
     )?;
@@ -86,13 +87,22 @@ struct Step<'a> {
     name: String,
     tokens: usize,
     seq: usize,
+    head_chunk: usize,
     iters: usize,
 }
 
 impl OnDevice for Step<'_> {
     type Out = step::StepReport;
     fn run<B: DeviceBackend>(self, be: &B) -> Result<step::StepReport> {
-        step::run(be, self.cfg, &self.name, self.tokens, self.seq, self.iters)
+        step::run(
+            be,
+            self.cfg,
+            &self.name,
+            self.tokens,
+            self.seq,
+            self.head_chunk,
+            self.iters,
+        )
     }
 }
 
