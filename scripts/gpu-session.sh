@@ -106,6 +106,7 @@ step train-flash 45 "$cenv" "$kiln" train --device cuda "${cfg[@]}" --set "train
 step train-head-chunk 45 "$cenv" "$kiln" train --device cuda "${cfg[@]}" --set "train.out_dir=\"$work/head-chunk\"" --set train.head_chunk=1024
 if [ $emulated = 1 ]; then
   skip compare-attention "needs PyTorch on a GPU"
+  skip attention-rows-64 "a timing: needs a GPU"
   step launch-nccl-1 30 "$kiln" launch --nproc-per-node 1 -- train --device cuda "${cfg[@]}" --set "train.out_dir=\"$work/nccl\""
 else
   step compare-attention 60 "$cenv" "$py" "$here/compare_torch.py" --kiln "$kiln" --device cuda --attention --iters 5
@@ -132,6 +133,8 @@ fi
 step train-reference 45 "$cenv" "$kiln" train --device cuda "${cfg[@]}" --set "train.out_dir=\"$work/reference\"" --set train.attention=reference
 if [ $emulated = 1 ]; then
   skip compare-generate "needs transformers on a GPU"
+  skip step-model-124m "a timing: needs a GPU"
+  skip step-model-1b "a timing: needs a GPU"
 else
   step compare-generate 90 "$cenv" "$py" "$here/compare_generate.py" --kiln "$kiln" --device cuda
   # The step-time model (issue 19): each operation of a 124M and a 1B Llama step, measured and at
