@@ -18,11 +18,12 @@
 #   3. training the embedded default's data on the GPU with flash attention (tokens/s, MFU), and
 #      with the chunked LM head (train.head_chunk)
 #   4. flash attention vs SDPA at the Llama-3-8B head shape (D 128, T up to 4096, causal and
-#      packed documents); the flash forward at 64 query rows per block beside it
+#      packed documents); the flash forward at 64 query rows per block beside it; the step-time
+#      model (`kiln bench step`) of a 124M and a 1B Llama step
 #   5. the same training through `kiln launch` and NCCL at world size 1
 #   6. ZeRO-3 through NCCL at world size 1, small and at the widest 8B-layer shape one GPU holds
 #   7. training with reference attention; batched generation of a Mistral-7B-shaped model vs
-#      transformers; the step-time model (`kiln bench step`) of a 124M and a 1B Llama step
+#      transformers; the 1B step with the chunked head
 # Without STEPS every step runs, in this order, until the budget is spent.
 # Data: data/world is carried (gpu-prepare.sh builds it); the script refuses to start without it
 # rather than rebuild it there.
@@ -107,12 +108,18 @@ step train-head-chunk 45 "$cenv" "$kiln" train --device cuda "${cfg[@]}" --set "
 if [ $emulated = 1 ]; then
   skip compare-attention "needs PyTorch on a GPU"
   skip attention-rows-64 "a timing: needs a GPU"
+  skip step-model-124m "a timing: needs a GPU"
+  skip step-model-1b "a timing: needs a GPU"
   step launch-nccl-1 30 "$kiln" launch --nproc-per-node 1 -- train --device cuda "${cfg[@]}" --set "train.out_dir=\"$work/nccl\""
 else
   step compare-attention 60 "$cenv" "$py" "$here/compare_torch.py" --kiln "$kiln" --device cuda --attention --iters 5
   # The flash forward at 64 query rows per block (the default is 128): its forward column beside
   # compare-attention's.
   step attention-rows-64 30 env KILN_FLASH_FWD_ROWS=64 "$cenv" "$kiln" bench attention --device cuda --seqs 4096 --head-dims 128 --iters 5
+  # The step-time model (issue 19): each operation of a 124M and a 1B Llama step, measured and at
+  # the measured ceilings, beside a measured step.
+  step step-model-124m 45 "$cenv" "$kiln" bench step --device cuda --model 124m --iters 5 --json "$out/step-124m.json"
+  step step-model-1b 60 "$cenv" "$kiln" bench step --device cuda --model 1b --iters 3 --json "$out/step-1b.json"
   step launch-nccl-1 45 "$cenv" "$kiln" launch --nproc-per-node 1 -- train --device cuda "${cfg[@]}" --set "train.out_dir=\"$work/nccl\""
 fi
 if [ $emulated = 1 ]; then
@@ -133,14 +140,11 @@ fi
 step train-reference 45 "$cenv" "$kiln" train --device cuda "${cfg[@]}" --set "train.out_dir=\"$work/reference\"" --set train.attention=reference
 if [ $emulated = 1 ]; then
   skip compare-generate "needs transformers on a GPU"
-  skip step-model-124m "a timing: needs a GPU"
-  skip step-model-1b "a timing: needs a GPU"
+  skip step-model-1b-head-chunk "a timing: needs a GPU"
 else
   step compare-generate 90 "$cenv" "$py" "$here/compare_generate.py" --kiln "$kiln" --device cuda
-  # The step-time model (issue 19): each operation of a 124M and a 1B Llama step, measured and at
-  # the measured ceilings, beside a measured step.
-  step step-model-124m 45 "$cenv" "$kiln" bench step --device cuda --model 124m --iters 5 --json "$out/step-124m.json"
-  step step-model-1b 60 "$cenv" "$kiln" bench step --device cuda --model 1b --iters 3 --json "$out/step-1b.json"
+  # The 1B step with the chunked head (2,048 rows of 128,256 logits at a time) beside step-model-1b.
+  step step-model-1b-head-chunk 60 "$cenv" "$kiln" bench step --device cuda --model 1b --iters 3 --head-chunk 2048 --json "$out/step-1b-head-chunk.json"
 fi
 for run in flash head-chunk reference nccl zero3 zero3-large; do
   [ -f "$work/$run/metrics.jsonl" ] && cp "$work/$run/metrics.jsonl" "$out/metrics-$run.jsonl"
