@@ -306,8 +306,8 @@ pub trait Backend: Send + Sync {
         losses: &mut Self::Buf,
     );
 
-    /// As [`Backend::cross_entropy_rows`] over a whole batch (logits [N, V]), returning the sum of the row losses (in f64, in row
-    /// order; waits for the device).
+    /// As [`Backend::cross_entropy_rows`] over a whole batch (logits [N, V]), returning the sum
+    /// of the row losses (in f64, in row order; waits for the device).
     fn cross_entropy(
         &self,
         logits: &mut Self::Buf,

@@ -763,7 +763,6 @@ impl<B: Backend> Model<B> {
         scale: f32,
     ) -> f64 {
         self.queue_loss(be, ws, targets, mask, scale);
-        ws.loss_ready = false;
         be.read_sum(&ws.losses, targets.len())
     }
 
@@ -784,7 +783,6 @@ impl<B: Backend> Model<B> {
                 be.cross_entropy_rows(&mut ws.logits, targets, mask, r0, v, scale, &mut ws.losses);
             }
         }
-        ws.loss_ready = true;
     }
 
     /// The loss of the last forward, for the backward that follows: unchunked, [`Model::loss`]
@@ -811,6 +809,7 @@ impl<B: Backend> Model<B> {
             });
         } else {
             self.queue_loss(be, ws, targets, mask, scale);
+            ws.loss_ready = true;
         }
     }
 

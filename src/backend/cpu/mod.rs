@@ -905,7 +905,7 @@ fn cross_entropy<T: Float>(
         let target = targets[i] as usize;
         if mask[i] == 0 {
             row.fill(T::ZERO);
-            return 0.0;
+            return T::ZERO;
         }
         let m = row.iter().fold(T::NEG_INFINITY, |m, &x| m.max(x));
         let x_target = row[target];
@@ -921,11 +921,9 @@ fn cross_entropy<T: Float>(
             *x *= c;
         }
         row[target] -= scale;
-        loss.to_f64()
+        loss
     });
-    for (l, r) in losses.iter_mut().zip(rows) {
-        *l = T::from_f64(r);
-    }
+    losses.copy_from_slice(&rows);
 }
 
 // ---- elementwise, reductions, optimizer ----------------------------------------------------------
